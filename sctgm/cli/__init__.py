@@ -1,0 +1,96 @@
+"""The ``sct-gm`` command: a thin Click shell over the library.
+
+Commands are imported lazily (only the one being run), so ``sct-gm --help`` starts fast. Every
+:class:`~sctgm.exceptions.SctGmError` becomes one line on stderr and a non-zero exit code; the
+traceback is shown only with ``-v/--verbose``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from .._version import __version__
+
+#: command name -> "module:attribute" (imported only when that command runs or its help is shown).
+COMMANDS: dict[str, str] = {
+    "segment": "sctgm.cli.segment_cmd:segment",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help without importing every command module (keeps --help fast).
+        rows = [(name, _SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from ..exceptions import SctGmError
+
+        try:
+            return super().invoke(ctx)
+        except SctGmError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                traceback.print_exc()
+            click.echo(f"sct-gm: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("sct-gm: interrupted; no output was written for the unfinished file", err=True)
+            ctx.exit(130)
+
+
+_SHORT_HELP: dict[str, str] = {
+    "segment": "Segment the spinal cord gray matter of 3D NIfTI images.",
+    "fetch-model": "Download, verify and install model weights.",
+    "metrics": "Compare a segmentation with a reference, or measure GM/WM areas.",
+    "qc": "Add an entry to an HTML quality-control report.",
+}
+
+
+class _WarningHandler(logging.Handler):
+    """Library warnings (logging) become one line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"sct-gm: {prefix}{record.getMessage()}", err=True)
+
+
+def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    logger = logging.getLogger("sctgm")
+    for h in list(logger.handlers):
+        if isinstance(h, _WarningHandler):
+            logger.removeHandler(h)
+    logger.addHandler(_WarningHandler())
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    logger.propagate = False
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sct-gm")
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages, and tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Spinal cord gray matter segmentation (Perone et al. 2018), fast and robust to any NIfTI."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    setup_logging(verbose)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m sctgm`
+    main(prog_name="sct-gm", args=sys.argv[1:])

@@ -1,0 +1,67 @@
+"""One exception hierarchy for sct-gm.
+
+Every error a user can cause derives from :class:`SctGmError`. The CLI turns any of them into a
+one-line message and a non-zero exit code; library users catch ``SctGmError``. Messages say what was
+found, what was expected and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class SctGmError(Exception):
+    """Base class of every error sct-gm raises on purpose."""
+
+    exit_code = 1
+
+
+class InputImageError(SctGmError):
+    """An input file is missing, unreadable, not a NIfTI, or not an image sct-gm can segment
+    (wrong dimensionality, empty/constant data, degenerate affine)."""
+
+    exit_code = 2
+
+
+class OrientationError(InputImageError):
+    """The image's axes cannot be mapped to anatomical directions (e.g. an oblique affine whose
+    axes do not align with any of R-L, A-P, S-I)."""
+
+
+class GridMismatchError(InputImageError):
+    """Two images that must share a voxel grid (image and cord mask, segmentation and reference)
+    do not."""
+
+
+class OutputError(SctGmError):
+    """An output cannot be written (folder missing or not writable, refusing to overwrite)."""
+
+    exit_code = 3
+
+
+class ModelError(SctGmError):
+    """A model is unknown, missing, corrupt, or cannot be loaded."""
+
+    exit_code = 4
+
+
+class UnknownModelError(ModelError):
+    """The model name is not in the registry and is not a path to model files."""
+
+
+class ModelIntegrityError(ModelError):
+    """An installed model file does not match its registered size or sha256."""
+
+
+class DownloadError(ModelError):
+    """Every source of a model file failed; the message lists each source and why."""
+
+
+class UnsafeArchiveError(DownloadError):
+    """An archive has a member that would be written outside the target folder."""
+
+
+class MetricsError(SctGmError):
+    """Metrics cannot be computed on the given masks."""
+
+
+class QcError(SctGmError):
+    """A QC report entry cannot be produced."""

@@ -1,0 +1,203 @@
+"""Reading and writing NIfTI files: validation with human messages, atomic writes, output names.
+
+Everything here speaks in files; the arrays it returns are on the file's own voxel grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .exceptions import GridMismatchError, InputImageError, OutputError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A validated 3D image: float32 data (scl_slope/scl_inter applied, NaN/inf replaced by 0),
+    the nibabel image it came from (its header and affine define the output grid), and its path."""
+
+    path: Path
+    data: np.ndarray
+    nifti: nib.Nifti1Image
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.nifti.affine
+
+    @property
+    def zooms_mm(self) -> tuple[float, float, float]:
+        return tuple(float(z) for z in self.nifti.header.get_zooms()[:3])  # type: ignore[return-value]
+
+
+def split_nifti_name(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """('dir/t2s', '.nii.gz') for 'dir/t2s.nii.gz'; the extension is '' when it is not a NIfTI one."""
+    s = os.fspath(path)
+    for suffix in NIFTI_SUFFIXES:
+        if s.lower().endswith(suffix):
+            return s[: -len(suffix)], s[-len(suffix):]
+    return s, ""
+
+
+def derive_output_path(input_path: str | os.PathLike[str], suffix: str, ext: str | None = None) -> Path:
+    """The output file next to the input: t2s.nii.gz + '_gmseg' -> t2s_gmseg.nii.gz (the input's
+    NIfTI extension is kept unless ``ext`` is given; '.nii.gz' when the input has none)."""
+    stem, in_ext = split_nifti_name(input_path)
+    return Path(stem + suffix + (ext or in_ext or ".nii.gz"))
+
+
+def _read_nifti(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise InputImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputImageError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+    except nib.filebasedimages.ImageFileError:
+        raise InputImageError(f"{path}: not a NIfTI image (expected a .nii or .nii.gz file)") from None
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt ({exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputImageError(f"{path}: is a {type(img).__name__}, expected a NIfTI-1 or NIfTI-2 image")
+    return img
+
+
+def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_constant: bool = False) -> LoadedImage:
+    """Load and validate a 3D NIfTI image (a 4D file holding one volume is accepted as 3D).
+
+    Raises :class:`InputImageError` with a one-line message for a missing, unreadable, corrupt or
+    truncated file, a non-NIfTI file, an image that is not 3D, a degenerate affine (zero, negative or
+    non-finite voxel size), and (unless ``allow_constant``) an image whose voxels are all equal.
+    Non-finite voxels are replaced by 0 with a warning that counts them.
+    """
+    p = Path(path)
+    img = _read_nifti(p)
+    shape = img.shape
+    if len(shape) > 3 and all(n == 1 for n in shape[3:]):
+        img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+    elif len(shape) != 3:
+        detail = f"{shape[3]} volumes" if len(shape) == 4 else f"shape {shape}"
+        raise InputImageError(f"{p}: is a {len(shape)}D image ({detail}); expected a 3D {what}")
+    if min(img.shape) < 1:
+        raise InputImageError(f"{p}: has an empty dimension (shape {img.shape})")
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or not np.all(zooms > 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputImageError(
+            f"{p}: invalid voxel geometry (voxel size {tuple(np.round(zooms, 4))} mm, affine determinant "
+            f"{np.linalg.det(affine[:3, :3]):.3g}); the header's pixdim/qform/sform must describe real voxels"
+        )
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt ({exc})") from None
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad:
+        log.warning("%s: %d voxels are NaN or infinite; they were set to 0", p, n_bad)
+        data = np.where(bad, np.float32(0), data)
+    if not allow_constant and data.size and float(data.max()) == float(data.min()):
+        raise InputImageError(f"{p}: every voxel has the same value ({float(data.flat[0]):g}); nothing to segment")
+    return LoadedImage(path=p, data=data, nifti=img)
+
+
+def check_same_grid(a: LoadedImage, b: LoadedImage, *, atol_mm: float = 1e-3) -> None:
+    """Raise :class:`GridMismatchError` unless ``a`` and ``b`` have the same shape and affine
+    (to ``atol_mm``, which absorbs float32 header storage)."""
+    if a.data.shape != b.data.shape or not np.allclose(a.affine, b.affine, atol=atol_mm):
+        raise GridMismatchError(
+            f"{b.path} is not on the grid of {a.path}: shape {b.data.shape} vs {a.data.shape}, "
+            f"affine rows {np.round(b.affine[:3], 3).tolist()} vs {np.round(a.affine[:3], 3).tolist()}"
+        )
+
+
+def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: Any) -> nib.Nifti1Image:
+    """A new image with ``data`` on exactly ``reference``'s grid: same affine, qform and sform with
+    their codes; scaling reset so the stored values are the values."""
+    hdr = reference.header.copy()
+    out = reference.__class__(np.asarray(data, dtype=dtype), reference.affine, hdr)
+    out.set_qform(reference.header.get_qform(), code=int(reference.header["qform_code"]))
+    out.set_sform(reference.header.get_sform(), code=int(reference.header["sform_code"]))
+    out.set_data_dtype(dtype)
+    out.header.set_slope_inter(1.0, 0.0)
+    out.header["cal_min"], out.header["cal_max"] = float(np.min(data)) if data.size else 0.0, float(np.max(data)) if data.size else 0.0
+    return out
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early (before any computation) when ``path`` cannot be written."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{p}: the output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{p}: the output folder {folder} is not writable")
+    if p.is_dir():
+        raise OutputError(f"{p}: is a folder; give a file name ending in .nii.gz or .nii")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); on success it is renamed onto
+    ``path`` in one step, on any exception (Ctrl-C included) it is removed. Readers never see a
+    partial file."""
+    p = Path(path)
+    stem, ext = split_nifti_name(p.name)
+    ext = ext or "".join(p.suffixes[-1:])
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{ext}", dir=p.parent if str(p.parent) else ".")
+    except OSError as exc:
+        raise OutputError(f"{p}: cannot write here ({exc.strerror})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str]) -> Path:
+    """Write ``img`` atomically to ``path``."""
+    p = Path(path)
+    try:
+        with atomic_path(p) as tmp:
+            nib.save(img, str(tmp))
+    except OSError as exc:
+        raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
+    return p
+
+
+def save_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    p = Path(path)
+    try:
+        with atomic_path(p) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    except OSError as exc:
+        raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
+    return p

@@ -1,0 +1,94 @@
+"""Shared fixtures: the ../shared data, an isolated HOME/cache, and a seeded NIfTI factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MODELS_DIR = SHARED / "models" / "deepseg_gm"
+DATA_DIR = SHARED / "data"
+REFERENCE_DIR = SHARED / "reference" / "sct_deepseg_gm"
+
+#: The three labelled cases: (name, image, manual GM mask, cord mask or None).
+LABELLED = {
+    "t2s_uncropped": (DATA_DIR / "sct_testing_data/t2s/t2s_uncropped.nii.gz",
+                      DATA_DIR / "sct_testing_data/t2s/t2s_uncropped_gmseg_manual.nii.gz", None),
+    "t2s": (DATA_DIR / "sct_testing_data/t2s/t2s.nii.gz",
+            DATA_DIR / "sct_testing_data/t2s/t2s_gmseg_manual.nii.gz",
+            DATA_DIR / "sct_testing_data/t2s/t2s_seg.nii.gz"),
+    "mt1": (DATA_DIR / "sct_testing_data/mt/mt1.nii.gz",
+            DATA_DIR / "sct_testing_data/mt/mt1_gmseg_goldstandard.nii.gz",
+            DATA_DIR / "sct_testing_data/mt/mt1_seg.nii.gz"),
+}
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared data folder (../shared beside the repo) is needed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    return _require(MODELS_DIR)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _require(REFERENCE_DIR)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test reads or writes the real HOME or cache; the model mirror points at ../shared."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.delenv("SCTGM_HOME", raising=False)
+    monkeypatch.setenv("SCTGM_MIRROR", str(MODELS_DIR))
+    return home
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """3D Dice of two masks binarised at >= 0.5 (1.0 when both are empty)."""
+    a, b = np.asarray(a) >= 0.5, np.asarray(b) >= 0.5
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+@pytest.fixture
+def make_nifti(tmp_path: Path):
+    """Factory: write a small NIfTI of chosen data, spacing (mm), axis codes and dtype; returns its path."""
+    counter = {"n": 0}
+
+    def _make(data: np.ndarray | None = None, *, shape: tuple[int, ...] = (40, 40, 5),
+              zooms_mm: tuple[float, ...] = (0.5, 0.5, 5.0), axcodes: str = "LAS",
+              dtype: type = np.float32, name: str | None = None, seed: int = 0,
+              slope: float | None = None, inter: float = 0.0) -> Path:
+        if data is None:
+            data = np.random.default_rng(seed).normal(100, 20, size=shape).astype(np.float32)
+        affine = np.diag(list(zooms_mm[:3]) + [1.0])
+        from nibabel import orientations as o
+        t = o.ornt_transform(o.axcodes2ornt(("R", "A", "S")), o.axcodes2ornt(tuple(axcodes)))
+        affine = affine @ o.inv_ornt_aff(t, data.shape[:3]) if tuple(axcodes) != ("R", "A", "S") else affine
+        img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        if slope is not None:
+            img.header.set_slope_inter(slope, inter)
+        counter["n"] += 1
+        path = tmp_path / (name or f"img{counter['n']}.nii.gz")
+        nib.save(img, str(path))
+        return path
+
+    return _make
