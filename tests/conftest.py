@@ -68,7 +68,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture
 def make_nifti(tmp_path: Path):
-    """Factory: write a small NIfTI of chosen data, spacing (mm), axis codes and dtype; returns its path."""
+    """Factory: write a small NIfTI of chosen data, voxel size (mm, along the R, A, S world axes), nibabel
+    axis codes of the array and dtype; returns its path."""
     counter = {"n": 0}
 
     def _make(data: np.ndarray | None = None, *, shape: tuple[int, ...] = (40, 40, 5),
