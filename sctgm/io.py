@@ -85,7 +85,13 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     Non-finite voxels are replaced by 0 with a warning that counts them.
     """
     p = Path(path)
-    img = _read_nifti(p)
+    return image_from_nifti(_read_nifti(p), p, what=what, allow_constant=allow_constant)
+
+
+def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
+                     allow_constant: bool = False) -> LoadedImage:
+    """Validate an in-memory NIfTI image as :func:`load_image` does (``path`` names it in messages)."""
+    p = Path(path)
     shape = img.shape
     if len(shape) > 3 and all(n == 1 for n in shape[3:]):
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]

@@ -62,7 +62,8 @@ def _from_path(path: Path) -> InstalledModel:
     return InstalledModel(path.stem, "user", filters, path, fmt, sha256_of(path), dict(defaults))
 
 
-def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None) -> InstalledModel:
+def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
+                 cache_dir: str | None = None) -> InstalledModel:
     """Resolve a registered model name (default: the registry's default) or a path to weights."""
     reg = load_registry()
     name = name_or_path or reg["default"]

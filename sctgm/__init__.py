@@ -1,0 +1,56 @@
+"""sct-gm: spinal cord gray matter segmentation (Perone et al. 2018 dilated network).
+
+Library API (imports torch lazily, on first use)::
+
+    import sctgm
+    result = sctgm.segment_file("t2s.nii.gz")                 # writes t2s_gmseg.nii.gz + .json
+    seg = sctgm.Segmenter("large")                            # load a model once ...
+    out = seg.segment_image(sctgm.load_image("t2s.nii.gz"))   # ... segment arrays in memory
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .exceptions import SctGmError
+
+if TYPE_CHECKING:
+    from .api import segment_file
+    from .io import load_image
+    from .pipeline import Segmenter, SegmentOptions
+
+__all__ = ["__version__", "SctGmError", "segment_file", "segment_image", "load_image", "Segmenter", "SegmentOptions"]
+
+_LAZY = {
+    "segment_file": "api",
+    "load_image": "io",
+    "Segmenter": "pipeline",
+    "SegmentOptions": "pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'sctgm' has no attribute {name!r}")
+
+
+def segment_image(image: Any, *, model: str | None = None, device: str = "auto", **kwargs: Any) -> Any:
+    """Segment an in-memory image: a path, a nibabel image or a :class:`~sctgm.io.LoadedImage`.
+    Returns a :class:`~sctgm.pipeline.Segmentation` (arrays on the image's grid). Keyword arguments
+    go to :meth:`Segmenter.segment_image` (``cord``, ``options``, ``want_prob``, ``progress``)."""
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from .io import image_from_nifti, load_image
+    from .pipeline import Segmenter
+
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    elif isinstance(image, nib.spatialimages.SpatialImage):
+        image = image_from_nifti(image)
+    return Segmenter(model, device=device).segment_image(image, **kwargs)
