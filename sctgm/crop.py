@@ -110,8 +110,10 @@ def relocate(centres: np.ndarray, findings: list[SliceFinding], grid: FineGrid,
     return new if any(moved) else None
 
 
-def search_windows(grid: FineGrid, size: tuple[int, int], overlap_px: int = 50) -> list[Window]:
-    """Windows of ``size`` tiling the whole fine slice with at least ``overlap_px`` of overlap."""
+def search_windows(grid: FineGrid, size: tuple[int, int], overlap_px: int = 0) -> list[Window]:
+    """Windows of ``size`` tiling the whole fine slice with at least ``overlap_px`` of overlap (the
+    tiles are spread evenly, so they usually overlap more). A GM cut by a tile edge is still seen in
+    part, and the pass after the search centres the window on it."""
     starts = []
     for ax in range(2):
         m, w = grid.fine_shape[ax], size[ax]
