@@ -11,17 +11,20 @@ every member name has been checked (no absolute path, no ``..``, no link).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
 import requests
 
 from .exceptions import DownloadError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 16
 
@@ -251,3 +254,62 @@ def extract_verified(archive: Path, wanted: list[Expected], target: Path, *, lab
 def _member_chunks(member: BinaryIO, total: int) -> Iterator[tuple[bytes, Optional[int]]]:
     while block := member.read(CHUNK_BYTES):
         yield block, total
+
+
+def fetch_from_sources(wanted: list[Expected], sources: list[dict[str, Any]], target: Path, *, label: str,
+                       policy: DownloadPolicy = DownloadPolicy(),
+                       progress: Optional[ProgressCallback] = None) -> tuple[list[str], list[str], list[str]]:
+    """Put every ``wanted`` file, verified, in ``target``, trying ``sources`` in order.
+
+    A source is ``{"kind": "files" | "zip", "url": base URL/folder or archive URL/path, "origin": why it
+    is tried}`` (a zip source may add its own ``size``/``sha256``). The first failure of a "files"
+    source abandons it for the files still missing; each failure is logged as a warning. Returns
+    (addresses used, "address (origin): reason" for each failure, names still missing).
+    """
+    remaining = {e.name: e for e in wanted}
+    failures: list[str] = []
+    used: list[str] = []
+
+    def failed(address: str, origin: str, reason: str) -> None:
+        failures.append(f"{address} ({origin}): {reason}")
+        log.warning("%s: %s (%s) failed: %s; trying the next source", label, address, origin, reason)
+
+    with new_session() as session:
+        for source in sources:
+            kind, address, origin = source["kind"], source["url"], source.get("origin", "source")
+            if not remaining:
+                break
+            if kind == "files":
+                for name, exp in list(remaining.items()):
+                    url = join_source(address, name)
+                    try:
+                        fetch_file(url, target / name, exp, session=session, policy=policy, progress=progress,
+                                   label=f"{label}: {name}")
+                    except DownloadError as exc:
+                        failed(url, origin, str(exc))
+                        break
+                    del remaining[name]
+                    used.append(url)
+                continue
+            archive = local_path(address)
+            tmp_archive = target / ".archive.zip"
+            try:
+                if archive is None:
+                    archive = tmp_archive
+                    fetch_file(address, archive, Expected(archive.name, source.get("size"), source.get("sha256")),
+                               session=session, policy=policy, progress=progress,
+                               label=f"{label}: {address.rsplit('/', 1)[-1]}", max_bytes=policy.max_archive_bytes)
+                elif not archive.is_file():
+                    raise DownloadError(f"{archive} not found")
+                bad = extract_verified(archive, list(remaining.values()), target, label=address)
+            except DownloadError as exc:
+                failed(address, origin, str(exc))
+                continue
+            finally:
+                tmp_archive.unlink(missing_ok=True)
+            for name in [n for n in remaining if n not in bad]:
+                del remaining[name]
+                used.append(f"{address}#{name}")
+            if bad:
+                failed(address, origin, ", ".join(f"{n}: {r}" for n, r in bad.items()))
+    return used, failures, list(remaining)

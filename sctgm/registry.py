@@ -31,8 +31,7 @@ import filelock
 import platformdirs
 
 from ._version import __version__
-from .download import (DownloadPolicy, Expected, ProgressCallback, extract_verified, fetch_file,
-                       join_source, local_path, new_session)
+from .download import DownloadPolicy, Expected, ProgressCallback, fetch_from_sources
 from .exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -192,16 +191,17 @@ def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel
 
 # ------------------------------------------------------------------------------------- downloading
 
-def _sources(entry: dict[str, Any], mirror: str | None) -> list[tuple[str, str, str]]:
-    """(kind, address, origin) in the order they are tried."""
-    out: list[tuple[str, str, str]] = []
+def _sources(entry: dict[str, Any], mirror: str | None) -> list[dict[str, Any]]:
+    """Registry-style sources ({kind, url, origin, optional size/sha256}) in the order they are tried."""
+    out: list[dict[str, Any]] = []
     for address, origin in ((mirror, "--mirror"), (os.environ.get(MIRROR_ENV), MIRROR_ENV)):
         if address:
-            out.append(("zip" if address.lower().endswith(".zip") else "files", address, origin))
-    out += [(s["kind"], s["url"], "registry") for s in entry["sources"]]
-    unique: list[tuple[str, str, str]] = []
+            out.append({"kind": "zip" if address.lower().endswith(".zip") else "files", "url": address,
+                        "origin": origin})
+    out += [{**s, "origin": "registry"} for s in entry["sources"]]
+    unique: list[dict[str, Any]] = []
     for source in out:
-        if all(source[:2] != u[:2] for u in unique):
+        if all((source["kind"], source["url"]) != (u["kind"], u["url"]) for u in unique):
             unique.append(source)
     return unique
 
@@ -209,54 +209,13 @@ def _sources(entry: dict[str, Any], mirror: str | None) -> list[tuple[str, str, 
 def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
               progress: ProgressCallback | None, policy: DownloadPolicy) -> list[str]:
     """Fill ``tmp`` with the registered files, verified; returns the addresses used."""
-    remaining = {f["name"]: Expected(f["name"], f["size"], f["sha256"]) for f in entry["files"]}
-    failures: list[str] = []
-    used: list[str] = []
-    with new_session() as session:
-        for kind, address, origin in _sources(entry, mirror):
-            if not remaining:
-                break
-            if kind == "files":
-                for fname, exp in list(remaining.items()):
-                    url = join_source(address, fname)
-                    try:
-                        fetch_file(url, tmp / fname, exp, session=session, policy=policy, progress=progress,
-                                   label=f"{name}: {fname}")
-                    except DownloadError as exc:
-                        failures.append(f"{url} ({origin}): {exc}")
-                        log.warning("model '%s': %s (%s) failed: %s; trying the next source", name, url, origin, exc)
-                        break
-                    del remaining[fname]
-                    used.append(url)
-                continue
-            archive = local_path(address)
-            try:
-                if archive is None:
-                    archive = tmp / ".archive.zip"
-                    fetch_file(address, archive, Expected(archive.name, None, None), session=session,
-                               policy=policy, progress=progress, label=f"{name}: {address.rsplit('/', 1)[-1]}",
-                               max_bytes=policy.max_archive_bytes)
-                elif not archive.is_file():
-                    raise DownloadError(f"{archive} not found")
-                bad = extract_verified(archive, list(remaining.values()), tmp, label=address)
-            except DownloadError as exc:
-                failures.append(f"{address} ({origin}): {exc}")
-                log.warning("model '%s': %s (%s) failed: %s; trying the next source", name, address, origin, exc)
-                continue
-            finally:
-                (tmp / ".archive.zip").unlink(missing_ok=True)
-            for fname in [n for n in remaining if n not in bad]:
-                del remaining[fname]
-                used.append(f"{address}#{fname}")
-            if bad:
-                problems = ", ".join(f"{n}: {r}" for n, r in bad.items())
-                failures.append(f"{address} ({origin}): {problems}")
-                log.warning("model '%s': %s (%s) failed: %s; trying the next source", name, address, origin,
-                            problems)
-    if remaining:
+    wanted = [Expected(f["name"], f["size"], f["sha256"]) for f in entry["files"]]
+    used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror), tmp, label=f"model '{name}'",
+                                                 policy=policy, progress=progress)
+    if missing:
         tried = "; ".join(failures) if failures else "no source is configured"
         raise DownloadError(
-            f"model '{name}': could not obtain {', '.join(remaining)} from any source: {tried}. To install it "
+            f"model '{name}': could not obtain {', '.join(missing)} from any source: {tried}. To install it "
             f"without network, put {', '.join(f['name'] for f in entry['files'])} in a folder DIR and set "
             f"{MIRROR_ENV}=DIR or run `sct-gm fetch-model {name} --mirror DIR` (a base URL works too)")
     return used

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,15 @@ def offline_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         return reg
 
     monkeypatch.setattr(registry, "load_registry", fake)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Any:
+    """The CLI configures the 'sctgm' logger (handler, level, propagate); undo it after each test."""
+    logger = logging.getLogger("sctgm")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture
@@ -98,7 +108,8 @@ def test_offline_without_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     result = run("large", "--cache-dir", str(tmp_path), "-q")
     assert result.exit_code == 4 and result.stdout == ""
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sct-gm: error: model 'large': could not obtain")
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sct-gm: error: model 'large': could not obtain")
     assert "(registry): connection failed" in lines[0] and "refused" in lines[0]
     assert "SCTGM_MIRROR=DIR" in lines[0] and "--mirror DIR" in lines[0]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".lock"]
