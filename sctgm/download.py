@@ -296,9 +296,10 @@ def fetch_from_sources(wanted: list[Expected], sources: list[dict[str, Any]], ta
             try:
                 if archive is None:
                     archive = tmp_archive
-                    fetch_file(address, archive, Expected(archive.name, source.get("size"), source.get("sha256")),
-                               session=session, policy=policy, progress=progress,
-                               label=f"{label}: {address.rsplit('/', 1)[-1]}", max_bytes=policy.max_archive_bytes)
+                    exp = Expected(archive.name, source.get("size"), source.get("sha256"))
+                    fetch_file(address, archive, exp, session=session, policy=policy, progress=progress,
+                               label=f"{label}: {address.rsplit('/', 1)[-1]}",
+                               max_bytes=policy.max_archive_bytes)
                 elif not archive.is_file():
                     raise DownloadError(f"{archive} not found")
                 bad = extract_verified(archive, list(remaining.values()), target, label=address)

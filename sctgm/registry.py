@@ -98,7 +98,8 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
     for f in files:
         fname = f.get("name", "")
         if not _FILE_RE.match(fname) or fname in (WEIGHTS_FILE, MANIFEST_FILE):
-            raise bad(f"file name '{fname}' must be a plain file name other than {WEIGHTS_FILE}/{MANIFEST_FILE}")
+            raise bad(f"file name '{fname}' must be a plain file name other than "
+                      f"{WEIGHTS_FILE}/{MANIFEST_FILE}")
         if not isinstance(f.get("size"), int) or not _SHA_RE.match(str(f.get("sha256", ""))):
             raise bad(f"file '{fname}' needs an integer 'size' and a lower-case hex 'sha256'")
     weights = [f for f in files if f.get("role") == "weights"]
@@ -123,7 +124,8 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
             raise ModelError(f"{REGISTRY_ENV}={extra}: not a readable JSON registry ({exc})") from exc
         for name, entry in user.get("models", {}).items():
             if name in reg["models"]:
-                raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; choose another name")
+                raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; "
+                                 "choose another name")
             _check_entry(name, entry, str(extra))
             reg["models"][name] = entry
         reg["default"] = user.get("default", reg["default"])
@@ -170,6 +172,8 @@ def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str,
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _integrity_error(name, f"{folder / MANIFEST_FILE} is missing or unreadable") from exc
+    if WEIGHTS_FILE not in files:
+        raise _integrity_error(name, f"{folder / MANIFEST_FILE} does not list {WEIGHTS_FILE}")
     for f in entry["files"]:
         if files.get(f["name"], {}).get("sha256") != f["sha256"]:
             raise _integrity_error(name, f"the install in {folder} does not match the registered {f['name']}")
@@ -183,10 +187,10 @@ def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str,
 
 
 def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel:
-    manifest = _verify_install(folder, name, entry)
+    _verify_install(folder, name, entry)
     weights = next(f for f in entry["files"] if f["role"] == "weights")
-    return InstalledModel(name, str(entry["version"]), int(manifest["filters"]), folder / manifest["weights"],
-                          "safetensors", weights["sha256"], dict(entry["preprocessing"]))
+    return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]),
+                          folder / WEIGHTS_FILE, "safetensors", weights["sha256"], dict(entry["preprocessing"]))
 
 
 # ------------------------------------------------------------------------------------- downloading
@@ -210,8 +214,8 @@ def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
               progress: ProgressCallback | None, policy: DownloadPolicy) -> list[str]:
     """Fill ``tmp`` with the registered files, verified; returns the addresses used."""
     wanted = [Expected(f["name"], f["size"], f["sha256"]) for f in entry["files"]]
-    used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror), tmp, label=f"model '{name}'",
-                                                 policy=policy, progress=progress)
+    used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror), tmp,
+                                                 label=f"model '{name}'", policy=policy, progress=progress)
     if missing:
         tried = "; ".join(failures) if failures else "no source is configured"
         raise DownloadError(
@@ -235,7 +239,8 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
     weights.save_safetensors(sd, filters, tmp / WEIGHTS_FILE)
     back, back_filters = weights.load_safetensors(tmp / WEIGHTS_FILE)
     same = back_filters == filters and back.keys() == sd.keys() and all(
-        back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape and (back[k] == sd[k]).all() for k in sd)
+        back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape and (back[k] == sd[k]).all()
+        for k in sd)
     if not same:
         raise ModelError(f"model '{name}': the converted {WEIGHTS_FILE} differs from {wfile['name']}")
     expected = int(entry["architecture"]["filters"])
@@ -305,6 +310,10 @@ def _lock(cache: Path, name: str, policy: DownloadPolicy) -> filelock.FileLock:
 
 # -------------------------------------------------------------------------------------- public API
 
+def _unknown(name: str, reg: dict[str, Any]) -> UnknownModelError:
+    return UnknownModelError(f"unknown model '{name}'; registered models: {', '.join(sorted(reg['models']))}")
+
+
 def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
     from . import weights
 
@@ -341,7 +350,7 @@ def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
         path = Path(name).expanduser()
         if path.suffix in (".hdf5", ".h5", ".safetensors") or path.exists() or os.sep in name:
             return _from_path(path, reg)
-        raise UnknownModelError(f"unknown model '{name}'; registered models: {', '.join(sorted(reg['models']))}")
+        raise _unknown(name, reg)
     entry = reg["models"][name]
     cache = resolve_cache_dir(cache_dir)
     final = install_dir(cache, name, str(entry["version"]))
@@ -367,7 +376,7 @@ def list_models(names: Sequence[str] | None = None, *,
     cache = resolve_cache_dir(cache_dir)
     unknown = [n for n in names or () if n not in reg["models"]]
     if unknown:
-        raise UnknownModelError(f"unknown model '{unknown[0]}'; registered models: {', '.join(sorted(reg['models']))}")
+        raise _unknown(unknown[0], reg)
     rows = []
     for name in names or sorted(reg["models"]):
         entry = reg["models"][name]

@@ -91,7 +91,8 @@ def test_zip_extraction_verified(shared_models: Path, expected: Expected, tmp_pa
     data = (shared_models / NAME).read_bytes()
     other = Expected("large_model.json", 62, sha256_of(shared_models / "large_model.json"))
     archive = tmp_path / "m.zip"
-    archive.write_bytes(make_zip({f"models/{NAME}": data, "models/large_model.json": b"x" * 62, "README": b""}))
+    archive.write_bytes(make_zip({f"models/{NAME}": data, "models/large_model.json": b"x" * 62,
+                                  "README": b""}))
     out = tmp_path / "out"
     out.mkdir()
     bad = extract_verified(archive, [expected, other, Expected("absent.bin", 1, None)], out)

@@ -63,8 +63,8 @@ def test_list_then_fetch_then_list(tmp_path: Path) -> None:
     lines = before.stdout.splitlines()
     assert lines[0].split("\t") == ["name", "version", "size_bytes", "installed", "path", "description"]
     rows = [line.split("\t") for line in lines[1:]]
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("challenge", "r20180205", "639742", "missing"),
-                                                        ("large (default)", "r20180205", "2041326", "missing")]
+    assert [tuple(r[:4]) for r in rows] == [("challenge", "r20180205", "639742", "missing"),
+                                            ("large (default)", "r20180205", "2041326", "missing")]
     assert rows[1][4] == str(tmp_path.resolve() / "models" / "large" / "r20180205")
     assert "232 subjects" in rows[1][5]
     fetched = run("--cache-dir", str(tmp_path))  # the default model, from SCTGM_MIRROR (conftest)
@@ -146,4 +146,5 @@ def test_eight_cli_processes_cold_cache(shared_models: Path, tmp_path: Path) -> 
     assert len({r[1] for r in results}) == 1 and "model.safetensors" in results[0][1]
     assert dict(srv.counts) == {"large_model.hdf5": 1, "large_model.json": 1}
     assert sorted(p.name for p in (tmp_path / "models" / "large").iterdir()) == ["r20180205"]
-    assert run("--list", "large", "--cache-dir", str(tmp_path)).stdout.splitlines()[1].split("\t")[3] == "installed"
+    listed = run("--list", "large", "--cache-dir", str(tmp_path))
+    assert listed.stdout.splitlines()[1].split("\t")[3] == "installed"

@@ -149,7 +149,8 @@ def test_first_source_fails_next_used(mode: str, server: ModelServer, tmp_path: 
         model = ensure_model("large", mirror=first, cache_dir=tmp_path, policy=FAST)  # then SCTGM_MIRROR
     assert model.weights_path.is_file()
     reason = {"404": "HTTP 404", "refused": "refused", "wrong": "sha256", "half": "connection lost"}[mode]
-    assert any(reason in r.getMessage() and "trying the next source" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(reason in m and "trying the next source" in m for m in messages)
 
 
 def test_all_sources_fail_leave_nothing(server: ModelServer, tmp_path: Path, set_sources: Callable,
@@ -180,7 +181,8 @@ def test_zip_source(server: ModelServer, tmp_path: Path, set_sources: Callable, 
                  {"kind": "zip", "url": server.url + "models.zip"}])
     model = ensure_model("large", cache_dir=tmp_path, policy=FAST)
     assert model.weights_path.is_file() and server.counts["models.zip"] == 1
-    assert "models.zip#large_model.hdf5" in json.loads((model.weights_path.parent / MANIFEST_FILE).read_text())["sources"][0]
+    manifest = json.loads((model.weights_path.parent / MANIFEST_FILE).read_text())
+    assert manifest["sources"][0].endswith("models.zip#large_model.hdf5")
     assert not any(p.name.endswith(".zip") for p in tmp_path.rglob("*"))
 
 
@@ -211,6 +213,16 @@ def test_corrupted_install_detected_then_force(victim: str, tmp_path: Path, set_
     assert not [p for p in (tmp_path / "models" / "large").iterdir() if p.name.startswith(".")]
 
 
+def test_manifest_must_cover_the_weights(tmp_path: Path, set_sources: Callable) -> None:
+    model = ensure_model("challenge", cache_dir=tmp_path)
+    manifest_path = model.weights_path.parent / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"][WEIGHTS_FILE]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match=f"does not list {WEIGHTS_FILE}.*--force"):
+        ensure_model("challenge", cache_dir=tmp_path)
+
+
 def test_stale_temporary_folder_removed(tmp_path: Path, set_sources: Callable) -> None:
     stale = tmp_path / "models" / "large" / ".tmp-killed"
     stale.mkdir(parents=True)
@@ -224,7 +236,8 @@ def test_paths_and_unknown_names(shared_models: Path, tmp_path: Path) -> None:
 
     m = ensure_model(str(shared_models / "challenge_model.hdf5"))
     assert (m.weights_format, m.filters, m.version) == ("keras-hdf5", 32, "user")
-    save_safetensors(*state_dict_from_keras(shared_models / "challenge_model.hdf5"), tmp_path / "w.safetensors")
+    sd, filters = state_dict_from_keras(shared_models / "challenge_model.hdf5")
+    save_safetensors(sd, filters, tmp_path / "w.safetensors")
     m = ensure_model(str(tmp_path / "w.safetensors"))
     assert (m.weights_format, m.filters) == ("safetensors", 32)
     with pytest.raises(UnknownModelError, match="no such model file"):
@@ -248,8 +261,9 @@ def test_eight_processes_cold_cache_one_download(shared_models: Path, tmp_path: 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SCTGM_MIRROR")
     with ModelServer(shared_models, slow_s=0.2) as srv:
-        procs = [subprocess.Popen([sys.executable, "-c", code, srv.url, str(tmp_path)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        cmd = [sys.executable, "-c", code, srv.url, str(tmp_path)]
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
         results = [(p.wait(60), *p.communicate()) for p in procs]
     assert [r[0] for r in results] == [0] * 8, [r[2] for r in results]
     assert len({r[1] for r in results}) == 1

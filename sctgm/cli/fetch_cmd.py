@@ -78,7 +78,8 @@ def _render_list(rows: list[ModelStatus]) -> None:
               help="Folder, base URL or .zip holding the model files; tried before SCTGM_MIRROR and the "
                    "registry's addresses.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Cache folder (default: $SCTGM_HOME, else the user cache folder, ~/.cache/sctgm on Linux).")
+              help="Cache folder (default: $SCTGM_HOME, else the user cache folder, ~/.cache/sctgm on "
+                   "Linux).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, no warnings.")
 @click.pass_context
 def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, list_models: bool,
