@@ -1,0 +1,110 @@
+"""``sct-gm fetch-model``: download, verify and install model weights, or list them."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import click
+
+if TYPE_CHECKING:
+    from ..download import Progress, ProgressCallback
+    from ..registry import ModelStatus
+
+
+@contextlib.contextmanager
+def download_progress(quiet: bool = False) -> Iterator[Optional[ProgressCallback]]:
+    """A progress callback for :func:`sctgm.registry.ensure_model` that draws rich progress bars on
+    stderr; None (silent) when ``quiet`` or when stderr is not a terminal. Shared with ``segment``."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress as Bars, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    bars = Bars(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    tasks: dict[str, int] = {}
+
+    def report(p: Progress) -> None:
+        if p.label not in tasks:
+            tasks[p.label] = bars.add_task(p.label, total=p.total)
+        bars.update(tasks[p.label], completed=p.done, total=p.total)
+
+    with bars:
+        yield report
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _render_list(rows: list[ModelStatus]) -> None:
+    """A rich table on a terminal; tab-separated lines (one header) otherwise, for scripts."""
+    if not sys.stdout.isatty():
+        click.echo("name\tversion\tsize_bytes\tinstalled\tpath\tdescription")
+        for r in rows:
+            name = r.name + (" (default)" if r.default else "")
+            click.echo(f"{name}\t{r.version}\t{r.size_bytes}\t{r.state}\t{r.path}\t{r.description}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "version", "size", "installed"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("path", overflow="fold")
+    table.add_column("description", ratio=1)
+    style = {"installed": "green", "missing": "yellow", "corrupt": "bold red"}
+    for r in rows:
+        table.add_row(r.name + (" (default)" if r.default else ""), r.version, _human(r.size_bytes),
+                      f"[{style[r.state]}]{r.state}[/]", str(r.path), r.description)
+    Console().print(table)
+
+
+@click.command("fetch-model")
+@click.argument("names", nargs=-1, metavar="[NAME ...]")
+@click.option("--all", "all_models", is_flag=True, help="Fetch every registered model.")
+@click.option("--list", "list_models", is_flag=True, help="List the models and whether each is installed.")
+@click.option("--force", is_flag=True, help="Download and install again even if installed.")
+@click.option("--mirror", metavar="URL_OR_DIR",
+              help="Folder, base URL or .zip holding the model files; tried before SCTGM_MIRROR and the "
+                   "registry's addresses.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache folder (default: $SCTGM_HOME, else the user cache folder, ~/.cache/sctgm on "
+                   "Linux).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no warnings.")
+@click.pass_context
+def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, list_models: bool,
+                force: bool, mirror: Optional[str], cache_dir: Optional[Path], quiet: bool) -> None:
+    """Download, verify and install model weights (default: the registry's default model).
+
+    Files are checked by size and sha256, converted once to safetensors and installed atomically; a
+    file lock lets several processes fetch at once. Offline, point --mirror or SCTGM_MIRROR at a
+    folder holding the published files.
+    """
+    from .. import registry
+    from . import setup_logging
+
+    setup_logging(bool(ctx.obj and ctx.obj.get("verbose")), quiet=quiet)
+    if list_models:
+        if force or all_models:
+            raise click.UsageError("--list does not combine with --force or --all")
+        _render_list(registry.list_models(names or None, cache_dir=cache_dir))
+        return
+    if all_models and names:
+        raise click.UsageError("give model names or --all, not both")
+    registered, default = registry.registered_names()
+    wanted = registered if all_models else list(dict.fromkeys(names)) or [default]
+    with download_progress(quiet) as progress:
+        for name in wanted:
+            model = registry.ensure_model(name, mirror=mirror, cache_dir=cache_dir, progress=progress,
+                                          force=force)
+            click.echo(f"{model.name} {model.version}: {model.weights_path}")
