@@ -358,7 +358,7 @@
   function yamlItems(s) {
     var items = [], inKey = false;
     s.split(/\r?\n/).forEach(function (line) {
-      if (/^\S/.test(line)) { inKey = /^FILES_GMSEG\s*:/.test(line); return; }
+      if (/^[^\s#-]/.test(line)) { inKey = /^FILES_GMSEG\s*:/.test(line); return; }
       var m = inKey && line.match(/^\s*-\s*(.+?)\s*$/);
       if (!m) { return; }
       var v = m[1];
