@@ -211,5 +211,5 @@ def render_mosaic(
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG", compress_level=6)  # optimize=True: -12 % size for 5x the time
     return buf.getvalue()
