@@ -135,6 +135,10 @@ def test_mosaic_orientation_independent_of_file_layout(make_nifti, axcodes):
     assert red.any()
     assert xs.mean() < tile["w"] / 2 and ys.mean() < tile["h"] / 2, (axcodes, xs.mean(), ys.mean())
     assert entry["n_flagged"] == 0
+    # Tiles run inferior -> superior, labelled with the file's own voxel index along its S-I axis.
+    expected = [2, 1, 0] if "I" in axcodes else [0, 1, 2]
+    assert entry["slices"]["index"] == expected
+    assert [t["slice"] for t in entry["mosaic"]["tiles"]] == expected
 
 
 # ---------------------------------------------------------------- entries and index
