@@ -21,6 +21,7 @@ from .._version import __version__
 COMMANDS: dict[str, str] = {
     "segment": "sctgm.cli.segment_cmd:segment",
     "fetch-model": "sctgm.cli.fetch_cmd:fetch_model",
+    "qc": "sctgm.cli.qc_cmd:qc",
 }
 
 

@@ -1,0 +1,177 @@
+"""One QC entry: load and check the files, measure per-slice areas, flag, render, record.
+
+Everything here happens in memory; nothing touches the QC folder until :func:`add_entry` hands
+the finished entry to :mod:`sctgm.qc.report`, so bad inputs leave the folder unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..io import LoadedImage, check_same_grid, load_image, split_nifti_name
+from ..orientation import canonical_zooms_mm, reorientation_for
+from . import flags as _flags
+from . import render, report
+
+#: Mask voxels at or above this value count as inside (binary or probabilistic masks).
+MASK_THRESHOLD = 0.5
+SCHEMA_VERSION = 1
+
+
+def add_entry(
+    qc_dir: str | os.PathLike[str],
+    image_path: str | os.PathLike[str],
+    gmseg_path: str | os.PathLike[str],
+    *,
+    cord_path: str | os.PathLike[str] | None = None,
+    wmseg_path: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    model_sha256: str | None = None,
+    subject: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
+
+    The folder is created if needed; ``qc_dir/index.html`` then lists every entry ever added there.
+    Raises :class:`~sctgm.exceptions.InputImageError` (missing/unreadable/non-3D file),
+    :class:`~sctgm.exceptions.GridMismatchError` (a mask not on the image's grid) or
+    :class:`~sctgm.exceptions.OutputError` (folder not writable) before writing anything. Safe to
+    call from several processes at once on the same folder. Returns the new entry's folder.
+    """
+    report.check_qc_dir(qc_dir)
+    entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
+                               model_sha256=model_sha256, subject=subject, extra=extra)
+    return report.write_entry(qc_dir, entry, files)
+
+
+def guess_subject(path: str | os.PathLike[str]) -> str:
+    """The BIDS subject (``sub-XX``) found in ``path``, else the file name without extension."""
+    for part in reversed(Path(path).parts):
+        m = re.search(r"sub-[A-Za-z0-9]+", part)
+        if m:
+            return m.group(0)
+    return split_nifti_name(Path(path).name)[0]
+
+
+def _load_mask(path: str | os.PathLike[str], what: str, image: LoadedImage) -> LoadedImage:
+    mask = load_image(path, what=what, allow_constant=True)
+    check_same_grid(image, mask)
+    return mask
+
+
+def build_entry(
+    image_path: str | os.PathLike[str],
+    gmseg_path: str | os.PathLike[str],
+    *,
+    cord_path: str | os.PathLike[str] | None = None,
+    wmseg_path: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    model_sha256: str | None = None,
+    subject: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
+    image = load_image(image_path, what="image")
+    gm_img = _load_mask(gmseg_path, "GM segmentation", image)
+    cord_img = _load_mask(cord_path, "cord segmentation", image) if cord_path is not None else None
+    wm_img = _load_mask(wmseg_path, "WM segmentation", image) if wmseg_path is not None else None
+
+    reo = reorientation_for(image.affine, image.data.shape)
+    zooms = canonical_zooms_mm(reo.canonical_affine(image.affine))
+    data = reo.apply(image.data)
+    gm = reo.apply(gm_img.data) >= MASK_THRESHOLD
+    cord = reo.apply(cord_img.data) >= MASK_THRESHOLD if cord_img is not None else None
+    if wm_img is not None:
+        wm: np.ndarray | None = reo.apply(wm_img.data) >= MASK_THRESHOLD
+    elif cord is not None:
+        wm = cord & ~gm
+    else:
+        wm = None
+
+    nz = data.shape[2]
+    px_mm2 = zooms[0] * zooms[1]
+    reference = cord if cord is not None and cord.any() else gm
+    plan = render.plan_crop(reference, zooms, is_cord=reference is cord)
+    gm_area = [float(gm[:, :, k].sum() * px_mm2) for k in range(nz)]
+    cord_area = [float(cord[:, :, k].sum() * px_mm2) for k in range(nz)] if cord is not None else None
+    wm_area = [float(wm[:, :, k].sum() * px_mm2) for k in range(nz)] if wm is not None else None
+    edge = [render.touches_edge(gm[:, :, k], *plan.box(k), plan.size_vox) for k in range(nz)]
+    per_slice = _flags.slice_flags(gm_area, cord_area, edge)
+
+    any_mask = gm | cord if cord is not None else gm
+    present = [k for k in range(nz) if any_mask[:, :, k].any()]
+    span = list(range(present[0], present[-1] + 1)) if present else list(range(nz))
+    flagged = {k for k in span if per_slice[k]}
+    # The input file's voxel index along its S-I axis, printed on tiles (what viewers show).
+    si_axis = int(np.flatnonzero(reo.to_canonical[:, 0] == 2)[0])
+    flip = reo.to_canonical[si_axis, 1] < 0
+    file_index = {k: (nz - 1 - k if flip else k) for k in range(nz)}
+    shown = render.choose_slices(span, flagged)
+    mosaic = render.render_mosaic(data, gm, plan, shown, zooms, wm=wm, flagged=flagged, slice_labels=file_index)
+
+    gm_slices = [gm_area[k] for k in range(nz) if gm_area[k] > 0]
+    flag_counts: dict[str, int] = {}
+    for k in span:
+        for f in per_slice[k]:
+            flag_counts[f] = flag_counts.get(f, 0) + 1
+    now = time.time()
+    image_abs = Path(image_path).resolve()
+    entry = {
+        "schema": SCHEMA_VERSION,
+        "id": report.new_entry_id(split_nifti_name(image_abs.name)[0]),
+        "timestamp": now,
+        "date": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
+        "subject": subject if subject is not None else guess_subject(image_abs),
+        "image_name": image_abs.name,
+        "image": str(image_abs),
+        "gmseg": str(Path(gmseg_path).resolve()),
+        "cord": str(Path(cord_path).resolve()) if cord_path is not None else None,
+        "wmseg": str(Path(wmseg_path).resolve()) if wmseg_path is not None else None,
+        "model": model,
+        "model_sha256": model_sha256,
+        "sctgm_version": __version__,
+        "extra": _jsonable(extra or {}),
+        "voxel_mm": [round(z, 4) for z in zooms],
+        "gm_volume_mm3": round(float(gm.sum()) * px_mm2 * zooms[2], 2),
+        "gm_mean_area_mm2": round(float(np.mean(gm_slices)), 2) if gm_slices else 0.0,
+        "wm_mean_area_mm2": (round(float(np.mean([wm_area[k] for k in range(nz) if gm_area[k] > 0 or wm_area[k] > 0]
+                                                 or [0.0])), 2) if wm_area is not None else None),
+        "n_flagged": len(flagged),
+        "flag_counts": flag_counts,
+        "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
+        "slices": {
+            "index": [file_index[k] for k in span],
+            "gm_mm2": [round(gm_area[k], 2) for k in span],
+            "wm_mm2": [round(wm_area[k], 2) for k in span] if wm_area is not None else None,
+            "cord_mm2": [round(cord_area[k], 2) for k in span] if cord_area is not None else None,
+            "flags": [list(per_slice[k]) for k in span],
+        },
+        "mosaic": {
+            "background": "image.png",
+            "overlay": "overlay.png",
+            "width": mosaic.width,
+            "height": mosaic.height,
+            "tiles": [{**t, "slice": file_index[t["slice"]]} for t in mosaic.tiles],
+            "shown": len(shown),
+            "total": len(span),
+        },
+    }
+    return entry, {"image.png": mosaic.background_png, "overlay.png": mosaic.overlay_png}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
