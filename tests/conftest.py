@@ -93,3 +93,17 @@ def make_nifti(tmp_path: Path):
         return path
 
     return _make
+
+
+@pytest.fixture(autouse=True)
+def restore_sctgm_logger():
+    """CLI runs (CliRunner) install a stderr handler on the 'sctgm' logger and stop propagation;
+    undo that after each test so caplog sees the library's records in later tests."""
+    import logging
+
+    logger = logging.getLogger("sctgm")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from _serve import ModelServer, make_symlink_zip, make_zip, refused_url
+from ._serve import ModelServer, make_symlink_zip, make_zip, refused_url
 from sctgm.download import DownloadPolicy, Expected, extract_verified, fetch_file, join_source
 from sctgm.exceptions import DownloadError, UnsafeArchiveError
 from sctgm.registry import sha256_of

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from _serve import ModelServer, refused_url
+from ._serve import ModelServer, refused_url
 from sctgm import registry
 from sctgm.cli import main
 

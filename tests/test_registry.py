@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from _serve import ModelServer, make_zip, refused_url
+from ._serve import ModelServer, make_zip, refused_url
 from sctgm import registry
 from sctgm.download import DownloadPolicy
 from sctgm.exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
