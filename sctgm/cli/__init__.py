@@ -20,6 +20,7 @@ from .._version import __version__
 #: command name -> "module:attribute" (imported only when that command runs or its help is shown).
 COMMANDS: dict[str, str] = {
     "segment": "sctgm.cli.segment_cmd:segment",
+    "metrics": "sctgm.cli.metrics_cmd:metrics",
 }
 
 
