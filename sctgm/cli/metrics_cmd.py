@@ -77,8 +77,9 @@ def _render(table: Any, console: Any) -> None:
         if table.mode == "compare":
             summary = rows[-1]
             t = Table(title=f"{result.seg_path} vs {result.ref_path}", box=box.SIMPLE_HEAD, pad_edge=False,
-                      caption=f"distances in mm; 3D Dice {_fmt(summary['dice_3d'])}; mean over {summary['n_slices']} "
-                              f"slices with a reference ({summary['n_slices_missed']} missed, "
+                      caption=f"distances in mm; 3D Dice {_fmt(summary['dice_3d'])}; mean over "
+                              f"{summary['n_slices']} slices with a reference "
+                              f"({summary['n_slices_missed']} missed, "
                               f"{summary['n_slices_false_positive']} false-positive slices)")
             cols = (("slice", "slice"), ("position_mm", "pos mm"), *_COMPARE_SHOWN)
         else:
@@ -92,7 +93,7 @@ def _render(table: Any, console: Any) -> None:
             cells = [_fmt(row.get(c), 1 if c == "position_mm" else 2) for c, _ in cols]
             if table.mode == "compare" and summary_row:
                 cells[0], cells[1] = "mean", ""
-            t.add_row(*cells, style="bold" if summary_row else None, end_section=summary_row and row is rows[-1])
+            t.add_row(*cells, style="bold" if summary_row else None)
         console.print(t)
 
 
@@ -105,13 +106,15 @@ def _render(table: Any, console: Any) -> None:
               help="Spinal cord mask: adds cord and WM areas and the GM/cord ratio.")
 @click.option("--levels", multiple=True, type=click.Path(dir_okay=False),
               help="Vertebral level labels (e.g. SCT's *_seg_labeled.nii.gz): per-level mean and SD.")
-@click.option("--soft", is_flag=True, help="Measure: area = sum of probabilities instead of binarising at 0.5.")
+@click.option("--soft", is_flag=True,
+              help="Measure: area = sum of probabilities instead of binarising at 0.5.")
 @click.option("-o", "--output", "csv_path", type=click.Path(dir_okay=False), help="Write the table as CSV.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the table as JSON ('-' for standard output, instead of the terminal table).")
 @click.option("-q", "--quiet", is_flag=True, help="No terminal table.")
-def metrics(inputs: tuple[str, ...], references: tuple[str, ...], cords: tuple[str, ...], levels: tuple[str, ...],
-            soft: bool, csv_path: str | None, json_path: str | None, quiet: bool) -> None:
+def metrics(inputs: tuple[str, ...], references: tuple[str, ...], cords: tuple[str, ...],
+            levels: tuple[str, ...], soft: bool, csv_path: str | None, json_path: str | None,
+            quiet: bool) -> None:
     from rich.console import Console
 
     from ..metrics import compute_metrics

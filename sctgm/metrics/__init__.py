@@ -21,7 +21,8 @@ from .overlap import OverlapMetrics, dice_3d, overlap_metrics
 from .table import MetricsTable, compute_metrics, write_csv
 
 __all__ = [
-    "CanonicalMask", "ComparisonResult", "DistanceMetrics", "MetricsTable", "MorphometryResult", "OverlapMetrics",
+    "CanonicalMask", "ComparisonResult", "DistanceMetrics", "MetricsTable", "MorphometryResult",
+    "OverlapMetrics",
     "compare", "compare_slices", "compute_metrics", "dice_3d", "distance_metrics", "load_mask", "morphometry",
     "overlap_metrics", "skeleton", "surface", "surface_distances_mm", "write_csv",
 ]

@@ -38,7 +38,8 @@ SLICE_METRICS: tuple[str, ...] = (
 VOLUME_COLUMNS: tuple[str, ...] = ("dice_3d", "n_slices", "n_slices_missed", "n_slices_false_positive")
 #: Every column of :attr:`ComparisonResult.rows`, in order.
 COLUMNS: tuple[str, ...] = (
-    "file", "reference_file", "sctgm_version", "scope", "slice", "position_mm", *SLICE_METRICS, *VOLUME_COLUMNS,
+    "file", "reference_file", "sctgm_version", "scope", "slice", "position_mm",
+    *SLICE_METRICS, *VOLUME_COLUMNS,
 )
 
 
@@ -92,11 +93,11 @@ class ComparisonResult:
     @property
     def rows(self) -> list[dict[str, Any]]:
         """Tidy rows for CSV/JSON: one per slice (scope 'slice'), then the summary (scope 'volume')."""
-        base = {"file": str(self.seg_path), "reference_file": str(self.ref_path), "sctgm_version": self.version}
-        rows = []
-        for idx, pos, metrics in zip(self.slice_index, self.position_mm, self.slices):
-            rows.append({**dict.fromkeys(COLUMNS), **base, "scope": "slice", "slice": idx, "position_mm": pos, **metrics})
-        rows.append({**dict.fromkeys(COLUMNS), **base, "scope": "volume", **self.summary})
+        base = {**dict.fromkeys(COLUMNS), "file": str(self.seg_path), "reference_file": str(self.ref_path),
+                "sctgm_version": self.version}
+        rows = [{**base, "scope": "slice", "slice": idx, "position_mm": pos, **metrics}
+                for idx, pos, metrics in zip(self.slice_index, self.position_mm, self.slices)]
+        rows.append({**base, "scope": "volume", **self.summary})
         return rows
 
 

@@ -5,9 +5,9 @@ Definitions (used per axial slice by :mod:`sctgm.metrics.compare`, and valid for
 - **Surface** of a mask: its boundary pixels, i.e. foreground pixels with at least one of their 4
   edge-neighbours in the background or outside the array (``mask & ~binary_erosion(mask, cross)``).
   The resulting contour is one pixel thick and 8-connected.
-- **Skeleton** of a mask: ``skimage.morphology.skeletonize`` (Zhang's thinning in 2D, the algorithm
-  SCT's ``sct_compute_hausdorff_distance`` used for the challenge's skeleton metrics), computed on the
-  pixel grid of each mask (segmentation and reference), then measured in mm.
+- **Skeleton** of a mask: ``skimage.morphology.skeletonize`` (Zhang's thinning in 2D, the thinning
+  SCT's ``sct_compute_hausdorff_distance`` applies to both masks before its skeleton distances),
+  computed on the pixel grid of each mask (segmentation and reference), then measured in mm.
 - Distances are between pixel centres, in mm, with the pixel spacing of each array axis
   (``scipy.ndimage.distance_transform_edt(sampling=spacing_mm)``), so anisotropic pixels are exact.
   The in-plane axes are taken as orthogonal (true of every scanner-written NIfTI; a sheared affine
@@ -45,7 +45,8 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
     return skeletonize(m) if m.any() else m
 
 
-def directed_distances_mm(points_a: np.ndarray, points_b: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+def directed_distances_mm(points_a: np.ndarray, points_b: np.ndarray,
+                          spacing_mm: Sequence[float]) -> np.ndarray:
     """For each foreground pixel of ``points_a`` (in C order), the distance in mm to the nearest
     foreground pixel of ``points_b``. Empty when either is empty."""
     a, b = np.asarray(points_a, bool), np.asarray(points_b, bool)
@@ -56,7 +57,8 @@ def directed_distances_mm(points_a: np.ndarray, points_b: np.ndarray, spacing_mm
     return np.asarray(dist_to_b[a], dtype=float)
 
 
-def surface_distances_mm(seg: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances_mm(seg: np.ndarray, ref: np.ndarray,
+                         spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(seg surface -> ref surface, ref surface -> seg surface) distances in mm, one per surface pixel.
     Both are empty when either mask is empty."""
     sa, sb = surface(seg), surface(ref)
@@ -91,7 +93,8 @@ def distance_metrics(seg: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[floa
         return DistanceMetrics(math.nan, math.nan, math.nan, math.nan)
     surf = np.concatenate([d_sr, d_rs])
     ks, kr = skeleton(seg), skeleton(ref)
-    skel = np.concatenate([directed_distances_mm(ks, kr, spacing_mm), directed_distances_mm(kr, ks, spacing_mm)])
+    skel = np.concatenate([directed_distances_mm(ks, kr, spacing_mm),
+                           directed_distances_mm(kr, ks, spacing_mm)])
     return DistanceMetrics(
         mean_surface_distance_mm=float(surf.mean()),
         hausdorff_mm=float(surf.max()),

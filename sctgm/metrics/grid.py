@@ -107,6 +107,7 @@ def check_same_grid(a: CanonicalMask, b: CanonicalMask, *, atol_mm: float = 1e-3
     if a.data.shape != b.data.shape or not np.allclose(a.affine, b.affine, atol=atol_mm):
         raise GridMismatchError(
             f"{b.path} is not on the grid of {a.path}: shape {b.source_shape} vs {a.source_shape}, "
-            f"affine rows {np.round(b.source_affine[:3], 3).tolist()} vs {np.round(a.source_affine[:3], 3).tolist()}; "
-            f"resample one onto the other first (nearest neighbour, e.g. sct_register_multimodal -identity 1 -x nn)"
+            f"affine rows {np.round(b.source_affine[:3], 3).tolist()} vs "
+            f"{np.round(a.source_affine[:3], 3).tolist()}; resample one onto the other first "
+            f"(nearest neighbour, e.g. sct_register_multimodal -identity 1 -x nn)"
         )

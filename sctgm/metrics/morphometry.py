@@ -43,13 +43,13 @@ def mask_weights(mask: CanonicalMask, soft: bool) -> np.ndarray:
     if not soft:
         fuzzy = np.count_nonzero((d > 0) & (d < 1))
         if fuzzy:
-            log.warning("%s: %d voxels lie strictly between 0 and 1 (a probability map?); they were binarised "
-                        "at 0.5; use --soft to sum probabilities", mask.path, fuzzy)
+            log.warning("%s: %d voxels lie strictly between 0 and 1 (a probability map?); they were "
+                        "binarised at 0.5; use --soft to sum probabilities", mask.path, fuzzy)
         return binarize(d).astype(np.float64)
     lo, hi = float(d.min()), float(d.max())
     if lo < -SOFT_TOLERANCE or hi > 1 + SOFT_TOLERANCE:
-        raise MetricsError(f"{mask.path}: values range from {lo:g} to {hi:g}, expected probabilities in [0, 1] "
-                           f"for a soft mask; drop --soft to binarise the mask at 0.5")
+        raise MetricsError(f"{mask.path}: values range from {lo:g} to {hi:g}, expected probabilities in "
+                           f"[0, 1] for a soft mask; drop --soft to binarise the mask at 0.5")
     return np.clip(d, 0.0, 1.0).astype(np.float64)
 
 
@@ -82,7 +82,9 @@ class MorphometryResult:
 
     @property
     def area_columns(self) -> tuple[str, ...]:
-        return ("gm_area_mm2", "cord_area_mm2", "wm_area_mm2", "gm_cord_ratio") if self.cord_path else ("gm_area_mm2",)
+        if self.cord_path:
+            return ("gm_area_mm2", "cord_area_mm2", "wm_area_mm2", "gm_cord_ratio")
+        return ("gm_area_mm2",)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -109,8 +111,8 @@ class MorphometryResult:
         return [{k: r[k] for k in self.columns} for r in rows]
 
 
-def morphometry_masks(gm: CanonicalMask, cord: CanonicalMask | None = None, levels: CanonicalMask | None = None,
-                      soft: bool = False) -> MorphometryResult:
+def morphometry_masks(gm: CanonicalMask, cord: CanonicalMask | None = None,
+                      levels: CanonicalMask | None = None, soft: bool = False) -> MorphometryResult:
     """:func:`morphometry` on masks already loaded with :func:`~sctgm.metrics.grid.load_mask`."""
     for other in (cord, levels):
         if other is not None:
@@ -125,12 +127,13 @@ def morphometry_masks(gm: CanonicalMask, cord: CanonicalMask | None = None, leve
         gm_in = np.minimum(w_gm, w_cord).sum(axis=(0, 1)) * px
         outside = int(np.count_nonzero(w_gm > w_cord + SOFT_TOLERANCE))
         if outside:
-            log.warning("%s: %d GM voxels lie outside the cord mask %s; they are left out of the WM area and of "
-                        "the GM/cord ratio", gm.path, outside, cord.path)
+            log.warning("%s: %d GM voxels lie outside the cord mask %s; they are left out of the WM area "
+                        "and of the GM/cord ratio", gm.path, outside, cord.path)
         columns["cord_area_mm2"] = cord_area
         columns["wm_area_mm2"] = cord_area - gm_in
         with np.errstate(invalid="ignore", divide="ignore"):
-            columns["gm_cord_ratio"] = np.where(cord_area > 0, gm_in / np.where(cord_area > 0, cord_area, 1), np.nan)
+            columns["gm_cord_ratio"] = np.where(cord_area > 0, gm_in / np.where(cord_area > 0, cord_area, 1),
+                                                np.nan)
     per_slice_level = slice_levels(levels.data) if levels is not None else [None] * gm.n_slices
     positions = gm.slice_positions_mm()
     slices = []
@@ -151,7 +154,8 @@ def morphometry_masks(gm: CanonicalMask, cord: CanonicalMask | None = None, leve
             row[f"{name}_sd"] = float(vals.std()) if vals.size else math.nan
         level_rows.append(row)
     return MorphometryResult(seg_path=gm.path, cord_path=cord.path if cord else None,
-                             levels_path=levels.path if levels else None, soft=soft, slices=slices, levels=level_rows)
+                             levels_path=levels.path if levels else None, soft=soft, slices=slices,
+                             levels=level_rows)
 
 
 def morphometry(seg_path: str | os.PathLike[str], cord_path: str | os.PathLike[str] | None = None,

@@ -57,12 +57,13 @@ def _paired(option: str, values: Sequence[PathLike], n: int) -> list[PathLike | 
         return [values[0]] * n
     if len(values) == n:
         return list(values)
-    raise MetricsError(f"{len(values)} {option} files for {n} inputs; give {option} once (used for every input) "
-                       f"or once per input, in the same order")
+    raise MetricsError(f"{len(values)} {option} files for {n} inputs; give {option} once (used for every "
+                       f"input) or once per input, in the same order")
 
 
 def check_table_path(path: PathLike, kind: str) -> Path:
-    """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI name)."""
+    """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI
+    name)."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if split_nifti_name(p)[1]:
@@ -112,8 +113,8 @@ def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike
     if not inputs:
         raise MetricsError("no input mask given")
     if references and (cords or levels):
-        raise MetricsError("a reference (compare mode) cannot be combined with a cord mask or levels (measure "
-                           "mode); run the two separately")
+        raise MetricsError("a reference (compare mode) cannot be combined with a cord mask or levels "
+                           "(measure mode); run the two separately")
     if references and soft:
         raise MetricsError("soft masks apply to measuring areas; a comparison binarises both masks at 0.5, "
                            "drop --soft")
@@ -123,11 +124,12 @@ def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike
     n = len(inputs)
     results: list[Result] = []
     if references:
-        refs = _paired("reference", references, n)
+        refs = [r for r in _paired("reference", references, n) if r is not None]  # all set: references given
         for i, (seg, ref) in enumerate(zip(inputs, refs)):
             if progress:
                 progress(i, n, Path(seg))
-            results.append(compare_masks(load_mask(seg, what="segmentation"), load_mask(ref, what="reference mask")))  # type: ignore[arg-type]
+            results.append(compare_masks(load_mask(seg, what="segmentation"),
+                                         load_mask(ref, what="reference mask")))
         table = MetricsTable("compare", COMPARE_COLUMNS, results)
     else:
         cord_paths, level_paths = _paired("cord mask", cords, n), _paired("levels", levels, n)
