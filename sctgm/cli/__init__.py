@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "segment": "sctgm.cli.segment_cmd:segment",
     "fetch-model": "sctgm.cli.fetch_cmd:fetch_model",
     "qc": "sctgm.cli.qc_cmd:qc",
+    "metrics": "sctgm.cli.metrics_cmd:metrics",
 }
 
 

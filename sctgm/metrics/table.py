@@ -1,0 +1,150 @@
+"""Several files at once: one tidy table (rows of every file, one block per file), CSV and JSON.
+
+CSV conventions: one row per (file, slice) with ``scope`` = 'slice', then the file's summary rows
+(``scope`` = 'volume' when comparing, 'level' per vertebral level when measuring with --levels);
+units in column names; provenance columns ``file`` (paths as given), ``sctgm_version``. Empty
+cell: the column does not apply to that row (e.g. ``slice`` on a summary row); ``NaN``: the metric is
+undefined there (e.g. a distance on a slice with an empty mask). JSON writes both as ``null``.
+Files are written atomically after every metric is computed, so a failure never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from .._version import __version__
+from ..exceptions import MetricsError, OutputError
+from ..io import atomic_path, save_json, split_nifti_name
+from .compare import COLUMNS as COMPARE_COLUMNS
+from .compare import ComparisonResult, compare_masks
+from .grid import load_mask
+from .morphometry import MorphometryResult, morphometry_masks
+
+PathLike = Union[str, "os.PathLike[str]"]
+Result = Union[ComparisonResult, MorphometryResult]
+
+
+@dataclass(frozen=True)
+class MetricsTable:
+    """The results of one ``sct-gm metrics`` run: mode 'compare' (with references) or 'measure'."""
+
+    mode: str
+    columns: tuple[str, ...]
+    results: list[Result]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for result in self.results for row in result.rows]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN as None)."""
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+        return {"sctgm_version": __version__, "mode": self.mode, "columns": list(self.columns),
+                "rows": [{k: clean(v) for k, v in row.items()} for row in self.rows]}
+
+
+def _paired(option: str, values: Sequence[PathLike], n: int) -> list[PathLike | None]:
+    if len(values) == 0:
+        return [None] * n
+    if len(values) == 1:
+        return [values[0]] * n
+    if len(values) == n:
+        return list(values)
+    raise MetricsError(f"{len(values)} {option} files for {n} inputs; give {option} once (used for every "
+                       f"input) or once per input, in the same order")
+
+
+def check_table_path(path: PathLike, kind: str) -> Path:
+    """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI
+    name)."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if split_nifti_name(p)[1]:
+        raise OutputError(f"{p}: is a NIfTI name; the {kind} output needs a name such as metrics.{kind}")
+    if p.is_dir():
+        raise OutputError(f"{p}: is a folder; give a file name such as metrics.{kind}")
+    if not folder.is_dir():
+        raise OutputError(f"{p}: the output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{p}: the output folder {folder} is not writable")
+    return p
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "NaN" if math.isnan(v) else format(v, ".10g")
+    return str(v)
+
+
+def write_csv(table: MetricsTable, path: PathLike) -> Path:
+    """Write ``table`` as CSV, atomically."""
+    p = check_table_path(path, "csv")
+    try:
+        with atomic_path(p) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(table.columns)
+            for row in table.rows:
+                writer.writerow([_cell(row.get(c)) for c in table.columns])
+    except OSError as exc:
+        raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
+    return p
+
+
+def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike] = (),
+                    cords: Sequence[PathLike] = (), levels: Sequence[PathLike] = (), soft: bool = False,
+                    csv_path: PathLike | None = None, json_path: PathLike | None = None,
+                    progress: Callable[[int, int, Path], None] | None = None) -> MetricsTable:
+    """Compare each of ``inputs`` with its reference (when ``references`` are given) or measure it
+    (GM area; WM area and GM/cord ratio with ``cords``; per level with ``levels``). ``references``,
+    ``cords`` and ``levels`` each hold one path (used for every input) or one per input. Writes the
+    CSV/JSON when asked, only once every file has been processed. ``progress(i, n, path)`` is called
+    before each input."""
+    if not inputs:
+        raise MetricsError("no input mask given")
+    if references and (cords or levels):
+        raise MetricsError("a reference (compare mode) cannot be combined with a cord mask or levels "
+                           "(measure mode); run the two separately")
+    if references and soft:
+        raise MetricsError("soft masks apply to measuring areas; a comparison binarises both masks at 0.5, "
+                           "drop --soft")
+    for out, kind in ((csv_path, "csv"), (json_path, "json")):
+        if out is not None:
+            check_table_path(out, kind)
+    n = len(inputs)
+    results: list[Result] = []
+    if references:
+        refs = [r for r in _paired("reference", references, n) if r is not None]  # all set: references given
+        for i, (seg, ref) in enumerate(zip(inputs, refs)):
+            if progress:
+                progress(i, n, Path(seg))
+            results.append(compare_masks(load_mask(seg, what="segmentation"),
+                                         load_mask(ref, what="reference mask")))
+        table = MetricsTable("compare", COMPARE_COLUMNS, results)
+    else:
+        cord_paths, level_paths = _paired("cord mask", cords, n), _paired("levels", levels, n)
+        for i, (seg, cord, lv) in enumerate(zip(inputs, cord_paths, level_paths)):
+            if progress:
+                progress(i, n, Path(seg))
+            results.append(morphometry_masks(
+                load_mask(seg, what="GM mask"),
+                load_mask(cord, what="cord mask") if cord is not None else None,
+                load_mask(lv, what="vertebral level image") if lv is not None else None,
+                soft=soft))
+        table = MetricsTable("measure", results[0].columns, results)  # type: ignore[union-attr]
+    if csv_path is not None:
+        write_csv(table, csv_path)
+    if json_path is not None:
+        save_json(table.to_json(), check_table_path(json_path, "json"))
+    return table
+
