@@ -11,6 +11,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,11 +58,13 @@ def output_paths(input_path: str | os.PathLike[str], output: str | os.PathLike[s
 def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                  model: str | None = None, cord_mask: str | os.PathLike[str] | None = None,
                  options: SegmentOptions = SegmentOptions(), prob: bool = False, wm: bool = False,
-                 device: str = "auto", segmenter: Segmenter | None = None,
-                 progress: ProgressCallback | None = None) -> SegmentFileResult:
+                 device: str = "auto", segmenter: Segmenter | None = None, qc_dir: str | os.PathLike[str] | None = None,
+                 qc_subject: str | None = None, progress: ProgressCallback | None = None,
+                 download_progress: Any = None) -> SegmentFileResult:
     """Segment the GM of one NIfTI file and write the mask (uint8 0/1 on exactly the input's grid),
     its JSON sidecar, and optionally the probability map (``prob``) and, with a cord mask, the WM
-    mask (``wm``). Outputs are written atomically: nothing partial is ever left behind.
+    mask (``wm``). Outputs are written atomically: nothing partial is ever left behind. With
+    ``qc_dir``, an entry is added to the HTML QC report there (:func:`sctgm.qc.add_entry`).
 
     Everything that can be checked before the network runs (input readable and valid, cord mask on
     the same grid, output folder writable, model available) is checked first.
@@ -73,7 +76,7 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
         check_writable(p)
     image = load_image(input_path)
     cord = load_image(cord_mask, what="cord mask", allow_constant=True) if cord_mask is not None else None
-    seg = segmenter or Segmenter(model, device=device)
+    seg = segmenter or Segmenter(model, device=device, download_progress=download_progress)
     result = seg.segment_image(image, cord=cord, options=options, want_prob=prob, progress=progress)
     written = SegmentFileResult(input=Path(input_path), gm=paths["gm"], sidecar=paths["sidecar"], segmentation=result)
     save_nifti(like(image.nifti, result.gm, np.uint8), paths["gm"])
@@ -82,6 +85,11 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     if prob and result.gm_prob is not None:
         written.prob = save_nifti(like(image.nifti, result.gm_prob, np.float32), paths["prob"])
     save_json(sidecar(seg, image.path, cord_mask, options, result, written), paths["sidecar"])
+    if qc_dir is not None:
+        from .qc import add_entry
+
+        add_entry(qc_dir, image.path, written.gm, cord_path=cord_mask, wmseg_path=written.wm,
+                  model=seg.model.name, model_sha256=seg.model.sha256, subject=qc_subject)
     return written
 
 

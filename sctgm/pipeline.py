@@ -58,8 +58,8 @@ class Segmenter:
     """
 
     def __init__(self, model: str | None = None, *, device: str = "auto", mirror: str | None = None,
-                 cache_dir: str | None = None) -> None:
-        installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir)
+                 cache_dir: str | None = None, download_progress: Any = None) -> None:
+        installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
         self.network: LoadedNetwork = load_network(installed, device)
 
     @property

@@ -30,12 +30,16 @@ from . import setup_logging
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Slices per network call.")
+@click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
+              help="Add this result to the HTML quality-control report in this folder (see sct-gm qc).")
+@click.option("-qc-subject", "--qc-subject", default=None, help="Subject name shown in the QC report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages, and tracebacks on errors.")
 @click.pass_context
 def segment(ctx: click.Context, input_path: Path, output: Path | None, model: str, cord_mask: Path | None,
             wm: bool, threshold: float | None, prob: bool, keep_largest: bool, fill_holes: bool, tta: bool,
-            device: str, batch_size: int, quiet: bool, verbose: bool) -> None:
+            device: str, batch_size: int, qc_dir: Path | None, qc_subject: str | None, quiet: bool,
+            verbose: bool) -> None:
     """Segment the spinal cord gray matter of a 3D NIfTI image.
 
     Writes a uint8 0/1 mask on exactly the input's grid, and a JSON sidecar beside it recording the
@@ -55,9 +59,12 @@ def segment(ctx: click.Context, input_path: Path, output: Path | None, model: st
     setup_logging(bool(ctx.obj and ctx.obj.get("verbose")), quiet)
     options = SegmentOptions(threshold=threshold, keep_largest=keep_largest, fill_holes=fill_holes, tta=tta,
                              batch_size=batch_size)
-    with _progress(quiet, f"Segmenting {input_path.name}") as progress:
+    from .fetch_cmd import download_progress
+
+    with download_progress(quiet) as fetching, _progress(quiet, f"Segmenting {input_path.name}") as progress:
         result = segment_file(input_path, output, model=model, cord_mask=cord_mask, options=options, prob=prob,
-                              wm=wm, device=device, progress=progress)
+                              wm=wm, device=device, qc_dir=qc_dir, qc_subject=qc_subject, progress=progress,
+                              download_progress=fetching)
     if not quiet:
         info = result.segmentation.info if result.segmentation else {}
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
