@@ -23,7 +23,6 @@ from .pipeline import Segmentation, Segmenter, SegmentOptions
 
 GM_SUFFIX = "_gmseg"
 WM_SUFFIX = "_wmseg"
-PROB_SUFFIX = "_gmseg_prob"
 
 
 @dataclass
@@ -51,7 +50,7 @@ def output_paths(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     if wm:
         paths["wm"] = Path(base + WM_SUFFIX + ext)
     if prob:
-        paths["prob"] = Path(stem + "_prob" + ext) if not stem.endswith(GM_SUFFIX) else Path(base + PROB_SUFFIX + ext)
+        paths["prob"] = Path(stem + "_prob" + ext)  # t2s_gmseg -> t2s_gmseg_prob
     return paths
 
 

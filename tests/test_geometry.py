@@ -22,11 +22,6 @@ ALL_AXCODES = ["".join(c) for p in itertools.permutations([("L", "R"), ("A", "P"
 def test_reorientation_round_trip_is_exact_for_all_48_orientations(axcodes):
     rng = np.random.default_rng(0)
     canon = rng.normal(size=(7, 8, 9)).astype(np.float32)
-    affine = np.diag([0.5, 0.6, 5.0, 1.0])
-    affine[:3, 3] = [10, -20, 30]
-    img = nib.Nifti1Image(canon, affine).as_reoriented(
-        ornt.ornt_transform(ornt.axcodes2ornt("LAS"), ornt.axcodes2ornt(tuple(axcodes))))
-    # LAS-labelled data relabelled: build the canonical image as LAS first
     las = nib.Nifti1Image(canon, np.diag([-0.5, 0.6, 5.0, 1.0]))
     stored = las.as_reoriented(ornt.ornt_transform(ornt.axcodes2ornt("LAS"), ornt.axcodes2ornt(tuple(axcodes))))
     assert "".join(nib.aff2axcodes(stored.affine)) == axcodes
@@ -35,7 +30,6 @@ def test_reorientation_round_trip_is_exact_for_all_48_orientations(axcodes):
     np.testing.assert_array_equal(reo.apply(data), canon)
     np.testing.assert_array_equal(reo.undo(reo.apply(data)), data)
     np.testing.assert_allclose(reo.canonical_affine(stored.affine), las.affine, atol=1e-9)
-    assert img.shape[0] > 0
 
 
 def test_sagittal_acquisition_does_not_look_axial():
