@@ -57,7 +57,8 @@ def output_paths(input_path: str | os.PathLike[str], output: str | os.PathLike[s
 def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                  model: str | None = None, cord_mask: str | os.PathLike[str] | None = None,
                  options: SegmentOptions = SegmentOptions(), prob: bool = False, wm: bool = False,
-                 device: str = "auto", segmenter: Segmenter | None = None, qc_dir: str | os.PathLike[str] | None = None,
+                 device: str = "auto", engine: str = "auto", threads: int | None = None,
+                 segmenter: Segmenter | None = None, qc_dir: str | os.PathLike[str] | None = None,
                  qc_subject: str | None = None, progress: ProgressCallback | None = None,
                  download_progress: Any = None) -> SegmentFileResult:
     """Segment the GM of one NIfTI file and write the mask (uint8 0/1 on exactly the input's grid),
@@ -75,7 +76,8 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
         check_writable(p)
     image = load_image(input_path)
     cord = load_image(cord_mask, what="cord mask", allow_constant=True) if cord_mask is not None else None
-    seg = segmenter or Segmenter(model, device=device, download_progress=download_progress)
+    seg = segmenter or Segmenter(model, device=device, engine=engine, threads=threads,
+                                 download_progress=download_progress)
     result = seg.segment_image(image, cord=cord, options=options, want_prob=prob, progress=progress)
     written = SegmentFileResult(input=Path(input_path), gm=paths["gm"], sidecar=paths["sidecar"], segmentation=result)
     save_nifti(like(image.nifti, result.gm, np.uint8), paths["gm"])
@@ -99,7 +101,8 @@ def sidecar(seg: Segmenter, input_path: Path, cord_mask: str | os.PathLike[str] 
     return {
         "GeneratedBy": {"Name": "sct-gm", "Version": __version__},
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
-        "Parameters": {**asdict(options), "threshold": result.info["threshold"], "device": str(seg.network.device)},
+        "Parameters": {**asdict(options), "threshold": result.info["threshold"], "device": seg.network.device,
+                       "engine": seg.network.engine},
         "Sources": [str(input_path)] + ([str(cord_mask)] if cord_mask is not None else []),
         "Outputs": {k: str(v) for k, v in (("gm", written.gm), ("wm", written.wm), ("prob", written.prob)) if v},
         "Result": {k: result.info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")},

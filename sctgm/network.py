@@ -29,20 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Keras' BatchNormalization default epsilon, used by the published models.
-KERAS_BN_EPSILON = 1e-3
-
-#: (name, kernel size, dilation) of each two-layer ASPP branch; the order is the concatenation order.
-ASPP_BRANCHES: tuple[tuple[str, int, int], ...] = (
-    ("branch1x1", 3, 1),
-    ("rate6", 3, 6),
-    ("rate12", 3, 12),
-    ("rate18", 3, 18),
-    ("rate24", 3, 24),
-)
-
-#: Index of the global-pooling branch in the concatenation (after rate18, before rate24).
-POOL_POSITION = 4
+from .architecture import AMORT_CHANNELS, ASPP_BRANCHES, KERAS_BN_EPSILON, POOL_POSITION, TRUNK, branch_layers
 
 
 class ConvReluBN(nn.Module):
@@ -65,21 +52,16 @@ class DilatedGMNet(nn.Module):
         super().__init__()
         f = filters
         self.filters = filters
-        self.conv2d_1 = ConvReluBN(1, f)
-        self.conv2d_2 = ConvReluBN(f, f)
-        self.rate2_1 = ConvReluBN(f, f, dilation=2)
-        self.rate2_2 = ConvReluBN(f, f, dilation=2)
-        branches = {}
-        for name, kernel, dilation in ASPP_BRANCHES:
-            second_kernel = 1 if name == "branch1x1" else kernel
-            branches[name] = nn.Sequential(
-                ConvReluBN(f, f, kernel, dilation), ConvReluBN(f, f, second_kernel, dilation)
-            )
-        self.branches = nn.ModuleDict(branches)
+        for i, (name, kernel, dilation) in enumerate(TRUNK):
+            setattr(self, name, ConvReluBN(1 if i == 0 else f, f, kernel, dilation))
+        self.branches = nn.ModuleDict({
+            name: nn.Sequential(*(ConvReluBN(f, f, k, d) for _, k, d in branch_layers(name, kernel, dilation)))
+            for name, kernel, dilation in ASPP_BRANCHES
+        })
         n_cat = f * (len(ASPP_BRANCHES) + 1)
         self.concat_bn = nn.BatchNorm2d(n_cat, eps=KERAS_BN_EPSILON)
-        self.amort = ConvReluBN(n_cat, 64, kernel_size=1)
-        self.predictions = nn.Conv2d(64, 1, kernel_size=1)
+        self.amort = ConvReluBN(n_cat, AMORT_CHANNELS, kernel_size=1)
+        self.predictions = nn.Conv2d(AMORT_CHANNELS, 1, kernel_size=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid output, shape (N, 1, H, W)."""

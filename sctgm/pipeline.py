@@ -18,7 +18,7 @@ from . import crop, postprocess
 from .inference import LoadedNetwork, ProgressCallback, load_network, predict, standardise
 from .io import LoadedImage, check_same_grid
 from .orientation import looks_axial, reorientation_for
-from .registry import ensure_model
+from .registry import ensure_model, resolve_cache_dir
 from .resample import FineGrid, Window, fine_grid, sample_window, window_to_native
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,19 @@ class Segmentation:
 class Segmenter:
     """A loaded model, reusable for many images (the model is loaded once).
 
+    ``engine``: 'auto' (ONNX Runtime on a CPU, PyTorch on a GPU), 'onnxruntime' or 'torch';
+    ``threads``: CPU threads for the network (default: one per core).
+
     >>> seg = Segmenter("large", device="cpu")                       # doctest: +SKIP
     >>> result = seg.segment_image(load_image("t2s.nii.gz"))         # doctest: +SKIP
     """
 
-    def __init__(self, model: str | None = None, *, device: str = "auto", mirror: str | None = None,
-                 cache_dir: str | None = None, download_progress: Any = None) -> None:
+    def __init__(self, model: str | None = None, *, device: str = "auto", engine: str = "auto",
+                 threads: int | None = None, mirror: str | None = None, cache_dir: str | None = None,
+                 download_progress: Any = None) -> None:
         installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
-        self.network: LoadedNetwork = load_network(installed, device)
+        self.network: LoadedNetwork = load_network(installed, device, engine=engine, threads=threads,
+                                                   cache_dir=resolve_cache_dir(cache_dir))
 
     @property
     def model(self):  # noqa: ANN201 - InstalledModel

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .exceptions import ModelError
-from .network import ASPP_BRANCHES
+from .architecture import ASPP_BRANCHES
 
 # Keras BatchNormalization layers were numbered in creation order; this maps our module paths onto
 # them. The ASPP branches' first layers were created before their second layers, interleaved.

@@ -50,6 +50,23 @@ def test_segment_writes_mask_on_the_input_grid_and_a_sidecar(t2s):
     assert meta["Model"]["Name"] == "challenge"
     assert meta["Model"]["Sha256"] == "9b44228ad2fd360930b9d7fc6957a4eb7acbfa8cf6a091d13a932f8e8815dd9e"
     assert meta["Parameters"]["threshold"] == 0.999
+    assert meta["Parameters"]["engine"] == "onnxruntime" and meta["Parameters"]["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_engine_and_threads_options_give_the_same_mask(t2s, tmp_path):
+    outs = {}
+    for engine in ("torch", "onnxruntime"):
+        out = tmp_path / f"{engine}.nii.gz"
+        res = _run(["segment", "-i", str(t2s), "-m", "challenge", "-q", "--engine", engine, "--threads", "1",
+                    "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        assert json.loads(out.with_name(f"{engine}.json").read_text())["Parameters"]["engine"] == engine
+        outs[engine] = np.asanyarray(nib.load(str(out)).dataobj)
+    assert outs["torch"].sum() > 100
+    np.testing.assert_array_equal(outs["torch"], outs["onnxruntime"])
+    res = CliRunner().invoke(main, ["segment", "-i", str(t2s), "--engine", "onnxruntime", "--device", "cuda:0"])
+    assert res.exit_code != 0 and "runs on the CPU" in res.output and not list(tmp_path.glob("t2s_gmseg*"))
 
 
 @pytest.mark.slow

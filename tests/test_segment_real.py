@@ -138,3 +138,15 @@ def test_probability_map_is_consistent_with_the_mask(segmenters):
 
 def test_reference_dir_is_where_the_tests_expect(reference_dir):
     assert Path(reference_dir) == REFERENCE_DIR
+
+
+@pytest.mark.parametrize("model", ["challenge", "large"])
+def test_both_engines_give_identical_masks(segmenters, default_results, model):
+    """The default CPU engine (ONNX Runtime) and PyTorch give the same mask on every labelled case."""
+    assert segmenters[model].network.engine == "onnxruntime"
+    torch_seg = Segmenter(model, device="cpu", engine="torch", mirror=str(MODELS_DIR))
+    assert torch_seg.network.engine == "torch"
+    for case, paths in LABELLED.items():
+        gm = torch_seg.segment_image(load_image(paths[0])).gm
+        assert gm.sum() > 50
+        np.testing.assert_array_equal(gm, default_results[case, model], err_msg=f"{case}, {model}")

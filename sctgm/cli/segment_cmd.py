@@ -28,6 +28,10 @@ from . import setup_logging
 @click.option("--fill-holes/--no-fill-holes", default=True, show_default=True, help="Per slice, fill holes in the GM.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average 5 shifted crops (5x slower).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads for the network [default: one per core].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Slices per network call.")
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
@@ -38,7 +42,7 @@ from . import setup_logging
 @click.pass_context
 def segment(ctx: click.Context, input_path: Path, output: Path | None, model: str, cord_mask: Path | None,
             wm: bool, threshold: float | None, prob: bool, keep_largest: bool, fill_holes: bool, tta: bool,
-            device: str, batch_size: int, qc_dir: Path | None, qc_subject: str | None, quiet: bool,
+            device: str, engine: str, threads: int | None, batch_size: int, qc_dir: Path | None, qc_subject: str | None, quiet: bool,
             verbose: bool) -> None:
     """Segment the spinal cord gray matter of a 3D NIfTI image.
 
@@ -63,8 +67,8 @@ def segment(ctx: click.Context, input_path: Path, output: Path | None, model: st
 
     with download_progress(quiet) as fetching, _progress(quiet, f"Segmenting {input_path.name}") as progress:
         result = segment_file(input_path, output, model=model, cord_mask=cord_mask, options=options, prob=prob,
-                              wm=wm, device=device, qc_dir=qc_dir, qc_subject=qc_subject, progress=progress,
-                              download_progress=fetching)
+                              wm=wm, device=device, engine=engine, threads=threads, qc_dir=qc_dir,
+                              qc_subject=qc_subject, progress=progress, download_progress=fetching)
     if not quiet:
         info = result.segmentation.info if result.segmentation else {}
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)

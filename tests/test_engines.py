@@ -1,0 +1,86 @@
+"""The two engines (ONNX Runtime, PyTorch) compute the same function, and the choice between them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sctgm import inference
+from sctgm.engine_onnx import OnnxNetwork, build_graph, graph_cache_path
+from sctgm.engine_torch import TorchNetwork
+from sctgm.exceptions import SctGmError
+from sctgm.registry import ensure_model
+from sctgm.weights import state_dict_from_keras
+
+from .conftest import MODELS_DIR
+from .test_network import _reference_grid_input
+
+
+@pytest.mark.parametrize("model", ["challenge", "large"])
+@pytest.mark.parametrize("case", ["t2s", "t2s_uncropped"])
+def test_onnx_graph_computes_what_the_torch_module_computes(shared_models, model, case):
+    sd, filters = state_dict_from_keras(shared_models / f"{model}_model.hdf5")
+    x = np.ascontiguousarray(_reference_grid_input(case)[0].transpose(2, 0, 1)[:, None], dtype=np.float32)
+    p_torch = TorchNetwork(sd, filters, "cpu").run(x)
+    p_onnx = OnnxNetwork(build_graph(sd, filters)).run(x)
+    assert p_onnx.shape == p_torch.shape == x.shape
+    assert (p_torch > 0.999).sum() > 100  # the slices do hold GM: the comparison is not of zeros
+    # float32 sums in another order: ~1e-4 at most, a tenth of the reference-fidelity tolerance
+    np.testing.assert_allclose(p_onnx, p_torch, atol=3e-4)
+
+
+def test_auto_is_onnxruntime_on_a_cpu_machine(monkeypatch):
+    monkeypatch.setattr(inference, "_cuda_may_exist", lambda: False)
+    assert inference.choose_engine("auto", "auto") == ("onnxruntime", "cpu")
+    assert inference.choose_engine("auto", "cpu") == ("onnxruntime", "cpu")
+    assert inference.choose_engine("torch", "auto") == ("torch", "cpu")
+
+
+def test_auto_falls_back_to_torch_without_onnxruntime(monkeypatch):
+    import sctgm.engine_onnx
+
+    monkeypatch.setattr(sctgm.engine_onnx, "onnxruntime_available", lambda: False)
+    assert inference.choose_engine("auto", "cpu") == ("torch", "cpu")
+    with pytest.raises(SctGmError, match="onnxruntime is not installed"):
+        inference.choose_engine("onnxruntime", "cpu")
+
+
+@pytest.mark.parametrize("engine,device,message", [
+    ("onnxruntime", "cuda", "runs on the CPU"),
+    ("tensorflow", "cpu", "unknown; expected one of auto, onnxruntime, torch"),
+    ("torch", "tpu", "not a device name"),
+])
+def test_impossible_engine_requests_are_refused_with_the_fix(engine, device, message, shared_models):
+    model = ensure_model("challenge")
+    with pytest.raises(SctGmError, match=message):
+        inference.load_network(model, device, engine=engine)
+
+
+def test_the_onnx_graph_is_cached_and_a_damaged_cache_is_rebuilt(shared_models, tmp_path, caplog):
+    model = ensure_model("challenge")
+    x = np.random.default_rng(0).normal(size=(2, 1, 64, 64)).astype(np.float32)
+    first = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
+    cached = graph_cache_path(tmp_path, model.sha256, model.filters)
+    assert cached.is_file() and [p.name for p in cached.parent.iterdir()] == [cached.name]
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated by a full disk, say
+    second = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
+    assert "damaged; rebuilding" in caplog.text
+    np.testing.assert_array_equal(first.runner.run(x), second.runner.run(x))
+    assert cached.stat().st_size > 100_000  # written again, whole
+
+
+def test_the_default_cpu_path_never_imports_torch(shared_data, tmp_path):
+    """torch takes seconds to import; on a CPU the segmentation must not need it."""
+    code = ("import sys, sctgm; "
+            f"sctgm.segment_file({str(shared_data / 'sct_testing_data/t2s/t2s.nii.gz')!r}, "
+            f"{str(tmp_path / 'gm.nii.gz')!r}, model='challenge', device='cpu'); "
+            "print('torch' in sys.modules, 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert (tmp_path / "gm.nii.gz").is_file()
+    assert out.split()[0] == "False"
+    # a second run finds the cached graph and needs neither torch nor onnx
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
