@@ -17,10 +17,11 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 from .exceptions import DownloadError, UnsafeArchiveError
 
@@ -71,6 +72,8 @@ class _Transient(Exception):
 
 def new_session() -> requests.Session:
     """An HTTP session (connection reuse) for the downloads of one install."""
+    import requests  # here, not at the top: a segmentation with the model cached never needs it
+
     session = requests.Session()
     session.headers["User-Agent"] = "sct-gm (model download)"
     return session
@@ -97,6 +100,8 @@ def join_source(base: str, name: str) -> str:
 
 def _short(exc: BaseException) -> str:
     """A one-line reason: the root cause of a requests error, without the connection object's repr."""
+    import requests
+
     inner = exc.args[0] if isinstance(exc, requests.RequestException) and exc.args else exc
     inner = getattr(inner, "reason", None) or inner
     text = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)): ", "", str(inner).replace("\n", " "))
@@ -106,6 +111,8 @@ def _short(exc: BaseException) -> str:
 def _http_chunks(session: requests.Session, url: str, expected: Expected, policy: DownloadPolicy,
                  max_bytes: Optional[int]) -> Iterator[tuple[bytes, Optional[int]]]:
     """Yield (chunk, total) from one GET; raise _Transient or DownloadError."""
+    import requests
+
     try:
         resp = session.get(url, stream=True, timeout=(policy.connect_timeout_s, policy.read_timeout_s))
     except (requests.ConnectionError, requests.Timeout) as exc:

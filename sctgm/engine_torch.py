@@ -36,6 +36,9 @@ class TorchNetwork:
 
         self.torch_device = device if isinstance(device, torch.device) else resolve_device(device)
         self.device = str(self.torch_device)
+        # CPU: one slice a call is the fastest and leanest (docs/speed.md); GPU: enough slices to
+        # fill the device.
+        self.preferred_batch_size = 1 if self.torch_device.type == "cpu" else 32
         if threads:
             torch.set_num_threads(threads)
         net = DilatedGMNet(filters)

@@ -33,6 +33,7 @@ ENGINES = ("auto", "onnxruntime", "torch")
 class Engine(Protocol):
     engine: str
     device: str
+    preferred_batch_size: int
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -52,6 +53,10 @@ class LoadedNetwork:
     @property
     def device(self) -> str:
         return self.runner.device
+
+    @property
+    def preferred_batch_size(self) -> int:
+        return self.runner.preferred_batch_size
 
 
 def _cuda_may_exist() -> bool:
@@ -124,22 +129,39 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
     return LoadedNetwork(model, runner)
 
 
-def standardise(crops: np.ndarray) -> np.ndarray:
-    """(x - mean) / std over the whole stack of crops, as the reference does per volume."""
-    x = crops.astype(np.float64)
-    mean, std = float(x.mean()), float(x.std())
-    if std == 0.0:
-        std = 1.0
-    return ((crops - mean) / std).astype(np.float32)
+@dataclass(frozen=True)
+class Standardisation:
+    """(x - mean) / std with the mean and std of a whole stack of crops, as the reference
+    standardises a volume; applied batch by batch, so no standardised copy of the stack is held."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, crops: np.ndarray) -> Standardisation:
+        """Statistics in float64, one crop at a time (no float64 copy of the stack)."""
+        n = crops.size
+        mean = sum(float(c.sum(dtype=np.float64)) for c in crops) / n if n else 0.0
+        var = sum(float(np.square(c.astype(np.float64) - mean).sum()) for c in crops) / n if n else 0.0
+        return cls(mean, float(np.sqrt(var)) or 1.0)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return ((batch - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32, copy=False)
 
 
-def predict(loaded: LoadedNetwork, slices: np.ndarray, *, batch_size: int = 8,
-            progress: ProgressCallback | None = None) -> np.ndarray:
-    """Sigmoid GM probability of standardised slices, shape (N, H, W) -> (N, H, W) float32."""
+def predict(loaded: LoadedNetwork, slices: np.ndarray, *, standardise: Standardisation | None = None,
+            batch_size: int | None = None, progress: ProgressCallback | None = None) -> np.ndarray:
+    """Sigmoid GM probability of slices, shape (N, H, W) -> (N, H, W) float32, in batches of
+    ``batch_size`` slices (None: the engine's preferred size, which bounds memory). ``standardise``:
+    applied to each batch (None: the slices are already standardised)."""
     n = slices.shape[0]
+    batch_size = batch_size or loaded.preferred_batch_size
     out = np.empty(slices.shape, dtype=np.float32)
     for start in range(0, n, batch_size):
-        out[start:start + batch_size] = loaded.runner.run(slices[start:start + batch_size, None])[:, 0]
+        batch = slices[start:start + batch_size, None]
+        if standardise is not None:
+            batch = standardise(batch)
+        out[start:start + batch_size] = loaded.runner.run(batch)[:, 0]
         if progress is not None:
             progress(min(start + batch_size, n), n)
     return out

@@ -34,12 +34,17 @@ class Reorientation:
     input_shape: tuple[int, int, int]
     to_canonical: np.ndarray  # nibabel orientation transform (n, 2)
 
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(ornt.apply_orientation(data, self.to_canonical))
+    def apply(self, data: np.ndarray, *, copy: bool = True) -> np.ndarray:
+        """The array in canonical order; with ``copy=False`` a view (flips and a transpose, no
+        memory), which must not be written to."""
+        out = ornt.apply_orientation(data, self.to_canonical)
+        return np.ascontiguousarray(out) if copy else out
 
-    def undo(self, data_canonical: np.ndarray) -> np.ndarray:
+    def undo(self, data_canonical: np.ndarray, *, copy: bool = True) -> np.ndarray:
+        """The exact inverse of :meth:`apply` (``copy=False``: a view)."""
         back = ornt.ornt_transform(ornt.axcodes2ornt(CANONICAL_AXCODES), ornt.axcodes2ornt(self.input_axcodes))
-        out = np.ascontiguousarray(ornt.apply_orientation(data_canonical, back))
+        out = ornt.apply_orientation(data_canonical, back)
+        out = np.ascontiguousarray(out) if copy else out
         assert out.shape[:3] == self.input_shape  # internal invariant, not user input
         return out
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import crop, postprocess
-from .inference import LoadedNetwork, ProgressCallback, load_network, predict, standardise
+from .inference import LoadedNetwork, ProgressCallback, Standardisation, load_network, predict
 from .io import LoadedImage, check_same_grid
 from .orientation import looks_axial, reorientation_for
 from .registry import ensure_model, resolve_cache_dir
@@ -30,13 +30,14 @@ TTA_SHIFT_PX = 8
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """Parameters of one segmentation. ``threshold`` None means the model's default (0.999)."""
+    """Parameters of one segmentation. ``threshold`` None means the model's default (0.999);
+    ``batch_size`` (slices per network call) None means the engine's preferred size."""
 
     threshold: float | None = None
     keep_largest: bool = True
     fill_holes: bool = True
     tta: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the engine's preferred size (see sctgm.inference.predict)
     crop_px: int = crop.CROP_PX
 
 
@@ -77,7 +78,7 @@ class Segmenter:
         """Segment the GM of a validated 3D image (see :func:`sctgm.io.load_image`)."""
         t0 = time.perf_counter()
         reo = reorientation_for(image.affine, image.data.shape)
-        data = reo.apply(image.data)
+        data = reo.apply(image.data, copy=False)  # a view: no second copy of the volume
         zooms = tuple(float(image.zooms_mm[i]) for i in np.argsort(reo.to_canonical[:, 0]))
         if not looks_axial(zooms):  # type: ignore[arg-type]
             log.warning("%s: slices are %.2f mm thick but in-plane voxels are %.2f x %.2f mm: this looks like a "
@@ -92,7 +93,7 @@ class Segmenter:
         centres = None
         if cord is not None:
             check_same_grid(image, cord)
-            cord_c = reo.apply(cord.data) > 0.5
+            cord_c = reo.apply(cord.data, copy=False) > 0.5
             centres = crop.centres_from_mask(cord_c, grid)
             if centres is None:
                 log.warning("%s: the cord mask is empty; the cord is searched for in the image", cord.path)
@@ -115,8 +116,8 @@ class Segmenter:
             mask_c = postprocess.fill_holes(mask_c)
         wm = None
         if cord_c is not None:
-            wm = reo.undo((cord_c & ~mask_c).astype(np.uint8))
-        gm = reo.undo(mask_c.astype(np.uint8))
+            wm = reo.undo((cord_c & ~mask_c).astype(np.uint8), copy=False)
+        gm = reo.undo(mask_c.astype(np.uint8), copy=False)
         info = {
             "input_orientation": "".join(reo.input_axcodes),
             "fine_grid": list(grid.fine_shape),
@@ -128,14 +129,15 @@ class Segmenter:
             "gm_voxels": int(gm.sum()),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c), wm=wm, info=info)
+        return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 
     # -- window placement ---------------------------------------------------------------------
     def _predict_windows(self, data: np.ndarray, grid: FineGrid, windows: list[Window],
                          options: SegmentOptions, progress: ProgressCallback | None) -> np.ndarray:
         if not options.tta:
             crops = np.stack([sample_window(data[:, :, k], grid, w) for k, w in enumerate(windows)])
-            return predict(self.network, standardise(crops), batch_size=options.batch_size, progress=progress)
+            return predict(self.network, crops, standardise=Standardisation.of(crops), batch_size=options.batch_size,
+                           progress=progress)
         return self._predict_tta(data, grid, windows, options, progress)
 
     def _predict_tta(self, data: np.ndarray, grid: FineGrid, windows: list[Window],
@@ -147,7 +149,7 @@ class Segmenter:
             shifted = [crop.window_at(np.asarray(w.origin) + np.asarray(w.size) / 2 + (dx, dy), grid, w.size)
                        for w in windows]
             crops = np.stack([sample_window(data[:, :, k], grid, w) for k, w in enumerate(shifted)])
-            p = predict(self.network, standardise(crops), batch_size=options.batch_size)
+            p = predict(self.network, crops, standardise=Standardisation.of(crops), batch_size=options.batch_size)
             for k, (w, ws) in enumerate(zip(windows, shifted)):
                 # paste the shifted prediction where it overlaps the reference window
                 a0, a1 = ws.origin[0] - w.origin[0], ws.origin[1] - w.origin[1]
@@ -199,7 +201,7 @@ class Segmenter:
         tiles = crop.search_windows(grid, size)
         for k in dict.fromkeys([nz // 2, nz // 4, (3 * nz) // 4]):
             crops = np.stack([sample_window(data[:, :, k], grid, w) for w in tiles])
-            prob = predict(self.network, standardise(crops), batch_size=options.batch_size)
+            prob = predict(self.network, crops, standardise=Standardisation.of(crops), batch_size=options.batch_size)
             acc = np.zeros(grid.fine_shape, dtype=np.float32)
             for w, p in zip(tiles, prob):
                 region = acc[w.origin[0]:w.origin[0] + w.size[0], w.origin[1]:w.origin[1] + w.size[1]]

@@ -32,8 +32,8 @@ from . import setup_logging
               help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for the network [default: one per core].")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
-              help="Slices per network call.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
+              help="Slices per network call [default: 1 on a CPU, 32 on a GPU].")
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
               help="Add this result to the HTML quality-control report in this folder (see sct-gm qc).")
 @click.option("-qc-subject", "--qc-subject", default=None, help="Subject name shown in the QC report.")
@@ -42,7 +42,8 @@ from . import setup_logging
 @click.pass_context
 def segment(ctx: click.Context, input_path: Path, output: Path | None, model: str, cord_mask: Path | None,
             wm: bool, threshold: float | None, prob: bool, keep_largest: bool, fill_holes: bool, tta: bool,
-            device: str, engine: str, threads: int | None, batch_size: int, qc_dir: Path | None, qc_subject: str | None, quiet: bool,
+            device: str, engine: str, threads: int | None, batch_size: int | None, qc_dir: Path | None,
+            qc_subject: str | None, quiet: bool,
             verbose: bool) -> None:
     """Segment the spinal cord gray matter of a 3D NIfTI image.
 
