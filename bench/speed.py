@@ -172,8 +172,10 @@ def main() -> None:
         ref = net["ONNX Runtime, plain session, one call"]
         e2e: dict[str, tuple[float, float]] = {}
         for _ in range(args.reps):
-            for label, extra in (("sct-gm default: onnxruntime, batch 1", ()),
-                                 ("sct-gm --engine torch (CPU, channels-last, batch 1)", ("--engine", "torch"))):
+            runs = [("sct-gm default: onnxruntime, batch 1", ("--device", "cpu")),
+                    ("sct-gm --engine torch (CPU, channels-last, batch 1)", ("--engine", "torch", "--device", "cpu"))]
+            runs += [(k, ("--device", args.device)) for k in net if "--device" in k]
+            for label, extra in runs:
                 wall, rss, _ = run_command(segment_cmd([T2S_UNCROPPED], model, tmp, *extra))
                 old = e2e.get(label, (float("inf"), 0.0))
                 e2e[label] = (min(old[0], wall), max(old[1], rss))
@@ -217,12 +219,12 @@ def startup_checks(model: str, tmp: Path, args: argparse.Namespace, net_s: float
     loads = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
              for _ in range(args.reps)]
     rows.append((f"model load, {model} (goal < 0.5 s)", "fresh process, graph cached", f"{min(loads):.3f} s"))
-    one, _, _ = run_command(segment_cmd([T2S_UNCROPPED], model, tmp))
+    one, _, _ = run_command(segment_cmd([T2S_UNCROPPED], model, tmp, "--device", "cpu"))
     copies = []
     for i in range(args.batch_volumes):
         copies.append(tmp / f"vol{i:02d}.nii.gz")
         copies[-1].write_bytes(T2S_UNCROPPED.read_bytes())
-    wall, rss, code_ = run_command(segment_cmd(copies, model, tmp))
+    wall, rss, code_ = run_command(segment_cmd(copies, model, tmp, "--device", "cpu"))
     if code_ == 0 and all(p.with_name(p.name.replace(".nii.gz", "_gmseg.nii.gz")).is_file() for p in copies):
         budget = args.batch_volumes * net_s + min(loads)
         rows.append((f"{args.batch_volumes} volumes in one call, {model} (goal <= {args.batch_volumes} x network + "
@@ -232,7 +234,7 @@ def startup_checks(model: str, tmp: Path, args: argparse.Namespace, net_s: float
         rows.append((f"{args.batch_volumes} volumes in one call", "several -i not supported by this build", "n/a"))
     if not args.quick:
         big = big_volume(tmp)
-        wall, rss, _ = run_command(segment_cmd([big], model, tmp))
+        wall, rss, _ = run_command(segment_cmd([big], model, tmp, "--device", "cpu"))
         rows.append((f"512x512x400 at 0.5 mm, {model} (goal: peak RSS < 2048 MiB)", f"{wall:.0f} s",
                      f"{rss:.0f} MiB"))
     return rows

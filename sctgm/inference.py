@@ -61,9 +61,9 @@ class LoadedNetwork:
 
 def _cuda_may_exist() -> bool:
     """False when this machine certainly has no CUDA device, found without importing torch: on
-    Linux the NVIDIA driver shows itself in /proc. Elsewhere, torch is asked."""
+    Linux the NVIDIA driver shows itself in /proc and /dev. Elsewhere, torch is asked."""
     if sys.platform.startswith("linux"):
-        return os.path.exists("/proc/driver/nvidia/version")
+        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))
     return sys.platform != "darwin"
 
 
