@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,20 +60,33 @@ def _run_on_worker(job: Job, plugin_name: str) -> JobRecord:
 
 
 def connect(scheduler: str | os.PathLike[str]) -> Client:
-    """A client for ``tcp://host:port`` (or any Dask address) or a scheduler JSON file. Gives up after
-    Dask's connect timeout (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
+    """A client for ``tcp://host:port`` (or any Dask address) or a scheduler JSON file (waited for: a
+    scheduler started beside the client may not have written it yet). Gives up after Dask's connect
+    timeout (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
     target = os.fspath(scheduler)
     try:
-        if "://" not in target and Path(target).is_file():
+        if "://" not in target and (target.endswith(".json") or os.sep in target or Path(target).exists()):
+            _wait_for_file(Path(target))
             return Client(scheduler_file=target)
-        if "://" not in target and (target.endswith(".json") or os.sep in target):
-            raise EngineError(f"{target}: no such scheduler file (expected tcp://host:port or the JSON file that "
-                              f"`dask scheduler --scheduler-file` writes)")
         return Client(target)
     except EngineError:
         raise
     except (OSError, TimeoutError, ValueError) as exc:
         raise EngineError(f"cannot reach the Dask scheduler {target} ({type(exc).__name__}: {exc})") from None
+
+
+def _wait_for_file(path: Path) -> None:
+    """A scheduler started in the same job script may not have written its file yet: wait for it up
+    to Dask's connect timeout."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    deadline = time.monotonic() + parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise EngineError(f"{path}: no such scheduler file (expected tcp://host:port or the JSON file that "
+                              f"`dask scheduler --scheduler-file` writes)")
+        time.sleep(0.2)
 
 
 def run_dask(jobs: Sequence[Job], settings: BatchSettings, scheduler: Any,

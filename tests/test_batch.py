@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -70,7 +71,16 @@ def build_dataset(root: Path) -> Path:
 
 
 def _segment(*args: str):
-    return CliRunner().invoke(main, ["segment", *args], catch_exceptions=False)
+    """The CLI in-process; the 'sctgm' logger is restored after it (module-scoped fixtures run it
+    outside the per-test restore of conftest.py)."""
+    logger = logging.getLogger("sctgm")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        return CliRunner().invoke(main, ["segment", *args], catch_exceptions=False)
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def dataset_files(deriv: Path) -> dict[str, bytes]:
@@ -287,7 +297,8 @@ def test_dask_scheduler_file_and_errors(cluster, tmp_path, monkeypatch):
         assert len(client.scheduler_info()["workers"]) == 2
     finally:
         client.close()
-    with pytest.raises(EngineError, match="no such scheduler file"):
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(EngineError, match="absent.json: no such scheduler file"):
         connect(tmp_path / "absent.json")
     inputs = [str(shutil.copy(src, tmp_path / src.name)) for src in (T2S, MT1)]
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
