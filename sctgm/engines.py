@@ -5,8 +5,9 @@ to ``settings.threads`` intra-op threads (so every engine computes the same floa
 record as it completes through ``on_record(index, record)``. They return the records in job order.
 
 Ctrl-C: the sequential engine stops at once (atomic writes leave no partial file); the process pool
-cancels the jobs not started and lets the running ones finish their image (workers ignore SIGINT, so
-a terminal's Ctrl-C never kills one in the middle of a write); the Dask engine cancels its futures.
+keeps one job per worker in flight, submits no more and lets the running ones finish their image
+(workers ignore SIGINT, so a terminal's Ctrl-C never kills one in the middle of a write); the Dask
+engine cancels its futures.
 The Dask engine lives in :mod:`sctgm.dask_engine`, imported only when a scheduler is given.
 """
 
@@ -17,7 +18,8 @@ import logging
 import multiprocessing
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from itertools import islice
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -94,16 +96,24 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
     records: list[JobRecord | None] = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,))
+    pending = iter(enumerate(jobs))
+    running: dict[Future[JobRecord], int] = {}
     try:
-        futures = {pool.submit(_run_in_worker, job, settings): i for i, job in enumerate(jobs)}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                records[i] = fut.result()
-            except BrokenProcessPool as exc:
-                records[i] = failed_record(jobs[i], RuntimeError(f"the worker process died ({exc or 'killed'})"))
-            if on_record:
-                on_record(i, records[i])  # type: ignore[arg-type]
+        while True:
+            # at most one job per worker in flight: on Ctrl-C only the images being segmented finish
+            for i, job in islice(pending, n_workers - len(running)):
+                running[pool.submit(_run_in_worker, job, settings)] = i
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = running.pop(fut)
+                try:
+                    records[i] = fut.result()
+                except BrokenProcessPool as exc:
+                    records[i] = failed_record(jobs[i], RuntimeError(f"a worker process died ({exc or 'killed'})"))
+                if on_record:
+                    on_record(i, records[i])  # type: ignore[arg-type]
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
