@@ -61,7 +61,8 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
                    "(needs pip install 'sctgm[dask]').")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="Torch threads per image [default: 1 per job in a batch, all cores for one image].")
-@click.option("--overwrite", is_flag=True, help="Batch: segment again even where valid outputs exist.")
+@click.option("--overwrite", is_flag=True, help="Batch: segment again even where valid outputs exist (one file is "
+                                                "always segmented again).")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Batch: write the summary table (TSV) here [default: DATASET/derivatives/sct-gm/summary.tsv "
                    "with --bids, none otherwise].")
@@ -112,7 +113,7 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
     if bids_root is None and bids_only:
         raise click.UsageError(f"{', '.join(bids_only)} only apply with --bids DATASET")
     batch = (bids_root is not None or len(inputs) > 1 or n_jobs > 1 or scheduler is not None
-             or summary_path is not None or metrics_csv is not None or overwrite
+             or summary_path is not None or metrics_csv is not None
              or (not inputs[0].exists() and glob.has_magic(str(inputs[0]))))
     if not batch:
         setup_logging(verbose, quiet)
