@@ -200,12 +200,31 @@ def main() -> None:
         gpu = [k for k in net if "--device" in k]
         for k in gpu:
             checks.append((f"{model}: {k}", f"{1000 * net[k] / n:.1f} ms per slice", f"{n / net[k]:.0f} slices/s"))
+        if not args.quick:
+            batch_size_table(model, tmp, args.reps)
         if model == args.models[-1]:
             checks += startup_checks(model, tmp, args, net[default])
     print("| check | measured | figure |")
     print("|---|---|---|")
     for row in checks:
         print("| " + " | ".join(row) + " |")
+
+
+def batch_size_table(model: str, tmp: Path, reps: int) -> None:
+    """The measurement behind the default batch size on a CPU: whole command time and peak RSS."""
+    print(f"Batch size on the CPU, {model}, whole `sct-gm segment` on t2s_uncropped, min of {reps}:\n")
+    print("| --batch-size | end-to-end s | peak RSS MiB |")
+    print("|---|---|---|")
+    best: dict[int, tuple[float, float]] = {}
+    for _ in range(reps):
+        for bs in (1, 2, 4, 8):
+            wall, rss, _ = run_command(segment_cmd([T2S_UNCROPPED], model, tmp, "--device", "cpu",
+                                                   "--batch-size", str(bs)))
+            old = best.get(bs, (float("inf"), 0.0))
+            best[bs] = (min(old[0], wall), max(old[1], rss))
+    for bs, (wall, rss) in best.items():
+        print(f"| {bs} | {wall:.2f} | {rss:.0f} |")
+    print()
 
 
 def startup_checks(model: str, tmp: Path, args: argparse.Namespace, net_s: float) -> list[tuple[str, str, str]]:

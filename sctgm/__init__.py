@@ -6,6 +6,7 @@ Library API (imports torch lazily, on first use)::
     result = sctgm.segment_file("t2s.nii.gz")                 # writes t2s_gmseg.nii.gz + .json
     seg = sctgm.Segmenter("large")                            # load a model once ...
     out = seg.segment_image(sctgm.load_image("t2s.nii.gz"))   # ... segment arrays in memory
+    res = sctgm.segment_bids("ds", sctgm.BatchSettings(model="large"), n_jobs=4)  # a BIDS dataset
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ from .exceptions import SctGmError
 
 if TYPE_CHECKING:
     from .api import segment_file
+    from .batch import segment_bids, segment_files
+    from .jobs import BatchSettings
     from .io import load_image
     from .pipeline import Segmenter, SegmentOptions
 
-__all__ = ["__version__", "SctGmError", "segment_file", "segment_image", "load_image", "Segmenter", "SegmentOptions"]
+__all__ = ["__version__", "SctGmError", "segment_file", "segment_image", "load_image", "Segmenter", "SegmentOptions",
+           "segment_bids", "segment_files", "BatchSettings"]
 
 _LAZY = {
     "segment_file": "api",
+    "segment_bids": "batch",
+    "segment_files": "batch",
+    "BatchSettings": "jobs",
     "load_image": "io",
     "Segmenter": "pipeline",
     "SegmentOptions": "pipeline",

@@ -26,6 +26,16 @@ class OrientationError(InputImageError):
     axes do not align with any of R-L, A-P, S-I)."""
 
 
+class NotAxialError(InputImageError):
+    """In batch and BIDS mode: the image's slices are thinner than its in-plane pixels (a sagittal or
+    coronal acquisition); the network segments axial slices. A single-file run only warns."""
+
+
+class DatasetError(InputImageError):
+    """A batch cannot be planned: a BIDS dataset root that is missing or is not a BIDS dataset, filters
+    (suffix, participant, session) that match no image, a glob pattern that matches no file."""
+
+
 class GridMismatchError(InputImageError):
     """Two images that must share a voxel grid (image and cord mask, segmentation and reference)
     do not."""
@@ -57,6 +67,13 @@ class DownloadError(ModelError):
 
 class UnsafeArchiveError(DownloadError):
     """An archive has a member that would be written outside the target folder."""
+
+
+class EngineError(SctGmError):
+    """A batch engine cannot run: the optional Dask extra is not installed, or the scheduler cannot
+    be reached."""
+
+    exit_code = 5
 
 
 class MetricsError(SctGmError):

@@ -84,3 +84,31 @@ def test_the_default_cpu_path_never_imports_torch(shared_data, tmp_path):
     # a second run finds the cached graph and needs neither torch nor onnx
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("model", ["challenge", "large"])
+def test_onnxruntime_gives_the_same_bits_with_any_thread_count_and_batch_size(shared_models, model):
+    """What lets a batch give every worker the cores it has and still match a sequential run."""
+    x = np.ascontiguousarray(_reference_grid_input("t2s")[0].transpose(2, 0, 1), dtype=np.float32)
+    model_rec = ensure_model(model)
+    base = inference.predict(inference.load_network(model_rec, "cpu", engine="onnxruntime", threads=1), x,
+                             batch_size=1)
+    assert (base > 0.999).sum() > 100
+    for threads, batch in ((2, 1), (2, 4), (3, 9)):
+        net = inference.load_network(model_rec, "cpu", engine="onnxruntime", threads=threads)
+        np.testing.assert_array_equal(inference.predict(net, x, batch_size=batch), base)
+
+
+def test_batch_threads_policy(monkeypatch):
+    from sctgm.engines import job_threads
+    from sctgm.jobs import BatchSettings
+
+    monkeypatch.setattr(inference, "_cuda_may_exist", lambda: False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    ort = BatchSettings(device="cpu")
+    assert job_threads(ort) is None and job_threads(ort, 1) is None  # one worker: all cores
+    assert job_threads(ort, 3) == 2 and job_threads(ort, 16) == 1  # shared among local workers
+    assert job_threads(ort, worker_threads=4) == 4  # a Dask worker's own threads
+    assert job_threads(BatchSettings(device="cpu", threads=3), 2) == 3  # --threads wins
+    # torch's CPU sums depend on the thread count: one thread everywhere, for identical bytes
+    assert job_threads(BatchSettings(device="cpu", engine="torch"), 1, worker_threads=4) == 1

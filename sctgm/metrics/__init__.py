@@ -18,11 +18,11 @@ from .distance import DistanceMetrics, distance_metrics, skeleton, surface, surf
 from .grid import CanonicalMask, load_mask
 from .morphometry import MorphometryResult, morphometry
 from .overlap import OverlapMetrics, dice_3d, overlap_metrics
-from .table import MetricsTable, compute_metrics, write_csv
+from .table import MetricsTable, compute_metrics, write_csv, write_rows_csv
 
 __all__ = [
     "CanonicalMask", "ComparisonResult", "DistanceMetrics", "MetricsTable", "MorphometryResult",
     "OverlapMetrics",
     "compare", "compare_slices", "compute_metrics", "dice_3d", "distance_metrics", "load_mask", "morphometry",
-    "overlap_metrics", "skeleton", "surface", "surface_distances_mm", "write_csv",
+    "overlap_metrics", "skeleton", "surface", "surface_distances_mm", "write_csv", "write_rows_csv",
 ]

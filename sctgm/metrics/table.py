@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -89,13 +89,19 @@ def _cell(v: Any) -> str:
 
 def write_csv(table: MetricsTable, path: PathLike) -> Path:
     """Write ``table`` as CSV, atomically."""
+    return write_rows_csv(table.columns, table.rows, path)
+
+
+def write_rows_csv(columns: Sequence[str], rows: Iterable[dict[str, Any]], path: PathLike) -> Path:
+    """Write ``rows`` (dicts; a missing key is an empty cell) under ``columns`` as CSV with this
+    module's cell conventions, atomically."""
     p = check_table_path(path, "csv")
     try:
         with atomic_path(p) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(table.columns)
-            for row in table.rows:
-                writer.writerow([_cell(row.get(c)) for c in table.columns])
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([_cell(row.get(c)) for c in columns])
     except OSError as exc:
         raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
     return p

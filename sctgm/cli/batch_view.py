@@ -1,0 +1,84 @@
+"""How ``sct-gm segment`` shows a batch: a progress bar over images, then a summary table."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+_STATUS_STYLE = {"ok": "green", "skipped": "cyan", "failed": "bold red"}
+
+
+class SubjectProgress:
+    """A rich progress bar over the images of a batch on stderr, only on a terminal and not with -q.
+    Used as a context manager; the value it gives is the library's ``progress`` callback (or None)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self):  # noqa: ANN204
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("Segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                             TimeElapsedColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
+                             transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task("", total=None)
+        return self.update
+
+    def update(self, done: int, total: int, record: Any) -> None:
+        failed = " (failed)" if record.status == "failed" else ""
+        self._bar.update(self._task, completed=done, total=total, description=f"{record.input}{failed}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def render_summary(result: Any, quiet: bool) -> None:
+    """The summary table on stdout (a rich table on a terminal, tab-separated lines otherwise), then
+    one line of counts on stderr. With ``quiet``, only the failures, one line each on stderr."""
+    records = result.records
+    if quiet:
+        for r in records:
+            if r.status == "failed":
+                click.echo(f"sct-gm: error: {r.input}: {r.message}", err=True)
+        return
+    columns = ("subject", "session", "input", "status", "message", "gm_volume_mm3", "seconds")
+    rows = [[_cell(getattr(r, c)) for c in columns] for r in records]
+    if sys.stdout.isatty():
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for c in columns:
+            table.add_column({"gm_volume_mm3": "GM mm3", "seconds": "s"}.get(c, c),
+                             justify="right" if c in ("gm_volume_mm3", "seconds") else "left",
+                             overflow="fold")
+        for r, row in zip(records, rows):
+            row[3] = f"[{_STATUS_STYLE.get(r.status, '')}]{row[3]}[/]"
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join(" ".join(c.split()) for c in row))
+    counts = ", ".join(f"{result.count(s)} {s}" for s in ("ok", "skipped", "failed"))
+    where = f"; summary: {result.summary}" if result.summary else ""
+    where += f"; metrics: {result.metrics}" if result.metrics else ""
+    click.echo(f"sct-gm: {len(records)} images: {counts}{where}", err=True)
