@@ -10,7 +10,7 @@ Library entry points (the CLI is a thin shell over them)::
     result.summary          # ds/derivatives/sct-gm/summary.tsv
 
 The steps are public too: :func:`plan_bids` / :func:`plan_files` make the jobs, :func:`run_batch`
-runs them on an engine (:mod:`sctgm.engines`) and writes the summary and the metrics table.
+runs them on an engine (:mod:`sctgm.executors`) and writes the summary and the metrics table.
 A failure on one image is recorded and the batch goes on; valid outputs are skipped unless
 ``settings.overwrite`` (see :mod:`sctgm.jobs`).
 """
@@ -154,10 +154,10 @@ def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
 def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, scheduler: Any = None,
               summary: str | os.PathLike[str] | None = None, metrics_csv: str | os.PathLike[str] | None = None,
               progress: Progress | None = None, download_progress: Any = None) -> BatchResult:
-    """Run ``jobs`` (see :func:`sctgm.engines.run_jobs`), then write ``summary`` (TSV) and, with
+    """Run ``jobs`` (see :func:`sctgm.executors.run_jobs`), then write ``summary`` (TSV) and, with
     ``settings.metrics``, ``metrics_csv`` (per-slice morphometry of every image in one CSV). Output
     locations are checked and, on a local engine, the model is installed before any job starts."""
-    from .engines import run_jobs
+    from .executors import run_jobs
     from .metrics.table import check_table_path
 
     if settings.metrics and metrics_csv is None:

@@ -3,7 +3,7 @@
 Why a second engine: on the CPU, ONNX Runtime's convolutions (im2col blocked into cache + MLAS GEMM)
 run this network at ~0.05 s (challenge) / ~0.2 s (large) a 200x200 slice on 2 cores, close to the
 machine's fp32 GEMM peak, while PyTorch's oneDNN path takes 2-3x longer on the same slices
-(``bench/engines.py`` prints the comparison; docs/speed.md has the table). It also spares the CLI
+(``bench/speed.py`` prints the comparison; docs/speed.md has the table). It also spares the CLI
 the ~2 s import of torch.
 
 The graph is written here from the state dict with ``onnx.helper`` (no tracing, no exporter whose

@@ -48,7 +48,7 @@ NIFTI_KEYS = ("gm", "wm", "prob")
 class BatchSettings:
     """What every job of a batch shares. ``engine``: the network engine (see
     :func:`sctgm.inference.choose_engine`); ``threads``: CPU threads for the network per job (None:
-    see :func:`sctgm.engines.job_threads`, which keeps every way of running a batch bit-identical)."""
+    see :func:`sctgm.executors.job_threads`, which keeps every way of running a batch bit-identical)."""
 
     model: str | None = None
     device: str = "auto"

@@ -291,7 +291,7 @@ def test_dask_local_cluster_gives_byte_identical_outputs(dataset, reference, clu
 def test_dask_scheduler_file_and_errors(cluster, tmp_path, monkeypatch):
     import dask
 
-    from sctgm.dask_engine import connect
+    from sctgm.dask_executor import connect
     from sctgm.exceptions import EngineError
 
     scheduler_file = tmp_path / "scheduler.json"
@@ -309,7 +309,7 @@ def test_dask_scheduler_file_and_errors(cluster, tmp_path, monkeypatch):
         res = _segment("-i", *inputs, "-m", "challenge", "--scheduler", "tcp://127.0.0.1:9")
     assert res.exit_code == 5 and "cannot reach the Dask scheduler tcp://127.0.0.1:9" in res.stderr
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
-    monkeypatch.delitem(sys.modules, "sctgm.dask_engine")
+    monkeypatch.delitem(sys.modules, "sctgm.dask_executor")
     res = _segment("-i", *inputs, "-m", "challenge", "--scheduler", cluster.scheduler_address)
     assert res.exit_code == 5 and "pip install 'sctgm[dask]'" in res.stderr
     assert not list(tmp_path.glob("*_gmseg*"))

@@ -100,7 +100,7 @@ def test_onnxruntime_gives_the_same_bits_with_any_thread_count_and_batch_size(sh
 
 
 def test_batch_threads_policy(monkeypatch):
-    from sctgm.engines import job_threads
+    from sctgm.executors import job_threads
     from sctgm.jobs import BatchSettings
 
     monkeypatch.setattr(inference, "_cuda_may_exist", lambda: False)

@@ -1,15 +1,15 @@
 """Where the jobs of a batch run: in this process, in N local worker processes, or on a Dask cluster.
 
-Every engine loads the model once per worker, with the network's threads chosen by
-:func:`job_threads` (so that every engine computes the same floats), runs :func:`sctgm.jobs.run_job`,
+Every executor loads the model once per worker, with the network's threads chosen by
+:func:`job_threads` (so that every executor computes the same floats), runs :func:`sctgm.jobs.run_job`,
 and reports each record as it completes through ``on_record(index, record)``. They return the
 records in job order.
 
-Ctrl-C: the sequential engine stops at once (atomic writes leave no partial file); the process pool
+Ctrl-C: the sequential executor stops at once (atomic writes leave no partial file); the process pool
 keeps one job per worker in flight, submits no more and lets the running ones finish their image
 (workers ignore SIGINT, so a terminal's Ctrl-C never kills one in the middle of a write); the Dask
 engine cancels its futures.
-The Dask engine lives in :mod:`sctgm.dask_engine`, imported only when a scheduler is given.
+The Dask executor lives in :mod:`sctgm.dask_executor`, imported only when a scheduler is given.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def run_jobs(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, s
     if not jobs:
         return []
     if scheduler is not None:
-        from .dask_engine import run_dask
+        from .dask_executor import run_dask
 
         return run_dask(jobs, settings, scheduler, on_record)
     if n_jobs > 1 and len(jobs) > 1:

@@ -5,7 +5,7 @@ The scheduler is reached by address (``tcp://host:port``) or through its schedul
 system); dask-jobqueue clusters are used through their ``Client``. Each worker process keeps one
 loaded model in a :class:`SegmenterPlugin` (registered once, set up on every worker, including
 workers that join later) and runs one job at a time, its network using the threads the worker was
-given (``dask worker --nthreads``; see :func:`sctgm.engines.job_threads`). Workers
+given (``dask worker --nthreads``; see :func:`sctgm.executors.job_threads`). Workers
 need sct-gm installed, the model reachable (a shared cache, ``SCTGM_HOME`` or ``SCTGM_MIRROR``), and
 the dataset on a file system they share with the client.
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .engines import OnRecord, job_threads, load_segmenter
+from .executors import OnRecord, job_threads, load_segmenter
 from .exceptions import EngineError, SctGmError
 from .jobs import BatchSettings, Job, JobRecord, failed_record, run_job
 
