@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import skeletonize
 
 from .overlap import binarize
 
@@ -39,6 +38,8 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
 def skeleton(mask: np.ndarray) -> np.ndarray:
     """The 2D skeleton of ``mask`` (``skimage.morphology.skeletonize``, Zhang's method)."""
+    from skimage.morphology import skeletonize  # here: ~0.1 s to import, needed only for this metric
+
     m = binarize(mask)
     if m.ndim != 2:
         raise ValueError(f"skeleton() takes a 2D slice, got shape {m.shape}")
