@@ -233,7 +233,7 @@ def bids_sidecar(segmenter: Segmenter, job: Job, settings: BatchSettings, result
             "Version": __version__,
             "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
             "Parameters": {**asdict(settings.options), "threshold": info["threshold"],
-                           "device": str(segmenter.network.device)},
+                           "device": segmenter.network.device, "engine": segmenter.network.engine},
         }],
         "Result": {"gm_voxels": info["gm_voxels"], "network_passes": info["network_passes"],
                    "window_px": info["window_px"], "input_orientation": info["input_orientation"]},
