@@ -315,7 +315,7 @@ def test_dask_scheduler_file_and_errors(cluster, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*_gmseg*"))
 
 
-def test_file_batch_writes_beside_each_input_and_resumes(tmp_path):
+def test_file_batch_writes_beside_each_input_and_resumes(tmp_path, shared_data, shared_models):
     for src in (T2S, MT1):
         shutil.copy(src, tmp_path / src.name)
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")

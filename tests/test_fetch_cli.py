@@ -57,7 +57,7 @@ def test_help_lists_command() -> None:
     assert "fetch-model" in result.output and "Download, verify and install" in result.output
 
 
-def test_list_then_fetch_then_list(tmp_path: Path) -> None:
+def test_list_then_fetch_then_list(tmp_path: Path, shared_models: Path) -> None:
     before = run("--list", "--cache-dir", str(tmp_path))
     assert before.exit_code == 0, before.output
     lines = before.stdout.splitlines()
@@ -84,7 +84,7 @@ def test_force_downloads_again(server: ModelServer, tmp_path: Path) -> None:
 
 
 def test_cache_dir_over_env_over_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         isolated_home: Path) -> None:
+                                         isolated_home: Path, shared_models: Path) -> None:
     assert run("challenge").exit_code == 0
     assert (isolated_home / ".cache" / "sctgm" / "models" / "challenge" / "r20180205").is_dir()
     monkeypatch.setenv("SCTGM_HOME", str(tmp_path / "env"))
@@ -94,7 +94,7 @@ def test_cache_dir_over_env_over_default(tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "arg" / "models" / "challenge" / "r20180205").is_dir()
 
 
-def test_all_and_usage_errors(tmp_path: Path) -> None:
+def test_all_and_usage_errors(tmp_path: Path, shared_models: Path) -> None:
     result = run("--all", "--cache-dir", str(tmp_path))
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
     assert run("--all", "large").exit_code == 2
@@ -122,7 +122,7 @@ def test_failing_source_reported_then_next(server: ModelServer, tmp_path: Path) 
     assert "warning: model 'large'" in result.stderr and "HTTP 404" in result.stderr
 
 
-def test_corrupt_install_refused(tmp_path: Path) -> None:
+def test_corrupt_install_refused(tmp_path: Path, shared_models: Path) -> None:
     assert run("large", "--cache-dir", str(tmp_path)).exit_code == 0
     weights = tmp_path / "models" / "large" / "r20180205" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])

@@ -132,7 +132,7 @@ def test_fresh_install_over_http_loads_like_hdf5(name: str, server: ModelServer,
     assert again == model and sorted(server.counts.values()) == [1, 1]
 
 
-def test_mirror_folder_from_env(tmp_path: Path, set_sources: Callable) -> None:
+def test_mirror_folder_from_env(tmp_path: Path, set_sources: Callable, shared_models: Path) -> None:
     model = ensure_model("challenge", cache_dir=tmp_path)  # SCTGM_MIRROR -> ../shared (conftest)
     manifest = json.loads((model.weights_path.parent / MANIFEST_FILE).read_text())
     assert set(manifest["files"]) == {"challenge_model.hdf5", "challenge_model.json", WEIGHTS_FILE}
@@ -199,7 +199,7 @@ def test_unsafe_zip_source_refused(member: str, server: ModelServer, tmp_path: P
 
 
 @pytest.mark.parametrize("victim", [WEIGHTS_FILE, "large_model.hdf5", MANIFEST_FILE])
-def test_corrupted_install_detected_then_force(victim: str, tmp_path: Path, set_sources: Callable) -> None:
+def test_corrupted_install_detected_then_force(victim: str, tmp_path: Path, set_sources: Callable, shared_models: Path) -> None:
     model = ensure_model("large", cache_dir=tmp_path)
     path = model.weights_path.parent / victim
     data = bytearray(path.read_bytes())
@@ -213,7 +213,7 @@ def test_corrupted_install_detected_then_force(victim: str, tmp_path: Path, set_
     assert not [p for p in (tmp_path / "models" / "large").iterdir() if p.name.startswith(".")]
 
 
-def test_manifest_must_cover_the_weights(tmp_path: Path, set_sources: Callable) -> None:
+def test_manifest_must_cover_the_weights(tmp_path: Path, set_sources: Callable, shared_models: Path) -> None:
     model = ensure_model("challenge", cache_dir=tmp_path)
     manifest_path = model.weights_path.parent / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
@@ -223,7 +223,7 @@ def test_manifest_must_cover_the_weights(tmp_path: Path, set_sources: Callable) 
         ensure_model("challenge", cache_dir=tmp_path)
 
 
-def test_stale_temporary_folder_removed(tmp_path: Path, set_sources: Callable) -> None:
+def test_stale_temporary_folder_removed(tmp_path: Path, set_sources: Callable, shared_models: Path) -> None:
     stale = tmp_path / "models" / "large" / ".tmp-killed"
     stale.mkdir(parents=True)
     (stale / "large_model.hdf5").write_bytes(b"half")
@@ -246,7 +246,7 @@ def test_paths_and_unknown_names(shared_models: Path, tmp_path: Path) -> None:
         ensure_model("huge")
 
 
-def test_list_models(tmp_path: Path, set_sources: Callable) -> None:
+def test_list_models(tmp_path: Path, set_sources: Callable, shared_models: Path) -> None:
     rows = list_models(cache_dir=tmp_path)
     assert [(r.name, r.state, r.default) for r in rows] == [("challenge", "missing", False),
                                                             ("large", "missing", True)]
