@@ -1,34 +1,45 @@
 """The ONNX Runtime engine: the network as an ONNX graph, run by ONNX Runtime on the CPU.
 
 Why a second engine: on the CPU, ONNX Runtime's convolutions (im2col blocked into cache + MLAS GEMM)
-run this network at ~0.05 s (challenge) / ~0.2 s (large) a 200x200 slice on 2 cores, close to the
-machine's fp32 GEMM peak, while PyTorch's oneDNN path takes 2-3x longer on the same slices
-(``bench/speed.py`` prints the comparison; docs/speed.md has the table). It also spares the CLI
-the ~2 s import of torch.
+run this network at ~0.06 s (challenge) / ~0.21 s (large) a 200x200 slice on 2 cores, close to the
+machine's fp32 GEMM peak, while PyTorch takes 1.4-1.6x longer in its best configuration found
+(channels-last, one slice a call) and 4-5x longer eagerly on a batch (``bench/speed.py`` prints the
+comparison; docs/speed.md has the table). It also spares the CLI the 2-3 s import of torch.
 
 The graph is written here from the state dict with ``onnx.helper`` (no tracing, no exporter whose
 behaviour changes between torch releases): every node mirrors one step of
 :class:`sctgm.network.DilatedGMNet`, so both engines compute the same function (tests check they
-agree within 1e-5 and give the same masks). Built once per model and kept in the cache folder
+agree within 3e-4, measured <= 1.2e-4, and give the same masks). Built once per model and kept in the cache folder
 (``<cache>/onnx/``), so later runs import neither onnx nor torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .architecture import ASPP_BRANCHES, KERAS_BN_EPSILON, POOL_POSITION, TRUNK, branch_layers
-from .exceptions import ModelError
+from .exceptions import ModelError, SctGmError
 
 log = logging.getLogger(__name__)
 
 #: Bump when the graph written by :func:`build_graph` changes, so cached files are rebuilt.
 GRAPH_VERSION = 1
 OPSET = 17
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which SLURM and taskset set), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def onnxruntime_available() -> bool:
@@ -101,30 +112,47 @@ def build_graph(state_dict: dict[str, np.ndarray], filters: int, name: str = "de
                               [helper.make_tensor_value_info("prob", TensorProto.FLOAT, dims)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="sct-gm", doc_string=f"deepseg_gm dilated network, {filters} filters")
-    model.ir_version = 8  # readable by onnxruntime >= 1.10
+    model.ir_version = 8  # with opset 17: readable by onnxruntime >= 1.12
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
 def graph_cache_path(cache_dir: Path, model_sha256: str, filters: int) -> Path:
-    """Where the graph of a model (named by its weights' sha256) is kept."""
-    return cache_dir / "onnx" / f"{model_sha256[:20]}-f{filters}-g{GRAPH_VERSION}.onnx"
+    """Where the graph of a model (named by its weights' sha256) is kept; the sct-gm version is part
+    of the name, so a release that maps the weights differently never reads an older graph."""
+    from ._version import __version__
+
+    return cache_dir / "onnx" / f"{model_sha256[:20]}-f{filters}-g{GRAPH_VERSION}-v{__version__}.onnx"
 
 
-def cached_graph(cache_file: Path | None, build: Any) -> bytes:
-    """The graph's bytes from ``cache_file`` when present, else ``build()`` (then stored there,
-    atomically; a cache that cannot be written only costs a rebuild next time)."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cached_graph(cache_file: Path | None, build: Callable[[], bytes]) -> bytes:
+    """The graph's bytes from ``cache_file`` when present and intact (its sha256 is kept beside it,
+    in ``<file>.sha256``), else ``build()``, then stored there, atomically. A damaged or altered
+    cache is rebuilt with a warning; a cache that cannot be written only costs a rebuild next time."""
     if cache_file is not None and cache_file.is_file():
-        return cache_file.read_bytes()
+        try:
+            data = cache_file.read_bytes()
+            if _digest(data) == Path(f"{cache_file}.sha256").read_text().strip():
+                return data
+        except OSError:
+            pass
+        log.warning("%s: damaged or altered; rebuilding the ONNX graph", cache_file)
     data = build()
     if cache_file is not None:
         from .io import atomic_path
 
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
+            # the digest first: a reader that finds a graph also finds the digest it must match
+            with atomic_path(Path(f"{cache_file}.sha256")) as tmp:
+                tmp.write_text(_digest(data) + "\n")
             with atomic_path(cache_file) as tmp:
                 tmp.write_bytes(data)
-        except Exception as exc:  # noqa: BLE001 - a read-only cache is not an error
+        except (OSError, SctGmError) as exc:  # a read-only cache is not an error
             log.debug("could not cache the ONNX graph at %s: %s", cache_file, exc)
     return data
 
@@ -144,9 +172,10 @@ class OnnxNetwork:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
+        # Always an explicit count: left alone, ONNX Runtime sizes its pool to the host's physical
+        # cores and pins its threads, which oversubscribes a job confined to fewer (SLURM, taskset).
+        opts.intra_op_num_threads = threads or available_cores()
+        opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

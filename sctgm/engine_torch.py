@@ -36,11 +36,10 @@ class TorchNetwork:
 
         self.torch_device = device if isinstance(device, torch.device) else resolve_device(device)
         self.device = str(self.torch_device)
+        self.threads = threads
         # CPU: one slice a call is the fastest and leanest (docs/speed.md); GPU: enough slices to
         # fill the device.
         self.preferred_batch_size = 1 if self.torch_device.type == "cpu" else 32
-        if threads:
-            torch.set_num_threads(threads)
         net = DilatedGMNet(filters)
         try:
             net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, strict=True)
@@ -52,7 +51,16 @@ class TorchNetwork:
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device)
         x = x.contiguous(memory_format=torch.channels_last)
-        # TF32 would change the probabilities near the 0.999 threshold; keep full fp32 on CUDA.
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            prob = self.net(x)
+        # torch's thread count is per process: set it for this call only, and give it back
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        cudnn = torch.backends.cudnn
+        try:
+            # TF32 would change the probabilities near the 0.999 threshold; keep full fp32 on CUDA.
+            with torch.inference_mode(), cudnn.flags(enabled=True, benchmark=cudnn.benchmark,
+                                                     deterministic=cudnn.deterministic, allow_tf32=False):
+                prob = self.net(x)
+        finally:
+            torch.set_num_threads(before)
         return prob.float().cpu().numpy()

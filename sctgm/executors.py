@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 from collections.abc import Callable, Sequence
 from itertools import islice
@@ -46,6 +45,7 @@ def job_threads(settings: BatchSettings, n_workers: int | None = None,
     1e-6 apart, docs/batch.md): it runs with 1 thread in every batch engine, so that a sequential
     run, ``-j N`` and a Dask cluster write the same bytes.
     """
+    from .engine_onnx import available_cores
     from .inference import choose_engine
 
     if settings.threads:
@@ -57,7 +57,7 @@ def job_threads(settings: BatchSettings, n_workers: int | None = None,
         return worker_threads
     if n_workers is None or n_workers <= 1:
         return None
-    return max(1, (os.cpu_count() or 1) // n_workers)
+    return max(1, available_cores() // n_workers)
 
 
 def load_segmenter(settings: BatchSettings, threads: int | None) -> Segmenter:

@@ -60,8 +60,11 @@ class LoadedNetwork:
 
 
 def _cuda_may_exist() -> bool:
-    """False when this machine certainly has no CUDA device, found without importing torch: on
-    Linux the NVIDIA driver shows itself in /proc and /dev. Elsewhere, torch is asked."""
+    """False when this machine certainly has no CUDA device, found without importing torch: none is
+    visible (``CUDA_VISIBLE_DEVICES`` empty or -1), or, on Linux, the NVIDIA driver does not show
+    itself in /proc or /dev. Elsewhere, torch is asked."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
     if sys.platform.startswith("linux"):
         return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))
     return sys.platform != "darwin"
@@ -111,16 +114,8 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
         from .engine_onnx import OnnxNetwork, build_graph, cached_graph, graph_cache_path
 
         cache_file = graph_cache_path(cache_dir, model.sha256, model.filters) if cache_dir else None
-        graph = cached_graph(cache_file, lambda: build_graph(*state_dict(), name=model.name))
-        try:
-            runner: Engine = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
-        except SctGmError:
-            if cache_file is None:
-                raise
-            log.warning("%s: damaged; rebuilding the ONNX graph", cache_file)
-            cache_file.unlink(missing_ok=True)
-            runner = OnnxNetwork(cached_graph(cache_file, lambda: build_graph(*state_dict(), name=model.name)),
-                                 threads=threads, origin=origin)
+        runner: Engine = OnnxNetwork(cached_graph(cache_file, lambda: build_graph(*state_dict(), name=model.name)),
+                                     threads=threads, origin=str(cache_file or origin))
     else:
         from .engine_torch import TorchNetwork
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import crop, postprocess
 from .inference import LoadedNetwork, ProgressCallback, Standardisation, load_network, predict
+from .exceptions import SctGmError
 from .io import LoadedImage, check_same_grid
 from .orientation import looks_axial, reorientation_for
 from .registry import ensure_model, resolve_cache_dir
@@ -39,6 +40,14 @@ class SegmentOptions:
     tta: bool = False
     batch_size: int | None = None  # None: the engine's preferred size (see sctgm.inference.predict)
     crop_px: int = crop.CROP_PX
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise SctGmError(f"threshold {self.threshold}: expected a probability strictly between 0 and 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SctGmError(f"batch size {self.batch_size}: expected at least 1 slice per network call")
+        if self.crop_px < 16:
+            raise SctGmError(f"crop size {self.crop_px} px: expected at least 16 (the network was trained on 200)")
 
 
 @dataclass

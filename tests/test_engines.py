@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -64,25 +65,61 @@ def test_the_onnx_graph_is_cached_and_a_damaged_cache_is_rebuilt(shared_models, 
     x = np.random.default_rng(0).normal(size=(2, 1, 64, 64)).astype(np.float32)
     first = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
     cached = graph_cache_path(tmp_path, model.sha256, model.filters)
-    assert cached.is_file() and [p.name for p in cached.parent.iterdir()] == [cached.name]
-    cached.write_bytes(cached.read_bytes()[:1000])  # truncated by a full disk, say
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name, cached.name + ".sha256"]
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[:1000])  # truncated by a full disk, say
     second = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
-    assert "damaged; rebuilding" in caplog.text
+    assert "damaged or altered; rebuilding" in caplog.text
     np.testing.assert_array_equal(first.runner.run(x), second.runner.run(x))
-    assert cached.stat().st_size > 100_000  # written again, whole
+    assert cached.read_bytes() == whole  # written again, whole
+
+
+def test_an_altered_graph_that_still_loads_is_not_used(shared_models, tmp_path, caplog):
+    """One flipped byte inside a weight still loads in ONNX Runtime, with wrong probabilities."""
+    model = ensure_model("challenge")
+    x = np.random.default_rng(1).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    good = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path).runner.run(x)
+    cached = graph_cache_path(tmp_path, model.sha256, model.filters)
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    again = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path).runner.run(x)
+    assert "damaged or altered" in caplog.text
+    np.testing.assert_array_equal(again, good)
+
+
+def test_a_damaged_graph_in_a_read_only_cache_is_rebuilt_in_memory(shared_models, tmp_path, caplog, monkeypatch):
+    import sctgm.io
+    from sctgm.exceptions import OutputError
+
+    model = ensure_model("challenge")
+    inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
+    cached = graph_cache_path(tmp_path, model.sha256, model.filters)
+    cached.write_bytes(b"garbage")
+
+    def read_only(path):  # what atomic_path says of a folder it cannot write (chmod does not stop root)
+        raise OutputError(f"{path}: cannot write here (Read-only file system)")
+
+    monkeypatch.setattr(sctgm.io, "atomic_path", read_only)
+    net = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
+    assert "damaged or altered" in caplog.text
+    assert net.runner.run(np.zeros((1, 1, 32, 32), np.float32)).shape == (1, 1, 32, 32)
+    assert cached.read_bytes() == b"garbage"  # left as it was: the folder could not be written
 
 
 def test_the_default_cpu_path_never_imports_torch(shared_data, tmp_path):
     """torch takes seconds to import; on a CPU the segmentation must not need it."""
     code = ("import sys, sctgm; "
             f"sctgm.segment_file({str(shared_data / 'sct_testing_data/t2s/t2s.nii.gz')!r}, "
-            f"{str(tmp_path / 'gm.nii.gz')!r}, model='challenge', device='cpu'); "
+            f"{str(tmp_path / 'gm.nii.gz')!r}, model='challenge'); "  # device 'auto', as the CLI's default
             "print('torch' in sys.modules, 'onnx' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # no GPU visible, whatever this machine has: the decision must then be made without torch
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert (tmp_path / "gm.nii.gz").is_file()
     assert out.split()[0] == "False"
     # a second run finds the cached graph and needs neither torch nor onnx
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == ["False", "False"]
 
 
@@ -104,7 +141,7 @@ def test_batch_threads_policy(monkeypatch):
     from sctgm.jobs import BatchSettings
 
     monkeypatch.setattr(inference, "_cuda_may_exist", lambda: False)
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("sctgm.engine_onnx.available_cores", lambda: 8)
     ort = BatchSettings(device="cpu")
     assert job_threads(ort) is None and job_threads(ort, 1) is None  # one worker: all cores
     assert job_threads(ort, 3) == 2 and job_threads(ort, 16) == 1  # shared among local workers
@@ -112,3 +149,24 @@ def test_batch_threads_policy(monkeypatch):
     assert job_threads(BatchSettings(device="cpu", threads=3), 2) == 3  # --threads wins
     # torch's CPU sums depend on the thread count: one thread everywhere, for identical bytes
     assert job_threads(BatchSettings(device="cpu", engine="torch"), 1, worker_threads=4) == 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 0}, "at least 1 slice"), ({"batch_size": -1}, "at least 1 slice"),
+    ({"threshold": 1.0}, "strictly between 0 and 1"), ({"threshold": 0.0}, "strictly between 0 and 1"),
+    ({"crop_px": 4}, "at least 16"),
+])
+def test_impossible_options_are_refused_by_the_library_too(kwargs, message):
+    from sctgm.pipeline import SegmentOptions
+
+    with pytest.raises(SctGmError, match=message):
+        SegmentOptions(**kwargs)
+
+
+def test_the_torch_engine_gives_the_process_its_thread_count_back(shared_models):
+    import torch
+
+    sd, filters = state_dict_from_keras(shared_models / "challenge_model.hdf5")
+    before = torch.get_num_threads()
+    TorchNetwork(sd, filters, "cpu", threads=1).run(np.zeros((1, 1, 32, 32), np.float32))
+    assert torch.get_num_threads() == before

@@ -62,7 +62,8 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="Batch: run on a Dask cluster, by scheduler address (tcp://host:port) or scheduler JSON file "
                    "(needs pip install 'sctgm[dask]').")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads for the network per image [default: the cores, shared among -j workers].")
+              help="CPU threads for the network per image [default: the cores, shared among -j workers; 1 per "
+                   "image for --engine torch in a batch].")
 @click.option("--overwrite", is_flag=True, help="Batch: segment again even where valid outputs exist (one file is "
                                                 "always segmented again).")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
