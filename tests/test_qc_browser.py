@@ -15,6 +15,8 @@ import pytest
 
 from sctgm.qc import add_entry
 
+from .test_qc import cord_phantom
+
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("qc_screenshot", REPO / "bench" / "qc_screenshot.py")
 shot = importlib.util.module_from_spec(_spec)
@@ -24,19 +26,6 @@ _why = shot.browser_missing()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"no headless browser: {_why}")
 
 HOSTILE = "<img src=x onerror=window.__pwned=1;alert(1)>.nii.gz"
-
-
-def _phantom(shape=(40, 40, 5), gm_slices=None):
-    nx, ny, nz = shape
-    x, y = np.mgrid[:nx, :ny]
-    cord2d = ((x - nx / 2) / 8) ** 2 + ((y - ny / 2) / 6) ** 2 <= 1
-    gm2d = ((x - nx / 2) / 4) ** 2 + ((y - ny / 2) / 3) ** 2 <= 1
-    cord = np.repeat(cord2d[:, :, None], nz, axis=2).astype(np.uint8)
-    gm = np.zeros(shape, np.uint8)
-    for k in (range(nz) if gm_slices is None else gm_slices):
-        gm[:, :, k] = gm2d
-    img = np.random.default_rng(0).normal(100, 5, shape).astype(np.float32) + 200 * cord + 100 * gm
-    return img, cord, gm
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +40,12 @@ def report(tmp_path_factory):
         nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(p))
         return p
 
-    img, cord, gm = _phantom()
+    img, cord, gm = cord_phantom(shape=(40, 40, 5))
     qc = d / "qc"
     add_entry(qc, save(img, "sub-01_T2star.nii.gz"), save(gm, "sub-01_T2star_gmseg.nii.gz"),
               cord_path=save(cord, "sub-01_seg.nii.gz"), model="demo")
     time.sleep(0.01)
-    _, _, gm_bad = _phantom(gm_slices=[0, 1, 3, 4])
+    _, _, gm_bad = cord_phantom(shape=(40, 40, 5), gm_slices=[0, 1, 3, 4])
     add_entry(qc, save(img, "sub-02_T2star.nii.gz"), save(gm_bad, "sub-02_T2star_gmseg.nii.gz"),
               cord_path=save(cord, "sub-02_seg.nii.gz"), model="demo")
     time.sleep(0.01)
