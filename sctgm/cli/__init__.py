@@ -68,7 +68,7 @@ _SHORT_HELP: dict[str, str] = {
 
 class _WarningHandler(logging.Handler):
     """Library warnings (logging) become one line each on stderr (except those a batch job collects
-    for its summary, see :func:`sctgm.jobs.captured_warnings`)."""
+    for its summary, see :func:`sctgm.batch.jobs.captured_warnings`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "sctgm_captured", False):  # a batch job's warning: shown in its summary row
