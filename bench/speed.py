@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from sctgm.engines import load_network, predict  # noqa: E402
 from sctgm.io import load_image  # noqa: E402
 from sctgm.segment.pipeline import Segmenter  # noqa: E402
-from sctgm.model.install import ensure_model, resolve_cache_dir# noqa: E402
+from sctgm.model.install import ensure_model, resolve_cache_dir  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 MODELS = SHARED / "models" / "deepseg_gm"

@@ -26,6 +26,7 @@ from .naming import NIFTI_SUFFIXES, split_nifti_name  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class LoadedImage:
     """A validated 3D image: float32 data (scl_slope/scl_inter applied, NaN/inf replaced by 0),

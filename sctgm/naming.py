@@ -16,12 +16,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .exceptions import OutputError
 
-if TYPE_CHECKING:
-    from .batch.bids import BidsImage
+
+class BidsSource(Protocol):
+    """A raw BIDS image as :class:`sctgm.batch.bids.BidsImage` describes it."""
+
+    root: Path  # the dataset root
+    path: Path  # the image, inside root
+
+    @property
+    def stem(self) -> str: ...  # the file name without its extension
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 GM_SUFFIX = "_gmseg"
@@ -72,14 +79,14 @@ def is_sctgm_output(path: str | os.PathLike[str]) -> bool:
     return bool(_OUTPUT_STEMS.search(split_nifti_name(Path(path).name)[0]))
 
 
-def bids_derivative_path(image: BidsImage, derivatives: str | os.PathLike[str], label: str, suffix: str = "seg",
+def bids_derivative_path(image: BidsSource, derivatives: str | os.PathLike[str], label: str, suffix: str = "seg",
                          extension: str = ".nii.gz") -> Path:
     """``<derivatives>/sub-*/[ses-*/]anat/<source stem>_label-<label>_<suffix><extension>``."""
     folder = Path(derivatives) / image.path.parent.relative_to(image.root)
     return folder / f"{image.stem}_label-{label}_{suffix}{extension}"
 
 
-def bids_outputs(image: BidsImage, derivatives: str | os.PathLike[str], *, wm: bool = False,
+def bids_outputs(image: BidsSource, derivatives: str | os.PathLike[str], *, wm: bool = False,
                  prob: bool = False) -> dict[str, Path]:
     """BIDS layout: the GM mask (``gm``) and its sidecar (``gm_sidecar``); the WM mask (``wm``) and the
     GM probability map (``prob``) when asked, each with its sidecar."""

@@ -163,7 +163,7 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
 
         check_qc_dir(settings.qc_dir)
     if scheduler is None:
-        from ..model.registry import ensure_model
+        from ..model.install import ensure_model
 
         ensure_model(settings.model, mirror=settings.mirror, cache_dir=settings.cache_dir, progress=download_progress)
     done = [0]

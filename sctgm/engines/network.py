@@ -16,7 +16,7 @@ Data flow (F = ``filters``; all convolutions are 3x3 'same' unless said otherwis
     trunk -> rate24_1 -> rate24_2  (dilation 24)        /
 
 The two details a port easily gets wrong, both read from the authors' model definition and checked
-against the reference outputs (tests/test_network.py): the pooled branch averages the output of
+against the reference outputs (tests/engines/test_network.py): the pooled branch averages the output of
 ``conv2d_2`` (not of the rate-2 trunk), and it sits fifth in the concatenation, before ``rate24``.
 
 Input: a batch of standardised axial slices, shape (N, 1, H, W), H along the canonical R->L axis and W

@@ -47,10 +47,12 @@ def test_segment_writes_mask_on_the_input_grid_and_a_sidecar(t2s):
     assert set(np.unique(data)) == {0, 1}
     assert dice(data, nib.load(str(LABELLED["t2s"][1])).get_fdata()) > 0.88
     meta = json.loads(t2s.with_name("t2s_gmseg.json").read_text())
-    assert meta["Model"]["Name"] == "challenge"
-    assert meta["Model"]["Sha256"] == "9b44228ad2fd360930b9d7fc6957a4eb7acbfa8cf6a091d13a932f8e8815dd9e"
-    assert meta["Parameters"]["threshold"] == 0.999
-    assert meta["Parameters"]["engine"] == "onnxruntime" and meta["Parameters"]["device"] == "cpu"
+    gen = meta["GeneratedBy"][0]
+    assert gen["Model"]["Name"] == "challenge"
+    assert gen["Model"]["Sha256"] == "9b44228ad2fd360930b9d7fc6957a4eb7acbfa8cf6a091d13a932f8e8815dd9e"
+    assert gen["Parameters"]["threshold"] == 0.999 and gen["Parameters"]["crop_px"] == 200
+    assert gen["Parameters"]["engine"] == "onnxruntime" and gen["Parameters"]["device"] == "cpu"
+    assert meta["Sources"] == [str(t2s)] and "SpatialReference" not in meta
 
 
 @pytest.mark.slow
@@ -61,7 +63,7 @@ def test_engine_and_threads_options_give_the_same_mask(t2s, tmp_path):
         res = _run(["segment", "-i", str(t2s), "-m", "challenge", "-q", "--engine", engine, "--threads", "1",
                     "-o", str(out)])
         assert res.exit_code == 0, res.output
-        assert json.loads(out.with_name(f"{engine}.json").read_text())["Parameters"]["engine"] == engine
+        assert json.loads(out.with_name(f"{engine}.json").read_text())["GeneratedBy"][0]["Parameters"]["engine"] == engine
         outs[engine] = np.asanyarray(nib.load(str(out)).dataobj)
     assert outs["torch"].sum() > 100
     np.testing.assert_array_equal(outs["torch"], outs["onnxruntime"])
@@ -115,9 +117,11 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_gives_one_line_message_exit_code_and_no_output(tmp_path, shared_data, case):
+def test_bad_input_gives_one_line_message_exit_code_and_no_output(tmp_path, request, case):
+    """Refused before any model is needed (only the truncated-file case reads ../shared)."""
     make, expected = BAD[case]
     if case == "truncated_gzip":
+        request.getfixturevalue("shared_data")
         raw = LABELLED["t2s"][0].read_bytes()
         assert gzip.decompress(raw)  # a valid gzip stream, cut in half below
         path = tmp_path / "cut.nii.gz"
