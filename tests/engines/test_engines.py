@@ -53,14 +53,14 @@ def test_auto_falls_back_to_torch_without_onnxruntime(monkeypatch):
     ("tensorflow", "cpu", "unknown; expected one of auto, onnxruntime, torch"),
     ("torch", "tpu", "not a device name"),
 ])
-def test_impossible_engine_requests_are_refused_with_the_fix(engine, device, message, shared_models):
-    model = ensure_model("challenge")
+def test_impossible_engine_requests_are_refused_with_the_fix(engine, device, message, tiny_model):
+    model = ensure_model(tiny_model())
     with pytest.raises(SctGmError, match=message):
         inference.load_network(model, device, engine=engine)
 
 
-def test_the_onnx_graph_is_cached_and_a_damaged_cache_is_rebuilt(shared_models, tmp_path, caplog):
-    model = ensure_model("challenge")
+def test_the_onnx_graph_is_cached_and_a_damaged_cache_is_rebuilt(tiny_model, tmp_path, caplog):
+    model = ensure_model(tiny_model())
     x = np.random.default_rng(0).normal(size=(2, 1, 64, 64)).astype(np.float32)
     first = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
     cached = graph_cache_path(tmp_path, model.sha256, model.architecture)
@@ -73,9 +73,10 @@ def test_the_onnx_graph_is_cached_and_a_damaged_cache_is_rebuilt(shared_models, 
     assert cached.read_bytes() == whole  # written again, whole
 
 
-def test_an_altered_graph_that_still_loads_is_not_used(shared_models, tmp_path, caplog):
-    """One flipped byte inside a weight still loads in ONNX Runtime, with wrong probabilities."""
-    model = ensure_model("challenge")
+def test_an_altered_graph_that_still_loads_is_not_used(tiny_model, tmp_path, caplog):
+    """One flipped byte inside a weight still loads in ONNX Runtime, with wrong probabilities (the tiny
+    random model: these tests need no ../shared)."""
+    model = ensure_model(tiny_model())
     x = np.random.default_rng(1).normal(size=(1, 1, 64, 64)).astype(np.float32)
     good = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path).runner.run(x)
     cached = graph_cache_path(tmp_path, model.sha256, model.architecture)
@@ -87,11 +88,11 @@ def test_an_altered_graph_that_still_loads_is_not_used(shared_models, tmp_path, 
     np.testing.assert_array_equal(again, good)
 
 
-def test_a_damaged_graph_in_a_read_only_cache_is_rebuilt_in_memory(shared_models, tmp_path, caplog, monkeypatch):
+def test_a_damaged_graph_in_a_read_only_cache_is_rebuilt_in_memory(tiny_model, tmp_path, caplog, monkeypatch):
     import sctgm.io
     from sctgm.exceptions import OutputError
 
-    model = ensure_model("challenge")
+    model = ensure_model(tiny_model())
     inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
     cached = graph_cache_path(tmp_path, model.sha256, model.architecture)
     cached.write_bytes(b"garbage")
