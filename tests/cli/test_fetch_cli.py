@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ..serve import ModelServer, refused_url
-from sctgm.model import install, registry
+from sctgm.model import registry
 from sctgm.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

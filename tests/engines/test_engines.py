@@ -17,7 +17,6 @@ from sctgm.exceptions import SctGmError
 from sctgm.model.install import ensure_model
 from sctgm.model.weights import state_dict_from_keras
 
-from ..conftest import MODELS_DIR
 from .test_network import _reference_grid_input
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from nibabel import orientations as ornt
 from sctgm.io import image_from_nifti, load_image
 from sctgm.segment.pipeline import Segmenter, SegmentOptions
 
-from ..conftest import LABELLED, MODELS_DIR, REFERENCE_DIR, dice
+from ..conftest import LABELLED, MODELS_DIR, dice
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +132,6 @@ def test_probability_map_is_consistent_with_the_mask(segmenters):
     assert 0.0 <= prob.min() and prob.max() <= 1.0
     # nearly binary network: the soft map thresholded at 0.5 is close to the mask
     assert dice(prob >= 0.5, res.gm) > 0.95
-
-
-def test_reference_dir_is_where_the_tests_expect(reference_dir):
-    assert Path(reference_dir) == REFERENCE_DIR
 
 
 @pytest.mark.parametrize("model", ["challenge", "large"])
