@@ -176,7 +176,8 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
                              engine=engine, threads=threads, qc_dir=qc_dir, metrics=metrics_csv is not None)
     metrics_path = Path(metrics_csv) if metrics_csv else None
     try:
-        with download_progress(quiet) as fetching, counting_bar(quiet, "Segmenting", "images", describe_record) as progress:
+        with download_progress(quiet) as fetching, \
+                counting_bar(quiet, "Segmenting", "images", describe_record) as progress:
             if bids_root is not None:
                 result = segment_bids(bids_root, settings, derivatives=derivatives,
                                       suffixes=suffixes or DEFAULT_SUFFIXES, participants=participants,

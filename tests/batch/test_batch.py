@@ -326,7 +326,8 @@ def test_file_batch_writes_beside_each_input_and_resumes(tmp_path, shared_data, 
     assert [(Path(r["input"]).name, r["status"]) for r in rows] == [
         ("broken.nii.gz", "failed"), ("mt1.nii.gz", "ok"), ("t2s.nii.gz", "ok")]
     assert (tmp_path / "t2s_gmseg.nii.gz").is_file() and (tmp_path / "mt1_gmseg.json").is_file()
-    assert json.loads((tmp_path / "t2s_gmseg.json").read_text())["GeneratedBy"][0]["Model"]["Sha256"] == CHALLENGE_SHA256
+    meta = json.loads((tmp_path / "t2s_gmseg.json").read_text())
+    assert meta["GeneratedBy"][0]["Model"]["Sha256"] == CHALLENGE_SHA256
     with open(tmp_path / "areas.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 9 + 5
     before = (tmp_path / "t2s_gmseg.nii.gz").read_bytes()

@@ -65,4 +65,5 @@ def test_bids_sidecars_add_only_the_spatial_reference(tiny_model, tmp_path, make
     single = segment_file(src, tmp_path / "x_gmseg.nii.gz", model="tiny", device="cpu")
     sct_meta = json.loads(single.sidecar.read_text())
     assert set(bids_meta) - set(sct_meta) == {"SpatialReference"} and set(sct_meta) <= set(bids_meta)
-    assert bids_meta["GeneratedBy"] == sct_meta["GeneratedBy"] and bids_meta["Sources"] == ["bids:raw:sub-01/anat/sub-01_T2star.nii.gz"]
+    assert bids_meta["GeneratedBy"] == sct_meta["GeneratedBy"]
+    assert bids_meta["Sources"] == ["bids:raw:sub-01/anat/sub-01_T2star.nii.gz"]

@@ -63,7 +63,8 @@ def test_engine_and_threads_options_give_the_same_mask(t2s, tmp_path):
         res = _run(["segment", "-i", str(t2s), "-m", "challenge", "-q", "--engine", engine, "--threads", "1",
                     "-o", str(out)])
         assert res.exit_code == 0, res.output
-        assert json.loads(out.with_name(f"{engine}.json").read_text())["GeneratedBy"][0]["Parameters"]["engine"] == engine
+        meta = json.loads(out.with_name(f"{engine}.json").read_text())
+        assert meta["GeneratedBy"][0]["Parameters"]["engine"] == engine
         outs[engine] = np.asanyarray(nib.load(str(out)).dataobj)
     assert outs["torch"].sum() > 100
     np.testing.assert_array_equal(outs["torch"], outs["onnxruntime"])

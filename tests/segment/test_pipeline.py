@@ -32,7 +32,8 @@ def test_the_model_preprocessing_sets_the_grid_and_the_window(tiny_model, make_n
     """A model registered with 0.5 mm pixels and 64-pixel windows is run with them."""
     image = load_image(make_nifti(cord_phantom_volume((100, 90, 3)), zooms_mm=(0.5, 0.5, 5.0)))
     default = Segmenter.from_name(tiny_model("tiny"), device="cpu").segment_image(image).info
-    coarse = Segmenter.from_name(tiny_model("coarse", spacing_mm=0.5, crop_px=64), device="cpu").segment_image(image).info
+    coarse_model = Segmenter.from_name(tiny_model("coarse", spacing_mm=0.5, crop_px=64), device="cpu")
+    coarse = coarse_model.segment_image(image).info
     assert default["fine_grid"] == [200, 180] and default["window_px"] == [200, 180]
     assert coarse["spacing_mm"] == 0.5 and coarse["fine_grid"] == [100, 90] and coarse["window_px"] == [64, 64]
     assert all(0 <= o[0] <= 100 - 64 and 0 <= o[1] <= 90 - 64 for o in coarse["window_origins"])

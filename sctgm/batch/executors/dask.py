@@ -3,8 +3,8 @@
 The scheduler is reached by address (``tcp://host:port``) or through its scheduler file (what
 ``dask scheduler --scheduler-file`` writes, and what SLURM/PBS/SGE set-ups share on a common file
 system); dask-jobqueue clusters are used through their ``Client``. Each worker process keeps one
-loaded model in a :class:`~.dask_plugin.SegmenterPlugin` (registered once, set up on every worker, including
-workers that join later) and runs one job at a time, its network using the threads the worker was
+loaded model in a :class:`~.dask_plugin.SegmenterPlugin` (registered once, set up on every worker,
+including workers that join later) and runs one job at a time, its network using the threads the worker was
 given (``dask worker --nthreads``; see :func:`sctgm.batch.executors.common.job_threads`). Workers
 need sct-gm installed, the model reachable (a shared cache, ``SCTGM_HOME`` or ``SCTGM_MIRROR``), and
 the dataset on a file system they share with the client.
@@ -40,13 +40,13 @@ def connect(scheduler: str | os.PathLike[str]) -> Client:
     """A client for ``tcp://host:port`` (or any Dask address) or a scheduler JSON file (waited for: a
     scheduler started beside the client may not have written it yet). Gives up after Dask's connect
     timeout (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
-    Client = _distributed().Client
+    client_class = _distributed().Client
     target = os.fspath(scheduler)
     try:
         if "://" not in target and (target.endswith(".json") or os.sep in target or Path(target).exists()):
             _wait_for_file(Path(target))
-            return Client(scheduler_file=target)
-        return Client(target)
+            return client_class(scheduler_file=target)
+        return client_class(target)
     except ExecutorError:
         raise
     except (OSError, TimeoutError, ValueError) as exc:
@@ -63,7 +63,7 @@ def _wait_for_file(path: Path) -> None:
     while not path.is_file():
         if time.monotonic() > deadline:
             raise ExecutorError(f"{path}: no such scheduler file (expected tcp://host:port or the JSON file that "
-                              f"`dask scheduler --scheduler-file` writes)")
+                                f"`dask scheduler --scheduler-file` writes)")
         time.sleep(0.2)
 
 

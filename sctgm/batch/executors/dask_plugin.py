@@ -14,8 +14,8 @@ from .common import WorkerSegmenter, job_threads
 
 
 class SegmenterPlugin(WorkerPlugin):
-    """A Dask worker plugin that holds one model per worker (:class:`~.common.WorkerSegmenter`) and a lock, so that a worker runs one segmentation
-    at a time, with all the threads the worker has."""
+    """A Dask worker plugin that holds one model per worker (:class:`~.common.WorkerSegmenter`) and a
+    lock, so that a worker runs one segmentation at a time, with all the threads the worker has."""
 
     def __init__(self, settings: BatchSettings) -> None:
         self.settings = settings
