@@ -1,0 +1,216 @@
+"""Checks on a NIfTI file's raw header, made before nibabel reads it, and the geometry fallbacks.
+
+nibabel reads a damaged header in one of three ways: it raises an exception whose type and text vary
+(a numpy dtype error, ``w2 should be positive``, a multi-line size message), it "fixes" the field and
+prints the fix on stderr through its own logger (a zero voxel size becomes 1 mm: a silent wrong
+geometry), or it asks for the claimed number of bytes before finding the file is shorter. Reading
+the 348 (NIfTI-1) or 540 (NIfTI-2) header bytes ourselves first lets :mod:`sctgm.io` refuse each
+damage with one line that names the field, and repair only what has one right answer
+(docs/inputs.md lists both). Hand-written because nibabel has no "validate without fixing" call;
+the fields are read through nibabel's own header classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import re
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.openers import ImageOpener
+
+from .exceptions import InputImageError
+
+#: gzip (deflate) cannot expand data by more than 1032:1, so a .nii.gz whose header claims more
+#: voxel bytes than this many times its own size is certainly truncated (checked before nibabel
+#: allocates the claimed size).
+GZIP_MAX_RATIO = 1032
+
+#: Transform codes NIfTI defines (0 unknown .. 4 MNI-152; NIfTI-2 adds 5 template-other).
+XFORM_CODES = range(0, 6)
+
+
+def one_line(text: object) -> str:
+    """``text`` with its whitespace (nibabel's newlines included) collapsed to single spaces."""
+    return " ".join(str(text).split())
+
+
+def read_error_detail(exc: BaseException) -> str:
+    """A short one-line detail for an exception raised while reading a file."""
+    text = one_line(exc)
+    m = re.search(r"Expected (\d+) bytes, got (\d+) bytes", text)
+    if m:
+        return f"the header announces {m.group(1)} bytes of voxel data, the file holds {m.group(2)}"
+    return text or type(exc).__name__
+
+
+@contextlib.contextmanager
+def nibabel_messages() -> Iterator[list[str]]:
+    """Collect, instead of printing, what nibabel's header checks log while the block runs.
+
+    nibabel prints its header fixes on stderr through the ``nibabel.global`` logger; sct-gm reports
+    the ones that matter itself, in its own one-line format, after the image is known to be valid.
+    """
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(one_line(record.getMessage()))
+
+    logger = logging.getLogger("nibabel.global")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    collector = _Collect()
+    logger.handlers[:] = [collector]
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def repairs_worth_saying(messages: list[str]) -> list[str]:
+    """The nibabel messages that changed something a user should know (not the SPM-alignment notes
+    nibabel leaves as they are)."""
+    return [m for m in messages if "leaving at current value" not in m and "not SPM compatible" not in m]
+
+
+def _raw_header(path: Path) -> nib.Nifti1Header | None:
+    """The file's header as stored (nothing fixed), or None when it is not a NIfTI-1/2 header
+    (left for nibabel to classify)."""
+    try:
+        with ImageOpener(str(path)) as f:
+            raw = f.read(540)
+    except gzip.BadGzipFile:  # not gzip at all: nibabel says what it is
+        return None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                              f"({read_error_detail(exc)})") from None
+    for size, klass in ((348, nib.Nifti1Header), (540, nib.Nifti2Header)):
+        for order in ("<", ">"):
+            if len(raw) >= 4 and int(np.frombuffer(raw[:4], dtype=order + "i4")[0]) == size:
+                if len(raw) < size:
+                    raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                                          f"({len(raw)} bytes, shorter than the {size}-byte NIfTI header)")
+                return klass(binaryblock=raw[:size], endianness=order, check=False)
+    return None
+
+
+def check_file(path: Path, notes: list[str] | None = None) -> None:
+    """Refuse, with one line naming the field, a NIfTI header that nibabel would crash on or "fix"
+    into a wrong image; also refuse a header that announces more voxel data than the file can hold.
+    Repairs that have one right answer are appended to ``notes`` (to be logged once the image is valid)."""
+    hdr = _raw_header(path)
+    if hdr is None:
+        return
+
+    def damaged(what: str) -> InputImageError:
+        return InputImageError(f"{path}: {what}; the header is damaged")
+
+    ndim = int(hdr["dim"][0])
+    if not 1 <= ndim <= 7:
+        raise damaged(f"dim[0] (the number of dimensions) is {ndim}, expected 1 to 7")
+    dims = [int(n) for n in hdr["dim"][1:ndim + 1]]
+    if min(dims) < 1:
+        raise damaged(f"the dimensions are {dims}; every size must be at least 1 voxel")
+    code = int(hdr["datatype"])
+    if code not in nib.nifti1.data_type_codes.value_set():
+        raise damaged(f"datatype code {code} is not a NIfTI data type")
+    pixdim = np.asarray(hdr["pixdim"][1:min(ndim, 3) + 1], dtype=float)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise damaged(f"the voxel size (pixdim) is {_fmt(pixdim)} mm; every spatial size must be a finite, "
+                      f"non-zero number")
+    offset = float(hdr["vox_offset"])
+    single = hdr["magic"].item() == hdr.single_magic
+    if not np.isfinite(offset) or offset < 0 or (single and 0 < offset < hdr.single_vox_offset):
+        raise damaged(f"vox_offset is {offset:g}, inside the {hdr.single_vox_offset}-byte header "
+                      f"(the voxel data of a single-file NIfTI start at byte {hdr.single_vox_offset} or later)")
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
+        raise damaged(f"scl_inter is {inter:g} (with scl_slope {slope:g}); the stored values cannot be converted")
+    # NIfTI: a slope of 0 means "no scaling"; nifti1_io and nibabel read a nan/inf slope the same way.
+    if not np.isfinite(slope) and notes is not None:
+        notes.append(f"{path}: scl_slope is {slope:g}; ignored, the stored values are used unscaled")
+    if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) in XFORM_CODES[1:]:
+        problem = qform_problem(hdr)
+        if problem:
+            raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back on; the voxel-to-world "
+                                  f"geometry is unknown")
+    if single:
+        _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims)
+
+
+def _check_size(path: Path, hdr: nib.Nifti1Header, offset: float, dims: list[int]) -> None:
+    need = int(offset) + int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+    have = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    if need > (have * GZIP_MAX_RATIO if gz else have):
+        shape = "x".join(str(n) for n in dims)
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt (the header announces "
+                              f"{shape} voxels, {need} bytes, and the {have}-byte file "
+                              f"{'cannot hold them compressed' if gz else 'is shorter'})")
+
+
+def qform_problem(hdr: nib.Nifti1Header) -> str | None:
+    """Why the header's qform is unusable, or None when it is usable or not set (qform_code 0)."""
+    if int(hdr["qform_code"]) == 0:
+        return None
+    bcd = np.asarray([hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"]], dtype=float)
+    offsets = np.asarray([hdr["qoffset_x"], hdr["qoffset_y"], hdr["qoffset_z"]], dtype=float)
+    if not (np.all(np.isfinite(bcd)) and np.all(np.isfinite(offsets))):
+        return f"the qform has non-finite values (quatern_b/c/d {_fmt(bcd)}, qoffset {_fmt(offsets)})"
+    try:
+        q = hdr.get_qform(coded=False)
+    except ValueError:
+        return (f"the qform quaternion (quatern_b, c, d) = {_fmt(bcd)} is not a rotation "
+                f"(b²+c²+d² = {float(bcd @ bcd):.3g}, at most 1)")
+    if not np.all(np.isfinite(q)) or abs(np.linalg.det(q[:3, :3])) < 1e-12:
+        return "the qform is degenerate (its voxel size is zero or not finite)"
+    return None
+
+
+def sform_problem(hdr: nib.Nifti1Header) -> str | None:
+    """Why the header's sform is unusable, or None when it is usable or not set (sform_code 0)."""
+    if int(hdr["sform_code"]) == 0:
+        return None
+    s = hdr.get_sform(coded=False)
+    if not np.all(np.isfinite(s)) or abs(np.linalg.det(s[:3, :3])) < 1e-12:
+        return f"the sform (srow_x/y/z) is {'not finite' if not np.all(np.isfinite(s)) else 'degenerate'}"
+    return None
+
+
+def usable_geometry(img: nib.Nifti1Image, path: Path, notes: list[str]) -> nib.Nifti1Image:
+    """``img`` itself, or a copy whose one unusable transform (qform or sform) is switched off when the
+    other is valid (a note says so); raises :class:`InputImageError` when no valid transform is set.
+
+    NIfTI stores the voxel-to-world transform twice; readers use the sform when its code is set
+    (nibabel, FSL) and some the qform (ITK). When exactly one is broken the other still places the
+    voxels, so sct-gm uses it and writes outputs whose broken transform is switched off (code 0).
+    """
+    hdr = img.header
+    q_bad, s_bad = qform_problem(hdr), sform_problem(hdr)
+    if s_bad is None and q_bad is None:
+        return img
+    new = hdr.copy()
+    if s_bad is not None:
+        if int(hdr["qform_code"]) == 0 or q_bad is not None:
+            raise InputImageError(f"{path}: invalid voxel geometry: {s_bad} and there is no valid qform to fall back on; the voxel-to-world "
+                                  f"geometry is unknown")
+        notes.append(f"{path}: {s_bad}; the qform is used instead (the outputs' sform is switched off)")
+        new.set_sform(hdr.get_qform(), code=0)
+    else:
+        if int(hdr["sform_code"]) == 0:
+            raise InputImageError(f"{path}: invalid voxel geometry: {q_bad} and there is no sform to fall back on; the voxel-to-world "
+                                  f"geometry is unknown")
+        notes.append(f"{path}: {q_bad}; the sform is used instead (the outputs' qform is switched off)")
+        new.set_qform(hdr.get_sform(), code=0)
+    return img.__class__(img.dataobj, new.get_best_affine(), new)
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
