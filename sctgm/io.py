@@ -11,7 +11,6 @@ import logging
 import os
 import struct
 import tempfile
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,8 +154,7 @@ def _voxel_values(img: nib.Nifti1Image, p: Path, notes: list[str]) -> np.ndarray
     values beyond float32's range are scaled by a power of two (exact, and harmless: each slice stack
     is standardised before the network), each with a note."""
     try:
-        with nifti_header.nibabel_messages(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # overflow in a cast is detected below
+        with nifti_header.nibabel_messages():  # read warnings: the checks below say what matters
             if img.get_data_dtype().kind == "c":
                 notes.append(f"{p}: holds complex values; their magnitude is used (the phase is ignored)")
                 values = np.abs(np.asanyarray(img.dataobj))

@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import logging
 import re
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,10 +52,9 @@ def read_error_detail(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def nibabel_messages() -> Iterator[list[str]]:
-    """Collect, instead of printing, what nibabel's header checks log while the block runs.
-
-    nibabel prints its header fixes on stderr through the ``nibabel.global`` logger; sct-gm reports
-    the ones that matter itself, in its own one-line format, after the image is known to be valid.
+    """Collect, instead of printing, what nibabel logs (its header fixes, through the
+    ``nibabel.global`` logger) or warns (Python warnings) while the block runs; sct-gm reports the
+    ones that matter itself, in its own one-line format, once the image is known to be valid.
     """
     messages: list[str] = []
 
@@ -68,7 +68,10 @@ def nibabel_messages() -> Iterator[list[str]]:
     logger.handlers[:] = [collector]
     logger.propagate = False
     try:
-        yield messages
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+        messages.extend(one_line(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
     finally:
         logger.handlers[:] = handlers
         logger.propagate = propagate
@@ -142,7 +145,43 @@ def check_file(path: Path, notes: list[str] | None = None) -> None:
             raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back on; the voxel-to-world "
                                   f"geometry is unknown")
     if single:
+        _check_extensions(path, hdr, offset)
         _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims)
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_stream(path)
+
+
+def _check_gzip_stream(path: Path, chunk_bytes: int = 1 << 22) -> None:
+    """Decompress the whole file once, so that gzip checks its CRC and length: nibabel stops reading
+    after the voxel data, before the trailer, and so accepts damaged bytes that still inflate (random
+    or noisy data is often stored uncompressed inside the stream)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(chunk_bytes):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                              f"({read_error_detail(exc)})") from None
+
+
+def _check_extensions(path: Path, hdr: nib.Nifti1Header, offset: float) -> None:
+    """Walk the header extensions (after the header's 4-byte extension flag, up to vox_offset) as
+    nibabel will: each must declare a size of at least 8 bytes that ends before the voxel data."""
+    start = hdr.sizeof_hdr + 4
+    with ImageOpener(str(path)) as f:
+        head = f.read(start + 1 if offset <= start else min(int(offset), 1 << 24))
+    if len(head) <= hdr.sizeof_hdr or head[hdr.sizeof_hdr] == 0:
+        return  # no extension
+    if offset < start:
+        raise InputImageError(f"{path}: the header says it has extensions but vox_offset {offset:g} leaves them no "
+                              f"room (the voxel data must start after byte {start}); the header is damaged")
+    pos, end = start, int(offset)
+    while pos + 8 <= min(end, len(head)):
+        esize = int(np.frombuffer(head[pos:pos + 4], dtype=hdr.endianness + "i4")[0])
+        if esize < 8 or pos + esize > end:
+            raise InputImageError(f"{path}: the header extension at byte {pos} declares {esize} bytes, which does not "
+                                  f"fit between bytes {pos + 8} and {end} (vox_offset); the extensions are damaged")
+        pos += esize
 
 
 def _check_size(path: Path, hdr: nib.Nifti1Header, offset: float, dims: list[int]) -> None:
@@ -168,7 +207,7 @@ def qform_problem(hdr: nib.Nifti1Header) -> str | None:
         q = hdr.get_qform(coded=False)
     except ValueError:
         return (f"the qform quaternion (quatern_b, c, d) = {_fmt(bcd)} is not a rotation "
-                f"(b²+c²+d² = {float(bcd @ bcd):.3g}, at most 1)")
+                f"(b^2+c^2+d^2 = {float(bcd @ bcd):.3g}, at most 1)")
     if not np.all(np.isfinite(q)) or abs(np.linalg.det(q[:3, :3])) < 1e-12:
         return "the qform is degenerate (its voxel size is zero or not finite)"
     return None
