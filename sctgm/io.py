@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
+#: No MRI image spans more than this along any axis (a whole-body composed scan is under 2 m); a
+#: larger extent means a wrong voxel size, which would also make the 0.25 mm grid unbounded.
+MAX_FIELD_OF_VIEW_MM = 2000.0
+
 
 @dataclass(frozen=True)
 class LoadedImage:
@@ -107,7 +111,11 @@ def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-m
     notes = _notes if _notes is not None else []
     shape = img.shape
     if len(shape) > 3 and all(n == 1 for n in shape[3:]):
-        img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+        try:
+            img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+        except _READ_ERRORS as exc:
+            raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt "
+                                  f"({nifti_header.read_error_detail(exc)})") from None
     elif len(shape) != 3:
         detail = f"{shape[3]} volumes" if len(shape) == 4 else f"shape {shape}"
         raise InputImageError(f"{p}: is a {len(shape)}D image ({detail}); expected a 3D {what}")
@@ -124,7 +132,15 @@ def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-m
     if not np.all(np.isfinite(affine)) or not np.all(zooms > 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputImageError(
             f"{p}: invalid voxel geometry (voxel size {tuple(round(float(z), 4) for z in zooms)} mm, affine "
-            f"determinant {np.linalg.det(affine[:3, :3]):.3g}); the header's pixdim/qform/sform must describe real voxels"
+            f"determinant {np.linalg.det(affine[:3, :3]):.3g}); the header's pixdim/qform/sform must describe "
+            f"real voxels"
+        )
+    fov_mm = np.asarray(img.shape[:3]) * np.maximum(zooms, np.linalg.norm(affine[:3, :3], axis=0))
+    if np.any(fov_mm > MAX_FIELD_OF_VIEW_MM):
+        raise InputImageError(
+            f"{p}: the image would span {' x '.join(f'{f:.4g}' for f in fov_mm)} mm, more than any MRI field of view "
+            f"({MAX_FIELD_OF_VIEW_MM:g} mm): its voxel size (pixdim {tuple(round(float(z), 4) for z in zooms)} mm, "
+            f"or the qform/sform) is wrong"
         )
     data = _voxel_values(img, p, notes)
     bad = ~np.isfinite(data)

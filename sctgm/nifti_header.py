@@ -27,11 +27,6 @@ from nibabel.openers import ImageOpener
 
 from .exceptions import InputImageError
 
-#: gzip (deflate) cannot expand data by more than 1032:1, so a .nii.gz whose header claims more
-#: voxel bytes than this many times its own size is certainly truncated (checked before nibabel
-#: allocates the claimed size).
-GZIP_MAX_RATIO = 1032
-
 #: Transform codes NIfTI defines (0 unknown .. 4 MNI-152; NIfTI-2 adds 5 template-other).
 XFORM_CODES = range(0, 6)
 
@@ -142,23 +137,24 @@ def check_file(path: Path, notes: list[str] | None = None) -> None:
     if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) in XFORM_CODES[1:]:
         problem = qform_problem(hdr)
         if problem:
-            raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back on; the voxel-to-world "
-                                  f"geometry is unknown")
+            raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back "
+                                  f"on; the voxel-to-world geometry is unknown")
+    size_bytes = _gzip_stream_size(path) if path.name.lower().endswith(".gz") else path.stat().st_size
     if single:
         _check_extensions(path, hdr, offset)
-        _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims)
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_stream(path)
+        _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims, size_bytes)
 
 
-def _check_gzip_stream(path: Path, chunk_bytes: int = 1 << 22) -> None:
-    """Decompress the whole file once, so that gzip checks its CRC and length: nibabel stops reading
-    after the voxel data, before the trailer, and so accepts damaged bytes that still inflate (random
-    or noisy data is often stored uncompressed inside the stream)."""
+def _gzip_stream_size(path: Path, chunk_bytes: int = 1 << 22) -> int:
+    """The decompressed size of a .gz file, read through once (in chunks) so that gzip checks its CRC
+    and length: nibabel stops reading after the voxel data, before the trailer, and so accepts damaged
+    bytes that still inflate (noisy data is often stored uncompressed inside the stream)."""
+    total = 0
     try:
         with gzip.open(path, "rb") as f:
-            while f.read(chunk_bytes):
-                pass
+            while chunk := f.read(chunk_bytes):
+                total += len(chunk)
+        return total
     except (OSError, EOFError, zlib.error) as exc:
         raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
                               f"({read_error_detail(exc)})") from None
@@ -184,21 +180,18 @@ def _check_extensions(path: Path, hdr: nib.Nifti1Header, offset: float) -> None:
         pos += esize
 
 
-def _check_size(path: Path, hdr: nib.Nifti1Header, offset: float, dims: list[int]) -> None:
-    need = int(offset) + int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
-    have = path.stat().st_size
-    gz = path.name.lower().endswith(".gz")
-    if need > (have * GZIP_MAX_RATIO if gz else have):
+def _check_size(path: Path, hdr: nib.Nifti1Header, offset: float, dims: list[int], have: int) -> None:
+    """``have``: the file's size in bytes, after decompression for a .gz."""
+    need = int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+    if int(offset) + need > have:
         shape = "x".join(str(n) for n in dims)
         raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt (the header announces "
-                              f"{shape} voxels, {need} bytes, and the {have}-byte file "
-                              f"{'cannot hold them compressed' if gz else 'is shorter'})")
+                              f"{shape} voxels, {need} bytes from byte {int(offset)}, and the file holds {have} bytes)")
 
 
 def qform_problem(hdr: nib.Nifti1Header) -> str | None:
-    """Why the header's qform is unusable, or None when it is usable or not set (qform_code 0)."""
-    if int(hdr["qform_code"]) == 0:
-        return None
+    """Why the header's qform (quaternion, offsets and pixdim) is unusable, or None. Checked whatever
+    qform_code says: a writer copies the qform even when its code is 0."""
     bcd = np.asarray([hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"]], dtype=float)
     offsets = np.asarray([hdr["qoffset_x"], hdr["qoffset_y"], hdr["qoffset_z"]], dtype=float)
     if not (np.all(np.isfinite(bcd)) and np.all(np.isfinite(offsets))):
@@ -232,22 +225,25 @@ def usable_geometry(img: nib.Nifti1Image, path: Path, notes: list[str]) -> nib.N
     voxels, so sct-gm uses it and writes outputs whose broken transform is switched off (code 0).
     """
     hdr = img.header
+    q_code, s_code = int(hdr["qform_code"]), int(hdr["sform_code"])
     q_bad, s_bad = qform_problem(hdr), sform_problem(hdr)
     if s_bad is None and q_bad is None:
         return img
+    unknown = "the voxel-to-world geometry is unknown"
     new = hdr.copy()
     if s_bad is not None:
-        if int(hdr["qform_code"]) == 0 or q_bad is not None:
-            raise InputImageError(f"{path}: invalid voxel geometry: {s_bad} and there is no valid qform to fall back on; the voxel-to-world "
-                                  f"geometry is unknown")
+        if q_code == 0 or q_bad is not None:
+            raise InputImageError(f"{path}: invalid voxel geometry: {s_bad} and there is no valid qform to fall "
+                                  f"back on; {unknown}")
         notes.append(f"{path}: {s_bad}; the qform is used instead (the outputs' sform is switched off)")
         new.set_sform(hdr.get_qform(), code=0)
-    else:
-        if int(hdr["sform_code"]) == 0:
-            raise InputImageError(f"{path}: invalid voxel geometry: {q_bad} and there is no sform to fall back on; the voxel-to-world "
-                                  f"geometry is unknown")
-        notes.append(f"{path}: {q_bad}; the sform is used instead (the outputs' qform is switched off)")
-        new.set_qform(hdr.get_sform(), code=0)
+    elif q_code != 0 and s_code == 0:
+        raise InputImageError(f"{path}: invalid voxel geometry: {q_bad} and there is no sform to fall back on; "
+                              f"{unknown}")
+    else:  # the qform is broken and the sform places the voxels (or the broken qform is unused)
+        if q_code != 0:
+            notes.append(f"{path}: {q_bad}; the sform is used instead (the outputs' qform is switched off)")
+        new.set_qform(img.affine, code=0)
     return img.__class__(img.dataobj, new.get_best_affine(), new)
 
 

@@ -88,7 +88,8 @@ REFUSED = {
                                   "truncated or corrupt (the header announces 12x10x40 voxels"),
     "more_voxels_than_the_gzip": (
         lambda d: _gzip_of_patched(d, (DIM + 6, "h", 40)),
-        "truncated or corrupt (the header announces 19200 bytes of voxel data, the file holds 1920)"),
+        "truncated or corrupt (the header announces 12x10x40 voxels, 19200 bytes from byte 352, and the file "
+        "holds 2272 bytes)"),
     "all_nan": (lambda d: _tiny(d / "nan.nii.gz", np.full((6, 6, 3), np.nan)), "has no finite voxel (all 108 voxels"),
     "all_inf": (lambda d: _tiny(d / "inf.nii.gz", np.full((6, 6, 3), -np.inf)), "has no finite voxel"),
     "scl_inter_nan": (lambda d: _patched(d / "inter.nii", (SCL_SLOPE, "f", 2.0), (SCL_INTER, "f", float("nan"))),
