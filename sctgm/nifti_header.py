@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import os
 import re
 import warnings
 import zlib
@@ -39,6 +40,8 @@ def one_line(text: object) -> str:
 def read_error_detail(exc: BaseException) -> str:
     """A short one-line detail for an exception raised while reading a file."""
     text = one_line(exc)
+    if "read length must be non-negative" in text:  # nibabel reading a header extension
+        return f"a header extension declares an impossible size ({text})"
     m = re.search(r"Expected (\d+) bytes, got (\d+) bytes", text)
     if m:
         return f"the header announces {m.group(1)} bytes of voxel data, the file holds {m.group(2)}"
@@ -126,8 +129,8 @@ def check_file(path: Path, notes: list[str] | None = None) -> None:
     offset = float(hdr["vox_offset"])
     single = hdr["magic"].item() == hdr.single_magic
     if not np.isfinite(offset) or offset < 0 or (single and 0 < offset < hdr.single_vox_offset):
-        raise damaged(f"vox_offset is {offset:g}, inside the {hdr.single_vox_offset}-byte header "
-                      f"(the voxel data of a single-file NIfTI start at byte {hdr.single_vox_offset} or later)")
+        raise damaged(f"vox_offset is {offset:g}, expected 0 or at least {hdr.single_vox_offset} (the voxel data "
+                      f"of a single-file NIfTI start after its {hdr.single_vox_offset}-byte header)")
     slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
     if slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
         raise damaged(f"scl_inter is {inter:g} (with scl_slope {slope:g}); the stored values cannot be converted")
@@ -139,25 +142,40 @@ def check_file(path: Path, notes: list[str] | None = None) -> None:
         if problem:
             raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back "
                                   f"on; the voxel-to-world geometry is unknown")
-    size_bytes = _gzip_stream_size(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+    size_bytes = _gzip_stream_size(path, notes) if path.name.lower().endswith(".gz") else path.stat().st_size
     if single:
         _check_extensions(path, hdr, offset)
         _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims, size_bytes)
 
 
-def _gzip_stream_size(path: Path, chunk_bytes: int = 1 << 22) -> int:
-    """The decompressed size of a .gz file, read through once (in chunks) so that gzip checks its CRC
-    and length: nibabel stops reading after the voxel data, before the trailer, and so accepts damaged
-    bytes that still inflate (noisy data is often stored uncompressed inside the stream)."""
+def _gzip_stream_size(path: Path, notes: list[str] | None, chunk_bytes: int = 1 << 22) -> int:
+    """The decompressed size of a .gz file, read through once in chunks so that zlib checks every
+    member's CRC and length: nibabel stops reading after the voxel data, before the trailer, and so
+    accepts damaged bytes that still inflate (noisy data is often stored uncompressed in the stream).
+    Bytes after the last member that are not gzip are ignored with a note, as gunzip does."""
     total = 0
     try:
-        with gzip.open(path, "rb") as f:
-            while chunk := f.read(chunk_bytes):
-                total += len(chunk)
-        return total
-    except (OSError, EOFError, zlib.error) as exc:
+        with open(path, "rb") as f:
+            inflater, buf = zlib.decompressobj(wbits=31), f.read(chunk_bytes)  # 31: gzip framing, CRC checked
+            while buf:
+                total += len(inflater.decompress(buf))
+                if not inflater.eof:
+                    buf = f.read(chunk_bytes)
+                    continue
+                rest = inflater.unused_data + f.read(max(0, 2 - len(inflater.unused_data)))
+                if not rest:
+                    return total
+                if rest[:2] != b"\x1f\x8b":  # not another gzip member: trailing garbage
+                    if notes is not None:
+                        extra = len(rest) + os.fstat(f.fileno()).st_size - f.tell()
+                        notes.append(f"{path}: {extra} bytes after the end of the gzip stream were ignored")
+                    return total
+                inflater, buf = zlib.decompressobj(wbits=31), rest
+    except (OSError, zlib.error) as exc:
         raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
                               f"({read_error_detail(exc)})") from None
+    raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt (the compressed stream "
+                          f"ends before its end marker)")
 
 
 def _check_extensions(path: Path, hdr: nib.Nifti1Header, offset: float) -> None:

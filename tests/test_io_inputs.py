@@ -83,7 +83,7 @@ REFUSED = {
         lambda d: _patched(d / "both.nii", (QUATERN_B, "f", 3.0), (SROW_X, "f", float("nan"))),
         "invalid voxel geometry: the sform (srow_x/y/z) is not finite and there is no valid qform"),
     "vox_offset_below_352": (lambda d: _patched(d / "off.nii", (VOX_OFFSET, "f", 322.0)),
-                             "vox_offset is 322, inside the 352-byte header"),
+                             "vox_offset is 322, expected 0 or at least 352"),
     "more_voxels_than_the_file": (lambda d: _patched(d / "big.nii", (DIM + 6, "h", 40)),
                                   "truncated or corrupt (the header announces 12x10x40 voxels"),
     "more_voxels_than_the_gzip": (
@@ -213,3 +213,22 @@ def test_negative_pixdim_is_made_positive_with_a_warning(tmp_path, caplog):
     assert image.zooms_mm == (0.5, 0.5, 5.0)
     (msg,) = _warnings(caplog)
     assert msg.startswith(f"{path}: header repaired by nibabel: pixdim[1,2,3] should be positive")
+
+
+def test_bytes_after_the_gzip_stream_are_ignored_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "tail.nii.gz"
+    path.write_bytes(gzip.compress(_tiny(tmp_path / "t.nii").read_bytes()) + b"trailing garbage")
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        image = load_image(path)
+    assert image.data.shape == (12, 10, 4)
+    assert _warnings(caplog) == [f"{path}: 16 bytes after the end of the gzip stream were ignored"]
+
+
+def test_a_gzip_of_several_members_is_read_whole(tmp_path, caplog):
+    raw = _tiny(tmp_path / "t.nii").read_bytes()
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        image = load_image(path)
+    np.testing.assert_array_equal(image.data, load_image(tmp_path / "t.nii").data)
+    assert _warnings(caplog) == []
