@@ -101,14 +101,18 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     """
     p = Path(path)
     notes: list[str] = []
-    return image_from_nifti(_read_nifti(p, notes), p, what=what, allow_constant=allow_constant, _notes=notes)
+    return _validated(_read_nifti(p, notes), p, what, allow_constant, notes)
 
 
 def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
-                     allow_constant: bool = False, _notes: list[str] | None = None) -> LoadedImage:
+                     allow_constant: bool = False) -> LoadedImage:
     """Validate an in-memory NIfTI image as :func:`load_image` does (``path`` names it in messages)."""
-    p = Path(path)
-    notes = _notes if _notes is not None else []
+    return _validated(img, Path(path), what, allow_constant, [])
+
+
+def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, notes: list[str]) -> LoadedImage:
+    """The checks and repairs of :func:`load_image` on a read image; ``notes`` (repairs so far) are
+    logged as warnings only once the image is known to be valid."""
     shape = img.shape
     if len(shape) > 3 and all(n == 1 for n in shape[3:]):
         try:
