@@ -232,3 +232,19 @@ def test_a_gzip_of_several_members_is_read_whole(tmp_path, caplog):
         image = load_image(path)
     np.testing.assert_array_equal(image.data, load_image(tmp_path / "t.nii").data)
     assert _warnings(caplog) == []
+
+
+def test_cli_shows_repair_warnings_on_success_and_only_the_error_on_failure(tmp_path):
+    repaired = _patched(tmp_path / "slope.nii", (SCL_SLOPE, "f", float("nan")))
+    same_grid = _tiny(tmp_path / "ref.nii.gz", np.random.default_rng(6).random((12, 10, 4)) > 0.5, dtype=np.uint8)
+    other_grid = _tiny(tmp_path / "other.nii.gz", np.ones((5, 5, 5)), dtype=np.uint8)
+    ok = CliRunner().invoke(main, ["metrics", "-i", str(repaired), "-r", str(same_grid), "-q"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.stderr.splitlines() == [f"sct-gm: warning: {repaired}: scl_slope is nan; ignored, the stored values "
+                                      f"are used unscaled"]
+    bad = CliRunner().invoke(main, ["metrics", "-i", str(repaired), "-r", str(other_grid), "-q"])
+    assert bad.exit_code == 2
+    (line,) = bad.stderr.splitlines()
+    assert line.startswith("sct-gm: error: ") and "not on the grid" in line
+    verbose = CliRunner().invoke(main, ["-v", "metrics", "-i", str(repaired), "-r", str(other_grid), "-q"])
+    assert "scl_slope is nan" in verbose.stderr and "Traceback" in verbose.stderr
