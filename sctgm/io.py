@@ -173,16 +173,17 @@ def _voxel_values(img: nib.Nifti1Image, p: Path, notes: list[str]) -> np.ndarray
     """The scaled voxel values as float32, NaN/inf kept. Complex values become their magnitude, and
     values beyond float32's range are scaled by a power of two (exact, and harmless: each slice stack
     is standardised before the network), each with a note."""
-    try:
-        with nifti_header.nibabel_messages():  # read warnings: the checks below say what matters
-            if img.get_data_dtype().kind == "c":
-                notes.append(f"{p}: holds complex values; their magnitude is used (the phase is ignored)")
+    try:  # np.errstate is thread-safe (unlike warning filters): numpy's float warnings stay silent
+        if img.get_data_dtype().kind == "c":
+            notes.append(f"{p}: holds complex values; their magnitude is used (the phase is ignored)")
+            with np.errstate(all="ignore"):
                 values = np.abs(np.asanyarray(img.dataobj))
-            else:
-                try:
-                    with np.errstate(over="raise", invalid="ignore"):
-                        return np.asarray(img.get_fdata(dtype=np.float32))
-                except FloatingPointError:  # values beyond float32's range: read them in float64
+        else:
+            try:
+                with np.errstate(over="raise", invalid="ignore", divide="ignore", under="ignore"):
+                    return np.asarray(img.get_fdata(dtype=np.float32))
+            except FloatingPointError:  # values beyond float32's range: read them in float64
+                with np.errstate(all="ignore"):
                     values = np.asarray(img.get_fdata(dtype=np.float64))
     except _READ_ERRORS as exc:
         raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt "
@@ -194,7 +195,8 @@ def _voxel_values(img: nib.Nifti1Image, p: Path, notes: list[str]) -> np.ndarray
         notes.append(f"{p}: values up to {peak:.3g} exceed the float32 range; they were divided by 2**{exponent} "
                      f"(the segmentation does not depend on the intensity scale)")
         values = np.ldexp(values, -exponent)
-    return values.astype(np.float32)
+    with np.errstate(all="ignore"):
+        return values.astype(np.float32)
 
 
 def _datatype_name(img: nib.Nifti1Image) -> str:

@@ -17,6 +17,7 @@ import gzip
 import logging
 import os
 import re
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from .exceptions import InputImageError
+
+#: nibabel's logger and Python's warning filters are process-wide: loads in threads (a Dask worker's)
+#: take turns to swap them, so that each restores what it found. Held only while a header is read.
+_CAPTURE_LOCK = threading.Lock()
 
 #: Transform codes NIfTI defines (0 unknown .. 4 MNI-152; NIfTI-2 adds 5 template-other).
 XFORM_CODES = range(0, 6)
@@ -61,18 +66,18 @@ def nibabel_messages() -> Iterator[list[str]]:
             messages.append(one_line(record.getMessage()))
 
     logger = logging.getLogger("nibabel.global")
-    handlers, propagate = list(logger.handlers), logger.propagate
-    collector = _Collect()
-    logger.handlers[:] = [collector]
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield messages
-        messages.extend(one_line(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
-    finally:
-        logger.handlers[:] = handlers
-        logger.propagate = propagate
+    with _CAPTURE_LOCK:
+        handlers, propagate = list(logger.handlers), logger.propagate
+        logger.handlers[:] = [_Collect()]
+        logger.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield messages
+            messages.extend(one_line(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
+        finally:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
 
 
 def repairs_worth_saying(messages: list[str]) -> list[str]:
