@@ -1,4 +1,6 @@
-"""Reading and writing NIfTI files: validation with human messages, atomic writes, output names.
+"""Reading and writing NIfTI files: validation with human messages, atomic writes, writable folders.
+
+Output names live in :mod:`sctgm.naming`, voxel geometry in :mod:`sctgm.geometry`.
 
 Everything here speaks in files; the arrays it returns are on the file's own voxel grid.
 """
@@ -21,11 +23,10 @@ import nibabel as nib
 import numpy as np
 
 from . import nifti_header
-from .exceptions import GridMismatchError, InputImageError, OutputError
+from .exceptions import InputImageError, OutputError
+from .naming import NIFTI_SUFFIXES, split_nifti_name  # noqa: F401 - re-exported for readers of io
 
 log = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 #: No MRI image spans more than this along any axis (a whole-body composed scan is under 2 m); a
 #: larger extent means a wrong voxel size, which would also make the 0.25 mm grid unbounded.
@@ -49,22 +50,6 @@ class LoadedImage:
     @property
     def zooms_mm(self) -> tuple[float, float, float]:
         return tuple(float(z) for z in self.nifti.header.get_zooms()[:3])  # type: ignore[return-value]
-
-
-def split_nifti_name(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """('dir/t2s', '.nii.gz') for 'dir/t2s.nii.gz'; the extension is '' when it is not a NIfTI one."""
-    s = os.fspath(path)
-    for suffix in NIFTI_SUFFIXES:
-        if s.lower().endswith(suffix):
-            return s[: -len(suffix)], s[-len(suffix):]
-    return s, ""
-
-
-def derive_output_path(input_path: str | os.PathLike[str], suffix: str, ext: str | None = None) -> Path:
-    """The output file next to the input: t2s.nii.gz + '_gmseg' -> t2s_gmseg.nii.gz (the input's
-    NIfTI extension is kept unless ``ext`` is given; '.nii.gz' when the input has none)."""
-    stem, in_ext = split_nifti_name(input_path)
-    return Path(stem + suffix + (ext or in_ext or ".nii.gz"))
 
 
 def _read_nifti(path: Path, notes: list[str] | None = None) -> nib.Nifti1Image:
@@ -207,16 +192,6 @@ def _datatype_name(img: nib.Nifti1Image) -> str:
         return f"code {code}"
 
 
-def check_same_grid(a: LoadedImage, b: LoadedImage, *, atol_mm: float = 1e-3) -> None:
-    """Raise :class:`GridMismatchError` unless ``a`` and ``b`` have the same shape and affine
-    (to ``atol_mm``, which absorbs float32 header storage)."""
-    if a.data.shape != b.data.shape or not np.allclose(a.affine, b.affine, atol=atol_mm):
-        raise GridMismatchError(
-            f"{b.path} is not on the grid of {a.path}: shape {b.data.shape} vs {a.data.shape}, "
-            f"affine rows {np.round(b.affine[:3], 3).tolist()} vs {np.round(a.affine[:3], 3).tolist()}"
-        )
-
-
 def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: Any) -> nib.Nifti1Image:
     """A new image with ``data`` on exactly ``reference``'s grid: same affine, qform and sform with
     their codes; scaling reset so the stored values are the values."""
@@ -230,16 +205,23 @@ def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: Any) -> nib.Nifti1
     return out
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
-    """Fail early (before any computation) when ``path`` cannot be written."""
+def folder_is_writable(folder: str | os.PathLike[str]) -> bool:
+    """True when files can be created in ``folder`` (it exists, and we may write and enter it). The one
+    writable-folder check of sct-gm: outputs, tables and the QC folder all use it."""
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_writable(path: str | os.PathLike[str], *, hint: str = "give a file name ending in .nii.gz or .nii") -> Path:
+    """Fail early (before any computation) when ``path`` cannot be written; ``hint`` is the fix shown
+    when ``path`` is a folder."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{p}: the output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not folder_is_writable(folder):
         raise OutputError(f"{p}: the output folder {folder} is not writable")
     if p.is_dir():
-        raise OutputError(f"{p}: is a folder; give a file name ending in .nii.gz or .nii")
+        raise OutputError(f"{p}: is a folder; {hint}")
     return p
 
 

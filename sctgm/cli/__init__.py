@@ -72,7 +72,7 @@ _SHORT_HELP: dict[str, str] = {
 
 class _WarningHandler(logging.Handler):
     """Library warnings (logging) become one line each on stderr (except those a batch job collects
-    for its summary, see :func:`sctgm.jobs.captured_warnings`). Without -v, warnings are held until
+    for its summary, see :func:`sctgm.batch.jobs.captured_warnings`). Without -v, warnings are held until
     the command ends: shown when it succeeds, dropped when it fails, so that a failure is exactly one
     line (a warning about a repaired input, then an error about another file, would read as two)."""
 
