@@ -99,9 +99,11 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
     """The checks and repairs of :func:`load_image` on a read image; ``notes`` (repairs so far) are
     logged as warnings only once the image is known to be valid."""
     shape = img.shape
+    img = nifti_header.usable_geometry(img, p, notes)  # first: slicing a 4D file computes with the affine
     if len(shape) > 3 and all(n == 1 for n in shape[3:]):
         try:
-            img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+            with np.errstate(all="ignore"):
+                img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
         except _READ_ERRORS as exc:
             raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt "
                                   f"({nifti_header.read_error_detail(exc)})") from None
@@ -115,16 +117,16 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
         kind = "an RGB colour" if dtype.names and set(dtype.names) <= set("RGBA") else "a multi-valued"
         raise InputImageError(f"{p}: is {kind} image (datatype {_datatype_name(img)}); expected a grey-level {what}: "
                               f"convert it to one channel first")
-    img = nifti_header.usable_geometry(img, p, notes)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     affine = img.affine
-    if not np.all(np.isfinite(affine)) or not np.all(zooms > 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    with np.errstate(all="ignore"):  # a non-finite affine is refused below, without numpy's warnings
+        det = float(np.linalg.det(affine[:3, :3])) if np.all(np.isfinite(affine)) else float("nan")
+        fov_mm = np.asarray(img.shape[:3]) * np.maximum(zooms, np.linalg.norm(affine[:3, :3], axis=0))
+    if not np.all(np.isfinite(affine)) or not np.all(zooms > 0) or not abs(det) >= 1e-12:
         raise InputImageError(
             f"{p}: invalid voxel geometry (voxel size {tuple(round(float(z), 4) for z in zooms)} mm, affine "
-            f"determinant {np.linalg.det(affine[:3, :3]):.3g}); the header's pixdim/qform/sform must describe "
-            f"real voxels"
+            f"determinant {det:.3g}); the header's pixdim/qform/sform must describe real voxels"
         )
-    fov_mm = np.asarray(img.shape[:3]) * np.maximum(zooms, np.linalg.norm(affine[:3, :3], axis=0))
     if np.any(fov_mm > MAX_FIELD_OF_VIEW_MM):
         raise InputImageError(
             f"{p}: the image would span {' x '.join(f'{f:.4g}' for f in fov_mm)} mm, more than any MRI field of view "

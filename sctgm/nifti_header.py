@@ -220,11 +220,14 @@ def qform_problem(hdr: nib.Nifti1Header) -> str | None:
     if not (np.all(np.isfinite(bcd)) and np.all(np.isfinite(offsets))):
         return f"the qform has non-finite values (quatern_b/c/d {_fmt(bcd)}, qoffset {_fmt(offsets)})"
     try:
-        q = hdr.get_qform(coded=False)
+        with np.errstate(all="ignore"):
+            q = hdr.get_qform(coded=False)
     except ValueError:
         return (f"the qform quaternion (quatern_b, c, d) = {_fmt(bcd)} is not a rotation "
                 f"(b^2+c^2+d^2 = {float(bcd @ bcd):.3g}, at most 1)")
-    if not np.all(np.isfinite(q)) or abs(np.linalg.det(q[:3, :3])) < 1e-12:
+    with np.errstate(all="ignore"):
+        det = float(np.linalg.det(q[:3, :3])) if np.all(np.isfinite(q)) else float("nan")
+    if not abs(det) >= 1e-12:
         return "the qform is degenerate (its voxel size is zero or not finite)"
     return None
 
@@ -234,7 +237,9 @@ def sform_problem(hdr: nib.Nifti1Header) -> str | None:
     if int(hdr["sform_code"]) == 0:
         return None
     s = hdr.get_sform(coded=False)
-    if not np.all(np.isfinite(s)) or abs(np.linalg.det(s[:3, :3])) < 1e-12:
+    with np.errstate(all="ignore"):
+        det = float(np.linalg.det(s[:3, :3])) if np.all(np.isfinite(s)) else float("nan")
+    if not abs(det) >= 1e-12:
         return f"the sform (srow_x/y/z) is {'not finite' if not np.all(np.isfinite(s)) else 'degenerate'}"
     return None
 
