@@ -143,7 +143,9 @@ def check_file(path: Path, notes: list[str] | None = None) -> None:
     if not np.isfinite(slope) and notes is not None:
         notes.append(f"{path}: scl_slope is {slope:g}; ignored, the stored values are used unscaled")
     if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) in XFORM_CODES[1:]:
-        problem = qform_problem(hdr)
+        readable = hdr.copy()  # as nibabel will read it: negative voxel sizes made positive
+        readable["pixdim"][1:4] = np.abs(readable["pixdim"][1:4])
+        problem = qform_problem(readable)
         if problem:
             raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back "
                                   f"on; the voxel-to-world geometry is unknown")
@@ -222,6 +224,8 @@ def qform_problem(hdr: nib.Nifti1Header) -> str | None:
     try:
         with np.errstate(all="ignore"):
             q = hdr.get_qform(coded=False)
+    except nib.spatialimages.HeaderDataError as exc:  # e.g. negative pixdim (nibabel repairs it on load)
+        return f"the qform cannot be computed ({one_line(exc)})"
     except ValueError:
         return (f"the qform quaternion (quatern_b, c, d) = {_fmt(bcd)} is not a rotation "
                 f"(b^2+c^2+d^2 = {float(bcd @ bcd):.3g}, at most 1)")

@@ -248,3 +248,31 @@ def test_cli_shows_repair_warnings_on_success_and_only_the_error_on_failure(tmp_
     assert line.startswith("sct-gm: error: ") and "not on the grid" in line
     verbose = CliRunner().invoke(main, ["-v", "metrics", "-i", str(repaired), "-r", str(other_grid), "-q"])
     assert "scl_slope is nan" in verbose.stderr and "Traceback" in verbose.stderr
+
+
+def test_negative_pixdim_with_only_a_qform_is_repaired_not_a_crash(tmp_path, caplog):
+    """Fuzz finding (seed 9): nibabel's qform code refuses negative voxel sizes that its loader repairs."""
+    path = _patched(tmp_path / "negq.nii", (SFORM_CODE, "h", 0), (PIXDIM + 8, "f", -0.5))
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        image = load_image(path)
+    np.testing.assert_allclose(image.affine, AFFINE, atol=1e-6)
+    (msg,) = _warnings(caplog)
+    assert "pixdim[1,2,3] should be positive" in msg
+
+
+def test_single_volume_4d_with_an_infinite_sform_falls_back_without_numpy_warnings(tmp_path, caplog, recwarn):
+    """Fuzz finding (seed 21): slicing a 4D file computed with the broken sform before it was replaced."""
+    img = nib.Nifti1Image(np.random.default_rng(7).random((12, 10, 4, 1)).astype(np.float32), AFFINE)
+    img.set_qform(AFFINE, code=1)
+    img.set_sform(AFFINE, code=1)
+    path = tmp_path / "v4.nii"
+    nib.save(img, str(path))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<f", raw, SROW_X + 32 + 12, float("inf"))  # srow_z[3]
+    path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        image = load_image(path)
+    assert image.data.shape == (12, 10, 4)
+    np.testing.assert_allclose(image.affine, AFFINE, atol=1e-6)
+    assert [str(w.message) for w in recwarn] == []
+    assert "the sform (srow_x/y/z) is not finite; the qform is used instead" in _warnings(caplog)[0]
