@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from . import nifti_header
-from .exceptions import InputImageError, OutputError
+from .exceptions import InputImageError, OrientationError, OutputError
 from .naming import NIFTI_SUFFIXES, split_nifti_name  # noqa: F401 - re-exported for readers of io
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
             f"{p}: invalid voxel geometry (voxel size {tuple(round(float(z), 4) for z in zooms)} mm, affine "
             f"determinant {det:.3g}); the header's pixdim/qform/sform must describe real voxels"
         )
+    if np.isnan(nib.orientations.io_orientation(affine)).any():
+        raise OrientationError(f"{p}: the axes of its affine (qform/sform) cannot be matched to R-L, A-P and S-I "
+                               f"(two voxel axes point the same way); the header's transform is wrong")
     if np.any(fov_mm > MAX_FIELD_OF_VIEW_MM):
         raise InputImageError(
             f"{p}: the image would span {' x '.join(f'{f:.4g}' for f in fov_mm)} mm, more than any MRI field of view "

@@ -117,7 +117,7 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
                 reason = invalid_reason(job, settings, segmenter)
                 status = "ok" if reason else "skipped"
             if status == "ok":
-                log.debug("%s: segmenting (%s)", job.name, reason or "--overwrite")
+                log.debug("%s: segmenting (%s)", job.name, reason or "overwrite")
                 remove_stale_parts(job.outputs.values())
                 _segment_and_write(segmenter, job, settings)
             volume = gm_volume_mm3(job.outputs["gm"])
@@ -136,9 +136,18 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
 def failed_record(job: Job, exc: BaseException, seconds: float = 0.0) -> JobRecord:
     """A ``failed`` record; unexpected exceptions (not :class:`SctGmError`) keep their type in the
     message."""
-    message = str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}"
-    return JobRecord(job.name, job.subject, job.session, "failed", " ".join(message.split()),
+    message = " ".join((str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}").split())
+    return JobRecord(job.name, job.subject, job.session, "failed", _without_input(job, message),
                      seconds=round(seconds, 2), error_type=type(exc).__name__)
+
+
+def _without_input(job: Job, message: str) -> str:
+    """``message`` without a leading ``<input path>: `` (the record names the input already, so the
+    summary line reads ``input: what is wrong`` rather than ``input: input: what is wrong``)."""
+    for name in dict.fromkeys((str(job.input), job.name, str(job.input.absolute()))):
+        if message.startswith(f"{name}: "):
+            return message[len(name) + 2:]
+    return message
 
 
 @contextlib.contextmanager
