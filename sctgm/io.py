@@ -89,6 +89,16 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     return _validated(_read_nifti(p, notes), p, what, allow_constant, notes)
 
 
+def read_grid(path: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The voxel grid (3D shape, affine) of the image :func:`load_image` gives for ``path``, the same
+    header checks and the same repair of one broken qform/sform included, from the header alone: no
+    voxel is read and nothing is logged or printed (for checks such as a batch's resume). Raises
+    :class:`InputImageError` as :func:`load_image` does for a header it refuses."""
+    p = Path(path)
+    img = nifti_header.usable_geometry(_read_nifti(p, []), p, [])
+    return tuple(int(n) for n in img.shape[:3]), img.affine  # type: ignore[return-value]
+
+
 def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
                      allow_constant: bool = False) -> LoadedImage:
     """Validate an in-memory NIfTI image as :func:`load_image` does (``path`` names it in messages)."""

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..io import load_image
+from ..io import load_image, read_grid
+from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, split_nifti_name
 from ..segment.outputs import segment_and_write
 from ..segment.pipeline import SegmentOptions
@@ -225,17 +226,19 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     for key in out:
         if key.endswith("_sidecar") and not out[key].is_file():
             return f"{out[key].name} is missing"
-    try:
-        src = nib.load(str(job.input))
-        shape, affine = src.shape[:3], src.affine
+    try:  # the grid the segmentation uses (one broken qform/sform repaired), read as the segmentation reads it
+        shape, affine = read_grid(job.input)
+    except SctGmError as exc:
+        return f"input unreadable ({exc})"
     except Exception as exc:  # noqa: BLE001 - any unreadable input: segmenting will report it
         return f"input unreadable ({type(exc).__name__})"
     for key in NIFTI_KEYS:
         if key not in out:
             continue
         try:
-            img = nib.load(str(out[key]))
-            data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
+            with nibabel_messages():  # nibabel's notices about a damaged output stay silent
+                img = nib.load(str(out[key]))
+                data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
         except FileNotFoundError:
             return f"{out[key].name} is missing"
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt output
