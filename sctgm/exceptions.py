@@ -92,6 +92,11 @@ class InvalidOptionError(SctGmError):
     crop size, engine, device)."""
 
 
+class WorkerDiedError(ExecutorError):
+    """In a batch: the worker process segmenting an image died (killed, out of memory, a crash in native
+    code) again when the image was retried alone; recorded for that image, the batch goes on."""
+
+
 class MetricsError(SctGmError):
     """Metrics cannot be computed on the given masks."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import nibabel as nib
 import numpy as np
@@ -116,3 +118,34 @@ def test_a_failure_names_its_input_once(tiny_model, images, make_nifti):
     assert failed.status == "failed" and failed.input == str(rgb)
     assert failed.message.startswith("is an RGB colour image") and "rgb.nii.gz" not in failed.message
     assert res.records[1].status == "ok"
+
+
+# A worker that dies: the pool pickles `_run_in_worker` by name, so the test swaps in this module-level
+# function (the spawned workers import it from here). It kills its own process for inputs named crash*,
+# and for once* inputs only the first time (a marker file beside the input remembers it).
+from sctgm.batch.executors import local as _local  # noqa: E402
+
+_real_run_in_worker = _local._run_in_worker
+
+
+def _dying_run_in_worker(job, settings, threads):
+    marker = job.input.with_name(job.input.name + ".died")
+    if job.input.name.startswith("crash") or (job.input.name.startswith("once") and not marker.exists()):
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real_run_in_worker(job, settings, threads)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
+def test_a_killed_worker_is_replaced_and_only_its_image_fails(tiny_model, images, make_nifti, monkeypatch):
+    crash = make_nifti(cord_phantom_volume(seed=3), name="in/crash.nii.gz")
+    once = make_nifti(cord_phantom_volume(seed=4), name="in/once.nii.gz")
+    monkeypatch.setattr(_local, "_run_in_worker", _dying_run_in_worker)
+    paths = [str(crash), str(images[0]), str(once), str(images[1])]
+    res = segment_files(paths, BatchSettings(model=tiny_model(), device="cpu"), n_jobs=2)
+    status = {r.input: r.status for r in res.records}
+    assert status == {paths[0]: "failed", paths[1]: "ok", paths[2]: "ok", paths[3]: "ok"}
+    failed = res.records[0]
+    assert failed.error_type == "WorkerDiedError" and "died, and again when it was retried alone" in failed.message
+    assert not list(crash.parent.glob("crash_gmseg*"))  # nothing written for it
+    assert once.with_name("once_gmseg.nii.gz").is_file() and once.with_name("once.nii.gz.died").is_file()
