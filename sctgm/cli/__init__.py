@@ -72,12 +72,7 @@ class _LazyGroup(click.Group):
         name = ctx.invoked_subcommand
         if parameter is None or name is None:
             return None
-        command = self.get_command(ctx, name)
-        wanted = _PARAMETER_NAMES.get(parameter, (parameter,))
-        for param in command.params if command is not None else ():
-            if isinstance(param, click.Option) and param.name in wanted:
-                return "/".join(param.opts)
-        return None
+        return _option_in(self.get_command(ctx, name), parameter)
 
     def _fix_for(self, ctx: click.Context, exc: Exception) -> str:
         """What to add to the one-line message of ``exc``: its flag in this command, or the command
@@ -108,6 +103,15 @@ _PARAMETER_NAMES: dict[str, tuple[str, ...]] = {
     "crop_px": ("crop", "crop_px"),
     "derivatives": ("derivatives",),
 }
+
+
+def _option_in(command: click.Command | None, parameter: str | None) -> str | None:
+    """The flag(s) of ``command`` setting the library argument ``parameter``, e.g. '-s/--cord-mask'."""
+    wanted = _PARAMETER_NAMES.get(parameter, (parameter,)) if parameter else ()
+    for param in command.params if command is not None else ():
+        if isinstance(param, click.Option) and param.name in wanted:
+            return "/".join(param.opts)
+    return None
 
 
 def _fail(ctx: click.Context) -> bool:
@@ -141,8 +145,9 @@ class _WarningHandler(logging.Handler):
         if getattr(record, "sctgm_captured", False):  # a batch job's warning: shown in its summary row
             return
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        parameter = getattr(record, "parameter", None)  # a library argument: name its flag (see invoke)
-        flag = f" (option --{parameter.replace('_', '-')})" if parameter else ""
+        ctx = click.get_current_context(silent=True)  # a library argument: name its flag in this command
+        option = _option_in(ctx.command, getattr(record, "parameter", None)) if ctx is not None else None
+        flag = f" (option {option})" if option else ""
         self.say(f"sct-gm: {prefix}{record.getMessage()}{flag}", hold=record.levelno >= logging.WARNING)
 
     def say(self, line: str, hold: bool = True) -> None:
