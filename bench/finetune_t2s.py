@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--bn", default="frozen")
     ap.add_argument("--flip", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--folds", default="AB,BA", help="fit/held-out halves, e.g. AB (fit A, test B)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f}; steps {args.steps}, lr {args.lr}, bn {args.bn}, flip {args.flip}")
@@ -90,7 +91,7 @@ def main() -> None:
     cfg = TrainConfig(max_steps=args.steps, batch_size=4, crop_px=200, lr=args.lr, warmup_steps=max(1, args.steps // 20),
                       bn=args.bn, val_every=10 ** 6, augment=dataclasses.replace(AugmentConfig(), flip_p=args.flip))
     for init in args.inits.split(","):
-        for fit, held in (("A", "B"), ("B", "A")):
+        for fit, held in args.folds.split(","):
             model, _ = model_from_weights(MODELS / f"{init}_model.hdf5")
             before = scores(model, [te_img[k] for k in halves[held]], [te_tgt[k] for k in halves[held]])
             train = [SliceSet(f"t2s-{fit}", [tr_img[k] for k in halves[fit]], [tr_tgt[k] for k in halves[fit]])]
