@@ -48,7 +48,12 @@ def model_from_weights(path: str | Path) -> tuple[nn.Module, str]:
     sd, arch, filters = read_state_dict(path)
     model = build_model(arch, filters, depth=unet_shape(sd)[1] if arch == "unet" else 3)
     try:
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=False)
+        # not strict only about BatchNorm's batch counters, which the Keras files do not hold
+        result = model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=False)
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the {arch} network ({str(exc).splitlines()[0]})") from None
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{path}: weights do not fit the {arch} network (missing {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]})")
     return model, arch
