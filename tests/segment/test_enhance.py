@@ -117,7 +117,7 @@ def test_apply_runs_every_step_and_reports_it() -> None:
     assert report["steps"] == ["denoise:tv", "bias:smooth", "clahe", "clip"]
     assert set(report["seconds"]) >= set(report["steps"])
     assert out.shape == vol.shape and np.all(np.isfinite(out))
-    assert out.max() <= np.percentile(out, 99) + 1e-3  # clipped at the top last
+    assert out.max() == pytest.approx(np.percentile(out, 99), rel=1e-3)  # clipped at the top last
 
 
 @pytest.mark.parametrize("record", [
@@ -149,3 +149,17 @@ def test_record_refuses_bad_values(kwargs: dict, match: str) -> None:
 def test_record_refuses_unknown_keys() -> None:
     with pytest.raises(SctGmError, match="unknown key"):
         enhance.Enhancement.from_dict({"denoise": "nlm", "sharpen": True})
+
+
+def test_denoisers_remove_only_the_noise_above_the_floor() -> None:
+    clean = cord_phantom(slices=2)
+    quiet = add_rician_noise(clean, 0.02, np.random.default_rng(8))
+    out, report = enhance.apply(quiet, ZOOMS, enhance.Enhancement(denoise="nlm", noise_floor_rel=0.03))
+    assert report["denoise_sigma"] == 0.0 and np.array_equal(out, quiet)  # below the floor: untouched
+    loud = add_rician_noise(clean, 0.05, np.random.default_rng(9))
+    p99 = float(np.percentile(loud, 99))
+    _, report = enhance.apply(loud, ZOOMS, enhance.Enhancement(denoise="nlm", noise_floor_rel=0.03))
+    sigma = report["noise"]["sigma"]
+    assert report["denoise_sigma"] == pytest.approx(np.sqrt(sigma ** 2 - (0.03 * p99) ** 2), rel=1e-3)
+    _, report = enhance.apply(loud, ZOOMS, enhance.Enhancement(denoise="nlm", noise_floor_rel=0.0))
+    assert report["denoise_sigma"] == pytest.approx(sigma, rel=1e-3)
