@@ -138,7 +138,8 @@ def main() -> None:
                 done[key] = dice(gm, manual[case])
             results[(model, case, variant, step)] = done[key]
         seg_seconds[model] = time.perf_counter() - t0
-        print(f"# {model}: {len(done)} segmentations in {seg_seconds[model]:.0f} s", file=sys.stderr, flush=True)
+        print(f"# {model}: {len(done)} segmentations in {seg_seconds[model]:.0f} s", file=sys.stderr,
+              flush=True)
 
     # 3. print
     print("Estimated noise (sigma / 99th percentile, %) of each variant; auto denoises above "
@@ -160,7 +161,8 @@ def main() -> None:
                 cs = cases if case == "mean" else [case]
                 ds = [float(np.mean([results[(model, c, v, step)] for c in cs]))
                       if all((model, c, v, step) in results for c in cs) else None for v in variants]
-                print(f"| {model} | {case} | {step} | " + " | ".join("-" if d is None else f"{d:.3f}" for d in ds) + " |")
+                cells = " | ".join("-" if d is None else f"{d:.3f}" for d in ds)
+                print(f"| {model} | {case} | {step} | {cells} |")
     if "large" in models and "off" in steps:
         print("\nGoals for `large` (mean over cases, loss against clean with no enhancement; "
               "goal: 2 % <= 0.03, 3 % <= 0.06, bias <= 0.01, clean within 0.005):\n")

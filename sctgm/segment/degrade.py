@@ -18,7 +18,8 @@ def add_rician_noise(volume: np.ndarray, sigma_rel: float, rng: np.random.Genera
     return np.sqrt(real * real + imag * imag).astype(np.float32)
 
 
-def smooth_bias_field(shape: tuple[int, int, int], zooms_mm: tuple[float, float, float], rng: np.random.Generator,
+def smooth_bias_field(shape: tuple[int, int, int], zooms_mm: tuple[float, float, float],
+                      rng: np.random.Generator,
                       *, in_plane: tuple[float, float] = (0.5, 1.5), along: tuple[float, float] = (0.8, 1.2),
                       scale_mm: float = 40.0, field_of_view_mm: float = 160.0) -> np.ndarray:
     """A smooth multiplicative field: in-plane, Gaussian-smoothed noise (correlation ~``scale_mm``)

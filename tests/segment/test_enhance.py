@@ -19,9 +19,11 @@ def cord_phantom(n: int = 128, slices: int = 4, seed: int = 0) -> np.ndarray:
     y, x = (np.mgrid[:n, :n] - n / 2) * 0.5
     vol = np.zeros((n, n, slices), np.float32)
     for k in range(slices):
-        body = ((x / 28) ** 2 + (y / 22) ** 2 < 1) * 0.35 * (1 + 0.6 * ndi.gaussian_filter(rng.normal(size=(n, n)), 8))
+        texture = 1 + 0.6 * ndi.gaussian_filter(rng.normal(size=(n, n)), 8)
+        body = ((x / 28) ** 2 + (y / 22) ** 2 < 1) * 0.35 * texture
         cord = (x / 5.5) ** 2 + (y / 4.2) ** 2 < 1
-        gm = cord & (((np.abs(x) / 3.5) ** 2 + (y / 2.5) ** 2 < 1) | ((np.abs(np.abs(x) - 2)) ** 2 + ((y - 1) / 3.5) ** 2 < 1))
+        horns = (np.abs(np.abs(x) - 2)) ** 2 + ((y - 1) / 3.5) ** 2 < 1
+        gm = cord & (((np.abs(x) / 3.5) ** 2 + (y / 2.5) ** 2 < 1) | horns)
         s = np.where((x / 7.5) ** 2 + (y / 6) ** 2 < 1, 1.0, body)
         s = np.where(cord, 0.55, s)
         vol[:, :, k] = ndi.gaussian_filter(np.where(gm, 0.75, s), 0.7) * 200
@@ -48,7 +50,8 @@ def test_noise_estimate_on_real_scan_adds_up(shared_data) -> None:
     the scan's own (within 20 %), and the added sigma alone once it dominates."""
     import nibabel as nib
 
-    data = np.asarray(nib.load(str(shared_data / "sct_testing_data/t2s/t2s_uncropped.nii.gz")).get_fdata(), np.float32)
+    path = shared_data / "sct_testing_data/t2s/t2s_uncropped.nii.gz"
+    data = np.asarray(nib.load(str(path)).get_fdata(), np.float32)
     p99 = float(np.percentile(data, 99))
     own = enhance.estimate_noise_sigma(data).sigma
     assert 0.005 * p99 < own < 0.06 * p99
