@@ -132,8 +132,10 @@ def main() -> None:
     results: dict[tuple[str, str, str, str], float] = {}
     seg_seconds: dict[str, float] = {}
     for model in models:
-        seg = sctgm.Segmenter(model, device="cpu", mirror=str(MODELS), threads=args.threads,
-                              cache_dir=str(Path("/tmp") / "sctgm-bench-cache"))
+        # after the restructure (issue 11) a segmenter for a model name comes from Segmenter.from_name
+        make = getattr(sctgm.Segmenter, "from_name", sctgm.Segmenter)
+        seg = make(model, device="cpu", mirror=str(MODELS), threads=args.threads,
+                   cache_dir=str(Path("/tmp") / "sctgm-bench-cache"))
         done: dict[str, float] = {}
         t0 = time.perf_counter()
         for (case, variant, step), (nifti, key) in inputs.items():
