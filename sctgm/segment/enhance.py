@@ -235,11 +235,11 @@ def denoise(volume: np.ndarray, method: str, sigma: float, *, strength: float = 
     if method == "tv":
         return _per_slice(vol, lambda x: r.denoise_tv_chambolle(x / scale, weight=s / scale) * scale)
     if method == "wavelet":
-        try:
-            import pywt  # noqa: F401 - scikit-image's wavelet denoiser needs PyWavelets (optional)
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("pywt") is None:  # scikit-image's wavelet denoiser needs it (optional)
             raise SctGmError("denoise 'wavelet' needs PyWavelets: pip install PyWavelets "
-                             "(or use denoise 'nlm' or 'tv')") from None
+                             "(or use denoise 'nlm' or 'tv')")
         return _per_slice(vol, lambda x: r.denoise_wavelet(x, sigma=s, method="BayesShrink", mode="soft",
                                                            rescale_sigma=True))
     if method == "bilateral":
