@@ -23,10 +23,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import speed  # noqa: E402
 
-from sctgm.inference import load_network, predict  # noqa: E402
+from sctgm.engines import load_network, predict  # noqa: E402
 from sctgm.io import load_image  # noqa: E402
-from sctgm.pipeline import Segmenter  # noqa: E402
-from sctgm.registry import ensure_model  # noqa: E402
+from sctgm.segment.pipeline import Segmenter  # noqa: E402
+from sctgm.model.install import ensure_model# noqa: E402
 
 DATA = speed.SHARED / "data" / "sct_testing_data"
 CASES = {"t2s_uncropped": DATA / "t2s" / "t2s_uncropped.nii.gz", "t2s": DATA / "t2s" / "t2s.nii.gz",
@@ -42,8 +42,8 @@ def main() -> None:
     print("| model | case | GM voxels CPU (onnxruntime) | GM voxels GPU (torch) | voxels that differ |")
     print("|---|---|---|---|---|")
     for model in ("challenge", "large"):
-        cpu = Segmenter(model, device="cpu", mirror=str(speed.MODELS))
-        gpu = Segmenter(model, device="cuda", mirror=str(speed.MODELS))
+        cpu = Segmenter.from_name(model, device="cpu", mirror=str(speed.MODELS))
+        gpu = Segmenter.from_name(model, device="cuda", mirror=str(speed.MODELS))
         assert gpu.network.engine == "torch" and gpu.network.device.startswith("cuda")
         for case, path in CASES.items():
             a = cpu.segment_image(load_image(path)).gm

@@ -13,10 +13,11 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sctgm.io import load_image  # noqa: E402
-from sctgm.pipeline import Segmenter, SegmentOptions  # noqa: E402
-from tests.conftest import LABELLED, MODELS_DIR, dice  # noqa: E402
+from sctgm.segment.pipeline import Segmenter, SegmentOptions  # noqa: E402
+from cases import LABELLED, MODELS_DIR, dice  # noqa: E402
 
 VARIANTS = {
     "raw (no post-processing)": SegmentOptions(keep_largest=False, fill_holes=False),
@@ -30,7 +31,7 @@ VARIANTS = {
 def main() -> None:
     rows = []
     for model in ("challenge", "large"):
-        seg = Segmenter(model, device="cpu", mirror=str(MODELS_DIR))
+        seg = Segmenter.from_name(model, device="cpu", mirror=str(MODELS_DIR))
         for case, (img, manual, _) in LABELLED.items():
             image = load_image(img)
             ref = np.asanyarray(nib.load(str(manual)).dataobj)

@@ -10,10 +10,11 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sctgm.io import load_image  # noqa: E402
-from sctgm.pipeline import Segmenter, SegmentOptions  # noqa: E402
-from tests.conftest import LABELLED, MODELS_DIR, dice  # noqa: E402
+from sctgm.segment.pipeline import Segmenter, SegmentOptions  # noqa: E402
+from cases import LABELLED, MODELS_DIR, dice  # noqa: E402
 
 THRESHOLDS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 
@@ -23,7 +24,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(THRESHOLDS))
     allrows = []
     for model in ("challenge", "large"):
-        seg = Segmenter(model, device="cpu", mirror=str(MODELS_DIR))
+        seg = Segmenter.from_name(model, device="cpu", mirror=str(MODELS_DIR))
         for case, (img, manual, _) in LABELLED.items():
             image, ref = load_image(img), np.asanyarray(nib.load(str(manual)).dataobj)
             ds = [dice(seg.segment_image(image, options=SegmentOptions(threshold=t)).gm, ref) for t in THRESHOLDS]

@@ -34,10 +34,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sctgm.inference import load_network, predict  # noqa: E402
+from sctgm.engines import load_network, predict  # noqa: E402
 from sctgm.io import load_image  # noqa: E402
-from sctgm.pipeline import Segmenter  # noqa: E402
-from sctgm.registry import ensure_model, resolve_cache_dir  # noqa: E402
+from sctgm.segment.pipeline import Segmenter  # noqa: E402
+from sctgm.model.install import ensure_model, resolve_cache_dir  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 MODELS = SHARED / "models" / "deepseg_gm"
@@ -49,7 +49,7 @@ SCT56 = {"challenge": (6.97, 2.65, 1004), "large": (11.63, 7.15, 1027)}  # (s, f
 
 def network_inputs(model: str) -> np.ndarray:
     """The standardised windows the pipeline feeds the network for t2s_uncropped, (N, 1, H, W)."""
-    seg = Segmenter(model, device="cpu", engine="onnxruntime", mirror=str(MODELS))
+    seg = Segmenter.from_name(model, device="cpu", engine="onnxruntime", mirror=str(MODELS))
     seen: list[np.ndarray] = []
     run = seg.network.runner.run
     seg.network.runner.run = lambda batch: (seen.append(np.array(batch)), run(batch))[1]  # type: ignore[method-assign]
@@ -61,8 +61,8 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
     """Configuration name -> a call that runs the network over all of ``x``."""
     import onnxruntime as ort
 
-    from sctgm.engine_onnx import build_graph
-    from sctgm.weights import load_safetensors
+    from sctgm.engines.onnx import build_graph
+    from sctgm.model.weights import load_safetensors
 
     installed = ensure_model(model, mirror=str(MODELS))
     sd, filters = load_safetensors(installed.weights_path)
@@ -71,7 +71,7 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
     ours_torch = load_network(installed, "cpu", engine="torch")
     import torch
 
-    from sctgm.network import DilatedGMNet
+    from sctgm.engines.network import DilatedGMNet
 
     eager = DilatedGMNet(filters).eval()
     eager.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
@@ -232,8 +232,8 @@ def startup_checks(model: str, tmp: Path, args: argparse.Namespace, net_s: float
     rows = []
     helps = [run_command([sys.executable, "-m", "sctgm", "--help"])[0] for _ in range(args.reps)]
     rows.append(("`sct-gm --help` (goal < 0.5 s)", "whole command", f"{min(helps):.2f} s"))
-    code = ("import time; from sctgm.registry import ensure_model, resolve_cache_dir; "
-            "from sctgm.inference import load_network; m = ensure_model(%r); t0 = time.perf_counter(); "
+    code = ("import time; from sctgm.model.install import ensure_model, resolve_cache_dir; "
+            "from sctgm.engines import load_network; m = ensure_model(%r); t0 = time.perf_counter(); "
             "load_network(m, 'cpu', cache_dir=resolve_cache_dir()); print(time.perf_counter() - t0)") % model
     loads = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
              for _ in range(args.reps)]

@@ -4,7 +4,7 @@ Library API (imports torch lazily, on first use)::
 
     import sctgm
     result = sctgm.segment_file("t2s.nii.gz")                 # writes t2s_gmseg.nii.gz + .json
-    seg = sctgm.Segmenter("large")                            # load a model once ...
+    seg = sctgm.Segmenter.from_name("large")                  # load a model once ...
     out = seg.segment_image(sctgm.load_image("t2s.nii.gz"))   # ... segment arrays in memory
     res = sctgm.segment_bids("ds", sctgm.BatchSettings(model="large"), n_jobs=4)  # a BIDS dataset
 """
@@ -17,23 +17,23 @@ from ._version import __version__
 from .exceptions import SctGmError
 
 if TYPE_CHECKING:
-    from .api import segment_file
     from .batch import segment_bids, segment_files
-    from .jobs import BatchSettings
+    from .batch.jobs import BatchSettings
     from .io import load_image
-    from .pipeline import Segmenter, SegmentOptions
+    from .segment.files import segment_file
+    from .segment.pipeline import Segmenter, SegmentOptions
 
 __all__ = ["__version__", "SctGmError", "segment_file", "segment_image", "load_image", "Segmenter", "SegmentOptions",
            "segment_bids", "segment_files", "BatchSettings"]
 
 _LAZY = {
-    "segment_file": "api",
+    "segment_file": "segment.files",
     "segment_bids": "batch",
     "segment_files": "batch",
-    "BatchSettings": "jobs",
+    "BatchSettings": "batch.jobs",
     "load_image": "io",
-    "Segmenter": "pipeline",
-    "SegmentOptions": "pipeline",
+    "Segmenter": "segment.pipeline",
+    "SegmentOptions": "segment.pipeline",
 }
 
 
@@ -47,17 +47,17 @@ def __getattr__(name: str) -> Any:
 
 def segment_image(image: Any, *, model: str | None = None, device: str = "auto", **kwargs: Any) -> Any:
     """Segment an in-memory image: a path, a nibabel image or a :class:`~sctgm.io.LoadedImage`.
-    Returns a :class:`~sctgm.pipeline.Segmentation` (arrays on the image's grid). Keyword arguments
+    Returns a :class:`~sctgm.segment.pipeline.Segmentation` (arrays on the image's grid). Keyword arguments
     go to :meth:`Segmenter.segment_image` (``cord``, ``options``, ``want_prob``, ``progress``)."""
     from pathlib import Path
 
     import nibabel as nib
 
     from .io import image_from_nifti, load_image
-    from .pipeline import Segmenter
+    from .segment.pipeline import Segmenter
 
     if isinstance(image, (str, Path)):
         image = load_image(image)
     elif isinstance(image, nib.spatialimages.SpatialImage):
         image = image_from_nifti(image)
-    return Segmenter(model, device=device).segment_image(image, **kwargs)
+    return Segmenter.from_name(model, device=device).segment_image(image, **kwargs)

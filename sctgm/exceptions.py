@@ -69,8 +69,8 @@ class UnsafeArchiveError(DownloadError):
     """An archive has a member that would be written outside the target folder."""
 
 
-class EngineError(SctGmError):
-    """A batch engine cannot run: the optional Dask extra is not installed, or the scheduler cannot
+class ExecutorError(SctGmError):
+    """A batch executor cannot run: the optional Dask extra is not installed, or the scheduler cannot
     be reached."""
 
     exit_code = 5

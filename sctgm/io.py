@@ -1,4 +1,6 @@
-"""Reading and writing NIfTI files: validation with human messages, atomic writes, output names.
+"""Reading and writing NIfTI files: validation with human messages, atomic writes, writable folders.
+
+Output names live in :mod:`sctgm.naming`, voxel geometry in :mod:`sctgm.geometry`.
 
 Everything here speaks in files; the arrays it returns are on the file's own voxel grid.
 """
@@ -9,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import struct
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -19,17 +22,22 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .exceptions import GridMismatchError, InputImageError, OutputError
+from . import nifti_header
+from .exceptions import InputImageError, OutputError
+from .naming import NIFTI_SUFFIXES, split_nifti_name  # noqa: F401 - re-exported for readers of io
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: No MRI image spans more than this along any axis (a whole-body composed scan is under 2 m); a
+#: larger extent means a wrong voxel size, which would also make the 0.25 mm grid unbounded.
+MAX_FIELD_OF_VIEW_MM = 2000.0
 
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """A validated 3D image: float32 data (scl_slope/scl_inter applied, NaN/inf replaced by 0),
-    the nibabel image it came from (its header and affine define the output grid), and its path."""
+    """A validated 3D image: float32 data (scl_slope/scl_inter applied, NaN/inf replaced by 0; the
+    magnitude of complex data; float64 data beyond float32's range scaled by a power of two), the
+    nibabel image it came from (its header and affine define the output grid), and its path."""
 
     path: Path
     data: np.ndarray
@@ -44,35 +52,24 @@ class LoadedImage:
         return tuple(float(z) for z in self.nifti.header.get_zooms()[:3])  # type: ignore[return-value]
 
 
-def split_nifti_name(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """('dir/t2s', '.nii.gz') for 'dir/t2s.nii.gz'; the extension is '' when it is not a NIfTI one."""
-    s = os.fspath(path)
-    for suffix in NIFTI_SUFFIXES:
-        if s.lower().endswith(suffix):
-            return s[: -len(suffix)], s[-len(suffix):]
-    return s, ""
-
-
-def derive_output_path(input_path: str | os.PathLike[str], suffix: str, ext: str | None = None) -> Path:
-    """The output file next to the input: t2s.nii.gz + '_gmseg' -> t2s_gmseg.nii.gz (the input's
-    NIfTI extension is kept unless ``ext`` is given; '.nii.gz' when the input has none)."""
-    stem, in_ext = split_nifti_name(input_path)
-    return Path(stem + suffix + (ext or in_ext or ".nii.gz"))
-
-
-def _read_nifti(path: Path) -> nib.Nifti1Image:
+def _read_nifti(path: Path, notes: list[str] | None = None) -> nib.Nifti1Image:
     if not path.exists():
         raise InputImageError(f"{path}: no such file")
     if path.is_dir():
         raise InputImageError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    nifti_header.check_file(path, notes)
     try:
-        img = nib.load(str(path))
+        with nifti_header.nibabel_messages() as fixes:
+            img = nib.load(str(path))
     except nib.filebasedimages.ImageFileError:
         raise InputImageError(f"{path}: not a NIfTI image (expected a .nii or .nii.gz file)") from None
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                              f"({nifti_header.read_error_detail(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputImageError(f"{path}: is a {type(img).__name__}, expected a NIfTI-1 or NIfTI-2 image")
+    if notes is not None:
+        notes.extend(f"{path}: header repaired by nibabel: {m}" for m in nifti_header.repairs_worth_saying(fixes))
     return img
 
 
@@ -80,55 +77,121 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     """Load and validate a 3D NIfTI image (a 4D file holding one volume is accepted as 3D).
 
     Raises :class:`InputImageError` with a one-line message for a missing, unreadable, corrupt or
-    truncated file, a non-NIfTI file, an image that is not 3D, a degenerate affine (zero, negative or
-    non-finite voxel size), and (unless ``allow_constant``) an image whose voxels are all equal.
-    Non-finite voxels are replaced by 0 with a warning that counts them.
+    truncated file, a damaged header (see :func:`sctgm.nifti_header.check_file`), a non-NIfTI file, an
+    image that is not 3D, an RGB image, a degenerate affine (zero, negative or non-finite voxel size),
+    an image without a finite voxel, and (unless ``allow_constant``) an image whose voxels are all
+    equal. What can be repaired is repaired with one warning each, logged only once the image is
+    known to be valid (docs/inputs.md): NaN/inf voxels set to 0, complex values replaced by their
+    magnitude, float64 values beyond float32's range scaled, one broken qform/sform replaced by the other.
     """
     p = Path(path)
-    return image_from_nifti(_read_nifti(p), p, what=what, allow_constant=allow_constant)
+    notes: list[str] = []
+    return _validated(_read_nifti(p, notes), p, what, allow_constant, notes)
 
 
 def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
                      allow_constant: bool = False) -> LoadedImage:
     """Validate an in-memory NIfTI image as :func:`load_image` does (``path`` names it in messages)."""
-    p = Path(path)
+    return _validated(img, Path(path), what, allow_constant, [])
+
+
+def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, notes: list[str]) -> LoadedImage:
+    """The checks and repairs of :func:`load_image` on a read image; ``notes`` (repairs so far) are
+    logged as warnings only once the image is known to be valid."""
     shape = img.shape
+    img = nifti_header.usable_geometry(img, p, notes)  # first: slicing a 4D file computes with the affine
     if len(shape) > 3 and all(n == 1 for n in shape[3:]):
-        img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+        try:
+            with np.errstate(all="ignore"):
+                img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
+        except _READ_ERRORS as exc:
+            raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt "
+                                  f"({nifti_header.read_error_detail(exc)})") from None
     elif len(shape) != 3:
         detail = f"{shape[3]} volumes" if len(shape) == 4 else f"shape {shape}"
         raise InputImageError(f"{p}: is a {len(shape)}D image ({detail}); expected a 3D {what}")
     if min(img.shape) < 1:
         raise InputImageError(f"{p}: has an empty dimension (shape {img.shape})")
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind == "V":
+        kind = "an RGB colour" if dtype.names and set(dtype.names) <= set("RGBA") else "a multi-valued"
+        raise InputImageError(f"{p}: is {kind} image (datatype {_datatype_name(img)}); expected a grey-level {what}: "
+                              f"convert it to one channel first")
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     affine = img.affine
-    if not np.all(np.isfinite(affine)) or not np.all(zooms > 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    with np.errstate(all="ignore"):  # a non-finite affine is refused below, without numpy's warnings
+        det = float(np.linalg.det(affine[:3, :3])) if np.all(np.isfinite(affine)) else float("nan")
+        fov_mm = np.asarray(img.shape[:3]) * np.maximum(zooms, np.linalg.norm(affine[:3, :3], axis=0))
+    if not np.all(np.isfinite(affine)) or not np.all(zooms > 0) or not abs(det) >= 1e-12:
         raise InputImageError(
-            f"{p}: invalid voxel geometry (voxel size {tuple(np.round(zooms, 4))} mm, affine determinant "
-            f"{np.linalg.det(affine[:3, :3]):.3g}); the header's pixdim/qform/sform must describe real voxels"
+            f"{p}: invalid voxel geometry (voxel size {tuple(round(float(z), 4) for z in zooms)} mm, affine "
+            f"determinant {det:.3g}); the header's pixdim/qform/sform must describe real voxels"
         )
-    try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt ({exc})") from None
+    if np.any(fov_mm > MAX_FIELD_OF_VIEW_MM):
+        raise InputImageError(
+            f"{p}: the image would span {' x '.join(f'{f:.4g}' for f in fov_mm)} mm, more than any MRI field of view "
+            f"({MAX_FIELD_OF_VIEW_MM:g} mm): its voxel size (pixdim {tuple(round(float(z), 4) for z in zooms)} mm, "
+            f"or the qform/sform) is wrong"
+        )
+    data = _voxel_values(img, p, notes)
     bad = ~np.isfinite(data)
     n_bad = int(bad.sum())
+    if n_bad and n_bad == data.size:
+        raise InputImageError(f"{p}: has no finite voxel (all {n_bad} voxels are NaN or infinite); nothing to use")
     if n_bad:
-        log.warning("%s: %d voxels are NaN or infinite; they were set to 0", p, n_bad)
+        notes.append(f"{p}: {n_bad} voxels are NaN or infinite; they were set to 0")
         data = np.where(bad, np.float32(0), data)
     if not allow_constant and data.size and float(data.max()) == float(data.min()):
         raise InputImageError(f"{p}: every voxel has the same value ({float(data.flat[0]):g}); nothing to segment")
+    for note in notes:  # only now: a refused image gets its one error line and nothing else
+        log.warning("%s", note)
     return LoadedImage(path=p, data=data, nifti=img)
 
 
-def check_same_grid(a: LoadedImage, b: LoadedImage, *, atol_mm: float = 1e-3) -> None:
-    """Raise :class:`GridMismatchError` unless ``a`` and ``b`` have the same shape and affine
-    (to ``atol_mm``, which absorbs float32 header storage)."""
-    if a.data.shape != b.data.shape or not np.allclose(a.affine, b.affine, atol=atol_mm):
-        raise GridMismatchError(
-            f"{b.path} is not on the grid of {a.path}: shape {b.data.shape} vs {a.data.shape}, "
-            f"affine rows {np.round(b.affine[:3], 3).tolist()} vs {np.round(a.affine[:3], 3).tolist()}"
-        )
+#: What reading a damaged file's voxels can raise (nibabel, numpy, gzip); turned into one line.
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, TypeError, struct.error, MemoryError,
+                nib.spatialimages.HeaderDataError, nib.spatialimages.ImageDataError)
+
+#: float32's largest finite value: the network and every array sct-gm keeps are float32.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _voxel_values(img: nib.Nifti1Image, p: Path, notes: list[str]) -> np.ndarray:
+    """The scaled voxel values as float32, NaN/inf kept. Complex values become their magnitude, and
+    values beyond float32's range are scaled by a power of two (exact, and harmless: each slice stack
+    is standardised before the network), each with a note."""
+    try:  # np.errstate is thread-safe (unlike warning filters): numpy's float warnings stay silent
+        if img.get_data_dtype().kind == "c":
+            notes.append(f"{p}: holds complex values; their magnitude is used (the phase is ignored)")
+            with np.errstate(all="ignore"):
+                values = np.abs(np.asanyarray(img.dataobj))
+        else:
+            try:
+                with np.errstate(over="raise", invalid="ignore", divide="ignore", under="ignore"):
+                    return np.asarray(img.get_fdata(dtype=np.float32))
+            except FloatingPointError:  # values beyond float32's range: read them in float64
+                with np.errstate(all="ignore"):
+                    values = np.asarray(img.get_fdata(dtype=np.float64))
+    except _READ_ERRORS as exc:
+        raise InputImageError(f"{p}: cannot be read, the file looks truncated or corrupt "
+                              f"({nifti_header.read_error_detail(exc)})") from None
+    finite = np.isfinite(values)
+    peak = float(np.max(np.abs(values), where=finite, initial=0.0))
+    if peak > _FLOAT32_MAX:
+        exponent = int(np.frexp(peak)[1]) - 100  # the peak lands near 2**100, far inside float32's range
+        notes.append(f"{p}: values up to {peak:.3g} exceed the float32 range; they were divided by 2**{exponent} "
+                     f"(the segmentation does not depend on the intensity scale)")
+        values = np.ldexp(values, -exponent)
+    with np.errstate(all="ignore"):
+        return values.astype(np.float32)
+
+
+def _datatype_name(img: nib.Nifti1Image) -> str:
+    code = int(img.header["datatype"])
+    try:
+        return f"{nib.nifti1.data_type_codes.label[code]}, code {code}"
+    except KeyError:
+        return f"code {code}"
 
 
 def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: Any) -> nib.Nifti1Image:
@@ -144,16 +207,23 @@ def like(reference: nib.Nifti1Image, data: np.ndarray, dtype: Any) -> nib.Nifti1
     return out
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
-    """Fail early (before any computation) when ``path`` cannot be written."""
+def folder_is_writable(folder: str | os.PathLike[str]) -> bool:
+    """True when files can be created in ``folder`` (it exists, and we may write and enter it). The one
+    writable-folder check of sct-gm: outputs, tables and the QC folder all use it."""
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_writable(path: str | os.PathLike[str], *, hint: str = "give a file name ending in .nii.gz or .nii") -> Path:
+    """Fail early (before any computation) when ``path`` cannot be written; ``hint`` is the fix shown
+    when ``path`` is a folder."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{p}: the output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not folder_is_writable(folder):
         raise OutputError(f"{p}: the output folder {folder} is not writable")
     if p.is_dir():
-        raise OutputError(f"{p}: is a folder; give a file name ending in .nii.gz or .nii")
+        raise OutputError(f"{p}: is a folder; {hint}")
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -46,6 +47,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return _require(REFERENCE_DIR)
+
+
+@pytest.fixture
+def server(shared_models: Path):
+    """An HTTP server on 127.0.0.1 serving the published model files (see tests/serve.py)."""
+    from .serve import ModelServer
+
+    with ModelServer(shared_models) as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +117,81 @@ def restore_sctgm_logger():
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+# ------------------------------------------------------------------------------------ tiny model
+
+def random_state_dict(filters: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights for :class:`sctgm.engines.network.DilatedGMNet` (keys and shapes from the torch
+    module), batch-norm statistics kept near identity so activations stay finite."""
+    from sctgm.engines.network import DilatedGMNet
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, tensor in DilatedGMNet(filters).state_dict().items():
+        shape = tuple(tensor.shape)
+        if key.endswith("running_var"):
+            out[key] = rng.uniform(0.5, 1.5, shape)
+        elif key.endswith("num_batches_tracked"):
+            continue
+        elif key.endswith("bn.weight") or key == "concat_bn.weight":
+            out[key] = rng.uniform(0.5, 1.5, shape)
+        else:
+            out[key] = rng.normal(0, 0.3, shape)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight 4-filter model as a safetensors file (made once per session)."""
+    from sctgm.model.weights import save_safetensors
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    save_safetensors(random_state_dict(4), 4, folder / "tiny.safetensors")
+    return folder / "tiny.safetensors"
+
+
+@pytest.fixture
+def tiny_model(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Factory: register the tiny model (``SCTGM_REGISTRY``) under ``name`` with these preprocessing
+    values (the rest default) and return its name. Installs from a local folder: no network, no
+    ../shared, seconds."""
+    from sctgm.model.install import sha256_of
+
+    entries: dict[str, dict] = {}
+
+    def _register(name: str = "tiny", **preprocessing: object) -> str:
+        entries[name] = {
+            "description": "random 4-filter test model", "version": "t1",
+            "architecture": {"name": "perone2018-dilated", "filters": 4},
+            "preprocessing": {"orientation": "LAS", "spacing_mm": 0.25, "crop_px": 200, "standardisation": "volume",
+                              "threshold": 0.5, **preprocessing},
+            "files": [{"name": tiny_weights.name, "role": "weights", "format": "safetensors",
+                       "size": tiny_weights.stat().st_size, "sha256": sha256_of(tiny_weights)}],
+            "sources": [{"kind": "files", "url": str(tiny_weights.parent)}],
+        }
+        path = tmp_path / "tiny_registry.json"
+        path.write_text(json.dumps({"models": entries}))
+        monkeypatch.setenv("SCTGM_REGISTRY", str(path))
+        monkeypatch.delenv("SCTGM_MIRROR", raising=False)  # installed from its own folder
+        return name
+
+    return _register
+
+
+@pytest.fixture
+def tiny_segmenter(tiny_model):
+    """A :class:`~sctgm.segment.pipeline.Segmenter` on the tiny model (ONNX Runtime, CPU)."""
+    from sctgm.segment.pipeline import Segmenter
+
+    return Segmenter.from_name(tiny_model(), device="cpu")
+
+
+def cord_phantom_volume(shape: tuple[int, int, int] = (60, 56, 4), seed: int = 0) -> np.ndarray:
+    """A bright disc (cord) with a darker butterfly-ish core (GM) in noise, the same on every slice."""
+    rng = np.random.default_rng(seed)
+    x, y = np.mgrid[: shape[0], : shape[1]]
+    cx, cy = shape[0] / 2 + 3, shape[1] / 2 - 2
+    r = np.hypot(x - cx, y - cy)
+    sl = 100 + 60 * (r < 10) - 30 * (r < 4)
+    return (sl[..., None] + rng.normal(0, 5, shape)).astype(np.float32)

@@ -49,13 +49,17 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SctGmError as exc:
-            if ctx.obj and ctx.obj.get("verbose"):
+            verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+            _held_warnings(show=verbose)  # a failed command says one line (everything with -v)
+            if verbose:
                 traceback.print_exc()
             click.echo(f"sct-gm: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("sct-gm: interrupted; no output was written for the unfinished file", err=True)
             ctx.exit(130)
+        finally:
+            _held_warnings(show=True)  # the command ended without an error (exit codes included)
 
 
 _SHORT_HELP: dict[str, str] = {
@@ -68,21 +72,47 @@ _SHORT_HELP: dict[str, str] = {
 
 class _WarningHandler(logging.Handler):
     """Library warnings (logging) become one line each on stderr (except those a batch job collects
-    for its summary, see :func:`sctgm.jobs.captured_warnings`)."""
+    for its summary, see :func:`sctgm.batch.jobs.captured_warnings`). Without -v, warnings are held until
+    the command ends: shown when it succeeds, dropped when it fails, so that a failure is exactly one
+    line (a warning about a repaired input, then an error about another file, would read as two)."""
+
+    def __init__(self, hold: bool) -> None:
+        super().__init__()
+        self.held: list[str] | None = [] if hold else None
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "sctgm_captured", False):  # a batch job's warning: shown in its summary row
             return
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        click.echo(f"sct-gm: {prefix}{record.getMessage()}", err=True)
+        self.say(f"sct-gm: {prefix}{record.getMessage()}", hold=record.levelno >= logging.WARNING)
+
+    def say(self, line: str, hold: bool = True) -> None:
+        if hold and self.held is not None:
+            self.held.append(line)
+        else:
+            click.echo(line, err=True)
+
+
+def _held_warnings(show: bool) -> None:
+    """Print (``show``) or drop the warnings the CLI's handler holds."""
+    for h in logging.getLogger("sctgm").handlers:
+        if isinstance(h, _WarningHandler) and h.held:
+            lines, h.held = h.held, []
+            for line in lines if show else ():
+                click.echo(line, err=True)
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
     logger = logging.getLogger("sctgm")
+    pending: list[str] = []
     for h in list(logger.handlers):
         if isinstance(h, _WarningHandler):
+            pending += h.held or []
             logger.removeHandler(h)
-    logger.addHandler(_WarningHandler())
+    handler = _WarningHandler(hold=not verbose)
+    for line in pending:  # held by the handler this one replaces (a command sets logging up again)
+        handler.say(line)
+    logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False
 

@@ -1,4 +1,4 @@
-"""How ``sct-gm segment`` shows a batch: a progress bar over images, then a summary table."""
+"""How ``sct-gm segment`` shows a batch: what its progress bar says of a job, then a summary table."""
 
 from __future__ import annotations
 
@@ -10,35 +10,9 @@ import click
 _STATUS_STYLE = {"ok": "green", "skipped": "cyan", "failed": "bold red"}
 
 
-class SubjectProgress:
-    """A rich progress bar over the images of a batch on stderr, only on a terminal and not with -q.
-    Used as a context manager; the value it gives is the library's ``progress`` callback (or None)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self):  # noqa: ANN204
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(TextColumn("Segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                             TimeElapsedColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
-                             transient=True)
-        self._bar.start()
-        self._task = self._bar.add_task("", total=None)
-        return self.update
-
-    def update(self, done: int, total: int, record: Any) -> None:
-        failed = " (failed)" if record.status == "failed" else ""
-        self._bar.update(self._task, completed=done, total=total, description=f"{record.input}{failed}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+def describe_record(record: Any) -> str:
+    """What the batch's progress bar shows after a job: its input, and whether it failed."""
+    return f"{record.input}{' (failed)' if record.status == 'failed' else ''}"
 
 
 def _cell(value: Any) -> str:

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 if TYPE_CHECKING:
-    from ..download import Progress, ProgressCallback
-    from ..registry import ModelStatus
-
-
-@contextlib.contextmanager
-def download_progress(quiet: bool = False) -> Iterator[Optional[ProgressCallback]]:
-    """A progress callback for :func:`sctgm.registry.ensure_model` that draws rich progress bars on
-    stderr; None (silent) when ``quiet`` or when stderr is not a terminal. Shared with ``segment``."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress as Bars, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    bars = Bars(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-    tasks: dict[str, int] = {}
-
-    def report(p: Progress) -> None:
-        if p.label not in tasks:
-            tasks[p.label] = bars.add_task(p.label, total=p.total)
-        bars.update(tasks[p.label], completed=p.done, total=p.total)
-
-    with bars:
-        yield report
+    from ..model.registry import ModelStatus
 
 
 def _human(n: int) -> str:
@@ -90,14 +64,15 @@ def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, li
     file lock lets several processes fetch at once. Offline, point --mirror or SCTGM_MIRROR at a
     folder holding the published files.
     """
-    from .. import registry
+    from ..model import install, registry
     from . import setup_logging
+    from .progress import download_progress
 
     setup_logging(bool(ctx.obj and ctx.obj.get("verbose")), quiet=quiet)
     if list_models:
         if force or all_models:
             raise click.UsageError("--list does not combine with --force or --all")
-        _render_list(registry.list_models(names or None, cache_dir=cache_dir))
+        _render_list(install.list_models(names or None, cache_dir=cache_dir))
         return
     if all_models and names:
         raise click.UsageError("give model names or --all, not both")
@@ -105,6 +80,6 @@ def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, li
     wanted = registered if all_models else list(dict.fromkeys(names)) or [default]
     with download_progress(quiet) as progress:
         for name in wanted:
-            model = registry.ensure_model(name, mirror=mirror, cache_dir=cache_dir, progress=progress,
+            model = install.ensure_model(name, mirror=mirror, cache_dir=cache_dir, progress=progress,
                                           force=force)
             click.echo(f"{model.name} {model.version}: {model.weights_path}")

@@ -1,10 +1,9 @@
-"""``sct-gm segment``: parse, call :func:`sctgm.api.segment_file` (one image) or
+"""``sct-gm segment``: parse, call :func:`sctgm.segment.outputs.segment_file` (one image) or
 :func:`sctgm.batch.segment_files` / :func:`sctgm.batch.segment_bids` (a batch), report."""
 
 from __future__ import annotations
 
 import glob
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +100,7 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
       sct-gm segment --bids ds --participant-label 01 02 -j 4 --qc qc/ --metrics
       sct-gm segment --bids ds --scheduler tcp://head:8786
     """
-    from ..pipeline import SegmentOptions
+    from ..segment.pipeline import SegmentOptions
 
     if ctx.obj is not None:
         ctx.obj["verbose"] = ctx.obj.get("verbose") or verbose
@@ -136,10 +135,11 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
 def _segment_one(input_path: Path, output: Path | None, model: str, cord_mask: Path | None, wm: bool, prob: bool,
                  options: Any, device: str, engine: str, qc_dir: Path | None, qc_subject: str | None,
                  threads: int | None, quiet: bool) -> None:
-    from ..api import segment_file
-    from .fetch_cmd import download_progress
+    from ..segment.files import segment_file
+    from .progress import counting_bar, download_progress
 
-    with download_progress(quiet) as fetching, _progress(quiet, f"Segmenting {input_path.name}") as progress:
+    with download_progress(quiet) as fetching, \
+            counting_bar(quiet, f"Segmenting {input_path.name}", "slices") as progress:
         result = segment_file(input_path, output, model=model, cord_mask=cord_mask, options=options, prob=prob,
                               wm=wm, device=device, engine=engine, threads=threads, qc_dir=qc_dir,
                               qc_subject=qc_subject, progress=progress, download_progress=fetching)
@@ -157,10 +157,10 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
                    cord_labels: bool, n_jobs: int, scheduler: str | None, threads: int | None, overwrite: bool,
                    summary_path: Path | None, metrics_csv: str | None, quiet: bool, verbose: bool) -> None:
     from ..batch import segment_bids, segment_files
-    from ..bids import DEFAULT_SUFFIXES
-    from ..jobs import BatchSettings
-    from .batch_view import SubjectProgress, render_summary
-    from .fetch_cmd import download_progress
+    from ..batch.bids import DEFAULT_SUFFIXES
+    from ..batch.jobs import BatchSettings
+    from .batch_view import describe_record, render_summary
+    from .progress import counting_bar, download_progress
 
     if qc_subject is not None:
         raise click.UsageError("-qc-subject names one image; in a batch each QC entry is named after its subject")
@@ -176,7 +176,8 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
                              engine=engine, threads=threads, qc_dir=qc_dir, metrics=metrics_csv is not None)
     metrics_path = Path(metrics_csv) if metrics_csv else None
     try:
-        with download_progress(quiet) as fetching, SubjectProgress(quiet) as progress:
+        with download_progress(quiet) as fetching, \
+                counting_bar(quiet, "Segmenting", "images", describe_record) as progress:
             if bids_root is not None:
                 result = segment_bids(bids_root, settings, derivatives=derivatives,
                                       suffixes=suffixes or DEFAULT_SUFFIXES, participants=participants,
@@ -194,33 +195,3 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
     render_summary(result, quiet)
     if result.failed:
         ctx.exit(1)
-
-
-class _progress:
-    """A rich progress bar over slices on stderr, only when stderr is a terminal and not --quiet."""
-
-    def __init__(self, quiet: bool, label: str) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.label = label
-        self._bar = None
-        self._task = None
-
-    def __enter__(self):  # noqa: ANN204
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("slices"), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-        self._bar.start()
-        self._task = self._bar.add_task(self.label, total=None)
-
-        def update(done: int, total: int) -> None:
-            self._bar.update(self._task, completed=done, total=total)
-
-        return update
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

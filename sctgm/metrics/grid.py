@@ -1,12 +1,13 @@
 """Masks brought to the canonical LAS layout, with the in-plane geometry the metrics need.
 
 Every metric is computed on axial slices ``data[:, :, k]`` of the canonical array (see
-:mod:`sctgm.orientation`); only flips and permutations are applied, so no voxel is interpolated and
+:mod:`sctgm.geometry`); only flips and permutations are applied, so no voxel is interpolated and
 a mask stored in any orientation gives the same numbers. Geometry comes from the canonical affine
 ``A`` (columns ``c0``, ``c1``, ``c2``: the world vectors of one voxel step along each array axis):
 
-- in-plane pixel spacing (mm): ``|c0|``, ``|c1|``
-- in-plane pixel area (mm2): ``|c0 x c1|``, exact for oblique and sheared affines
+- in-plane pixel spacing (mm): the header's zooms in canonical order (:func:`sctgm.geometry.canonical_zooms_mm`)
+- in-plane pixel area (mm2): ``|c0 x c1|`` (:func:`sctgm.geometry.pixel_area_mm2`), exact for oblique and
+  sheared affines
 - slice position (mm): the world (scanner RAS+) position of the slice's centre pixel projected on
   the unit vector ``c2/|c2|`` of the slice axis; it grows towards superior. For an unrotated axial
   scan it is the slice's world S coordinate. It runs along the image's slice axis, not along a
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import GridMismatchError
+from .. import geometry
+from ..geometry import Reorientation, reorientation_for
 from ..io import load_image
-from ..orientation import Reorientation, reorientation_for
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,15 @@ class CanonicalMask:
     def n_slices(self) -> int:
         return int(self.data.shape[2])
 
+    zooms_mm: tuple[float, float, float]  # canonical voxel sizes (:func:`sctgm.geometry.canonical_zooms_mm`)
+
     @property
     def in_plane_spacing_mm(self) -> tuple[float, float]:
-        c = self.affine[:3, :3]
-        return float(np.linalg.norm(c[:, 0])), float(np.linalg.norm(c[:, 1]))
+        return self.zooms_mm[0], self.zooms_mm[1]
 
     @property
     def pixel_area_mm2(self) -> float:
-        c = self.affine[:3, :3]
-        return float(np.linalg.norm(np.cross(c[:, 0], c[:, 1])))
+        return geometry.pixel_area_mm2(self.affine)
 
     @property
     def is_sheared(self) -> bool:
@@ -74,13 +75,11 @@ class CanonicalMask:
     def file_slice_index(self, k: int) -> int:
         """The index, along the file's own S-I array axis, of canonical slice ``k`` (the number a
         viewer such as FSLeyes shows for that slice)."""
-        t = self.reorientation.to_canonical
-        src = int(np.flatnonzero(t[:, 0] == 2)[0])
-        return self.source_shape[src] - 1 - k if t[src, 1] < 0 else k
+        return geometry.file_slice_index(self.reorientation, k)
 
     def file_axis_of_slices(self) -> int:
         """The file's array axis that holds the axial slices (0, 1 or 2)."""
-        return int(np.flatnonzero(self.reorientation.to_canonical[:, 0] == 2)[0])
+        return geometry.slice_axis(self.reorientation)
 
 
 def load_mask(path: str | os.PathLike[str], *, what: str = "mask") -> CanonicalMask:
@@ -94,6 +93,7 @@ def load_mask(path: str | os.PathLike[str], *, what: str = "mask") -> CanonicalM
         source_shape=tuple(int(n) for n in img.data.shape),  # type: ignore[arg-type]
         source_affine=np.asarray(img.affine, dtype=float),
         reorientation=reo,
+        zooms_mm=geometry.canonical_zooms_mm(img.zooms_mm, reo),
     )
     if mask.is_sheared:
         log.warning("%s: the in-plane voxel axes are not orthogonal (sheared affine); areas are exact, "
@@ -104,10 +104,5 @@ def load_mask(path: str | os.PathLike[str], *, what: str = "mask") -> CanonicalM
 def check_same_grid(a: CanonicalMask, b: CanonicalMask, *, atol_mm: float = 1e-3) -> None:
     """Raise :class:`GridMismatchError` unless ``a`` and ``b`` cover the same voxels. The same grid
     stored in two orientations (e.g. LAS and RPI) passes: the comparison is on the canonical grids."""
-    if a.data.shape != b.data.shape or not np.allclose(a.affine, b.affine, atol=atol_mm):
-        raise GridMismatchError(
-            f"{b.path} is not on the grid of {a.path}: shape {b.source_shape} vs {a.source_shape}, "
-            f"affine rows {np.round(b.source_affine[:3], 3).tolist()} vs "
-            f"{np.round(a.source_affine[:3], 3).tolist()}; resample one onto the other first "
-            f"(nearest neighbour, e.g. sct_register_multimodal -identity 1 -x nn)"
-        )
+    geometry.check_same_grid(a, b, atol_mm=atol_mm, hint="resample one onto the other first (nearest neighbour, e.g. "
+                             "sct_register_multimodal -identity 1 -x nn)")

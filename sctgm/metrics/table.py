@@ -20,7 +20,8 @@ from typing import Any, Union
 
 from .._version import __version__
 from ..exceptions import MetricsError, OutputError
-from ..io import atomic_path, save_json, split_nifti_name
+from ..io import atomic_path, check_writable, save_json
+from ..naming import split_nifti_name
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import ComparisonResult, compare_masks
 from .grid import load_mask
@@ -65,15 +66,9 @@ def check_table_path(path: PathLike, kind: str) -> Path:
     """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI
     name)."""
     p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
     if split_nifti_name(p)[1]:
         raise OutputError(f"{p}: is a NIfTI name; the {kind} output needs a name such as metrics.{kind}")
-    if p.is_dir():
-        raise OutputError(f"{p}: is a folder; give a file name such as metrics.{kind}")
-    if not folder.is_dir():
-        raise OutputError(f"{p}: the output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{p}: the output folder {folder} is not writable")
+    check_writable(p, hint=f"give a file name such as metrics.{kind}")
     return p
 
 

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..io import LoadedImage, check_same_grid, load_image, split_nifti_name
-from ..orientation import canonical_zooms_mm, reorientation_for
+from .. import geometry
+from ..geometry import check_same_grid, reorientation_for
+from ..io import LoadedImage, load_image
+from ..naming import split_nifti_name
 from . import flags as _flags
 from . import render, report
 
@@ -85,7 +87,7 @@ def build_entry(
     wm_img = _load_mask(wmseg_path, "WM segmentation", image) if wmseg_path is not None else None
 
     reo = reorientation_for(image.affine, image.data.shape)
-    zooms = canonical_zooms_mm(reo.canonical_affine(image.affine))
+    zooms = geometry.canonical_zooms_mm(image.zooms_mm, reo)
     data = reo.apply(image.data)
     gm = reo.apply(gm_img.data) >= MASK_THRESHOLD
     cord = reo.apply(cord_img.data) >= MASK_THRESHOLD if cord_img is not None else None
@@ -97,7 +99,7 @@ def build_entry(
         wm = None
 
     nz = data.shape[2]
-    px_mm2 = zooms[0] * zooms[1]
+    px_mm2 = geometry.pixel_area_mm2(reo.canonical_affine(image.affine))
     reference = cord if cord is not None and cord.any() else gm
     plan = render.plan_crop(reference, zooms, is_cord=reference is cord)
     gm_area = [float(gm[:, :, k].sum() * px_mm2) for k in range(nz)]
@@ -111,9 +113,7 @@ def build_entry(
     span = list(range(present[0], present[-1] + 1)) if present else list(range(nz))
     flagged = {k for k in span if per_slice[k]}
     # The input file's voxel index along its S-I axis, printed on tiles (what viewers show).
-    si_axis = int(np.flatnonzero(reo.to_canonical[:, 0] == 2)[0])
-    flip = reo.to_canonical[si_axis, 1] < 0
-    file_index = {k: (nz - 1 - k if flip else k) for k in range(nz)}
+    file_index = {k: geometry.file_slice_index(reo, k) for k in range(nz)}
     shown = render.choose_slices(span, flagged)
     mosaic = render.render_mosaic(data, gm, plan, shown, zooms, wm=wm, flagged=flagged, slice_labels=file_index)
 
@@ -140,7 +140,7 @@ def build_entry(
         "sctgm_version": __version__,
         "extra": _jsonable(extra or {}),
         "voxel_mm": [round(z, 4) for z in zooms],
-        "gm_volume_mm3": round(float(gm.sum()) * px_mm2 * zooms[2], 2),
+        "gm_volume_mm3": round(float(gm.sum()) * geometry.voxel_volume_mm3(image.affine), 2),
         "gm_mean_area_mm2": round(float(np.mean(gm_slices)), 2) if gm_slices else 0.0,
         "wm_mean_area_mm2": (round(float(np.mean([wm_area[k] for k in range(nz) if gm_area[k] > 0 or wm_area[k] > 0]
                                                  or [0.0])), 2) if wm_area is not None else None),

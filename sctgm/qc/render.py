@@ -178,9 +178,9 @@ def render_mosaic(
     stack = np.stack(crops) if crops else np.zeros((1, nx, ny), np.float32)
     nonzero = stack[stack != 0]
     values = nonzero if nonzero.size else stack.ravel()
-    lo, hi = (np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0))
-    if hi <= lo:
-        hi = lo + 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5])) if values.size else (0.0, 1.0)
+    if not hi > lo:  # in float64: a float32 lo + 1 can equal lo (values near 1e38)
+        hi = lo + max(1.0, abs(lo) * 1e-6)
 
     bg = Image.new("RGB", (width, height), (0, 0, 0))
     ov = Image.new("RGBA", (width, height), (0, 0, 0, 0))

@@ -33,7 +33,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..exceptions import OutputError, QcError
-from ..io import atomic_path
+from ..io import atomic_path, folder_is_writable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_qc_dir(qc_dir: str | os.PathLike[str]) -> Path:
         if anchor.parent == anchor:
             break
         anchor = anchor.parent
-    if anchor.exists() and not os.access(anchor, os.W_OK | os.X_OK):
+    if anchor.exists() and not folder_is_writable(anchor):
         raise OutputError(f"{p}: cannot create or write the QC folder ({anchor} is not writable)")
     return p
 

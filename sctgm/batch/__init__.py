@@ -1,0 +1,254 @@
+"""Batches: many images in one call, from a BIDS dataset or from files and glob patterns.
+
+Library entry points (the CLI is a thin shell over them)::
+
+    from sctgm.batch import BatchSettings, segment_bids, segment_files
+
+    result = segment_bids("ds", BatchSettings(model="large"), participants=["01"], n_jobs=4)
+    result.records          # one JobRecord per image: status ok | skipped | failed, message, GM volume
+    result.summary          # ds/derivatives/sct-gm/summary.tsv
+
+The steps are public too: :func:`plan_bids` / :func:`plan_files` make the jobs, :func:`run_batch`
+runs them on an executor (:mod:`sctgm.batch.executors`) and writes the summary and the metrics table.
+A failure on one image is recorded and the batch goes on; valid outputs are skipped unless
+``settings.overwrite`` (see :mod:`sctgm.batch.jobs`).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import DatasetError, OutputError
+from ..io import atomic_path
+from ..naming import GM_SUFFIX, WM_SUFFIX, bids_outputs, is_sctgm_output, sct_outputs, split_nifti_name
+from . import bids
+from .jobs import BatchSettings, Job, JobRecord
+
+__all__ = ["BatchResult", "BatchSettings", "Job", "JobRecord", "plan_bids", "plan_files", "run_batch",
+           "segment_bids", "segment_files"]
+
+#: Columns of summary.tsv (BIDS tabular conventions: tab-separated, ``n/a`` for a missing value).
+SUMMARY_COLUMNS = ("subject", "session", "input", "status", "message", "gm_volume_mm3", "seconds")
+SUMMARY_NAME = "summary.tsv"
+METRICS_NAME = "morphometry.csv"
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, JobRecord], None]  # (done, total, record just finished)
+
+
+@dataclass
+class BatchResult:
+    """The records of a batch (in job order) and the files written for the whole batch."""
+
+    records: list[JobRecord]
+    derivatives: Path | None = None
+    summary: Path | None = None
+    metrics: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records)
+
+    @property
+    def failed(self) -> list[JobRecord]:
+        return [r for r in self.records if r.status == "failed"]
+
+
+# ------------------------------------------------------------------------------------ planning
+
+def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Paths as given, glob patterns expanded (sorted; ``**`` recurses), duplicates dropped, and
+    sct-gm's own outputs left out (a shell's ``*.nii.gz`` also matches the masks of a previous run).
+    A pattern that matches nothing raises :class:`DatasetError`."""
+    out: list[Path] = []
+    for pattern in patterns:
+        text = os.fspath(pattern)
+        if Path(text).exists() or not glob.has_magic(text):
+            out.append(Path(text))
+            continue
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))
+                   if Path(m).is_file() and split_nifti_name(m)[1]]
+        if not matches:
+            raise DatasetError(f"{text}: the pattern matches no NIfTI file")
+        out += matches
+    unique: dict[str, Path] = {}
+    for p in out:
+        unique.setdefault(os.path.normcase(os.path.abspath(p)), p)
+    kept = [p for p in unique.values() if not is_sctgm_output(p)]
+    if len(kept) < len(unique):
+        log.warning("left out %d inputs that are sct-gm outputs (*%s, *%s)", len(unique) - len(kept), GM_SUFFIX,
+                    WM_SUFFIX)
+    if not kept:
+        raise DatasetError(f"every input ({', '.join(map(str, unique.values()))}) is an sct-gm output "
+                           f"(*{GM_SUFFIX}, *{WM_SUFFIX}); nothing to segment")
+    return kept
+
+
+def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings, *,
+               output: str | os.PathLike[str] | None = None,
+               cord_masks: Sequence[str | os.PathLike[str]] = ()) -> list[Job]:
+    """Jobs for files and glob patterns: outputs beside each input with SCT's names (``_gmseg``,
+    ``_wmseg``, ``_gmseg_prob`` and the ``_gmseg.json`` sidecar). ``output`` only with one input;
+    ``cord_masks``: none, or one per input in the same order."""
+    paths = expand_inputs(inputs)
+    if output is not None and len(paths) != 1:
+        raise OutputError(f"-o names one output file but there are {len(paths)} inputs; drop -o and the "
+                          f"outputs go beside each input (<input>{GM_SUFFIX}.nii.gz)")
+    if cord_masks and len(cord_masks) != len(paths):
+        raise DatasetError(f"{len(cord_masks)} cord masks (-s) for {len(paths)} inputs; give one per input, "
+                           f"in the same order")
+    if settings.wm and not cord_masks:
+        raise OutputError("the WM mask (--wm) is cord minus GM and needs a cord mask (-s) per input")
+    jobs = []
+    for i, path in enumerate(paths):
+        out = sct_outputs(path, output, prob=settings.prob, wm=settings.wm)
+        m = re.search(r"sub-[A-Za-z0-9]+", path.as_posix())
+        jobs.append(Job(input=path, outputs=out, layout="sct", label=str(path),
+                        cord=Path(cord_masks[i]) if cord_masks else None, subject=m.group(0) if m else None))
+    return jobs
+
+
+def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
+              derivatives: str | os.PathLike[str] | None = None, suffixes: Sequence[str] = bids.DEFAULT_SUFFIXES,
+              participants: Sequence[str] = (), sessions: Sequence[str] = (),
+              cord_labels: bool = True) -> tuple[list[Job], Path]:
+    """Jobs for the matching raw images of a BIDS dataset, and the derivatives folder (default
+    ``<root>/derivatives/sct-gm``). With ``cord_labels``, a manual cord mask found in
+    ``<root>/derivatives/labels`` guides the crop and, with ``settings.wm``, gives the WM mask."""
+    images = bids.find_images(root, suffixes=suffixes, participants=participants, sessions=sessions)
+    base = images[0].root
+    deriv = Path(derivatives).absolute() if derivatives is not None else base / "derivatives" / bids.PIPELINE_NAME
+    if deriv == base or (base in deriv.parents and deriv.relative_to(base).parts[0].startswith("sub-")):
+        raise OutputError(f"{deriv}: derivatives must not be written into the raw data; use a folder such as "
+                          f"{base / 'derivatives' / bids.PIPELINE_NAME}")
+    labels = base / "derivatives" / "labels"
+    jobs = []
+    for im in images:
+        cord = bids.find_cord_label(im, labels) if cord_labels else None
+        note = "no cord mask in derivatives/labels, so no WM mask" if settings.wm and cord is None else ""
+        sources = (im.uri,) + ((bids.bids_uri(cord.relative_to(base).as_posix()),) if cord else ())
+        jobs.append(Job(input=im.path, layout="bids", cord=cord, label=im.relpath, subject=f"sub-{im.subject}",
+                        session=f"ses-{im.session}" if im.session else None, qc_subject=im.qc_subject,
+                        sources=sources, note=note,
+                        outputs=bids_outputs(im, deriv, wm=settings.wm and cord is not None, prob=settings.prob)))
+    return jobs, deriv
+
+
+# ------------------------------------------------------------------------------------- running
+
+def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, scheduler: Any = None,
+              summary: str | os.PathLike[str] | None = None, metrics_csv: str | os.PathLike[str] | None = None,
+              progress: Progress | None = None, download_progress: Any = None) -> BatchResult:
+    """Run ``jobs`` (see :func:`sctgm.batch.executors.run_jobs`), then write ``summary`` (TSV) and, with
+    ``settings.metrics``, ``metrics_csv`` (per-slice morphometry of every image in one CSV). Output
+    locations are checked and, on a local executor, the model is installed before any job starts."""
+    from .executors import run_jobs
+    from ..metrics.table import check_table_path
+
+    if settings.metrics and metrics_csv is None:
+        raise OutputError("per-slice metrics need a CSV path for the whole batch (--metrics FILE.csv)")
+    for path, kind in ((summary, "tsv"), (metrics_csv, "csv")):
+        if path is not None:
+            check_table_path(path, kind)
+    if settings.qc_dir is not None:
+        from ..qc.report import check_qc_dir
+
+        check_qc_dir(settings.qc_dir)
+    if scheduler is None:
+        from ..model.install import ensure_model
+
+        ensure_model(settings.model, mirror=settings.mirror, cache_dir=settings.cache_dir, progress=download_progress)
+    done = [0]
+
+    def on_record(_: int, record: JobRecord) -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], len(jobs), record)
+
+    records = run_jobs(jobs, settings, n_jobs=n_jobs, scheduler=scheduler, on_record=on_record)
+    records = [replace(r, message="; ".join(filter(None, [r.message, j.note]))) if j.note and r.status != "failed"
+               else r for r, j in zip(records, jobs)]
+    result = BatchResult(records)
+    if summary is not None:
+        result.summary = write_summary(records, summary)
+    if settings.metrics and metrics_csv is not None:
+        result.metrics = write_metrics(records, metrics_csv)
+    return result
+
+
+def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
+                 derivatives: str | os.PathLike[str] | None = None, suffixes: Sequence[str] = bids.DEFAULT_SUFFIXES,
+                 participants: Sequence[str] = (), sessions: Sequence[str] = (), cord_labels: bool = True,
+                 n_jobs: int = 1, scheduler: Any = None, summary: str | os.PathLike[str] | None = None,
+                 metrics_csv: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+                 download_progress: Any = None) -> BatchResult:
+    """Segment the matching raw images of the BIDS dataset ``root`` into a BIDS derivative dataset
+    (default ``<root>/derivatives/sct-gm``, with its ``dataset_description.json``), then write
+    ``summary.tsv`` and, with ``settings.metrics``, ``morphometry.csv`` there (or where given)."""
+    jobs, deriv = plan_bids(root, settings, derivatives=derivatives, suffixes=suffixes, participants=participants,
+                            sessions=sessions, cord_labels=cord_labels)
+    bids.write_dataset_description(root, deriv, overwrite=settings.overwrite)
+    if settings.metrics and metrics_csv is None:
+        metrics_csv = deriv / METRICS_NAME
+    result = run_batch(jobs, settings, n_jobs=n_jobs, scheduler=scheduler,
+                       summary=summary if summary is not None else deriv / SUMMARY_NAME, metrics_csv=metrics_csv,
+                       progress=progress, download_progress=download_progress)
+    result.derivatives = deriv
+    return result
+
+
+def segment_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings, *,
+                  output: str | os.PathLike[str] | None = None, cord_masks: Sequence[str | os.PathLike[str]] = (),
+                  n_jobs: int = 1, scheduler: Any = None, summary: str | os.PathLike[str] | None = None,
+                  metrics_csv: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+                  download_progress: Any = None) -> BatchResult:
+    """Segment files and glob patterns, outputs beside each input (:func:`plan_files`)."""
+    jobs = plan_files(inputs, settings, output=output, cord_masks=cord_masks)
+    return run_batch(jobs, settings, n_jobs=n_jobs, scheduler=scheduler, summary=summary, metrics_csv=metrics_csv,
+                     progress=progress, download_progress=download_progress)
+
+
+# -------------------------------------------------------------------------------------- tables
+
+def _tsv_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return format(value, ".10g")
+    return " ".join(str(value).split()) or "n/a"  # no tab or newline inside a cell
+
+
+def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
+    """``summary.tsv``: one row per job (:data:`SUMMARY_COLUMNS`), written atomically."""
+    p = Path(path)
+    lines = ["\t".join(SUMMARY_COLUMNS)]
+    for r in records:
+        lines.append("\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
+                                                        r.gm_volume_mm3, r.seconds)))
+    try:
+        with atomic_path(p) as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
+    return p
+
+
+def write_metrics(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
+    """The per-slice GM morphometry of every segmented (or skipped) image in one CSV, with
+    ``subject``, ``session`` and ``input`` columns first; written atomically."""
+    from ..metrics.table import write_rows_csv
+
+    columns: tuple[str, ...] = ("subject", "session", "input", "file", "sctgm_version", "soft", "scope", "slice",
+                                "position_mm", "gm_area_mm2")
+    for r in records:
+        if len(r.metrics_columns) > len(columns):
+            columns = r.metrics_columns
+    return write_rows_csv(columns, (row for r in records for row in r.metrics_rows), path)

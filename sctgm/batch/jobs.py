@@ -1,0 +1,268 @@
+"""One unit of batch work: segment one image and write its outputs, or skip it when they are valid.
+
+A :class:`Job` says what to read and exactly which files to write; :class:`BatchSettings` holds what
+is the same for every job (model, options, threads). :func:`run_job` never raises for a problem with
+its image: it returns a :class:`JobRecord` with status ``ok``, ``skipped`` or ``failed`` (Ctrl-C still
+propagates). Jobs and settings are small frozen records that pickle, so any executor (a loop, a process
+pool, Dask) can run them. Outputs are written by :func:`sctgm.segment.outputs.segment_and_write`, the
+write path of single-file runs too.
+
+Resume: outputs are valid when the GM sidecar exists and records the same model sha256, the same
+segmentation parameters (:data:`COMPARED_PARAMETERS`) and the same source files, and every output
+loads completely and lies on the input's grid. The GM sidecar is written last, so a job interrupted
+at any point leaves nothing that passes this check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nibabel as nib
+import numpy as np
+
+from ..exceptions import OutputError, SctGmError
+from ..geometry import voxel_volume_mm3
+from ..io import load_image
+from ..naming import NIFTI_KEYS, split_nifti_name
+from ..segment.outputs import segment_and_write
+from ..segment.pipeline import SegmentOptions
+from ..segment.preprocess import check_axial
+
+if TYPE_CHECKING:
+    from ..segment.pipeline import Segmenter
+
+log = logging.getLogger(__name__)
+
+#: Parameters that change the masks; outputs made with other values are redone.
+COMPARED_PARAMETERS = ("threshold", "keep_largest", "fill_holes", "tta", "crop_px")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every job of a batch shares. ``engine``: the network engine (see
+    :func:`sctgm.engines.choose_engine`); ``threads``: CPU threads for the network per job (None:
+    see :func:`sctgm.batch.executors.job_threads`, which keeps every way of running a batch bit-identical)."""
+
+    model: str | None = None
+    device: str = "auto"
+    engine: str = "auto"
+    options: SegmentOptions = field(default_factory=SegmentOptions)
+    prob: bool = False
+    wm: bool = False
+    overwrite: bool = False
+    threads: int | None = None
+    qc_dir: Path | None = None
+    metrics: bool = False
+    mirror: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image and its outputs. ``layout``: ``"bids"`` (BIDS sidecars, ``sources`` as BIDS URIs)
+    or ``"sct"`` (SCT names beside the input, the single-file sidecar). ``outputs`` keys: ``gm``,
+    ``gm_sidecar`` and optionally ``wm``/``wm_sidecar``, ``prob``/``prob_sidecar``."""
+
+    input: Path
+    outputs: dict[str, Path]
+    layout: str = "sct"
+    cord: Path | None = None
+    label: str = ""  # how the input is named in the summary (path in the dataset, or as given)
+    subject: str | None = None
+    session: str | None = None
+    qc_subject: str | None = None
+    sources: tuple[str, ...] = ()  # BIDS layout: URIs of the input (and cord mask)
+    note: str = ""  # added to the record's message (e.g. why no WM mask was written)
+
+    @property
+    def name(self) -> str:
+        return self.label or str(self.input)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """The outcome of one job. ``status``: ``ok`` (segmented now), ``skipped`` (valid outputs were
+    already there) or ``failed`` (``message`` says why, ``error_type`` is the exception's class)."""
+
+    input: str
+    subject: str | None
+    session: str | None
+    status: str
+    message: str = ""
+    gm_volume_mm3: float | None = None
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    error_type: str | None = None
+    metrics_columns: tuple[str, ...] = ()
+    metrics_rows: tuple[dict[str, Any], ...] = ()
+
+
+def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecord:
+    """Segment ``job.input`` with ``segmenter`` and write ``job.outputs`` (or skip, see the module
+    docstring). Errors are recorded in the returned record, never raised (except Ctrl-C)."""
+    t0 = time.perf_counter()
+    with captured_warnings() as warnings:
+        try:
+            status, reason = "ok", None
+            if not settings.overwrite:
+                reason = invalid_reason(job, settings, segmenter)
+                status = "ok" if reason else "skipped"
+            if status == "ok":
+                log.debug("%s: segmenting (%s)", job.name, reason or "--overwrite")
+                remove_stale_parts(job.outputs.values())
+                _segment_and_write(segmenter, job, settings)
+            volume = gm_volume_mm3(job.outputs["gm"])
+            columns, rows = _metrics(job) if settings.metrics else ((), ())
+        except SctGmError as exc:
+            return failed_record(job, exc, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - a batch records every failure and goes on
+            log.debug("%s: unexpected error", job.name, exc_info=True)
+            return failed_record(job, exc, time.perf_counter() - t0)
+    message = "outputs present and valid" if status == "skipped" else "; ".join(dict.fromkeys(warnings))
+    return JobRecord(job.name, job.subject, job.session, status, message, round(volume, 3),
+                     round(time.perf_counter() - t0, 2), {k: str(v) for k, v in job.outputs.items()},
+                     metrics_columns=columns, metrics_rows=rows)
+
+
+def failed_record(job: Job, exc: BaseException, seconds: float = 0.0) -> JobRecord:
+    """A ``failed`` record; unexpected exceptions (not :class:`SctGmError`) keep their type in the
+    message."""
+    message = str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}"
+    return JobRecord(job.name, job.subject, job.session, "failed", " ".join(message.split()),
+                     seconds=round(seconds, 2), error_type=type(exc).__name__)
+
+
+@contextlib.contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """Collect the ``sctgm`` logger's warnings while a job runs (they go into its record's message).
+    Collected records are marked ``sctgm_captured`` so that a console handler can leave them out."""
+    logger = logging.getLogger("sctgm")
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+            record.sctgm_captured = True
+
+    handler, level = _Collect(logging.WARNING), logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    logger.handlers.insert(0, handler)  # first, so that it marks records before other handlers see them
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _segment_and_write(segmenter: Segmenter, job: Job, settings: BatchSettings) -> None:
+    image = load_image(job.input)
+    check_axial(image)  # a batch refuses a sagittal or coronal image (a single-file run only warns)
+    cord = load_image(job.cord, what="cord mask", allow_constant=True) if job.cord is not None else None
+    for p in job.outputs.values():
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{p.parent}: cannot create the output folder ({exc.strerror or exc})") from None
+    segment_and_write(segmenter, image, job.outputs, cord=cord, options=settings.options, layout=job.layout,
+                      sources=job.sources if job.layout == "bids" else None, qc_dir=settings.qc_dir,
+                      qc_subject=job.qc_subject)
+
+
+def provenance(sidecar: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[str]]:
+    """(model sha256, parameters, source file names) from a sidecar (:func:`sctgm.segment.outputs.sidecar`;
+    the flat single-file schema of sct-gm 0.1 is read too, so its outputs are still recognised)."""
+    gen = sidecar.get("GeneratedBy")
+    block = gen[0] if isinstance(gen, list) and gen and isinstance(gen[0], dict) else sidecar
+    model = block.get("Model") or {}
+    params = block.get("Parameters") or {}
+    names = [re.split(r"[/\\:]", str(s))[-1] for s in sidecar.get("Sources") or []]
+    return (model.get("Sha256") if isinstance(model, dict) else None,
+            params if isinstance(params, dict) else {}, names)
+
+
+def expected_parameters(options: SegmentOptions, segmenter: Segmenter) -> dict[str, Any]:
+    """The :data:`COMPARED_PARAMETERS` a sidecar of this run records (the model's values filled in)."""
+    params = asdict(options.effective(segmenter.model.preprocessing))
+    return {k: params[k] for k in COMPARED_PARAMETERS}
+
+
+def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> str | None:
+    """Why the outputs of ``job`` must be (re)made, or None when they are all present and valid."""
+    out = job.outputs
+    try:
+        sidecar = json.loads(out["gm_sidecar"].read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "not segmented yet"
+    except (OSError, ValueError) as exc:
+        return f"unreadable sidecar ({exc})"
+    sha, params, sources = provenance(sidecar if isinstance(sidecar, dict) else {})
+    if sha != segmenter.model.sha256:
+        return "made with another model"
+    if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter):
+        return "made with other parameters"
+    names = [job.input.name] + ([job.cord.name] if job.cord is not None else [])
+    if sources != names:
+        return "made from other source files"
+    for key in out:
+        if key.endswith("_sidecar") and not out[key].is_file():
+            return f"{out[key].name} is missing"
+    try:
+        src = nib.load(str(job.input))
+        shape, affine = src.shape[:3], src.affine
+    except Exception as exc:  # noqa: BLE001 - any unreadable input: segmenting will report it
+        return f"input unreadable ({type(exc).__name__})"
+    for key in NIFTI_KEYS:
+        if key not in out:
+            continue
+        try:
+            img = nib.load(str(out[key]))
+            data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
+        except FileNotFoundError:
+            return f"{out[key].name} is missing"
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt output
+            return f"{out[key].name} is unreadable ({type(exc).__name__})"
+        if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-4):
+            return f"{out[key].name} is not on the input's grid"
+        if key in ("gm", "wm") and (data.dtype != np.uint8 or data.max(initial=0) > 1):
+            return f"{out[key].name} is not a 0/1 uint8 mask"
+    return None
+
+
+def gm_volume_mm3(gm_path: Path) -> float:
+    """GM voxels times the voxel volume (mm3, :func:`sctgm.geometry.voxel_volume_mm3`)."""
+    img = nib.load(str(gm_path))
+    return float(np.count_nonzero(np.asanyarray(img.dataobj))) * voxel_volume_mm3(img.affine)
+
+
+def remove_stale_parts(paths: Any) -> None:
+    """Remove temporary files that a killed run left beside these outputs (see
+    :func:`sctgm.io.atomic_path`); one job owns its outputs, so nobody else is writing them."""
+    for p in paths:
+        p = Path(p)
+        stem, ext = split_nifti_name(p.name)
+        ext = ext or p.suffix
+        if not p.parent.is_dir():
+            continue
+        for tmp in p.parent.glob(f".{glob.escape(stem)}.*.part{ext}"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                log.debug("removed %s, left by an interrupted run", tmp)
+
+
+def _metrics(job: Job) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    from ..metrics import morphometry
+
+    result = morphometry(job.outputs["gm"], job.cord)
+    extra = {"subject": job.subject, "session": job.session, "input": job.name}
+    columns = ("subject", "session", "input") + result.columns
+    return columns, tuple({**extra, **row} for row in result.rows)

@@ -1,0 +1,133 @@
+"""Running the network: engine and device choice, model loading, batched prediction.
+
+Two engines compute the same function (tests check it): ONNX Runtime (:mod:`sctgm.engines.onnx`), the
+fastest on a CPU, and PyTorch (:mod:`sctgm.engines.torch`), for CUDA. Which network a model is comes
+from its ``architecture`` (:mod:`sctgm.engines.architectures`). ``engine="auto"`` picks ONNX
+Runtime on the CPU and PyTorch on a GPU; docs/speed.md has the measurement behind that choice.
+Neither onnxruntime nor torch is imported until a network is loaded, and torch not at all on the
+ONNX Runtime path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..exceptions import SctGmError
+from ..model.registry import InstalledModel
+from .architectures import architecture_of
+from .hardware import cuda_may_exist, onnxruntime_available
+
+log = logging.getLogger(__name__)
+
+#: progress(done, total) is called after each batch of slices.
+ProgressCallback = Callable[[int, int], None]
+
+ENGINES = ("auto", "onnxruntime", "torch")
+
+
+class Engine(Protocol):
+    engine: str
+    device: str
+    preferred_batch_size: int
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class LoadedNetwork:
+    """A network ready to run, with the model record it came from. ``engine``: 'onnxruntime' or
+    'torch'; ``device``: 'cpu', 'cuda', 'cuda:1', ..."""
+
+    model: InstalledModel
+    runner: Engine
+
+    @property
+    def engine(self) -> str:
+        return self.runner.engine
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
+
+    @property
+    def preferred_batch_size(self) -> int:
+        return self.runner.preferred_batch_size
+
+
+def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """Resolve (engine, device) requests into what will run, e.g. ('auto', 'auto') ->
+    ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
+    if engine not in ENGINES:
+        raise SctGmError(f"--engine {engine}: unknown; expected one of {', '.join(ENGINES)}")
+    if device == "auto":
+        if engine != "onnxruntime" and cuda_may_exist():
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            device = "cpu"
+    if engine == "onnxruntime":
+        if device != "cpu":
+            raise SctGmError(f"--engine onnxruntime runs on the CPU; for --device {device} use --engine torch or auto")
+        if not onnxruntime_available():
+            raise SctGmError("--engine onnxruntime: onnxruntime is not installed (pip install onnxruntime)")
+        return engine, device
+    if engine == "auto":
+        engine = "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"
+    return engine, device
+
+
+def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "auto",
+                 threads: int | None = None, cache_dir: Path | None = None) -> LoadedNetwork:
+    """Load ``model`` on an engine (see :func:`choose_engine`). ``threads``: CPU threads for the
+    network (default: the engine's, one per core). ``cache_dir``: where the ONNX graph is kept
+    between runs (None: rebuilt each time)."""
+    from ..model import weights
+
+    engine, device = choose_engine(engine, device)
+    arch = architecture_of(model)
+    origin = str(model.weights_path)
+
+    def state_dict() -> dict[str, np.ndarray]:
+        if model.weights_format == "safetensors":
+            return weights.load_safetensors(model.weights_path)[0]
+        return weights.state_dict_from_keras(model.weights_path)[0]
+
+    if engine == "onnxruntime":
+        from .onnx import OnnxNetwork, cached_graph, graph_cache_path
+
+        cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
+        graph = cached_graph(cache_file, lambda: arch.onnx_graph(state_dict(), model.architecture, model.name))
+        runner: Engine = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
+    else:
+        from .torch import TorchNetwork
+
+        runner = TorchNetwork(arch.torch_module(model.architecture), state_dict(), device, threads=threads,
+                              origin=origin)
+    log.debug("model %s (%s) on %s / %s", model.name, model.sha256[:12], engine, device)
+    return LoadedNetwork(model, runner)
+
+
+def predict(loaded: LoadedNetwork, slices: np.ndarray, *,
+            standardise: Callable[[np.ndarray], np.ndarray] | None = None,
+            batch_size: int | None = None, progress: ProgressCallback | None = None) -> np.ndarray:
+    """Sigmoid GM probability of slices, shape (N, H, W) -> (N, H, W) float32, in batches of
+    ``batch_size`` slices (None: the engine's preferred size, which bounds memory). ``standardise``:
+    applied to each batch (None: the slices are already standardised)."""
+    n = slices.shape[0]
+    batch_size = batch_size or loaded.preferred_batch_size
+    out = np.empty(slices.shape, dtype=np.float32)
+    for start in range(0, n, batch_size):
+        batch = slices[start:start + batch_size, None]
+        if standardise is not None:
+            batch = standardise(batch)
+        out[start:start + batch_size] = loaded.runner.run(batch)[:, 0]
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    return out

@@ -1,0 +1,32 @@
+"""What this machine offers the engines, found without importing torch: CPU cores, onnxruntime, CUDA."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which SLURM and taskset set), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def onnxruntime_available() -> bool:
+    """True when onnxruntime can be imported (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def cuda_may_exist() -> bool:
+    """False when this machine certainly has no CUDA device, found without importing torch: none is
+    visible (``CUDA_VISIBLE_DEVICES`` empty or -1), or, on Linux, the NVIDIA driver does not show
+    itself in /proc or /dev. Elsewhere, torch is asked."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))
+    return sys.platform != "darwin"

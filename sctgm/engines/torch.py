@@ -1,0 +1,64 @@
+"""The PyTorch engine: a model's torch module (:mod:`sctgm.engines.architectures`) on a CPU or a CUDA device.
+
+torch is imported here, and only when this engine is chosen (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..exceptions import SctGmError
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cpu'; 'cuda' or 'cuda:N' (error if unavailable)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SctGmError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SctGmError(f"--device {device}: not a device name; expected auto, cpu, cuda or cuda:N") from None
+
+
+class TorchNetwork:
+    """The network in eval mode on its device; ``run`` maps (N, 1, H, W) float32 slices to
+    probabilities of the same shape (computed in fp32: TF32 is not used, see :meth:`run`)."""
+
+    engine = "torch"
+
+    def __init__(self, net: torch.nn.Module, state_dict: dict[str, np.ndarray], device: str | torch.device = "auto",
+                 *, threads: int | None = None, origin: str = "") -> None:
+        from ..exceptions import ModelError
+
+        self.torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.device = str(self.torch_device)
+        self.threads = threads
+        # CPU: one slice a call is the fastest and leanest (docs/speed.md); GPU: enough slices to
+        # fill the device.
+        self.preferred_batch_size = 1 if self.torch_device.type == "cpu" else 32
+        try:
+            net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{origin}: weights do not fit the network ({str(exc).splitlines()[0]})") from None
+        # channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster NHWC convolutions.
+        self.net = net.eval().to(self.torch_device, memory_format=torch.channels_last)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        # torch's thread count is per process: set it for this call only, and give it back
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        cudnn = torch.backends.cudnn
+        try:
+            # TF32 would change the probabilities near the 0.999 threshold; keep full fp32 on CUDA.
+            with torch.inference_mode(), cudnn.flags(enabled=True, benchmark=cudnn.benchmark,
+                                                     deterministic=cudnn.deterministic, allow_tf32=False):
+                prob = self.net(x)
+        finally:
+            torch.set_num_threads(before)
+        return prob.float().cpu().numpy()

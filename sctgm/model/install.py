@@ -1,0 +1,297 @@
+"""The model cache: :func:`ensure_model` installs (download, convert, verify, lock) and checks models.
+
+A registered model is installed once per cache, under ``<cache>/models/<name>/<version>/``: the
+registered files as published, ``model.safetensors`` (the weights converted once, verified, loadable
+without unpickling) and ``manifest.json`` (size and sha256 of every file). The folder is assembled
+under a temporary name beside it and appears by one ``os.rename``, so no process ever sees half a
+model; a file lock (``<cache>/models/<name>.lock``) makes concurrent installs download once. Every
+use re-checks the installed files against the manifest (sha256 of a few MB).
+
+Cache folder: explicit argument > ``SCTGM_HOME`` > the platform's user cache folder. Sources, in
+order: the ``mirror`` argument, ``SCTGM_MIRROR``, then the registry's own addresses. Extra models
+(e.g. user-trained ones) come from the registry file named by ``SCTGM_REGISTRY``
+(:mod:`sctgm.model.registry`); see docs/models.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import filelock
+import platformdirs
+
+from .._version import __version__
+from .download import DownloadPolicy, Expected, ProgressCallback, fetch_from_sources
+from ..exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
+from . import registry
+from .registry import MANIFEST_FILE, WEIGHTS_FILE, InstalledModel, ModelStatus, Preprocessing, unknown_model
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "SCTGM_HOME"
+MIRROR_ENV = "SCTGM_MIRROR"
+
+
+def sha256_of(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder: ``cache_dir`` > ``$SCTGM_HOME`` > the user cache folder (``~/.cache/sctgm``
+    on Linux). Never inside the installed package."""
+    chosen = cache_dir or os.environ.get(HOME_ENV) or platformdirs.user_cache_dir("sctgm", appauthor=False)
+    path = Path(chosen).expanduser().resolve()
+    package = Path(__file__).resolve().parents[1]  # the sctgm package
+    if path == package or package in path.parents:
+        raise ModelError(f"cache folder {path} is inside the sct-gm package; choose another with "
+                         f"--cache-dir or {HOME_ENV}")
+    return path
+
+
+def install_dir(cache: Path, name: str, version: str) -> Path:
+    return cache / "models" / name / version
+
+
+# ------------------------------------------------------------------------------------ verification
+
+def _integrity_error(name: str, problem: str) -> ModelIntegrityError:
+    return ModelIntegrityError(f"model '{name}': {problem}; run `sct-gm fetch-model {name} --force` to "
+                               "download it again")
+
+
+def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Check every installed file against manifest.json, and the manifest against the registry."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _integrity_error(name, f"{folder / MANIFEST_FILE} is missing or unreadable") from exc
+    if WEIGHTS_FILE not in files:
+        raise _integrity_error(name, f"{folder / MANIFEST_FILE} does not list {WEIGHTS_FILE}")
+    for f in entry["files"]:
+        if files.get(f["name"], {}).get("sha256") != f["sha256"]:
+            raise _integrity_error(name, f"the install in {folder} does not match the registered {f['name']}")
+    for fname, rec in files.items():
+        path = folder / fname
+        if not path.is_file():
+            raise _integrity_error(name, f"{path} is missing")
+        if path.stat().st_size != rec["size"] or sha256_of(path) != rec["sha256"]:
+            raise _integrity_error(name, f"{path} does not match its checksum (altered or truncated)")
+    return manifest
+
+
+def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel:
+    _verify_install(folder, name, entry)
+    weights = next(f for f in entry["files"] if f["role"] == "weights")
+    return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]),
+                          folder / WEIGHTS_FILE, "safetensors", weights["sha256"],
+                          Preprocessing.from_entry(entry["preprocessing"], name), dict(entry["architecture"]))
+
+
+# ------------------------------------------------------------------------------------- downloading
+
+def _sources(entry: dict[str, Any], mirror: str | None) -> list[dict[str, Any]]:
+    """Registry-style sources ({kind, url, origin, optional size/sha256}) in the order they are tried."""
+    out: list[dict[str, Any]] = []
+    for address, origin in ((mirror, "--mirror"), (os.environ.get(MIRROR_ENV), MIRROR_ENV)):
+        if address:
+            out.append({"kind": "zip" if address.lower().endswith(".zip") else "files", "url": address,
+                        "origin": origin})
+    out += [{**s, "origin": "registry"} for s in entry["sources"]]
+    unique: list[dict[str, Any]] = []
+    for source in out:
+        if all((source["kind"], source["url"]) != (u["kind"], u["url"]) for u in unique):
+            unique.append(source)
+    return unique
+
+
+def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
+              progress: ProgressCallback | None, policy: DownloadPolicy) -> list[str]:
+    """Fill ``tmp`` with the registered files, verified; returns the addresses used."""
+    wanted = [Expected(f["name"], f["size"], f["sha256"]) for f in entry["files"]]
+    used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror), tmp,
+                                                 label=f"model '{name}'", policy=policy, progress=progress)
+    if missing:
+        tried = "; ".join(failures) if failures else "no source is configured"
+        raise DownloadError(
+            f"model '{name}': could not obtain {', '.join(missing)} from any source: {tried}. To install it "
+            f"without network, put {', '.join(f['name'] for f in entry['files'])} in a folder DIR and set "
+            f"{MIRROR_ENV}=DIR or run `sct-gm fetch-model {name} --mirror DIR` (a base URL works too)")
+    return used
+
+
+def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
+    """Write ``tmp/model.safetensors`` from the registered weights, re-read it and compare every
+    array; returns the number of filters."""
+    from . import weights
+
+    wfile = next(f for f in entry["files"] if f["role"] == "weights")
+    src = tmp / wfile["name"]
+    if wfile["format"] == "keras-hdf5":
+        sd, filters = weights.state_dict_from_keras(src)
+    else:
+        sd, filters = weights.load_safetensors(src)
+    weights.save_safetensors(sd, filters, tmp / WEIGHTS_FILE)
+    back, back_filters = weights.load_safetensors(tmp / WEIGHTS_FILE)
+    same = back_filters == filters and back.keys() == sd.keys() and all(
+        back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape and (back[k] == sd[k]).all()
+        for k in sd)
+    if not same:
+        raise ModelError(f"model '{name}': the converted {WEIGHTS_FILE} differs from {wfile['name']}")
+    expected = int(entry["architecture"]["filters"])
+    meta = [f for f in entry["files"] if f.get("role") == "metadata" and f.get("format") == "json"]
+    meta_filters = [json.loads((tmp / f["name"]).read_text()).get("filters", filters) for f in meta]
+    if filters != expected or any(int(m) != expected for m in meta_filters):
+        raise ModelError(f"model '{name}': weights have {filters} filters, the registry says {expected}")
+    return filters
+
+
+def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
+             progress: ProgressCallback | None, policy: DownloadPolicy) -> None:
+    """Build the install folder under a temporary name, then rename it into place (lock held)."""
+    parent = install_dir(cache, name, str(entry["version"])).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(".tmp-*"):  # left by a process killed mid-install (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    final = install_dir(cache, name, str(entry["version"]))
+    try:
+        used = _download(name, entry, tmp, mirror, progress, policy)
+        filters = _convert(name, entry, tmp)
+        names = [f["name"] for f in entry["files"]] + [WEIGHTS_FILE]
+        manifest = {
+            "manifest_version": 1, "name": name, "version": str(entry["version"]), "filters": filters,
+            "weights": WEIGHTS_FILE, "weights_format": "safetensors",
+            "files": {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_of(tmp / n)} for n in names},
+            "sources": used, "sctgm_version": __version__,
+            "installed_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=parent))
+            os.replace(final, old / "x")
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("model '%s' %s installed in %s", name, entry["version"], final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            parent.rmdir()  # only succeeds when nothing was installed
+        except OSError:
+            pass
+
+
+def _lock(cache: Path, name: str, policy: DownloadPolicy) -> filelock.FileLock:
+    models = cache / "models"
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"model '{name}': cannot create the cache folder {models} ({exc}); choose "
+                         f"another with --cache-dir or {HOME_ENV}") from exc
+    lock = filelock.FileLock(str(models / f"{name}.lock"), timeout=policy.lock_timeout_s)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("model '%s': waiting for another process installing it (%s)", name, lock.lock_file)
+        try:
+            lock.acquire()
+        except filelock.Timeout as exc:
+            raise ModelError(f"model '{name}': another process held {lock.lock_file} for more than "
+                             f"{policy.lock_timeout_s:.0f} s; if none is running, delete that file") from exc
+    return lock
+
+
+# -------------------------------------------------------------------------------------- public API
+
+def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
+    from . import weights
+
+    if not path.is_file():
+        raise UnknownModelError(f"{path}: no such model file; give a registered model name "
+                                f"({', '.join(sorted(reg['models']))}) or a .hdf5/.safetensors file")
+    if path.suffix == ".safetensors":
+        _, filters = weights.load_safetensors(path)
+        fmt = "safetensors"
+    else:
+        _, filters = weights.state_dict_from_keras(path)
+        fmt = "keras-hdf5"
+    default = reg["models"][reg["default"]]  # a bare weight file is prepared as the default model is
+    return InstalledModel(path.stem, "user", filters, path, fmt, sha256_of(path),
+                          Preprocessing.from_entry(default["preprocessing"], path.stem), dict(default["architecture"]))
+
+
+def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, progress: ProgressCallback | None = None,
+                 force: bool = False, policy: DownloadPolicy | None = None) -> InstalledModel:
+    """Return a verified model, installing it first if needed.
+
+    ``name_or_path``: a registered name (default: the registry's default) or a path to a ``.hdf5`` /
+    ``.safetensors`` weight file (used in place, not cached). ``mirror``: a folder, base URL or
+    ``.zip`` tried before ``$SCTGM_MIRROR`` and the registry's sources. ``progress`` receives
+    :class:`~sctgm.model.download.Progress` reports while downloading (None: silent). ``force``: download
+    and install again even if installed. Raises :class:`UnknownModelError`, :class:`DownloadError`
+    (every source failed; the message lists each), :class:`ModelIntegrityError` (installed files
+    altered) or :class:`ModelError`.
+    """
+    policy = policy or DownloadPolicy()
+    reg = registry.load_registry()
+    name = name_or_path or reg["default"]
+    if name not in reg["models"]:
+        path = Path(name).expanduser()
+        if path.suffix in (".hdf5", ".h5", ".safetensors") or path.exists() or os.sep in name:
+            return _from_path(path, reg)
+        raise unknown_model(name, reg)
+    entry = reg["models"][name]
+    cache = resolve_cache_dir(cache_dir)
+    final = install_dir(cache, name, str(entry["version"]))
+    if not force and (final / MANIFEST_FILE).is_file():
+        try:
+            return _installed(final, name, entry)
+        except ModelIntegrityError:
+            pass  # checked again under the lock: a `--force` elsewhere may be replacing it right now
+    lock = _lock(cache, name, policy)
+    try:
+        if not force and final.exists():
+            return _installed(final, name, entry)
+        _install(name, entry, cache, mirror, progress, policy)
+        return _installed(final, name, entry)
+    finally:
+        lock.release()
+
+
+def list_models(names: Sequence[str] | None = None, *,
+                cache_dir: str | os.PathLike[str] | None = None) -> list[ModelStatus]:
+    """The registered models (or ``names``) and whether each is installed intact in the cache."""
+    reg = registry.load_registry()
+    cache = resolve_cache_dir(cache_dir)
+    unknown = [n for n in names or () if n not in reg["models"]]
+    if unknown:
+        raise unknown_model(unknown[0], reg)
+    rows = []
+    for name in names or sorted(reg["models"]):
+        entry = reg["models"][name]
+        folder = install_dir(cache, name, str(entry["version"]))
+        state = "missing"
+        if folder.exists():
+            try:
+                _verify_install(folder, name, entry)
+                state = "installed"
+            except ModelIntegrityError:
+                state = "corrupt"
+        rows.append(ModelStatus(name, str(entry["version"]), sum(f["size"] for f in entry["files"]), state,
+                                folder, entry["description"], name == reg["default"]))
+    return rows

@@ -1,0 +1,239 @@
+"""The model registry (data_registry.json, plus a user file named by ``SCTGM_REGISTRY``) and the records
+that describe a model: :class:`Preprocessing`, :class:`InstalledModel`, :class:`ModelStatus`.
+
+An entry says where a model's files are (URLs, size, sha256), which network it is (``architecture``:
+``name`` and ``filters``) and how images must be prepared for it (``preprocessing``, read into a
+:class:`Preprocessing` that the segmentation pipeline follows). Installing and verifying models is
+:mod:`sctgm.model.install`'s job; see docs/models.md for the format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import ModelError, UnknownModelError
+
+REGISTRY_ENV = "SCTGM_REGISTRY"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FORMATS = ("keras-hdf5", "safetensors")
+#: The architecture of the published models (see :mod:`sctgm.engines.architectures`).
+DEFAULT_ARCHITECTURE = "perone2018-dilated"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one preprocessing field is read from a registry entry: ``parse`` converts the JSON value
+    (raising TypeError/ValueError when it cannot), ``valid`` accepts the result, ``expected`` says what
+    is accepted, for the message."""
+
+    parse: Callable[[Any], Any]
+    valid: Callable[[Any], bool]
+    expected: str
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(v)
+    return float(v)
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(v)
+    return v
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(v)
+    return v
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is prepared (the ``preprocessing`` block of its registry entry), followed
+    by segmentation (:mod:`sctgm.segment.preprocess`) and, identically, by training.
+
+    - ``orientation``: the canonical array layout, nibabel axis codes; only ``"LAS"`` (axial slices are
+      ``data[:, :, k]``).
+    - ``spacing_mm``: in-plane pixel size (mm) of the network's grid (the published models: 0.25).
+    - ``crop_px``: window side (pixels of that grid) the network sees per slice (published: 200).
+    - ``standardisation``: ``"volume"``: (x - mean) / std with the mean and std of the whole window
+      stack of a volume.
+    - ``threshold``: GM probability above which a pixel is GM, strictly between 0 and 1.
+
+    Adding a field (e.g. denoising settings): a dataclass field with its default, and a row in
+    :data:`PREPROCESSING_RULES`; :meth:`from_entry` and :meth:`to_entry` follow the table.
+    """
+
+    orientation: str = "LAS"
+    spacing_mm: float = 0.25
+    crop_px: int = 200
+    standardisation: str = "volume"
+    threshold: float = 0.999
+
+    @classmethod
+    def from_entry(cls, block: Any, model: str = "?") -> Preprocessing:
+        """Read and validate a registry ``preprocessing`` block (missing keys take the defaults).
+        Raises :class:`~sctgm.exceptions.ModelError` naming ``model``, the key and the value, for an
+        unknown key or an unsupported value."""
+        if not isinstance(block, dict):
+            raise ModelError(f"model '{model}': 'preprocessing' must be an object, not {block!r}")
+        unknown = sorted(set(block) - set(PREPROCESSING_RULES))
+        if unknown:
+            raise ModelError(f"model '{model}': preprocessing key(s) {', '.join(unknown)} not supported by this "
+                             f"sct-gm (known: {', '.join(PREPROCESSING_RULES)}); upgrade sct-gm or remove them")
+        values = {}
+        for key, value in block.items():
+            rule = PREPROCESSING_RULES[key]
+            try:
+                parsed = rule.parse(value)
+                ok = rule.valid(parsed)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ModelError(f"model '{model}': preprocessing {key} = {value!r} is not supported; expected "
+                                 f"{rule.expected}")
+            values[key] = parsed
+        return cls(**values)
+
+    def to_entry(self) -> dict[str, Any]:
+        """The registry ``preprocessing`` block of this record (``from_entry(to_entry())`` == self)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+#: One row per :class:`Preprocessing` field: how it is read and what is accepted.
+PREPROCESSING_RULES: dict[str, _Rule] = {
+    "orientation": _Rule(_text, lambda v: v == "LAS", '"LAS" (the only canonical layout sct-gm implements)'),
+    "spacing_mm": _Rule(_number, lambda v: math.isfinite(v) and 0.01 <= v <= 5.0,
+                        "an in-plane pixel size in mm between 0.01 and 5"),
+    "crop_px": _Rule(_integer, lambda v: 16 <= v <= 4096, "an integer window side between 16 and 4096 pixels"),
+    "standardisation": _Rule(_text, lambda v: v in ("volume",),
+                             '"volume" (mean/std over the window stack of a volume)'),
+    "threshold": _Rule(_number, lambda v: 0.0 < v < 1.0, "a probability strictly between 0 and 1"),
+}
+assert set(PREPROCESSING_RULES) == {f.name for f in fields(Preprocessing)}  # the table covers the record
+
+
+# ------------------------------------------------------------------------------------------ records
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model ready to load: where its weights are, which network they fit (``architecture``: at least
+    ``{"name": ..., "filters": ...}``, see :mod:`sctgm.engines.architectures`) and how its input is
+    prepared (``preprocessing``)."""
+
+    name: str
+    version: str
+    filters: int
+    weights_path: Path
+    weights_format: str  # "keras-hdf5" or "safetensors"
+    sha256: str  # of the registered weights file the model came from
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        arch = {"name": DEFAULT_ARCHITECTURE, **self.architecture, "filters": self.filters}
+        object.__setattr__(self, "architecture", arch)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of ``sct-gm fetch-model --list``. ``state``: "installed", "missing" or "corrupt";
+    ``size_bytes``: total of the registered files; ``path``: the install folder (present or not)."""
+
+    name: str
+    version: str
+    size_bytes: int
+    state: str
+    path: Path
+    description: str
+    default: bool
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+def _check_entry(name: str, entry: Any, origin: str) -> None:
+    def bad(problem: str) -> ModelError:
+        return ModelError(f"{origin}: model '{name}': {problem}")
+
+    if not _NAME_RE.match(name):
+        raise bad("names use letters, digits, '_' and '-' only")
+    if not isinstance(entry, dict):
+        raise bad("entry is not an object")
+    for key in ("description", "version", "architecture", "preprocessing", "files", "sources"):
+        if key not in entry:
+            raise bad(f"'{key}' is missing")
+    if not _VERSION_RE.match(str(entry["version"])):
+        raise bad(f"version '{entry['version']}' is not a plain token")
+    if not isinstance(entry["architecture"].get("filters"), int):
+        raise bad("architecture.filters must be an integer")
+    try:
+        Preprocessing.from_entry(entry["preprocessing"], name)
+    except ModelError as exc:
+        raise ModelError(f"{origin}: {exc}") from None
+    files = entry["files"]
+    if not isinstance(files, list) or not files:
+        raise bad("'files' must be a non-empty list")
+    for f in files:
+        fname = f.get("name", "")
+        if not _FILE_RE.match(fname) or fname in (WEIGHTS_FILE, MANIFEST_FILE):
+            raise bad(f"file name '{fname}' must be a plain file name other than "
+                      f"{WEIGHTS_FILE}/{MANIFEST_FILE}")
+        if not isinstance(f.get("size"), int) or not _SHA_RE.match(str(f.get("sha256", ""))):
+            raise bad(f"file '{fname}' needs an integer 'size' and a lower-case hex 'sha256'")
+    weights = [f for f in files if f.get("role") == "weights"]
+    if len(weights) != 1 or weights[0].get("format") not in WEIGHTS_FORMATS:
+        raise bad(f"exactly one file with role 'weights' and format in {WEIGHTS_FORMATS} is needed")
+    for s in entry["sources"]:
+        if s.get("kind") not in ("files", "zip") or not isinstance(s.get("url"), str):
+            raise bad(f"source {s} needs kind 'files' or 'zip' and a 'url'")
+
+
+def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The packaged data_registry.json, plus the models of ``extra`` (default: ``$SCTGM_REGISTRY``),
+    each entry validated. A user file may set ``default`` but not redefine a packaged model."""
+    reg = json.loads(resources.files("sctgm").joinpath("data_registry.json").read_text())
+    for name, entry in reg["models"].items():
+        _check_entry(name, entry, "data_registry.json")
+    extra = extra or os.environ.get(REGISTRY_ENV) or None
+    if extra:
+        try:
+            user = json.loads(Path(extra).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{REGISTRY_ENV}={extra}: not a readable JSON registry ({exc})") from exc
+        for name, entry in user.get("models", {}).items():
+            if name in reg["models"]:
+                raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; "
+                                 "choose another name")
+            _check_entry(name, entry, str(extra))
+            reg["models"][name] = entry
+        reg["default"] = user.get("default", reg["default"])
+    if reg["default"] not in reg["models"]:
+        raise ModelError(f"registry default '{reg['default']}' is not a registered model")
+    return reg
+
+
+def unknown_model(name: str, reg: dict[str, Any]) -> UnknownModelError:
+    return UnknownModelError(f"unknown model '{name}'; registered models: {', '.join(sorted(reg['models']))}")
+
+
+def registered_names() -> tuple[list[str], str]:
+    """(sorted registered model names, the default name)."""
+    reg = load_registry()
+    return sorted(reg["models"]), reg["default"]

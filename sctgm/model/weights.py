@@ -1,0 +1,115 @@
+"""Read the published Keras 2 HDF5 weights into :class:`~sctgm.engines.network.DilatedGMNet`, and save/load
+them as safetensors (which load without unpickling).
+
+The Keras file needs only h5py: each layer's arrays sit at ``model_weights/<layer>/<layer>/<array>:0``.
+Keras kernels are (kh, kw, in, out) in cross-correlation form, exactly what PyTorch's Conv2d computes
+once transposed to (out, in, kh, kw); no spatial flip is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import ModelError
+from .architecture import ASPP_BRANCHES
+
+# Keras BatchNormalization layers were numbered in creation order; this maps our module paths onto
+# them. The ASPP branches' first layers were created before their second layers, interleaved.
+_BN_OF_CONV: dict[str, str] = {
+    "conv2d_1": "batch_normalization_1",
+    "conv2d_2": "batch_normalization_2",
+    "rate2_1": "batch_normalization_3",
+    "rate2_2": "batch_normalization_4",
+    "amort": "batch_normalization_16",
+}
+for _i, (_name, _, _) in enumerate(ASPP_BRANCHES):
+    _BN_OF_CONV[f"{_name}_1"] = f"batch_normalization_{5 + 2 * _i}"
+    _BN_OF_CONV[f"{_name}_2"] = f"batch_normalization_{6 + 2 * _i}"
+_CONCAT_BN = "batch_normalization_15"
+
+
+def _module_path(keras_conv: str) -> str:
+    """Our module path for a Keras convolution layer name, e.g. rate6_2 -> branches.rate6.1."""
+    for name, _, _ in ASPP_BRANCHES:
+        if keras_conv.startswith(name + "_"):
+            return f"branches.{name}.{int(keras_conv[len(name) + 1:]) - 1}"
+    return keras_conv
+
+
+def keras_layer_arrays(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """All weight arrays of a Keras HDF5 file: {layer: {array name without ':0': array}}."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for layer in group:
+                arrays: dict[str, np.ndarray] = {}
+
+                def visit(name: str, obj: object, arrays: dict[str, np.ndarray] = arrays) -> None:
+                    if isinstance(obj, h5py.Dataset):
+                        arrays[name.rsplit("/", 1)[-1].split(":")[0]] = np.asarray(obj)
+
+                group[layer].visititems(visit)
+                if arrays:
+                    out[layer] = arrays
+            return out
+    except OSError as exc:
+        raise ModelError(f"{path}: not a readable Keras HDF5 weight file ({exc})") from exc
+
+
+def state_dict_from_keras(path: str | Path) -> tuple[dict[str, "np.ndarray"], int]:
+    """Convert a published Keras HDF5 file into a DilatedGMNet state dict (numpy arrays) and the
+    number of filters it implies."""
+    layers = keras_layer_arrays(path)
+    try:
+        filters = int(layers["conv2d_1"]["kernel"].shape[-1])
+        sd: dict[str, np.ndarray] = {}
+
+        def put_bn(prefix: str, bn: dict[str, np.ndarray]) -> None:
+            sd[f"{prefix}.weight"] = bn["gamma"]
+            sd[f"{prefix}.bias"] = bn["beta"]
+            sd[f"{prefix}.running_mean"] = bn["moving_mean"]
+            sd[f"{prefix}.running_var"] = bn["moving_variance"]
+
+        for keras_conv, keras_bn in _BN_OF_CONV.items():
+            prefix = _module_path(keras_conv)
+            sd[f"{prefix}.conv.weight"] = layers[keras_conv]["kernel"].transpose(3, 2, 0, 1)
+            sd[f"{prefix}.conv.bias"] = layers[keras_conv]["bias"]
+            put_bn(f"{prefix}.bn", layers[keras_bn])
+        put_bn("concat_bn", layers[_CONCAT_BN])
+        sd["predictions.weight"] = layers["predictions"]["kernel"].transpose(3, 2, 0, 1)
+        sd["predictions.bias"] = layers["predictions"]["bias"]
+    except KeyError as exc:
+        raise ModelError(f"{path}: layer or array {exc} missing; not a deepseg_gm model") from exc
+    sd = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+    return sd, filters
+
+
+def save_safetensors(state_dict: dict[str, np.ndarray], filters: int, path: str | Path) -> None:
+    """Write a state dict as safetensors, with the filter count in its metadata."""
+    from safetensors.numpy import save_file
+
+    save_file(state_dict, str(path), metadata={"filters": str(filters), "format": "sctgm-dilated-v1"})
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
+    """Read a state dict written by :func:`save_safetensors` (no unpickling involved)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+        return sd, int(meta["filters"])
+    except Exception as exc:  # safetensors raises several types on a damaged file
+        raise ModelError(f"{path}: not a readable sct-gm safetensors model ({exc})") from exc
+
+
+def read_preprocessing_json(path: str | Path) -> dict[str, float]:
+    """The published ``<model>.json`` (filters, training mean/std)."""
+    return json.loads(Path(path).read_text())

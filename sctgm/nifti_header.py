@@ -1,0 +1,283 @@
+"""Checks on a NIfTI file's raw header, made before nibabel reads it, and the geometry fallbacks.
+
+nibabel reads a damaged header in one of three ways: it raises an exception whose type and text vary
+(a numpy dtype error, ``w2 should be positive``, a multi-line size message), it "fixes" the field and
+prints the fix on stderr through its own logger (a zero voxel size becomes 1 mm: a silent wrong
+geometry), or it asks for the claimed number of bytes before finding the file is shorter. Reading
+the 348 (NIfTI-1) or 540 (NIfTI-2) header bytes ourselves first lets :mod:`sctgm.io` refuse each
+damage with one line that names the field, and repair only what has one right answer
+(docs/inputs.md lists both). Hand-written because nibabel has no "validate without fixing" call;
+the fields are read through nibabel's own header classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import os
+import re
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.openers import ImageOpener
+
+from .exceptions import InputImageError
+
+#: nibabel's logger and Python's warning filters are process-wide: loads in threads (a Dask worker's)
+#: take turns to swap them, so that each restores what it found. Held only while a header is read.
+_CAPTURE_LOCK = threading.Lock()
+
+#: Transform codes NIfTI defines (0 unknown .. 4 MNI-152; NIfTI-2 adds 5 template-other).
+XFORM_CODES = range(0, 6)
+
+
+def one_line(text: object) -> str:
+    """``text`` with its whitespace (nibabel's newlines included) collapsed to single spaces."""
+    return " ".join(str(text).split())
+
+
+def read_error_detail(exc: BaseException) -> str:
+    """A short one-line detail for an exception raised while reading a file."""
+    text = one_line(exc)
+    if "read length must be non-negative" in text:  # nibabel reading a header extension
+        return f"a header extension declares an impossible size ({text})"
+    m = re.search(r"Expected (\d+) bytes, got (\d+) bytes", text)
+    if m:
+        return f"the header announces {m.group(1)} bytes of voxel data, the file holds {m.group(2)}"
+    return text or type(exc).__name__
+
+
+@contextlib.contextmanager
+def nibabel_messages() -> Iterator[list[str]]:
+    """Collect, instead of printing, what nibabel logs (its header fixes, through the
+    ``nibabel.global`` logger) or warns (Python warnings) while the block runs; sct-gm reports the
+    ones that matter itself, in its own one-line format, once the image is known to be valid.
+    """
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(one_line(record.getMessage()))
+
+    logger = logging.getLogger("nibabel.global")
+    with _CAPTURE_LOCK:
+        handlers, propagate = list(logger.handlers), logger.propagate
+        logger.handlers[:] = [_Collect()]
+        logger.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield messages
+            messages.extend(one_line(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
+        finally:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+
+
+def repairs_worth_saying(messages: list[str]) -> list[str]:
+    """The nibabel messages that changed something a user should know (not the SPM-alignment notes
+    nibabel leaves as they are)."""
+    return [m for m in messages if "leaving at current value" not in m and "not SPM compatible" not in m]
+
+
+def _raw_header(path: Path) -> nib.Nifti1Header | None:
+    """The file's header as stored (nothing fixed), or None when it is not a NIfTI-1/2 header
+    (left for nibabel to classify)."""
+    try:
+        with ImageOpener(str(path)) as f:
+            raw = f.read(540)
+    except gzip.BadGzipFile:  # not gzip at all: nibabel says what it is
+        return None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                              f"({read_error_detail(exc)})") from None
+    for size, klass in ((348, nib.Nifti1Header), (540, nib.Nifti2Header)):
+        for order in ("<", ">"):
+            if len(raw) >= 4 and int(np.frombuffer(raw[:4], dtype=order + "i4")[0]) == size:
+                if len(raw) < size:
+                    raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                                          f"({len(raw)} bytes, shorter than the {size}-byte NIfTI header)")
+                return klass(binaryblock=raw[:size], endianness=order, check=False)
+    return None
+
+
+def check_file(path: Path, notes: list[str] | None = None) -> None:
+    """Refuse, with one line naming the field, a NIfTI header that nibabel would crash on or "fix"
+    into a wrong image; also refuse a header that announces more voxel data than the file can hold.
+    Repairs that have one right answer are appended to ``notes`` (to be logged once the image is valid)."""
+    hdr = _raw_header(path)
+    if hdr is None:
+        return
+
+    def damaged(what: str) -> InputImageError:
+        return InputImageError(f"{path}: {what}; the header is damaged")
+
+    ndim = int(hdr["dim"][0])
+    if not 1 <= ndim <= 7:
+        raise damaged(f"dim[0] (the number of dimensions) is {ndim}, expected 1 to 7")
+    dims = [int(n) for n in hdr["dim"][1:ndim + 1]]
+    if min(dims) < 1:
+        raise damaged(f"the dimensions are {dims}; every size must be at least 1 voxel")
+    code = int(hdr["datatype"])
+    if code not in nib.nifti1.data_type_codes.value_set():
+        raise damaged(f"datatype code {code} is not a NIfTI data type")
+    pixdim = np.asarray(hdr["pixdim"][1:min(ndim, 3) + 1], dtype=float)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise damaged(f"the voxel size (pixdim) is {_fmt(pixdim)} mm; every spatial size must be a finite, "
+                      f"non-zero number")
+    offset = float(hdr["vox_offset"])
+    single = hdr["magic"].item() == hdr.single_magic
+    if not np.isfinite(offset) or offset < 0 or (single and 0 < offset < hdr.single_vox_offset):
+        raise damaged(f"vox_offset is {offset:g}, expected 0 or at least {hdr.single_vox_offset} (the voxel data "
+                      f"of a single-file NIfTI start after its {hdr.single_vox_offset}-byte header)")
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
+        raise damaged(f"scl_inter is {inter:g} (with scl_slope {slope:g}); the stored values cannot be converted")
+    # NIfTI: a slope of 0 means "no scaling"; nifti1_io and nibabel read a nan/inf slope the same way.
+    if not np.isfinite(slope) and notes is not None:
+        notes.append(f"{path}: scl_slope is {slope:g}; ignored, the stored values are used unscaled")
+    if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) in XFORM_CODES[1:]:
+        readable = hdr.copy()  # as nibabel will read it: negative voxel sizes made positive
+        readable["pixdim"][1:4] = np.abs(readable["pixdim"][1:4])
+        problem = qform_problem(readable)
+        if problem:
+            raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back "
+                                  f"on; the voxel-to-world geometry is unknown")
+    size_bytes = _gzip_stream_size(path, notes) if path.name.lower().endswith(".gz") else path.stat().st_size
+    if single:
+        _check_extensions(path, hdr, offset)
+        _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims, size_bytes)
+
+
+def _gzip_stream_size(path: Path, notes: list[str] | None, chunk_bytes: int = 1 << 22) -> int:
+    """The decompressed size of a .gz file, read through once in chunks so that zlib checks every
+    member's CRC and length: nibabel stops reading after the voxel data, before the trailer, and so
+    accepts damaged bytes that still inflate (noisy data is often stored uncompressed in the stream).
+    Bytes after the last member that are not gzip are ignored with a note, as gunzip does."""
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            inflater, buf = zlib.decompressobj(wbits=31), f.read(chunk_bytes)  # 31: gzip framing, CRC checked
+            while buf:
+                total += len(inflater.decompress(buf))
+                if not inflater.eof:
+                    buf = f.read(chunk_bytes)
+                    continue
+                rest = inflater.unused_data + f.read(max(0, 2 - len(inflater.unused_data)))
+                if not rest:
+                    return total
+                if rest[:2] != b"\x1f\x8b":  # not another gzip member: trailing garbage
+                    if notes is not None:
+                        extra = len(rest) + os.fstat(f.fileno()).st_size - f.tell()
+                        notes.append(f"{path}: {extra} bytes after the end of the gzip stream were ignored")
+                    return total
+                inflater, buf = zlib.decompressobj(wbits=31), rest
+    except (OSError, zlib.error) as exc:
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                              f"({read_error_detail(exc)})") from None
+    raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt (the compressed stream "
+                          f"ends before its end marker)")
+
+
+def _check_extensions(path: Path, hdr: nib.Nifti1Header, offset: float) -> None:
+    """Walk the header extensions (after the header's 4-byte extension flag, up to vox_offset) as
+    nibabel will: each must declare a size of at least 8 bytes that ends before the voxel data."""
+    start = hdr.sizeof_hdr + 4
+    with ImageOpener(str(path)) as f:
+        head = f.read(start + 1 if offset <= start else min(int(offset), 1 << 24))
+    if len(head) <= hdr.sizeof_hdr or head[hdr.sizeof_hdr] == 0:
+        return  # no extension
+    if offset < start:
+        raise InputImageError(f"{path}: the header says it has extensions but vox_offset {offset:g} leaves them no "
+                              f"room (the voxel data must start after byte {start}); the header is damaged")
+    pos, end = start, int(offset)
+    while pos + 8 <= min(end, len(head)):
+        esize = int(np.frombuffer(head[pos:pos + 4], dtype=hdr.endianness + "i4")[0])
+        if esize < 8 or pos + esize > end:
+            raise InputImageError(f"{path}: the header extension at byte {pos} declares {esize} bytes, which does not "
+                                  f"fit between bytes {pos + 8} and {end} (vox_offset); the extensions are damaged")
+        pos += esize
+
+
+def _check_size(path: Path, hdr: nib.Nifti1Header, offset: float, dims: list[int], have: int) -> None:
+    """``have``: the file's size in bytes, after decompression for a .gz."""
+    need = int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+    if int(offset) + need > have:
+        shape = "x".join(str(n) for n in dims)
+        raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt (the header announces "
+                              f"{shape} voxels, {need} bytes from byte {int(offset)}, and the file holds {have} bytes)")
+
+
+def qform_problem(hdr: nib.Nifti1Header) -> str | None:
+    """Why the header's qform (quaternion, offsets and pixdim) is unusable, or None. Checked whatever
+    qform_code says: a writer copies the qform even when its code is 0."""
+    bcd = np.asarray([hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"]], dtype=float)
+    offsets = np.asarray([hdr["qoffset_x"], hdr["qoffset_y"], hdr["qoffset_z"]], dtype=float)
+    if not (np.all(np.isfinite(bcd)) and np.all(np.isfinite(offsets))):
+        return f"the qform has non-finite values (quatern_b/c/d {_fmt(bcd)}, qoffset {_fmt(offsets)})"
+    try:
+        with np.errstate(all="ignore"):
+            q = hdr.get_qform(coded=False)
+    except nib.spatialimages.HeaderDataError as exc:  # e.g. negative pixdim (nibabel repairs it on load)
+        return f"the qform cannot be computed ({one_line(exc)})"
+    except ValueError:
+        return (f"the qform quaternion (quatern_b, c, d) = {_fmt(bcd)} is not a rotation "
+                f"(b^2+c^2+d^2 = {float(bcd @ bcd):.3g}, at most 1)")
+    with np.errstate(all="ignore"):
+        det = float(np.linalg.det(q[:3, :3])) if np.all(np.isfinite(q)) else float("nan")
+    if not abs(det) >= 1e-12:
+        return "the qform is degenerate (its voxel size is zero or not finite)"
+    return None
+
+
+def sform_problem(hdr: nib.Nifti1Header) -> str | None:
+    """Why the header's sform is unusable, or None when it is usable or not set (sform_code 0)."""
+    if int(hdr["sform_code"]) == 0:
+        return None
+    s = hdr.get_sform(coded=False)
+    with np.errstate(all="ignore"):
+        det = float(np.linalg.det(s[:3, :3])) if np.all(np.isfinite(s)) else float("nan")
+    if not abs(det) >= 1e-12:
+        return f"the sform (srow_x/y/z) is {'not finite' if not np.all(np.isfinite(s)) else 'degenerate'}"
+    return None
+
+
+def usable_geometry(img: nib.Nifti1Image, path: Path, notes: list[str]) -> nib.Nifti1Image:
+    """``img`` itself, or a copy whose one unusable transform (qform or sform) is switched off when the
+    other is valid (a note says so); raises :class:`InputImageError` when no valid transform is set.
+
+    NIfTI stores the voxel-to-world transform twice; readers use the sform when its code is set
+    (nibabel, FSL) and some the qform (ITK). When exactly one is broken the other still places the
+    voxels, so sct-gm uses it and writes outputs whose broken transform is switched off (code 0).
+    """
+    hdr = img.header
+    q_code, s_code = int(hdr["qform_code"]), int(hdr["sform_code"])
+    q_bad, s_bad = qform_problem(hdr), sform_problem(hdr)
+    if s_bad is None and q_bad is None:
+        return img
+    unknown = "the voxel-to-world geometry is unknown"
+    new = hdr.copy()
+    if s_bad is not None:
+        if q_code == 0 or q_bad is not None:
+            raise InputImageError(f"{path}: invalid voxel geometry: {s_bad} and there is no valid qform to fall "
+                                  f"back on; {unknown}")
+        notes.append(f"{path}: {s_bad}; the qform is used instead (the outputs' sform is switched off)")
+        new.set_sform(hdr.get_qform(), code=0)
+    elif q_code != 0 and s_code == 0:
+        raise InputImageError(f"{path}: invalid voxel geometry: {q_bad} and there is no sform to fall back on; "
+                              f"{unknown}")
+    else:  # the qform is broken and the sform places the voxels (or the broken qform is unused)
+        if q_code != 0:
+            notes.append(f"{path}: {q_bad}; the sform is used instead (the outputs' qform is switched off)")
+        new.set_qform(img.affine, code=0)
+    return img.__class__(img.dataobj, new.get_best_affine(), new)
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"

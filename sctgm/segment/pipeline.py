@@ -1,0 +1,234 @@
+"""The segmentation of one image, from a validated image to masks on its own grid (orchestration only).
+
+io -> :mod:`.preprocess` (orientation, fine grid) -> :mod:`.placement` (windows) -> preprocess (sample,
+standardise) -> :mod:`sctgm.engines` (network) -> threshold -> :mod:`.grid` (back to native) ->
+:mod:`.postprocess` -> orientation back. Each geometric step has its exact inverse, so the outputs land
+on the input's voxel grid. Spacing, window size, orientation and threshold come from the model's
+:class:`~sctgm.model.registry.Preprocessing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
+from ..exceptions import SctGmError
+from ..io import LoadedImage
+from ..model.registry import InstalledModel, Preprocessing
+from . import placement, postprocess
+from .grid import Window, overlap, window_to_native
+from .preprocess import PreparedVolume, Standardisation, canonical_mask, prepare, sample, windows_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Parameters of one segmentation. ``threshold`` and ``crop_px`` None mean the model's (its
+    :class:`~sctgm.model.registry.Preprocessing`: 0.999 and 200 for the published models);
+    ``batch_size`` (slices per network call) None means the engine's preferred size."""
+
+    threshold: float | None = None
+    keep_largest: bool = True
+    fill_holes: bool = True
+    tta: bool = False
+    batch_size: int | None = None  # None: the engine's preferred size (see sctgm.engines.predict)
+    crop_px: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise SctGmError(f"threshold {self.threshold}: expected a probability strictly between 0 and 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SctGmError(f"batch size {self.batch_size}: expected at least 1 slice per network call")
+        if self.crop_px is not None and self.crop_px < 16:
+            raise SctGmError(f"crop size {self.crop_px} px: expected at least 16 (the network was trained on 200)")
+
+    def effective(self, prep: Preprocessing) -> SegmentOptions:
+        """These options with the model's values where they say None (what a sidecar records)."""
+        return replace(self, threshold=prep.threshold if self.threshold is None else self.threshold,
+                       crop_px=prep.crop_px if self.crop_px is None else self.crop_px)
+
+
+@dataclass
+class Segmentation:
+    """Results on the input image's grid (array layout of the input file)."""
+
+    gm: np.ndarray  # uint8 0/1
+    gm_prob: np.ndarray | None  # float32 in [0, 1] (only when asked)
+    wm: np.ndarray | None  # uint8 0/1, cord minus GM (only with a cord mask)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Segmenter:
+    """A loaded model, reusable for many images (the network is loaded once, from local files).
+
+    ``model``: an installed model (:func:`sctgm.model.install.ensure_model`); :meth:`from_name` finds
+    (and, if needed, downloads) one by name first. ``engine``: 'auto' (ONNX Runtime on a CPU, PyTorch
+    on a GPU), 'onnxruntime' or 'torch'; ``threads``: CPU threads for the network (default: one per
+    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache).
+
+    >>> seg = Segmenter.from_name("large", device="cpu")             # doctest: +SKIP
+    >>> result = seg.segment_image(load_image("t2s.nii.gz"))         # doctest: +SKIP
+    """
+
+    def __init__(self, model: InstalledModel, *, device: str = "auto", engine: str = "auto",
+                 threads: int | None = None, cache_dir: str | None = None) -> None:
+        from ..model.install import resolve_cache_dir
+
+        if not isinstance(model, InstalledModel):
+            raise TypeError(f"Segmenter takes an installed model; for a name ({model!r}) use "
+                            f"Segmenter.from_name({model!r})")
+        self.network: LoadedNetwork = load_network(model, device, engine=engine, threads=threads,
+                                                   cache_dir=resolve_cache_dir(cache_dir))
+
+    @classmethod
+    def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",
+                  threads: int | None = None, mirror: str | None = None, cache_dir: str | None = None,
+                  download_progress: Any = None) -> Segmenter:
+        """A segmenter for a registered model name (None: the default model) or a weight file path,
+        installing the model first when needed (``mirror``, ``download_progress``: see
+        :func:`sctgm.model.install.ensure_model`)."""
+        from ..model.install import ensure_model
+
+        installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
+        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir)
+
+    @property
+    def model(self) -> InstalledModel:
+        return self.network.model
+
+    def prepare(self, image: LoadedImage, options: SegmentOptions = SegmentOptions()) -> PreparedVolume:
+        """``image`` prepared as this model (and ``options.crop_px``) asks."""
+        eff = options.effective(self.model.preprocessing)
+        return prepare(image, replace(self.model.preprocessing, crop_px=eff.crop_px, threshold=eff.threshold))
+
+    def segment_image(self, image: LoadedImage, *, cord: LoadedImage | None = None,
+                      options: SegmentOptions = SegmentOptions(), want_prob: bool = False,
+                      progress: ProgressCallback | None = None) -> Segmentation:
+        """Segment the GM of a validated 3D image (see :func:`sctgm.io.load_image`)."""
+        t0 = time.perf_counter()
+        vol = self.prepare(image, options)
+        if not vol.looks_axial:
+            z = vol.zooms_mm
+            log.warning("%s: slices are %.2f mm thick but in-plane voxels are %.2f x %.2f mm: this looks like a "
+                        "sagittal or coronal acquisition; the network segments axial slices and results will "
+                        "not be meaningful", image.path, z[2], z[0], z[1])
+        threshold = vol.preprocessing.threshold
+        cord_c = None
+        centres = None
+        if cord is not None:
+            cord_c = canonical_mask(cord, vol)
+            centres = placement.centres_from_mask(cord_c, vol.grid)
+            if centres is None:
+                log.warning("%s: the cord mask is empty; the cord is searched for in the image", cord.path)
+        if centres is None:
+            centres = np.tile(placement.slice_centre(vol.grid), (vol.n_slices, 1))
+
+        windows, prob, passes = self._locate_and_predict(vol, centres, options, progress)
+        mask_c = np.zeros(vol.data.shape, dtype=bool)
+        prob_c = np.zeros(vol.data.shape, dtype=np.float32) if want_prob else None
+        for k, w in enumerate(windows):
+            box, v = window_to_native((prob[k] > threshold).astype(np.float32), vol.grid, w)
+            mask_c[box[0], box[1], k] = v >= 0.5
+            if prob_c is not None:
+                box, v = window_to_native(prob[k], vol.grid, w)
+                prob_c[box[0], box[1], k] = np.clip(v, 0.0, 1.0)
+        n_raw = int(mask_c.sum())
+        if options.keep_largest:
+            mask_c = postprocess.keep_largest_components(mask_c)
+        if options.fill_holes:
+            mask_c = postprocess.fill_holes(mask_c)
+        reo = vol.reorientation
+        wm = None if cord_c is None else reo.undo((cord_c & ~mask_c).astype(np.uint8), copy=False)
+        gm = reo.undo(mask_c.astype(np.uint8), copy=False)
+        info = {
+            "input_orientation": "".join(reo.input_axcodes),
+            "spacing_mm": vol.preprocessing.spacing_mm,
+            "fine_grid": list(vol.grid.fine_shape),
+            "window_px": list(vol.window_px),
+            "window_origins": [list(w.origin) for w in windows],
+            "network_passes": passes,
+            "threshold": threshold,
+            "gm_voxels_before_postprocessing": n_raw,
+            "gm_voxels": int(gm.sum()),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
+
+    # -- network passes -----------------------------------------------------------------------
+    def _predict(self, raw: np.ndarray, options: SegmentOptions,
+                 progress: ProgressCallback | None = None) -> np.ndarray:
+        """The network on raw windows, standardised as the model was trained (one stack, one mean/std)."""
+        return predict(self.network, raw, standardise=Standardisation.of(raw), batch_size=options.batch_size,
+                       progress=progress)
+
+    def _predict_windows(self, vol: PreparedVolume, windows: list[Window], options: SegmentOptions,
+                         progress: ProgressCallback | None) -> np.ndarray:
+        if not options.tta:
+            return self._predict(sample(vol, windows), options, progress)
+        return self._predict_tta(vol, windows, options, progress)
+
+    def _predict_tta(self, vol: PreparedVolume, windows: list[Window], options: SegmentOptions,
+                     progress: ProgressCallback | None) -> np.ndarray:
+        """The mean of the predictions of the windows shifted by :data:`placement.TTA_SHIFTS_PX`, each
+        pixel averaged over the placements that cover it."""
+        total = np.zeros((len(windows),) + windows[0].size, dtype=np.float64)
+        count = np.zeros_like(total)
+        for shift in placement.TTA_SHIFTS_PX:
+            moved = [placement.shifted(w, shift, vol.grid) for w in windows]
+            p = self._predict(sample(vol, moved), options)
+            for k, (w, ws) in enumerate(zip(windows, moved)):
+                src, dst = overlap(w, ws)
+                total[k][dst] += p[k][src]
+                count[k][dst] += 1
+            if progress is not None:
+                progress(len(windows), len(windows))
+        return (total / np.maximum(count, 1)).astype(np.float32)
+
+    def _locate_and_predict(self, vol: PreparedVolume, centres: np.ndarray, options: SegmentOptions,
+                            progress: ProgressCallback | None) -> tuple[list[Window], np.ndarray, int]:
+        grid, size = vol.grid, vol.window_px
+        windows = windows_at(vol, centres)
+        prob = self._predict_windows(vol, windows, options, progress)
+        passes = 1
+        if placement.covers_slice(grid, size):
+            return windows, prob, passes
+        findings = [placement.assess(prob[k], w, grid) for k, w in enumerate(windows)]
+        if not any(f.found for f in findings):
+            found = self._search(vol, options)
+            passes += 1
+            if found is None:
+                log.warning("no gray matter was found anywhere in the image")
+                return windows, prob, passes
+            centres = np.tile(found, (vol.n_slices, 1))
+        else:
+            moved = placement.relocate(centres, findings, grid, size)
+            if moved is None:
+                return windows, prob, passes
+            centres = moved
+        for _ in range(2):  # move the windows, predict again; once more if GM is still cut
+            windows = windows_at(vol, centres)
+            prob = self._predict_windows(vol, windows, options, progress)
+            passes += 1
+            findings = [placement.assess(prob[k], w, grid) for k, w in enumerate(windows)]
+            moved = placement.relocate(centres, findings, grid, size)
+            if moved is None:
+                break
+            centres = moved
+        return windows, prob, passes
+
+    def _search(self, vol: PreparedVolume, options: SegmentOptions) -> np.ndarray | None:
+        """Tile a few slices (middle first) and return the fine-grid centre of the most GM-like blob."""
+        nz = vol.n_slices
+        tiles = placement.search_windows(vol.grid, vol.window_px)
+        for k in dict.fromkeys([nz // 2, nz // 4, (3 * nz) // 4]):
+            prob = self._predict(sample(vol, tiles, [k] * len(tiles)), options)
+            found = placement.strongest_blob(prob, tiles, vol.grid)
+            if found is not None:
+                return found
+        return None

@@ -1,0 +1,221 @@
+"""The QC report in a real headless browser (Debian's chromium + chromium-driver, via Selenium).
+
+Skipped, with the reason, when chromium, chromedriver or selenium is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sctgm.qc import add_entry
+from sctgm.qc import screenshot as shot
+
+from .test_qc import cord_phantom
+
+_why = shot.browser_missing()
+pytestmark = pytest.mark.skipif(_why is not None, reason=f"no headless browser: {_why}")
+
+HOSTILE = "<img src=x onerror=window.__pwned=1;alert(1)>.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A QC folder with three entries: clean, flagged, and one from a hostile file name."""
+    import nibabel as nib
+
+    d = tmp_path_factory.mktemp("qcdata")
+
+    def save(a, name):
+        p = d / name
+        nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(p))
+        return p
+
+    img, cord, gm = cord_phantom(shape=(40, 40, 5))
+    qc = d / "qc"
+    add_entry(qc, save(img, "sub-01_T2star.nii.gz"), save(gm, "sub-01_T2star_gmseg.nii.gz"),
+              cord_path=save(cord, "sub-01_seg.nii.gz"), model="demo")
+    time.sleep(0.01)
+    _, _, gm_bad = cord_phantom(shape=(40, 40, 5), gm_slices=[0, 1, 3, 4])
+    add_entry(qc, save(img, "sub-02_T2star.nii.gz"), save(gm_bad, "sub-02_T2star_gmseg.nii.gz"),
+              cord_path=save(cord, "sub-02_seg.nii.gz"), model="demo")
+    time.sleep(0.01)
+    add_entry(qc, save(img, HOSTILE), save(gm, "hostile_gmseg.nii.gz"), model="demo")
+    return qc
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    downloads = tmp_path_factory.mktemp("downloads")
+    driver = shot.make_driver(profile, download_dir=downloads)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def open_report(driver, qc: Path, fragment: str = "") -> None:
+    driver.get((qc / "index.html").resolve().as_uri() + fragment)
+    shot.wait_ready(driver)
+
+
+def press(driver, *keys) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(*keys).perform()
+
+
+def active_id(driver) -> str:
+    return driver.execute_script("var r = document.querySelector('#entries tbody tr.active');"
+                                 "return r ? r.getAttribute('data-id') : null;")
+
+
+def no_alert(driver) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert.dismiss()
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def test_entries_render_offline(browser, report):
+    open_report(browser, report)
+    rows = browser.find_elements("css selector", "#entries tbody tr")
+    assert len(rows) == 3
+    subjects = [r.find_elements("tag name", "td")[2].text for r in rows]
+    assert subjects[0].startswith("<img") and subjects[1:] == ["sub-02", "sub-01"]  # newest first
+    flags = [r.find_elements("tag name", "td")[1].text for r in rows]
+    assert flags == ["0", "1", "0"]
+    ok = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#mosaic img')).map(i => i.complete && i.naturalWidth > 0);")
+    assert ok == [True, True]
+    urls = browser.execute_script(
+        "return Array.from(document.querySelectorAll('[src], link[href]')).map(e => e.src || e.href);")
+    assert len(urls) >= 5 and all(u.startswith("file://") for u in urls), urls
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+
+
+def test_keyboard_navigation_and_overlay_toggle(browser, report):
+    open_report(browser, report)
+    ids = browser.execute_script("return window.sctgmQc.state.rows.map(e => e.id);")
+    assert active_id(browser) == ids[0]
+    press(browser, "j")
+    assert active_id(browser) == ids[1]
+    assert "sub-02" in browser.find_element("id", "viewer").text
+    assert "slice 2: no GM on a slice with cord" in browser.find_element("id", "viewer").text
+    from selenium.webdriver.common.keys import Keys
+
+    press(browser, Keys.ARROW_DOWN)
+    assert active_id(browser) == ids[2]
+    press(browser, "k", Keys.ARROW_UP)
+    assert active_id(browser) == ids[0]
+
+    overlay = browser.find_element("css selector", "#mosaic img.overlay")
+    assert overlay.is_displayed()
+    press(browser, Keys.ARROW_RIGHT)
+    overlay = browser.find_element("css selector", "#mosaic img.overlay")
+    assert not overlay.is_displayed()
+    assert browser.find_element("id", "toggle-overlay").text == "Overlay: off"
+    press(browser, Keys.ARROW_RIGHT)
+    assert browser.find_element("css selector", "#mosaic img.overlay").is_displayed()
+    browser.find_element("id", "toggle-overlay").click()
+    assert not browser.find_element("css selector", "#mosaic img.overlay").is_displayed()
+
+
+def test_rating_persists_and_exports(browser, report):
+    open_report(browser, report)
+    browser.execute_script("localStorage.clear();")
+    open_report(browser, report)
+    ids = browser.execute_script("return window.sctgmQc.state.rows.map(e => e.id);")
+    press(browser, "j")  # sub-02
+    press(browser, "f")
+    assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[1]) == "pass"
+    press(browser, "f")
+    assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[1]) == "fail"
+    press(browser, "j", "f", "f", "f")  # sub-01: artifact
+    browser.refresh()
+    shot.wait_ready(browser)
+    ratings = [r.find_elements("tag name", "td")[0].text
+               for r in browser.find_elements("css selector", "#entries tbody tr")]
+    assert ratings == ["\u2013", "fail", "artifact"]
+
+    fail_yml = browser.execute_script("return window.sctgmQc.exportText('fail');")
+    e = json.loads((report / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))["entries"]
+    by_id = {x["id"]: x for x in e}
+    assert fail_yml == f"FILES_GMSEG:\n- {json.dumps(by_id[ids[1]]['image'])}\n"
+    art_yml = browser.execute_script("return window.sctgmQc.exportText('artifact');")
+    assert art_yml.startswith("FILES_GMSEG:\n- ") and "sub-01_T2star.nii.gz" in art_yml
+
+    # Real downloads through the buttons.
+    for button, name in (("export-csv", "qc_ratings.csv"), ("export-fail", "qc_fail.yml"),
+                         ("export-json", "qc_ratings.json")):
+        browser.find_element("id", button).click()
+        target = browser.downloads / name
+        deadline = time.time() + 10
+        while not target.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert target.exists(), f"{name} was not downloaded"
+    time.sleep(0.3)
+    csv = (browser.downloads / "qc_ratings.csv").read_text()
+    assert csv.splitlines()[0].startswith("id,subject,")
+    assert any(line.startswith(ids[1]) and line.endswith(",fail") for line in csv.splitlines())
+    assert (browser.downloads / "qc_fail.yml").read_text() == fail_yml
+    try:
+        import yaml  # optional: the same parser SCT's manual-correction uses
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        assert yaml.safe_load(fail_yml) == {"FILES_GMSEG": [by_id[ids[1]]["image"]]}
+    exported = json.loads((browser.downloads / "qc_ratings.json").read_text())
+    assert {r["id"]: r["rating"] for r in exported["ratings"]}[ids[2]] == "artifact"
+
+    # Re-import: clear, then import the JSON through the file input; then the fail list.
+    browser.execute_script("localStorage.clear(); location.reload();")
+    shot.wait_ready(browser)
+    assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[1]) == "unrated"
+    browser.execute_script("document.getElementById('import-file').hidden = false;")
+    browser.find_element("id", "import-file").send_keys(str(browser.downloads / "qc_ratings.json"))
+    deadline = time.time() + 5
+    while "Imported" not in browser.find_element("id", "status").text and time.time() < deadline:
+        time.sleep(0.05)
+    assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[1]) == "fail"
+    assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[2]) == "artifact"
+    browser.execute_script("localStorage.clear();")
+    n = browser.execute_script("return window.sctgmQc.importText(arguments[0], 'qc_artifact.yml');", art_yml)
+    assert n == 1 and browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[2]) == "artifact"
+    browser.execute_script("localStorage.clear();")
+
+
+def test_hostile_file_name_renders_as_text(browser, report):
+    open_report(browser, report)
+    assert no_alert(browser)
+    row = browser.find_elements("css selector", "#entries tbody tr")[0]
+    assert row.find_elements("tag name", "td")[3].text == HOSTILE
+    assert HOSTILE in browser.find_element("css selector", "#viewer h2").text
+    assert browser.execute_script("return window.__pwned === undefined;")
+    assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"]').length;") == 0
+    # Filtering and exporting with the hostile name do not execute it either.
+    browser.find_element("id", "filter").send_keys("onerror")
+    assert len(browser.find_elements("css selector", "#entries tbody tr")) == 1
+    browser.execute_script("window.sctgmQc.exportText('csv'); window.sctgmQc.exportText('json');")
+    assert no_alert(browser) and browser.execute_script("return window.__pwned === undefined;")
+
+
+def test_screenshot_writes_both_pngs(tmp_path, report):
+    """What bench/qc_screenshot.py (the README's command) runs produces both PNGs of a real report."""
+    from PIL import Image
+
+    out = tmp_path / "shots"
+    index_png, entry_png = shot.screenshot(report, out)
+    assert (index_png.name, entry_png.name) == ("index.png", "entry.png")
+    for name in ("index.png", "entry.png"):
+        with Image.open(out / name) as im:
+            assert im.size[0] > 400 and im.size[1] > 300

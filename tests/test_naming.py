@@ -1,0 +1,28 @@
+"""sctgm.naming: SCT output names (the BIDS derivative names are checked in tests/batch/test_bids.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sctgm import naming
+from sctgm.exceptions import OutputError
+
+
+def test_sct_names_sit_beside_the_input_and_follow_the_gm_output():
+    out = naming.sct_outputs("d/t2s.nii.gz", prob=True, wm=True)
+    assert out == {"gm": Path("d/t2s_gmseg.nii.gz"), "gm_sidecar": Path("d/t2s_gmseg.json"),
+                   "wm": Path("d/t2s_wmseg.nii.gz"), "prob": Path("d/t2s_gmseg_prob.nii.gz")}
+    named = naming.sct_outputs("t2s.nii", "o/mask.nii", prob=True)
+    assert named == {"gm": Path("o/mask.nii"), "gm_sidecar": Path("o/mask.json"), "prob": Path("o/mask_prob.nii")}
+    with pytest.raises(OutputError, match="must end in .nii.gz or .nii"):
+        naming.sct_outputs("t2s.nii.gz", "mask.png")
+
+
+@pytest.mark.parametrize("name,is_output", [("t2s_gmseg.nii.gz", True), ("t2s_wmseg.nii", True),
+                                            ("t2s_gmseg_prob.nii.gz", True), ("t2s.nii.gz", False),
+                                            ("t2s_seg.nii.gz", False)])
+def test_sctgm_outputs_are_recognised_by_name(name, is_output):
+    assert naming.is_sctgm_output(Path("x") / name) is is_output
+    assert naming.split_nifti_name(name)[1] in (".nii.gz", ".nii")
