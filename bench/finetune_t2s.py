@@ -28,9 +28,9 @@ from sctgm.inference import Standardisation
 from sctgm.io import load_image
 from sctgm.orientation import reorientation_for
 from sctgm.resample import fine_grid, sample_window
-from sctgm.train.augment import AugmentConfig
-from sctgm.train.loop import DEFAULT_THRESHOLDS, SliceSet, TrainConfig, predict_slices, train_loop, validation_dice
-from sctgm.train.models import model_from_weights
+from sctgm.training.augment import AugmentConfig
+from sctgm.training.loop import DEFAULT_THRESHOLDS, SliceSet, TrainConfig, predict_slices, train_loop, validation_dice
+from sctgm.training.models import model_from_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 T2S = SHARED / "data" / "sct_testing_data" / "t2s"

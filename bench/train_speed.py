@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from sctgm.train.augment import AugmentConfig, augment_crops
-from sctgm.train.loop import SliceSet, TrainConfig, train_loop
-from sctgm.train.models import build_model, model_from_weights
-from sctgm.train.phantom import make_dataset
+from sctgm.training.augment import AugmentConfig, augment_crops
+from sctgm.training.loop import SliceSet, TrainConfig, train_loop
+from sctgm.training.models import build_model, model_from_weights
+from sctgm.training.phantom import make_dataset
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "deepseg_gm"
 

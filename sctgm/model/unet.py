@@ -2,7 +2,7 @@
 in Perone et al. (2018), for ``sct-gm train --arch unet``; and its ONNX graph, written from the
 state dict, so the torch-free CPU engine runs U-Nets as it runs the dilated network.
 
-Same convention as :class:`sctgm.network.DilatedGMNet`: input (N, 1, H, W) standardised axial
+Same convention as :class:`sctgm.engines.network.DilatedGMNet`: input (N, 1, H, W) standardised axial
 slices, ``logits`` (N, 1, H, W), ``forward`` the sigmoid probability. Any H, W: the input is padded
 with zeros (the standardised mean) at its bottom/right edges up to a multiple of ``2**depth`` and
 the output cropped back, in both the torch module and the ONNX graph.
@@ -98,7 +98,7 @@ def unet_shape(state_dict: dict[str, Any]) -> tuple[int, int]:
 def build_unet_graph(state_dict: dict[str, np.ndarray], name: str = "sctgm_unet") -> bytes:
     """The serialised ONNX model of :class:`UNet` with these weights (input ``x``: N x 1 x H x W,
     output ``prob``: N x 1 x H x W, any N, H, W), node for node the torch module's computation, in
-    the style of :func:`sctgm.engine_onnx.build_graph`."""
+    the style of :func:`sctgm.engines.onnx.build_graph`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from sctgm.train.augment import AugmentConfig, augment_crops
-from sctgm.train.phantom import butterfly_mask
+from sctgm.training.augment import AugmentConfig, augment_crops
+from sctgm.training.phantom import butterfly_mask
 
 
 def _pair(h: int = 64, w: int = 56) -> tuple[torch.Tensor, torch.Tensor]:

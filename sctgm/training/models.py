@@ -1,6 +1,6 @@
 """Networks to train and the weights they start from.
 
-The one module of :mod:`sctgm.train` that imports the package's model layer (the dilated network,
+The one module of :mod:`sctgm.training` that imports the package's model layer (the dilated network,
 the weight readers, device resolution): when those move, only the imports below change.
 """
 
@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine_torch import resolve_device  # noqa: F401  (re-exported for the trainer)
+from ..engines.torch import resolve_device  # noqa: F401  (re-exported for the trainer)
 from ..exceptions import ModelError, SctGmError
 from ..model.unet import UNet, unet_shape
-from ..network import DilatedGMNet
-from ..weights import load_safetensors, state_dict_from_keras
+from ..engines.network import DilatedGMNet
+from ..model.weights import load_safetensors, state_dict_from_keras
 
 ARCHITECTURES = ("dilated", "unet")
 

@@ -3,7 +3,7 @@
 Inputs are per-subject stacks of standardised fine-grid (0.25 mm) slices, window-sized or larger,
 with GM targets in [0, 1] (the caller builds them with segment's own window code). Each step draws
 ``batch_size`` (subject, slice) pairs, crops ``crop_px`` around the slice's GM (shifted, rotated,
-scaled, deformed: :mod:`sctgm.train.augment`), and takes one optimizer step on Dice + BCE. Every
+scaled, deformed: :mod:`sctgm.training.augment`), and takes one optimizer step on Dice + BCE. Every
 ``val_every`` steps the network predicts the validation windows whole, without augmentation; the
 best model by validation Dice is kept, training stops early after ``patience`` validations without
 improvement, and the probability threshold is chosen on the validation slices at the end.

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sctgm.exceptions import ModelError, SctGmError
-from sctgm.train.models import build_model, model_from_weights, read_state_dict
-from sctgm.weights import save_safetensors
+from sctgm.training.models import build_model, model_from_weights, read_state_dict
+from sctgm.model.weights import save_safetensors
 
 
 def test_unknown_architecture_is_refused() -> None:

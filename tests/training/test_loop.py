@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from sctgm.train.augment import AugmentConfig
-from sctgm.train.checkpoint import load_checkpoint, save_checkpoint
-from sctgm.train.loop import SliceSet, TrainConfig, TrainProgress, lr_factor, train_loop
-from sctgm.train.losses import dice_bce_loss
-from sctgm.train.models import build_model
-from sctgm.train.phantom import make_dataset
+from sctgm.training.augment import AugmentConfig
+from sctgm.training.checkpoint import load_checkpoint, save_checkpoint
+from sctgm.training.loop import SliceSet, TrainConfig, TrainProgress, lr_factor, train_loop
+from sctgm.training.losses import dice_bce_loss
+from sctgm.training.models import build_model
+from sctgm.training.phantom import make_dataset
 
 FAST = TrainConfig(max_steps=8, batch_size=2, crop_px=40, lr=3e-3, warmup_steps=2, val_every=4, seed=1,
                    augment=dataclasses.replace(AugmentConfig(), shift_px=6.0))
