@@ -1,0 +1,202 @@
+"""Training augmentation on batches of 2D slices, in torch, deterministic under a ``torch.Generator``.
+
+The spatial part (crop placement + shift, rotation, scale, optional left-right flip, elastic
+deformation) is one sampling grid per crop and one ``grid_sample`` call, so image and mask get the
+same transform and are interpolated once. The intensity part (gamma contrast, multiplicative bias
+field, Gaussian blur, resolution loss, Gaussian or Rician noise, brightness/contrast jitter) acts on
+the image only.
+
+Why hand-written on torch rather than TorchIO / MONAI / kornia: the crops are 2D, small (a batch of
+4 x 200 x 200), and sampled out of larger per-slice windows; TorchIO works per 3D subject through
+SimpleITK, MONAI's dictionary transforms per sample, and both would add a large dependency for a
+dozen lines of ``affine_grid``-style arithmetic. torch's ``grid_sample`` / ``conv2d`` /
+``interpolate`` are well kept and already installed; the whole augmentation of a batch costs well
+under 10 % of a training step on a CPU (bench/train_speed.py prints the share). Every random draw
+takes the generator explicitly: no global RNG state is read or changed.
+
+Coordinates: pixel (i, j) of a slice, i along array axis 0 (canonical R->L), j along axis 1 (P->A).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges and probabilities of each augmentation (a probability 0 switches it off).
+
+    Spatial: ``shift_px`` (uniform +-, in 0.25 mm fine pixels), ``rotation_deg`` (uniform +-),
+    ``scale`` (log-uniform in [1/s, s]), ``flip_p`` (left-right: array axis 0), ``elastic_p`` with
+    ``elastic_px`` (displacement s.d. at control points spaced ``elastic_grid_px`` apart).
+    Intensity (on standardised images): ``gamma`` (log-uniform in [1/g, g] on the min-max normalised
+    crop), ``bias_p`` with ``bias_strength`` (log-gain s.d. of a smooth field), ``blur_p`` with
+    ``blur_sigma_px`` (max), ``lowres_p`` with ``lowres_factor`` (max down-sampling factor),
+    ``noise_p`` with ``noise_std`` (max, in standardised units), ``rician`` (magnitude noise instead
+    of Gaussian), ``contrast`` / ``brightness`` (multiplicative +-, additive +-).
+    """
+
+    shift_px: float = 16.0
+    rotation_deg: float = 20.0
+    scale: float = 1.15
+    flip_p: float = 0.0
+    elastic_p: float = 0.3
+    elastic_px: float = 2.0
+    elastic_grid_px: int = 32
+    gamma: float = 1.4
+    gamma_p: float = 0.5
+    bias_p: float = 0.3
+    bias_strength: float = 0.2
+    blur_p: float = 0.1
+    blur_sigma_px: float = 1.5
+    lowres_p: float = 0.1
+    lowres_factor: float = 2.0
+    noise_p: float = 0.3
+    noise_std: float = 0.1
+    rician: bool = True
+    contrast: float = 0.1
+    brightness: float = 0.1
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all (the crop is taken where asked)."""
+        return cls(shift_px=0.0, rotation_deg=0.0, scale=1.0, flip_p=0.0, elastic_p=0.0, gamma_p=0.0, bias_p=0.0,
+                   blur_p=0.0, lowres_p=0.0, noise_p=0.0, contrast=0.0, brightness=0.0)
+
+    def spatial_only(self) -> AugmentConfig:
+        return replace(self, gamma_p=0.0, bias_p=0.0, blur_p=0.0, lowres_p=0.0, noise_p=0.0, contrast=0.0,
+                       brightness=0.0)
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
+    """Bernoulli(p) draws; always consumes the generator so the stream does not depend on p."""
+    return torch.rand(n, generator=g) < p
+
+
+def sampling_grid(centres_px: torch.Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                  cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """The ``grid_sample`` grid (B, h, w, 2) that crops ``out_hw`` around each centre (B, 2; input
+    pixel coordinates, the shift added here) of an input of ``in_hw``, rotated, scaled, flipped and
+    elastically deformed about that centre."""
+    b = centres_px.shape[0]
+    h, w = out_hw
+    shift = _uniform(2 * b, -cfg.shift_px, cfg.shift_px, g).view(b, 2)
+    angle = torch.deg2rad(_uniform(b, -cfg.rotation_deg, cfg.rotation_deg, g))
+    log_s = math.log(max(cfg.scale, 1.0))
+    scale = torch.exp(_uniform(b, -log_s, log_s, g))
+    flip = _coin(b, cfg.flip_p, g).to(torch.float64) * -2 + 1  # -1: mirror array axis 0
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    # output pixel offsets from the crop centre, (h*w, 2)
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
+                            torch.arange(w, dtype=torch.float64) - (w - 1) / 2, indexing="ij")
+    di, dj = ii.reshape(1, -1) * flip[:, None], jj.reshape(1, -1)
+    src_i = cos[:, None] * di - sin[:, None] * dj
+    src_j = sin[:, None] * di + cos[:, None] * dj
+    disp = elastic_displacement(b, out_hw, cfg, g).reshape(b, 2, -1)
+    centre = centres_px.to(torch.float64) + shift
+    src_i = src_i + disp[:, 0] + centre[:, 0:1]
+    src_j = src_j + disp[:, 1] + centre[:, 1:2]
+    # grid_sample (align_corners=False): x is the last axis (j), y the first (i); pixel p of n sits at
+    # (2p + 1) / n - 1
+    gx = (2 * src_j + 1) / in_hw[1] - 1
+    gy = (2 * src_i + 1) / in_hw[0] - 1
+    return torch.stack([gx, gy], dim=-1).view(b, h, w, 2).to(torch.float32)
+
+
+def elastic_displacement(b: int, out_hw: tuple[int, int], cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Smooth random displacements (B, 2, h, w) in pixels: Gaussian at control points every
+    ``elastic_grid_px``, cubic-interpolated; zero for the crops the coin leaves undeformed."""
+    h, w = out_hw
+    gh, gw = max(2, math.ceil(h / cfg.elastic_grid_px) + 1), max(2, math.ceil(w / cfg.elastic_grid_px) + 1)
+    on = _coin(b, cfg.elastic_p, g)
+    ctrl = torch.randn(b, 2, gh, gw, generator=g, dtype=torch.float64) * cfg.elastic_px
+    ctrl = ctrl * on.view(b, 1, 1, 1)
+    if not bool(on.any()):
+        return torch.zeros(b, 2, h, w, dtype=torch.float64)
+    return F.interpolate(ctrl, size=(h, w), mode="bicubic", align_corners=True)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (1, 1, h, w), edges replicated."""
+    k = _gaussian_kernel(sigma)
+    r = k.numel() // 2
+    img = F.conv2d(F.pad(img, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+
+
+def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """The intensity augmentations of (B, 1, h, w) standardised crops (a new tensor). Every
+    parameter is drawn for every crop whether used or not, so the random stream is fixed."""
+    b, _, h, w = images.shape
+    out = images.clone()
+    log_g = math.log(max(cfg.gamma, 1.0))
+    gamma = torch.exp(_uniform(b, -log_g, log_g, g))
+    do_gamma = _coin(b, cfg.gamma_p, g)
+    do_bias = _coin(b, cfg.bias_p, g)
+    bias_ctrl = torch.randn(b, 1, 3, 3, generator=g) * cfg.bias_strength
+    do_blur = _coin(b, cfg.blur_p, g)
+    sigma = _uniform(b, 0.5, max(cfg.blur_sigma_px, 0.5), g)
+    do_lowres = _coin(b, cfg.lowres_p, g)
+    factor = _uniform(b, 1.0, max(cfg.lowres_factor, 1.0), g)
+    do_noise = _coin(b, cfg.noise_p, g)
+    noise_sd = _uniform(b, 0.0, cfg.noise_std, g)
+    noise = torch.randn(b, 2, h, w, generator=g)
+    contrast = 1 + _uniform(b, -cfg.contrast, cfg.contrast, g)
+    brightness = _uniform(b, -cfg.brightness, cfg.brightness, g)
+    for k in range(b):
+        x = out[k:k + 1]
+        lo, hi = x.min(), x.max()
+        span = torch.clamp(hi - lo, min=1e-6)
+        if do_gamma[k] or do_bias[k] or (do_noise[k] and cfg.rician):
+            u = (x - lo) / span  # in [0, 1], magnitude-like
+            if do_gamma[k]:
+                u = u ** float(gamma[k])
+            if do_bias[k]:
+                u = u * torch.exp(F.interpolate(bias_ctrl[k:k + 1], size=(h, w), mode="bicubic", align_corners=True))
+            if do_noise[k] and cfg.rician:
+                sd = float(noise_sd[k]) / float(span)  # standardised units -> [0, 1] units
+                u = torch.sqrt((u + sd * noise[k:k + 1, 0:1]) ** 2 + (sd * noise[k:k + 1, 1:2]) ** 2)
+            x = u * span + lo
+        if do_blur[k]:
+            x = _blur(x, float(sigma[k]))
+        if do_lowres[k] and float(factor[k]) > 1.01:
+            small = (max(2, round(h / float(factor[k]))), max(2, round(w / float(factor[k]))))
+            x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="bilinear",
+                              align_corners=False)
+        if do_noise[k] and not cfg.rician:
+            x = x + float(noise_sd[k]) * noise[k:k + 1, 0:1]
+        out[k:k + 1] = x * float(contrast[k]) + float(brightness[k])
+    return out
+
+
+def augment_crops(images: list[torch.Tensor], targets: list[torch.Tensor], centres_px: torch.Tensor,
+                  out_hw: tuple[int, int], cfg: AugmentConfig, g: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of ``out_hw`` around ``centres_px`` (B, 2) of each (H_k, W_k) image and target, with
+    the spatial and intensity augmentations of ``cfg``. Returns (B, 1, h, w) images and targets.
+    Images are sampled with edge replication (as segment's windows are), targets with zeros outside."""
+    b = len(images)
+    xs, ys = [], []
+    # one grid per crop (inputs may differ in size); the random draws are made for the whole batch
+    grids = [sampling_grid(centres_px[k:k + 1], tuple(images[k].shape), out_hw, cfg, g) for k in range(b)]
+    for k in range(b):
+        img, tgt = images[k][None, None], targets[k][None, None]
+        xs.append(F.grid_sample(img, grids[k], mode="bilinear", padding_mode="border", align_corners=False))
+        ys.append(F.grid_sample(tgt, grids[k], mode="bilinear", padding_mode="zeros", align_corners=False))
+    x, y = torch.cat(xs), torch.cat(ys)
+    return intensity(x, cfg, g), y.clamp_(0.0, 1.0)

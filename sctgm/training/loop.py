@@ -1,0 +1,292 @@
+"""The training loop, over labelled slices held in memory.
+
+Inputs are per-subject stacks of standardised fine-grid (0.25 mm) slices, window-sized or larger,
+with GM targets in [0, 1] (the caller builds them with segment's own window code). Each step draws
+``batch_size`` (subject, slice) pairs, crops ``crop_px`` around the slice's GM (shifted, rotated,
+scaled, deformed: :mod:`sctgm.training.augment`), and takes one optimizer step on Dice + BCE. Every
+``val_every`` steps the network predicts the validation windows whole, without augmentation; the
+best model by validation Dice is kept, training stops early after ``patience`` validations without
+improvement, and the probability threshold is chosen on the validation slices at the end.
+
+Every random draw comes from one ``torch.Generator`` seeded from ``seed`` and saved in checkpoints,
+so on a CPU a run is reproducible and a resumed run ends with exactly the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..exceptions import SctGmError
+from .augment import AugmentConfig, augment_crops
+from .checkpoint import load_checkpoint, save_checkpoint
+from .losses import dice_bce_loss
+
+#: Probability thresholds tried on the validation slices (the published models use 0.999).
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
+@dataclass
+class SliceSet:
+    """One subject's labelled slices: standardised images and targets, each a list of (H, W)
+    float32 arrays (sizes may differ between slices)."""
+
+    name: str
+    images: Sequence[np.ndarray]
+    targets: Sequence[np.ndarray]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.targets):
+            raise SctGmError(f"{self.name}: {len(self.images)} images but {len(self.targets)} targets")
+        for img, tgt in zip(self.images, self.targets):
+            if img.shape != tgt.shape or img.ndim != 2:
+                raise SctGmError(f"{self.name}: image slice {img.shape} and target {tgt.shape} differ or are not 2D")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training parameters. ``bn``: 'frozen' (BatchNorm in eval mode: running statistics kept,
+    its scale and shift still learnt), 'train' (statistics updated from each batch) or 'auto'
+    (frozen when fine-tuning, train from scratch). ``patience``: validations without improvement
+    before stopping (0: never stop early). ``checkpoint_every``: steps between checkpoints (0: none)."""
+
+    max_steps: int = 200
+    batch_size: int = 4
+    crop_px: int = 200
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_fraction: float = 0.05
+    bn: str = "auto"
+    val_every: int = 20
+    patience: int = 0
+    checkpoint_every: int = 0
+    seed: int = 0
+    amp: bool = True
+    bce_weight: float = 1.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    default_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.bn not in ("auto", "frozen", "train"):
+            raise SctGmError(f"BatchNorm mode {self.bn!r}: expected auto, frozen or train")
+        if self.max_steps < 1 or self.batch_size < 1 or self.crop_px < 16 or self.lr <= 0:
+            raise SctGmError("max_steps and batch_size must be >= 1, crop_px >= 16 and lr > 0")
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What the progress callback receives after each step; ``val_dice`` only on validation steps."""
+
+    step: int
+    max_steps: int
+    loss: float
+    lr: float
+    val_dice: float | None = None
+
+
+@dataclass
+class TrainResult:
+    """The best model (by validation Dice; the last one without validation) and how it was reached."""
+
+    state_dict: dict[str, np.ndarray]
+    threshold: float
+    val_dice: float | None
+    best_step: int
+    steps: int
+    stopped_early: bool
+    log: list[dict[str, Any]]
+    seconds: float
+    data_seconds: float  # sampling + augmentation
+    step_seconds: float  # forward + backward + optimizer
+
+
+ProgressCallback = Callable[[TrainProgress], None]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_fraction``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def set_bn_mode(model: nn.Module, frozen: bool) -> None:
+    """Put the model in training mode, its BatchNorm layers in eval mode when ``frozen``."""
+    model.train()
+    if frozen:
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.eval()
+
+
+def pooled_dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice over all pixels of all slices together (1.0 when both are empty)."""
+    p, t = pred.astype(bool), target >= 0.5
+    s = int(p.sum()) + int(t.sum())
+    return 1.0 if s == 0 else 2.0 * int((p & t).sum()) / s
+
+
+def predict_slices(model: nn.Module, images: Sequence[np.ndarray], device: torch.device, *,
+                   batch_size: int = 8, amp: bool = False) -> list[np.ndarray]:
+    """Sigmoid probabilities of whole slices, in eval mode, in batches of same-shape slices."""
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+        for idx in by_shape.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s:s + batch_size]
+                x = torch.from_numpy(np.stack([images[i] for i in chunk])[:, None].astype(np.float32)).to(device)
+                p = torch.sigmoid(model.logits(x).float()).cpu().numpy()[:, 0]  # type: ignore[operator]
+                for i, pi in zip(chunk, p):
+                    out[i] = pi
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def validation_dice(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                    thresholds: Sequence[float]) -> dict[float, float]:
+    """Pooled Dice of the validation slices at each threshold."""
+    flat_p = np.concatenate([p.ravel() for p in probs])
+    flat_t = np.concatenate([t.ravel() for t in targets])
+    return {float(th): pooled_dice(flat_p > th, flat_t) for th in thresholds}
+
+
+class _Sampler:
+    """Draws training crops: subject uniformly, then slice, centred on the slice's GM centroid."""
+
+    def __init__(self, train: Sequence[SliceSet]) -> None:
+        self.images = [[torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in s.images] for s in train]
+        self.targets = [[torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in s.targets] for s in train]
+        self.centres = [[self._centre(t) for t in s.targets] for s in train]
+
+    @staticmethod
+    def _centre(target: np.ndarray) -> tuple[float, float]:
+        fg = np.argwhere(target >= 0.5)
+        if fg.size == 0:
+            return ((target.shape[0] - 1) / 2, (target.shape[1] - 1) / 2)
+        return tuple(float(v) for v in fg.mean(axis=0))  # type: ignore[return-value]
+
+    def batch(self, n: int, crop_px: int, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        subj = torch.randint(len(self.images), (n,), generator=g).tolist()
+        pick = torch.rand(n, generator=g).tolist()
+        imgs, tgts, centres = [], [], []
+        for s, u in zip(subj, pick):
+            k = min(int(u * len(self.images[s])), len(self.images[s]) - 1)
+            imgs.append(self.images[s][k])
+            tgts.append(self.targets[s][k])
+            centres.append(self.centres[s][k])
+        return augment_crops(imgs, tgts, torch.tensor(centres, dtype=torch.float64), (crop_px, crop_px), cfg, g)
+
+
+def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceSet], cfg: TrainConfig, *,
+               device: torch.device | str = "cpu", pretrained: bool = True, checkpoint_path: str | Path | None = None,
+               resume: bool = False, progress: ProgressCallback | None = None) -> TrainResult:
+    """Train ``model`` (which has a ``logits`` method) on ``train``, validating on ``val`` (may be
+    empty: then the last model is kept and ``cfg.default_threshold`` returned). ``pretrained``:
+    the model holds published/trained weights (``bn='auto'`` then freezes BatchNorm).
+    ``checkpoint_path`` with ``resume``: continue the run saved there."""
+    if not any(len(s.images) for s in train):
+        raise SctGmError("no training slice: every training subject is empty")
+    device = torch.device(device)
+    use_amp = cfg.amp and device.type == "cuda"
+    frozen_bn = cfg.bn == "frozen" or (cfg.bn == "auto" and pretrained)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    g = torch.Generator().manual_seed(cfg.seed)
+    sampler = _Sampler(train)
+    val_images = [img for s in val for img in s.images]
+    val_targets = [t for s in val for t in s.targets]
+
+    state: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": 0, "best_state": None, "bad_vals": 0,
+                             "log": [], "seconds": 0.0, "data_seconds": 0.0, "step_seconds": 0.0}
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        ck = load_checkpoint(checkpoint_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        g.set_state(ck["generator"])
+        state.update({k: ck[k] for k in state})
+    t_start = time.perf_counter() - state["seconds"]
+    stopped_early = False
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    while state["step"] < cfg.max_steps:
+        step = state["step"]
+        set_bn_mode(model, frozen_bn)
+        t0 = time.perf_counter()
+        x, y = sampler.batch(cfg.batch_size, cfg.crop_px, cfg.augment, g)
+        x, y = x.to(device), y.to(device)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model.logits(x)  # type: ignore[operator]
+        loss = dice_bce_loss(logits, y, cfg.bce_weight)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        loss_value = float(loss.detach())
+        t2 = time.perf_counter()
+        state["data_seconds"] += t1 - t0
+        state["step_seconds"] += t2 - t1
+        state["step"] = step = step + 1
+        entry: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "val_dice": None}
+        if val_images and (step % cfg.val_every == 0 or step == cfg.max_steps):
+            probs = predict_slices(model, val_images, device, batch_size=max(cfg.batch_size, 4), amp=use_amp)
+            dice = max(validation_dice(probs, val_targets, cfg.thresholds).values())
+            entry["val_dice"] = dice
+            if dice > state["best_dice"] + 1e-6:
+                state.update(best_dice=dice, best_step=step, best_state=snapshot(), bad_vals=0)
+            else:
+                state["bad_vals"] += 1
+        state["seconds"] = time.perf_counter() - t_start
+        entry["seconds"] = round(state["seconds"], 3)
+        state["log"].append(entry)
+        if progress is not None:
+            progress(TrainProgress(step, cfg.max_steps, loss_value, lr, entry["val_dice"]))
+        stop = bool(cfg.patience and state["bad_vals"] >= cfg.patience)
+        if checkpoint_path is not None and cfg.checkpoint_every and (
+                step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
+            save_checkpoint(checkpoint_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "generator": g.get_state(), **state})
+        if stop:
+            stopped_early = True
+            break
+
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    threshold, val_dice = cfg.default_threshold, None
+    if val_images:
+        scores = validation_dice(predict_slices(model, val_images, device, amp=use_amp), val_targets, cfg.thresholds)
+        threshold = max(scores, key=lambda th: (scores[th], -abs(th - 0.5)))
+        val_dice = scores[threshold]
+    model.eval()
+    return TrainResult(
+        state_dict={k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
+                    if not k.endswith("num_batches_tracked")},
+        threshold=threshold, val_dice=val_dice, best_step=state["best_step"] if val_images else state["step"],
+        steps=state["step"], stopped_early=stopped_early, log=state["log"], seconds=state["seconds"],
+        data_seconds=state["data_seconds"], step_seconds=state["step_seconds"])
