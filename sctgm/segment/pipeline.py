@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
-from ..exceptions import InvalidOptionError, SctGmError
+from ..exceptions import InvalidOptionError
 from ..io import LoadedImage
 from ..model.registry import InstalledModel, Preprocessing
 from . import placement, postprocess

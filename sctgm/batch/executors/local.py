@@ -118,8 +118,8 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
                 if deaths[i] >= MAX_WORKER_DEATHS:
                     log.debug("%s: its worker died %d times; recorded as failed", jobs[i].name, deaths[i])
                     done(i, failed_record(jobs[i], WorkerDiedError(
-                        f"the worker process segmenting it died, and again when it was retried alone "
-                        f"(killed, out of memory, or a crash in native code); the other images went on")))
+                        "the worker process segmenting it died, and again when it was retried alone "
+                        "(killed, out of memory, or a crash in native code); the other images went on")))
                 else:
                     log.debug("%s: a worker died while it ran; retried on a fresh worker", jobs[i].name)
                     alone.append(i)
