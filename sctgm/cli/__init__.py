@@ -50,7 +50,7 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SctGmError as exc:
-            verbose = _fail(ctx)
+            _fail(ctx)
             click.echo(f"sct-gm: error: {exc}{self._fix_for(ctx, exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
