@@ -9,9 +9,20 @@ from __future__ import annotations
 
 
 class SctGmError(Exception):
-    """Base class of every error sct-gm raises on purpose."""
+    """Base class of every error sct-gm raises on purpose.
+
+    ``parameter``: the library argument the message is about (e.g. ``"engine"``), or None. Messages
+    speak of arguments, never of command-line flags (a notebook has none); the CLI names the flag
+    from ``parameter`` (:mod:`sctgm.cli`)."""
 
     exit_code = 1
+
+    def __init__(self, *args: object, parameter: str | None = None) -> None:
+        super().__init__(*args)
+        self.parameter = parameter
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep ``parameter`` across processes (pickle)
+        return (self.__class__, self.args, self.__dict__)
 
 
 class InputImageError(SctGmError):
@@ -74,6 +85,16 @@ class ExecutorError(SctGmError):
     be reached."""
 
     exit_code = 5
+
+
+class InvalidOptionError(SctGmError):
+    """A parameter has a value out of its range or names something unknown (threshold, batch size,
+    crop size, engine, device)."""
+
+
+class WorkerDiedError(ExecutorError):
+    """In a batch: the worker process segmenting an image died (killed, out of memory, a crash in native
+    code) again when the image was retried alone; recorded for that image, the batch goes on."""
 
 
 class MetricsError(SctGmError):

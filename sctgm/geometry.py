@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-from .exceptions import GridMismatchError
+from .exceptions import GridMismatchError, OrientationError
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,12 @@ class Reorientation:
 
 def reorientation_for(affine: np.ndarray, shape: tuple[int, ...]) -> Reorientation:
     """The flips/permutation that bring an array with ``affine`` to canonical LAS."""
+    axes = ornt.io_orientation(affine)
+    if np.isnan(axes).any():  # nibabel could not give every voxel axis a direction
+        raise OrientationError("the affine's voxel axes cannot be matched to R-L, A-P and S-I: "
+                               f"columns {[[round(float(v), 4) for v in col] for col in np.asarray(affine)[:3, :3].T]}")
     codes = tuple(nib.aff2axcodes(affine))
-    t = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(CANONICAL_AXCODES))
+    t = ornt.ornt_transform(axes, ornt.axcodes2ornt(CANONICAL_AXCODES))
     return Reorientation(input_axcodes=codes, input_shape=tuple(int(n) for n in shape[:3]), to_canonical=t)  # type: ignore[arg-type]
 
 

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from . import nifti_header
-from .exceptions import InputImageError, OutputError
+from .exceptions import InputImageError, OrientationError, OutputError
 from .naming import NIFTI_SUFFIXES, split_nifti_name  # noqa: F401 - re-exported for readers of io
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,16 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     return _validated(_read_nifti(p, notes), p, what, allow_constant, notes)
 
 
+def read_grid(path: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The voxel grid (3D shape, affine) of the image :func:`load_image` gives for ``path``, the same
+    header checks and the same repair of one broken qform/sform included, from the header alone: no
+    voxel is read and nothing is logged or printed (for checks such as a batch's resume). Raises
+    :class:`InputImageError` as :func:`load_image` does for a header it refuses."""
+    p = Path(path)
+    img = nifti_header.usable_geometry(_read_nifti(p, []), p, [])
+    return tuple(int(n) for n in img.shape[:3]), img.affine  # type: ignore[return-value]
+
+
 def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
                      allow_constant: bool = False) -> LoadedImage:
     """Validate an in-memory NIfTI image as :func:`load_image` does (``path`` names it in messages)."""
@@ -127,6 +137,9 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
             f"{p}: invalid voxel geometry (voxel size {tuple(round(float(z), 4) for z in zooms)} mm, affine "
             f"determinant {det:.3g}); the header's pixdim/qform/sform must describe real voxels"
         )
+    if np.isnan(nib.orientations.io_orientation(affine)).any():
+        raise OrientationError(f"{p}: the axes of its affine (qform/sform) cannot be matched to R-L, A-P and S-I "
+                               f"(two voxel axes point the same way); the header's transform is wrong")
     if np.any(fov_mm > MAX_FIELD_OF_VIEW_MM):
         raise InputImageError(
             f"{p}: the image would span {' x '.join(f'{f:.4g}' for f in fov_mm)} mm, more than any MRI field of view "

@@ -276,3 +276,20 @@ def test_single_volume_4d_with_an_infinite_sform_falls_back_without_numpy_warnin
     np.testing.assert_allclose(image.affine, AFFINE, atol=1e-6)
     assert [str(w.message) for w in recwarn] == []
     assert "the sform (srow_x/y/z) is not finite; the qform is used instead" in _warnings(caplog)[0]
+
+
+def test_an_affine_whose_axes_cannot_be_oriented_raises_orientation_error():
+    from sctgm.exceptions import InputImageError, OrientationError
+    from sctgm.geometry import reorientation_for
+    from sctgm.io import image_from_nifti
+
+    # two voxel axes pointing (within rounding) the same way: a valid determinant, but nibabel cannot
+    # give the second axis a direction among R-L, A-P, S-I
+    affine = np.diag([1000.0, 1e-13, 1000.0, 1.0])
+    affine[0, 1] = 1000.0
+    img = nib.Nifti1Image(np.arange(8, dtype=np.float32).reshape(2, 2, 2), affine)
+    with pytest.raises(OrientationError, match=r"in-memory>: the axes of its affine .* cannot be matched") as info:
+        image_from_nifti(img)
+    assert isinstance(info.value, InputImageError) and info.value.exit_code == 2
+    with pytest.raises(OrientationError, match="cannot be matched to R-L, A-P and S-I"):
+        reorientation_for(affine, (2, 2, 2))

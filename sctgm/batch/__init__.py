@@ -100,13 +100,13 @@ def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings
     ``cord_masks``: none, or one per input in the same order."""
     paths = expand_inputs(inputs)
     if output is not None and len(paths) != 1:
-        raise OutputError(f"-o names one output file but there are {len(paths)} inputs; drop -o and the "
-                          f"outputs go beside each input (<input>{GM_SUFFIX}.nii.gz)")
+        raise OutputError(f"one output file name given for {len(paths)} inputs; give none and the outputs "
+                          f"go beside each input (<input>{GM_SUFFIX}.nii.gz)", parameter="output")
     if cord_masks and len(cord_masks) != len(paths):
-        raise DatasetError(f"{len(cord_masks)} cord masks (-s) for {len(paths)} inputs; give one per input, "
-                           f"in the same order")
+        raise DatasetError(f"{len(cord_masks)} cord masks for {len(paths)} inputs; give one per input, "
+                           f"in the same order", parameter="cord_masks")
     if settings.wm and not cord_masks:
-        raise OutputError("the WM mask (--wm) is cord minus GM and needs a cord mask (-s) per input")
+        raise OutputError("the WM mask is cord minus GM and needs a cord mask per input", parameter="cord_masks")
     jobs = []
     for i, path in enumerate(paths):
         out = sct_outputs(path, output, prob=settings.prob, wm=settings.wm)
@@ -154,7 +154,8 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
     from ..metrics.table import check_table_path
 
     if settings.metrics and metrics_csv is None:
-        raise OutputError("per-slice metrics need a CSV path for the whole batch (--metrics FILE.csv)")
+        raise OutputError("per-slice metrics need a CSV path for the whole batch (metrics_csv)",
+                          parameter="metrics_csv")
     for path, kind in ((summary, "tsv"), (metrics_csv, "csv")):
         if path is not None:
             check_table_path(path, kind)

@@ -175,8 +175,9 @@ def find_images(root: str | os.PathLike[str], *, suffixes: Sequence[str] = DEFAU
     if not matched:
         seen = sorted({im.suffix for im in found})
         among = f"{len(found)} images" + (" of the selected participants/sessions" if wanted_sub or wanted_ses else "")
-        present = f"; suffixes present: {', '.join(seen)} (choose with --suffix)" if seen else ""
-        raise DatasetError(f"{base}: no {datatype} image with suffix {', '.join(suffixes)} among {among}{present}")
+        present = f"; suffixes present: {', '.join(seen)}" if seen else ""
+        raise DatasetError(f"{base}: no {datatype} image with suffix {', '.join(suffixes)} among {among}{present}",
+                           parameter="suffixes")
     return _unique_stems(sorted(matched, key=lambda im: im.relpath))
 
 
@@ -278,7 +279,7 @@ def write_dataset_description(raw_root: str | os.PathLike[str], derivatives: str
     names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
     if existing and PIPELINE_NAME not in names and not overwrite:
         raise OutputError(f"{path}: describes a dataset made by {', '.join(map(str, names)) or 'another tool'}, "
-                          f"not {PIPELINE_NAME}; choose another --derivatives folder (or --overwrite)")
+                          f"not {PIPELINE_NAME}; choose another derivatives folder (or overwrite)", parameter="derivatives")
     try:
         deriv.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..io import load_image
+from ..io import load_image, read_grid
+from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, split_nifti_name
 from ..segment.outputs import segment_and_write
 from ..segment.pipeline import SegmentOptions
@@ -117,7 +118,7 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
                 reason = invalid_reason(job, settings, segmenter)
                 status = "ok" if reason else "skipped"
             if status == "ok":
-                log.debug("%s: segmenting (%s)", job.name, reason or "--overwrite")
+                log.debug("%s: segmenting (%s)", job.name, reason or "overwrite")
                 remove_stale_parts(job.outputs.values())
                 _segment_and_write(segmenter, job, settings)
             volume = gm_volume_mm3(job.outputs["gm"])
@@ -136,9 +137,18 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
 def failed_record(job: Job, exc: BaseException, seconds: float = 0.0) -> JobRecord:
     """A ``failed`` record; unexpected exceptions (not :class:`SctGmError`) keep their type in the
     message."""
-    message = str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}"
-    return JobRecord(job.name, job.subject, job.session, "failed", " ".join(message.split()),
+    message = " ".join((str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}").split())
+    return JobRecord(job.name, job.subject, job.session, "failed", _without_input(job, message),
                      seconds=round(seconds, 2), error_type=type(exc).__name__)
+
+
+def _without_input(job: Job, message: str) -> str:
+    """``message`` without a leading ``<input path>: `` (the record names the input already, so the
+    summary line reads ``input: what is wrong`` rather than ``input: input: what is wrong``)."""
+    for name in dict.fromkeys((str(job.input), job.name, str(job.input.absolute()))):
+        if message.startswith(f"{name}: "):
+            return message[len(name) + 2:]
+    return message
 
 
 @contextlib.contextmanager
@@ -216,17 +226,19 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     for key in out:
         if key.endswith("_sidecar") and not out[key].is_file():
             return f"{out[key].name} is missing"
-    try:
-        src = nib.load(str(job.input))
-        shape, affine = src.shape[:3], src.affine
+    try:  # the grid the segmentation uses (one broken qform/sform repaired), read as the segmentation reads it
+        shape, affine = read_grid(job.input)
+    except SctGmError as exc:
+        return f"input unreadable ({exc})"
     except Exception as exc:  # noqa: BLE001 - any unreadable input: segmenting will report it
         return f"input unreadable ({type(exc).__name__})"
     for key in NIFTI_KEYS:
         if key not in out:
             continue
         try:
-            img = nib.load(str(out[key]))
-            data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
+            with nibabel_messages():  # nibabel's notices about a damaged output stay silent
+                img = nib.load(str(out[key]))
+                data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
         except FileNotFoundError:
             return f"{out[key].name} is missing"
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt output

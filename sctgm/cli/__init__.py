@@ -1,8 +1,9 @@
 """The ``sct-gm`` command: a thin Click shell over the library.
 
 Commands are imported lazily (only the one being run), so ``sct-gm --help`` starts fast. Every
-:class:`~sctgm.exceptions.SctGmError` becomes one line on stderr and a non-zero exit code; the
-traceback is shown only with ``-v/--verbose``.
+:class:`~sctgm.exceptions.SctGmError` becomes one line on stderr and its exit code, with the flag of
+the argument it is about (library messages name arguments, never flags); any other exception (a bug)
+becomes one ``internal error`` line and exit code 70. The traceback is shown only with ``-v/--verbose``.
 """
 
 from __future__ import annotations
@@ -49,17 +50,77 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SctGmError as exc:
-            verbose = bool(ctx.obj and ctx.obj.get("verbose"))
-            _held_warnings(show=verbose)  # a failed command says one line (everything with -v)
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"sct-gm: error: {exc}", err=True)
+            _fail(ctx)
+            click.echo(f"sct-gm: error: {exc}{self._fix_for(ctx, exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("sct-gm: interrupted; no output was written for the unfinished file", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # Click's own endings (--help, usage errors, exit codes): Click reports them
+        except Exception as exc:  # noqa: BLE001 - the catch-all: a bug, said in one line
+            verbose = _fail(ctx)
+            hint = "" if verbose else " (run with -v for the traceback)"
+            text = " ".join(str(exc).split())
+            click.echo(f"sct-gm: error: internal error: {type(exc).__name__}: {text}{hint}", err=True)
+            ctx.exit(INTERNAL_ERROR_EXIT_CODE)
         finally:
             _held_warnings(show=True)  # the command ended without an error (exit codes included)
+
+    def _option_for(self, ctx: click.Context, parameter: str | None) -> str | None:
+        """The flag of the running command that sets the library argument ``parameter`` (None: none)."""
+        name = ctx.invoked_subcommand
+        if parameter is None or name is None:
+            return None
+        return _option_in(self.get_command(ctx, name), parameter)
+
+    def _fix_for(self, ctx: click.Context, exc: Exception) -> str:
+        """What to add to the one-line message of ``exc``: its flag in this command, or the command
+        that fixes it (e.g. `sct-gm fetch-model NAME --force`); empty when there is none."""
+        parameter = getattr(exc, "parameter", None)
+        option = self._option_for(ctx, parameter)
+        if option:
+            return f" (option {option})"
+        model = getattr(exc, "model", None)
+        if parameter in _FETCH_OPTIONS and model:
+            return f" (or run `sct-gm fetch-model {model} {_FETCH_OPTIONS[parameter]}`)"
+        return ""
+
+
+#: Exit code of an unexpected exception (a bug): distinct from every SctGmError's (1-5), Click's usage
+#: error (2) and Ctrl-C (130); 70 is EX_SOFTWARE of sysexits.h.
+INTERNAL_ERROR_EXIT_CODE = 70
+
+#: fetch-model options that fix a model error raised while another command runs.
+_FETCH_OPTIONS = {"force": "--force", "mirror": "--mirror DIR"}
+
+#: Library argument (``SctGmError.parameter``) -> the Click parameter names that set it, where they differ.
+_PARAMETER_NAMES: dict[str, tuple[str, ...]] = {
+    "cord_mask": ("cord_masks", "cord"),
+    "cord_masks": ("cord_masks", "cords"),
+    "metrics_csv": ("metrics_csv",),
+    "output": ("output", "csv_path"),
+    "crop_px": ("crop", "crop_px"),
+    "derivatives": ("derivatives",),
+}
+
+
+def _option_in(command: click.Command | None, parameter: str | None) -> str | None:
+    """The flag(s) of ``command`` setting the library argument ``parameter``, e.g. '-s/--cord-mask'."""
+    wanted = _PARAMETER_NAMES.get(parameter, (parameter,)) if parameter else ()
+    for param in command.params if command is not None else ():
+        if isinstance(param, click.Option) and param.name in wanted:
+            return "/".join(param.opts)
+    return None
+
+
+def _fail(ctx: click.Context) -> bool:
+    """Drop (or, with -v, show) the held warnings and print the traceback with -v; returns verbose."""
+    verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+    _held_warnings(show=verbose)  # a failed command says one line (everything with -v)
+    if verbose:
+        traceback.print_exc()
+    return verbose
 
 
 _SHORT_HELP: dict[str, str] = {
@@ -84,7 +145,10 @@ class _WarningHandler(logging.Handler):
         if getattr(record, "sctgm_captured", False):  # a batch job's warning: shown in its summary row
             return
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        self.say(f"sct-gm: {prefix}{record.getMessage()}", hold=record.levelno >= logging.WARNING)
+        ctx = click.get_current_context(silent=True)  # a library argument: name its flag in this command
+        option = _option_in(ctx.command, getattr(record, "parameter", None)) if ctx is not None else None
+        flag = f" (option {option})" if option else ""
+        self.say(f"sct-gm: {prefix}{record.getMessage()}{flag}", hold=record.levelno >= logging.WARNING)
 
     def say(self, line: str, hold: bool = True) -> None:
         if hold and self.held is not None:

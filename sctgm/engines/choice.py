@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..exceptions import SctGmError
+from ..exceptions import InvalidOptionError
 from ..model.registry import InstalledModel
 from .architectures import architecture_of
 from .hardware import cuda_may_exist, onnxruntime_available
@@ -64,7 +64,7 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     """Resolve (engine, device) requests into what will run, e.g. ('auto', 'auto') ->
     ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
     if engine not in ENGINES:
-        raise SctGmError(f"--engine {engine}: unknown; expected one of {', '.join(ENGINES)}")
+        raise InvalidOptionError(f"engine {engine!r}: unknown; expected one of {', '.join(ENGINES)}", parameter="engine")
     if device == "auto":
         if engine != "onnxruntime" and cuda_may_exist():
             import torch
@@ -74,9 +74,11 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
             device = "cpu"
     if engine == "onnxruntime":
         if device != "cpu":
-            raise SctGmError(f"--engine onnxruntime runs on the CPU; for --device {device} use --engine torch or auto")
+            raise InvalidOptionError(f"engine 'onnxruntime' runs on the CPU; for device {device!r} use engine 'torch' or 'auto'",
+                                     parameter="engine")
         if not onnxruntime_available():
-            raise SctGmError("--engine onnxruntime: onnxruntime is not installed (pip install onnxruntime)")
+            raise InvalidOptionError("engine 'onnxruntime': onnxruntime is not installed (pip install onnxruntime)",
+                                     parameter="engine")
         return engine, device
     if engine == "auto":
         engine = "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..exceptions import SctGmError
+from ..exceptions import InvalidOptionError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -16,11 +16,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SctGmError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
+        raise InvalidOptionError(f"device {device!r}: no CUDA device is available here; use 'cpu' or 'auto'",
+                                 parameter="device")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise SctGmError(f"--device {device}: not a device name; expected auto, cpu, cuda or cuda:N") from None
+        raise InvalidOptionError(f"device {device!r}: not a device name; expected auto, cpu, cuda or cuda:N",
+                                 parameter="device") from None
 
 
 class TorchNetwork:

@@ -44,12 +44,14 @@ def mask_weights(mask: CanonicalMask, soft: bool) -> np.ndarray:
         fuzzy = np.count_nonzero((d > 0) & (d < 1))
         if fuzzy:
             log.warning("%s: %d voxels lie strictly between 0 and 1 (a probability map?); they were "
-                        "binarised at 0.5; use --soft to sum probabilities", mask.path, fuzzy)
+                        "binarised at 0.5; measure soft masks to sum probabilities", mask.path, fuzzy,
+                        extra={"parameter": "soft"})
         return binarize(d).astype(np.float64)
     lo, hi = float(d.min()), float(d.max())
     if lo < -SOFT_TOLERANCE or hi > 1 + SOFT_TOLERANCE:
         raise MetricsError(f"{mask.path}: values range from {lo:g} to {hi:g}, expected probabilities in "
-                           f"[0, 1] for a soft mask; drop --soft to binarise the mask at 0.5")
+                           f"[0, 1] for a soft mask; measure it as a binary mask (binarised at 0.5)",
+                           parameter="soft")
     return np.clip(d, 0.0, 1.0).astype(np.float64)
 
 

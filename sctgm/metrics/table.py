@@ -118,7 +118,7 @@ def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike
                            "(measure mode); run the two separately")
     if references and soft:
         raise MetricsError("soft masks apply to measuring areas; a comparison binarises both masks at 0.5, "
-                           "drop --soft")
+                           "so compare without soft", parameter="soft")
     for out, kind in ((csv_path, "csv"), (json_path, "json")):
         if out is not None:
             check_table_path(out, kind)

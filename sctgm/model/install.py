@@ -55,8 +55,8 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     path = Path(chosen).expanduser().resolve()
     package = Path(__file__).resolve().parents[1]  # the sctgm package
     if path == package or package in path.parents:
-        raise ModelError(f"cache folder {path} is inside the sct-gm package; choose another with "
-                         f"--cache-dir or {HOME_ENV}")
+        raise ModelError(f"cache folder {path} is inside the sct-gm package; choose another cache folder "
+                         f"(cache_dir) or set {HOME_ENV}", parameter="cache_dir")
     return path
 
 
@@ -67,8 +67,10 @@ def install_dir(cache: Path, name: str, version: str) -> Path:
 # ------------------------------------------------------------------------------------ verification
 
 def _integrity_error(name: str, problem: str) -> ModelIntegrityError:
-    return ModelIntegrityError(f"model '{name}': {problem}; run `sct-gm fetch-model {name} --force` to "
-                               "download it again")
+    err = ModelIntegrityError(f"model '{name}': {problem}; download it again (ensure_model('{name}', force=True))",
+                              parameter="force")
+    err.model = name  # the CLI names its command for this (sctgm.cli)
+    return err
 
 
 def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel
 def _sources(entry: dict[str, Any], mirror: str | None) -> list[dict[str, Any]]:
     """Registry-style sources ({kind, url, origin, optional size/sha256}) in the order they are tried."""
     out: list[dict[str, Any]] = []
-    for address, origin in ((mirror, "--mirror"), (os.environ.get(MIRROR_ENV), MIRROR_ENV)):
+    for address, origin in ((mirror, "mirror"), (os.environ.get(MIRROR_ENV), MIRROR_ENV)):
         if address:
             out.append({"kind": "zip" if address.lower().endswith(".zip") else "files", "url": address,
                         "origin": origin})
@@ -125,10 +127,12 @@ def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
                                                  label=f"model '{name}'", policy=policy, progress=progress)
     if missing:
         tried = "; ".join(failures) if failures else "no source is configured"
-        raise DownloadError(
+        err = DownloadError(
             f"model '{name}': could not obtain {', '.join(missing)} from any source: {tried}. To install it "
             f"without network, put {', '.join(f['name'] for f in entry['files'])} in a folder DIR and set "
-            f"{MIRROR_ENV}=DIR or run `sct-gm fetch-model {name} --mirror DIR` (a base URL works too)")
+            f"{MIRROR_ENV}=DIR or pass DIR as the mirror (a base URL works too)", parameter="mirror")
+        err.model = name  # the CLI names its command for this (sctgm.cli)
+        raise err
     return used
 
 
@@ -201,7 +205,7 @@ def _lock(cache: Path, name: str, policy: DownloadPolicy) -> filelock.FileLock:
         models.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"model '{name}': cannot create the cache folder {models} ({exc}); choose "
-                         f"another with --cache-dir or {HOME_ENV}") from exc
+                         f"another cache folder (cache_dir) or set {HOME_ENV}", parameter="cache_dir") from exc
     lock = filelock.FileLock(str(models / f"{name}.lock"), timeout=policy.lock_timeout_s)
     try:
         lock.acquire(timeout=0)

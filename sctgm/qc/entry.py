@@ -46,7 +46,8 @@ def add_entry(
     Raises :class:`~sctgm.exceptions.InputImageError` (missing/unreadable/non-3D file),
     :class:`~sctgm.exceptions.GridMismatchError` (a mask not on the image's grid) or
     :class:`~sctgm.exceptions.OutputError` (folder not writable) before writing anything. Safe to
-    call from several processes at once on the same folder. Returns the new entry's folder.
+    call from several processes at once on the same folder. An entry already there for the same image
+    and GM mask is replaced (so a rerun never lists an image twice). Returns the new entry's folder.
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,

@@ -9,11 +9,17 @@ Layout of a QC folder::
       report.json           report id (keys the browser's saved ratings) and creation date
       entries/<id>/         entry.json, image.png, overlay.png
       .sctgm-qc.lock        file lock held while an entry is added
+      entries/.<id>.part/   an entry being written (with .writer: host and pid), renamed when complete
 
 Data reaches the page through ``index.js`` (a script setting a global) rather than ``fetch()``,
 which Chromium refuses on ``file://`` pages. Writers take the lock, move a fully written entry
 folder into place with one rename, then rewrite ``index.js`` atomically from every
 ``entry.json``: readers never see a partial file, and concurrent writers never lose an entry.
+
+An entry is keyed by its image and GM mask (absolute paths): adding one for the same pair replaces
+the old one (a resumed batch, or the same ``sct-gm qc`` command run twice, never lists an image
+twice). A writer killed mid-write (SIGKILL, power loss) leaves an ``entries/.<id>.part`` folder: the
+next writer removes it once its writer is gone (:func:`remove_stale_parts`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 import uuid
 from importlib import resources
@@ -46,6 +53,11 @@ LOCK_NAME = ".sctgm-qc.lock"
 ENTRY_JSON = "entry.json"
 #: Seconds a writer waits for the folder lock before giving up.
 LOCK_TIMEOUT_S = 300.0
+#: In an entry being written: "<host> <pid>" of its writer (removed before the entry is published).
+WRITER_FILE = ".writer"
+#: A part folder without a writer this host can check (none recorded, or another host's) counts as
+#: abandoned after this long; no writer holds the lock (LOCK_TIMEOUT_S) nearly as long.
+STALE_PART_S = 3600.0
 
 #: Package asset file -> path inside the QC folder.
 _ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css"}
@@ -80,7 +92,8 @@ def new_entry_id(stem: str) -> str:
 def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: dict[str, bytes]) -> Path:
     """Add one entry (its JSON record and its files) to ``qc_dir`` and regenerate the index.
 
-    ``entry["id"]`` is replaced by a fresh unique id if that folder already exists. Safe for
+    ``entry["id"]`` is replaced by a fresh unique id if that folder already exists. Entries with the
+    same image and GM mask (:func:`entry_key`) are replaced; part folders of killed writers removed. Safe for
     concurrent writers (folder lock; the entry folder appears with one rename; index files are
     written atomically). Returns the entry folder.
     """
@@ -98,16 +111,25 @@ def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: di
             while final.exists():
                 entry = {**entry, "id": new_entry_id(entry.get("image_name", "entry"))}
                 final = entries / entry["id"]
+            remove_stale_parts(entries)
+            replaced = same_key_entries(entries, entry)
             staging = entries / f".{entry['id']}.part"
             try:
                 staging.mkdir()
+                _claim(staging)
                 for name, data in files.items():
                     (staging / name).write_bytes(data)
                 (staging / ENTRY_JSON).write_text(json.dumps(entry, indent=1, ensure_ascii=True) + "\n")
+                (staging / WRITER_FILE).unlink()
                 os.replace(staging, final)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            for old in replaced:  # after the new entry is in place: a crash here leaves a part, never a gap
+                _claim(old)
+                gone = old.with_name(f".{old.name}.part")
+                os.replace(old, gone)
+                shutil.rmtree(gone, ignore_errors=True)
             _install_assets(root)
             rebuild_index(root)
     except Timeout:
@@ -116,6 +138,76 @@ def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: di
     except OSError as exc:
         raise OutputError(f"{root}: cannot write the QC entry ({exc.strerror or exc})") from None
     return final
+
+
+def entry_key(entry: dict[str, Any]) -> tuple[str, str] | None:
+    """What identifies an entry: its image and GM mask (absolute paths); None for a record without them."""
+    image, gmseg = entry.get("image"), entry.get("gmseg")
+    return (str(image), str(gmseg)) if image and gmseg else None
+
+
+def same_key_entries(entries: Path, entry: dict[str, Any]) -> list[Path]:
+    """The entry folders in ``entries`` with the key of ``entry`` (:func:`entry_key`): the ones it replaces."""
+    key = entry_key(entry)
+    if key is None:
+        return []
+    out = []
+    for f in sorted(entries.glob(f"*/{ENTRY_JSON}")):
+        if f.parent.name.startswith("."):
+            continue
+        try:
+            other = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(other, dict) and entry_key(other) == key:
+            out.append(f.parent)
+    return out
+
+
+def remove_stale_parts(entries: Path, max_age_s: float = STALE_PART_S) -> list[Path]:
+    """Remove the ``.<id>.part`` folders in ``entries`` whose writer is gone (call with the folder lock
+    held): its recorded process no longer runs on this host, or, when that cannot be checked, the folder
+    is older than ``max_age_s``. Returns the folders removed."""
+    removed = []
+    for part in sorted(entries.glob(".*.part")):
+        if part.is_dir() and _writer_gone(part, max_age_s):
+            shutil.rmtree(part, ignore_errors=True)
+            if not part.exists():
+                log.debug("%s: removed, left by a QC writer that was killed", part)
+                removed.append(part)
+    return removed
+
+
+def _claim(folder: Path) -> None:
+    """Record this process as the writer of ``folder`` (see :func:`remove_stale_parts`)."""
+    (folder / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+
+
+def _writer_gone(part: Path, max_age_s: float) -> bool:
+    try:
+        host, pid = (part / WRITER_FILE).read_text().split()
+        if host == socket.gethostname() and os.name == "posix":  # (Windows' os.kill has no "probe" signal)
+            return not _process_alive(int(pid))
+    except (OSError, ValueError):
+        pass  # no (readable) writer record: judged by age
+    try:
+        return time.time() - part.stat().st_mtime > max_age_s
+    except OSError:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True  # cannot tell: keep the folder
+    return True
 
 
 def read_entries(qc_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     """
     paths = sct_outputs(input_path, output, prob=prob, wm=wm)
     if wm and cord_mask is None:
-        raise OutputError("the WM mask (--wm) is cord minus GM and needs a cord mask (-s)")
+        raise OutputError("the WM mask is cord minus GM and needs a cord mask", parameter="cord_mask")
     for p in paths.values():
         check_writable(p)
     image = load_image(input_path)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
-from ..exceptions import SctGmError
+from ..exceptions import InvalidOptionError
 from ..io import LoadedImage
 from ..model.registry import InstalledModel, Preprocessing
 from . import placement, postprocess
@@ -42,11 +42,14 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise SctGmError(f"threshold {self.threshold}: expected a probability strictly between 0 and 1")
+            raise InvalidOptionError(f"threshold {self.threshold}: expected a probability strictly between 0 and 1",
+                                     parameter="threshold")
         if self.batch_size is not None and self.batch_size < 1:
-            raise SctGmError(f"batch size {self.batch_size}: expected at least 1 slice per network call")
+            raise InvalidOptionError(f"batch size {self.batch_size}: expected at least 1 slice per network call",
+                                     parameter="batch_size")
         if self.crop_px is not None and self.crop_px < 16:
-            raise SctGmError(f"crop size {self.crop_px} px: expected at least 16 (the network was trained on 200)")
+            raise InvalidOptionError(f"crop size {self.crop_px} px: expected at least 16 (the network was trained on 200)",
+                                     parameter="crop_px")
 
     def effective(self, prep: Preprocessing) -> SegmentOptions:
         """These options with the model's values where they say None (what a sidecar records)."""

@@ -126,4 +126,4 @@ def check_axial(image: LoadedImage) -> None:
         raise NotAxialError(
             f"{image.path}: slices are {z[2]:.2f} mm thick but in-plane voxels are {z[0]:.2f} x {z[1]:.2f} mm: "
             f"a sagittal or coronal acquisition, and the network segments axial slices; give an axial image "
-            f"(or segment this one alone with sct-gm segment -i, which only warns)")
+            f"(or segment this one on its own, outside a batch, which only warns)")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..engines.torch import resolve_device  # noqa: F401  (re-exported for the trainer)
-from ..exceptions import ModelError, SctGmError
+from ..exceptions import InvalidOptionError, ModelError
 from ..model.unet import UNet, unet_shape
 from ..engines.network import DilatedGMNet
 from ..model.weights import load_safetensors, state_dict_from_keras
@@ -27,7 +27,8 @@ def build_model(arch: str, filters: int, *, depth: int = 3) -> nn.Module:
         return DilatedGMNet(filters)
     if arch == "unet":
         return UNet(filters, depth)
-    raise SctGmError(f"--arch {arch}: unknown; expected one of {', '.join(ARCHITECTURES)}")
+    raise InvalidOptionError(f"architecture {arch!r}: unknown; expected one of {', '.join(ARCHITECTURES)}",
+                             parameter="arch")
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str, int]:

@@ -337,4 +337,5 @@ def test_file_batch_writes_beside_each_input_and_resumes(tmp_path, shared_data, 
     assert "left out 2 inputs that are sct-gm outputs" in res.stderr
     assert (tmp_path / "t2s_gmseg.nii.gz").read_bytes() == before
     res = _segment("-i", str(tmp_path / "t2s.nii.gz"), str(tmp_path / "mt1.nii.gz"), "-o", str(tmp_path / "x.nii.gz"))
-    assert res.exit_code == 3 and "-o names one output file but there are 2 inputs" in res.stderr
+    assert res.exit_code == 3 and "one output file name given for 2 inputs" in res.stderr
+    assert "(option -o/--output)" in res.stderr

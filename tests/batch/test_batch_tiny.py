@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import nibabel as nib
 import numpy as np
@@ -67,3 +69,83 @@ def test_bids_sidecars_add_only_the_spatial_reference(tiny_model, tmp_path, make
     assert set(bids_meta) - set(sct_meta) == {"SpatialReference"} and set(sct_meta) <= set(bids_meta)
     assert bids_meta["GeneratedBy"] == sct_meta["GeneratedBy"]
     assert bids_meta["Sources"] == ["bids:raw:sub-01/anat/sub-01_T2star.nii.gz"]
+
+
+def _broken_sform_copy(src, dst):
+    """``src`` saved uncompressed with a valid qform and an all-zero sform (sform_code kept): sct-gm
+    uses the qform (docs/inputs.md); nibabel alone would give an all-zero affine."""
+    img = nib.load(str(src))
+    img.set_qform(img.affine, code=1)
+    nib.save(img, str(dst))
+    raw = bytearray(dst.read_bytes())
+    raw[280:328] = bytes(48)  # srow_x, srow_y, srow_z
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_resume_reads_the_input_as_the_segmentation_does(tiny_model, images, tmp_path, capfd):
+    src = _broken_sform_copy(images[0], images[0].parent / "sub-03_T2star.nii")
+    settings = BatchSettings(model=tiny_model(), device="cpu")
+    first = segment_files([str(src)], settings)
+    assert [r.status for r in first.records] == ["ok"] and "the qform is used instead" in first.records[0].message
+    capfd.readouterr()
+    again = segment_files([str(src)], settings)
+    assert [r.status for r in again.records] == ["skipped"]  # was redone on every run: nibabel's affine is zeros
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # nothing printed by nibabel while checking
+
+
+def test_a_crash_between_qc_and_sidecar_leaves_one_qc_entry(tiny_model, images, tmp_path):
+    qc = tmp_path / "qc"
+    settings = BatchSettings(model=tiny_model(), device="cpu", qc_dir=qc)
+    segment_files([str(images[0])], settings)
+    sidecar = images[0].with_name("sub-01_T2star_gmseg.json")
+    sidecar.unlink()  # as if killed after the QC entry, before the sidecar (written last)
+    again = segment_files([str(images[0])], settings)
+    assert [r.status for r in again.records] == ["ok"]
+    entries = [p for p in (qc / "entries").iterdir()]
+    assert len(entries) == 1 and not entries[0].name.startswith(".")
+    index = (qc / "index.js").read_text()
+    assert index.count('"image_name":"sub-01_T2star.nii.gz"') == 1
+
+
+def test_a_failure_names_its_input_once(tiny_model, images, make_nifti):
+    rgb = images[0].parent / "rgb.nii.gz"
+    data = np.zeros((8, 8, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(rgb))
+    res = segment_files([str(rgb), str(images[0])], BatchSettings(model=tiny_model(), device="cpu"))
+    failed = res.records[0]
+    assert failed.status == "failed" and failed.input == str(rgb)
+    assert failed.message.startswith("is an RGB colour image") and "rgb.nii.gz" not in failed.message
+    assert res.records[1].status == "ok"
+
+
+# A worker that dies: the pool pickles `_run_in_worker` by name, so the test swaps in this module-level
+# function (the spawned workers import it from here). It kills its own process for inputs named crash*,
+# and for once* inputs only the first time (a marker file beside the input remembers it).
+from sctgm.batch.executors import local as _local  # noqa: E402
+
+_real_run_in_worker = _local._run_in_worker
+
+
+def _dying_run_in_worker(job, settings, threads):
+    marker = job.input.with_name(job.input.name + ".died")
+    if job.input.name.startswith("crash") or (job.input.name.startswith("once") and not marker.exists()):
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real_run_in_worker(job, settings, threads)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
+def test_a_killed_worker_is_replaced_and_only_its_image_fails(tiny_model, images, make_nifti, monkeypatch):
+    crash = make_nifti(cord_phantom_volume(seed=3), name="in/crash.nii.gz")
+    once = make_nifti(cord_phantom_volume(seed=4), name="in/once.nii.gz")
+    monkeypatch.setattr(_local, "_run_in_worker", _dying_run_in_worker)
+    paths = [str(crash), str(images[0]), str(once), str(images[1])]
+    res = segment_files(paths, BatchSettings(model=tiny_model(), device="cpu"), n_jobs=2)
+    status = {r.input: r.status for r in res.records}
+    assert status == {paths[0]: "failed", paths[1]: "ok", paths[2]: "ok", paths[3]: "ok"}
+    failed = res.records[0]
+    assert failed.error_type == "WorkerDiedError" and "died, and again when it was retried alone" in failed.message
+    assert not list(crash.parent.glob("crash_gmseg*"))  # nothing written for it
+    assert once.with_name("once_gmseg.nii.gz").is_file() and once.with_name("once.nii.gz.died").is_file()

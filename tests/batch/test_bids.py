@@ -168,7 +168,7 @@ def test_expand_inputs_globs_and_leaves_out_sctgm_outputs(tmp_path):
     assert expand_inputs([str(tmp_path / "missing.nii.gz")]) == [tmp_path / "missing.nii.gz"]  # fails as a job
     with pytest.raises(DatasetError, match=r"zz\*\.nii\.gz: the pattern matches no NIfTI file"):
         expand_inputs([str(tmp_path / "zz*.nii.gz")])
-    with pytest.raises(OutputError, match="-o names one output file but there are 2 inputs"):
+    with pytest.raises(OutputError, match="one output file name given for 2 inputs"):
         plan_files([str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")], BatchSettings(), output=tmp_path / "o.nii.gz")
     jobs = plan_files([str(tmp_path / "[ab].nii.gz")], BatchSettings(prob=True))
     assert [j.outputs["gm"].name for j in jobs] == ["a_gmseg.nii.gz", "b_gmseg.nii.gz"]

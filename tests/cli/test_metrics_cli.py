@@ -78,7 +78,7 @@ def test_json_file(masks, tmp_path):
     ("grid", "is not on the grid of"),
     ("pairing", "2 reference files for 1 inputs"),
     ("not_nifti", "not a NIfTI image"),
-    ("soft_compare", "drop --soft"),
+    ("soft_compare", "compare without soft (option --soft)"),
 ])
 def test_bad_inputs_fail_with_a_message_and_no_csv(masks, tmp_path, case, expected):
     out_dir = tmp_path / "results"

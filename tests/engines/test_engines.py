@@ -13,7 +13,7 @@ from sctgm import engines as inference  # the engine choice and loading
 from sctgm.engines.onnx import OnnxNetwork, build_graph, graph_cache_path
 from sctgm.engines.network import DilatedGMNet
 from sctgm.engines.torch import TorchNetwork
-from sctgm.exceptions import SctGmError
+from sctgm.exceptions import InvalidOptionError, SctGmError
 from sctgm.model.install import ensure_model
 from sctgm.model.weights import state_dict_from_keras
 
@@ -54,8 +54,10 @@ def test_auto_falls_back_to_torch_without_onnxruntime(monkeypatch):
 ])
 def test_impossible_engine_requests_are_refused_with_the_fix(engine, device, message, tiny_model):
     model = ensure_model(tiny_model())
-    with pytest.raises(SctGmError, match=message):
+    with pytest.raises(InvalidOptionError, match=message) as info:
         inference.load_network(model, device, engine=engine)
+    assert "--" not in str(info.value)  # a library message names arguments, never CLI flags
+    assert info.value.parameter in ("engine", "device")
 
 
 def test_the_onnx_graph_is_cached_and_a_damaged_cache_is_rebuilt(tiny_model, tmp_path, caplog):
@@ -158,8 +160,9 @@ def test_batch_threads_policy(monkeypatch):
 def test_impossible_options_are_refused_by_the_library_too(kwargs, message):
     from sctgm.segment.pipeline import SegmentOptions
 
-    with pytest.raises(SctGmError, match=message):
+    with pytest.raises(InvalidOptionError, match=message) as info:  # a specific class, not the base
         SegmentOptions(**kwargs)
+    assert info.value.parameter == next(iter(kwargs)) and info.value.exit_code == 1
 
 
 def test_the_torch_engine_gives_the_process_its_thread_count_back(shared_models):

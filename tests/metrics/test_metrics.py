@@ -329,7 +329,7 @@ def test_binary_default_warns_when_a_mask_looks_soft(make_nifti, caplog):
     data[0, 0, 0] = 0.7
     with caplog.at_level(logging.WARNING, logger="sctgm"):
         morphometry(make_nifti(data))
-    assert any("use --soft" in r.getMessage() for r in caplog.records)
+    assert any("measure soft masks" in r.getMessage() and r.parameter == "soft" for r in caplog.records)
 
 
 # --------------------------------------------------------------------------------------------- several files

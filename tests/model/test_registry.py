@@ -158,10 +158,10 @@ def test_all_sources_fail_leave_nothing(server: ModelServer, tmp_path: Path, set
         ensure_model("large", mirror=mirror, cache_dir=tmp_path / "c", policy=FAST)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("model 'large'")
-    for part in (f"{mirror}large_model.hdf5 (--mirror): connection failed", "refused",
+    for part in (f"{mirror}large_model.hdf5 (mirror): connection failed", "refused",
                  "no-such-folder/large_model.hdf5 (SCTGM_MIRROR)", "not found",
                  f"{server.url}large_model.hdf5 (registry): sha256", "missing.zip (registry): HTTP 404",
-                 "SCTGM_MIRROR=DIR", "--mirror DIR"):
+                 "SCTGM_MIRROR=DIR", "pass DIR as the mirror"):
         assert part in msg
     assert leftovers(tmp_path / "c") == []
     assert [p.name for p in (tmp_path / "c" / "models").iterdir()] == ["large.lock"]
@@ -200,7 +200,7 @@ def test_corrupted_install_detected_then_force(victim: str, tmp_path: Path, set_
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(ModelIntegrityError, match="run `sct-gm fetch-model large --force`"):
+    with pytest.raises(ModelIntegrityError, match=r"download it again \(ensure_model\('large', force=True\)\)"):
         ensure_model("large", cache_dir=tmp_path)
     assert [s.state for s in list_models(["large"], cache_dir=tmp_path)] == ["corrupt"]
     fixed = ensure_model("large", cache_dir=tmp_path, force=True)
@@ -214,7 +214,7 @@ def test_manifest_must_cover_the_weights(tmp_path: Path, set_sources: Callable, 
     manifest = json.loads(manifest_path.read_text())
     del manifest["files"][WEIGHTS_FILE]
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ModelIntegrityError, match=f"does not list {WEIGHTS_FILE}.*--force"):
+    with pytest.raises(ModelIntegrityError, match=f"does not list {WEIGHTS_FILE}.*force=True"):
         ensure_model("challenge", cache_dir=tmp_path)
 
 

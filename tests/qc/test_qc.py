@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -148,7 +149,9 @@ def test_add_entry_writes_entry_and_index(tmp_path, phantom):
     qc = tmp_path / "qc"
     e1 = add_entry(qc, image, gm, cord_path=cord, model="m1", model_sha256="ab" * 32, extra={"run": 1})
     time.sleep(0.01)
-    e2 = add_entry(qc, image, gm, model="m2")
+    gm2 = gm.with_name("other_gmseg.nii.gz")  # another mask of the same image: a second entry
+    gm2.write_bytes(gm.read_bytes())
+    e2 = add_entry(qc, image, gm2, model="m2")
     for e in (e1, e2):
         assert {p.name for p in e.iterdir()} == {"entry.json", "image.png", "overlay.png"}
     assert (qc / "index.html").is_file() and (qc / "_assets" / "qc.js").is_file() and (qc / "_assets" / "qc.css").is_file()
@@ -308,3 +311,57 @@ def test_help_is_fast_and_lists_options():
     assert res.exit_code == 0
     for opt in ("--image", "--gmseg", "--qc-dir", "--cord", "--wmseg"):
         assert opt in res.output
+
+
+# ---------------------------------------------------------------- killed writers, reruns
+
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from sctgm.qc import report
+first = Path.write_bytes
+def write_then_die(self, data):
+    first(self, data)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed mid-entry, as by the OOM killer or a scheduler
+Path.write_bytes = write_then_die
+report.write_entry(sys.argv[1], {"id": "killed", "timestamp": 0, "image_name": "x"}, {"image.png": b"png"})
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the pid probe are POSIX")
+def test_a_killed_writers_part_folder_is_removed_by_the_next_writer(tmp_path, phantom):
+    from sctgm.qc import report
+
+    qc = tmp_path / "qc"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(qc)], env=env, capture_output=True, timeout=120)
+    assert res.returncode == -9
+    part = qc / "entries" / ".killed.part"
+    assert (part / "image.png").is_file() and (part / report.WRITER_FILE).is_file()
+    # a part folder whose writer still runs is left alone, so is a recent one without a writer record
+    alive = qc / "entries" / ".alive.part"
+    alive.mkdir()
+    (alive / report.WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    recent = qc / "entries" / ".recent.part"
+    recent.mkdir()
+    old = qc / "entries" / ".old.part"  # an older version's part (no writer record), hours old
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * report.STALE_PART_S,) * 2)
+
+    image, gm, _ = phantom
+    add_entry(qc, image, gm)
+    assert not part.exists() and not old.exists()
+    assert alive.is_dir() and recent.is_dir()
+    assert len(load_index(qc)["entries"]) == 1
+
+
+def test_the_same_image_and_mask_replace_their_entry(tmp_path, phantom):
+    image, gm, cord = phantom
+    qc = tmp_path / "qc"
+    first = add_entry(qc, image, gm, model="m1")
+    second = add_entry(qc, image, gm, cord_path=cord, model="m1")  # e.g. a batch resumed after a crash
+    entries = load_index(qc)["entries"]
+    assert [e["id"] for e in entries] == [second.name] and entries[0]["cord"] == str(cord.resolve())
+    assert not first.exists() and sorted(p.name for p in (qc / "entries").iterdir()) == [second.name]
+    other = add_entry(qc, cord, gm)  # another image: added beside it
+    assert {e["id"] for e in load_index(qc)["entries"]} == {second.name, other.name}

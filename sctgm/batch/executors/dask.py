@@ -31,8 +31,8 @@ def _distributed() -> Any:
     try:
         import distributed
     except ImportError as exc:
-        raise ExecutorError(f"running on a Dask cluster (--scheduler) needs the optional Dask extra: "
-                            f"pip install 'sctgm[dask]' ({exc})") from None
+        raise ExecutorError(f"running on a Dask cluster needs the optional Dask extra: "
+                            f"pip install 'sctgm[dask]' ({exc})", parameter="scheduler") from None
     return distributed
 
 

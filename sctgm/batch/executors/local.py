@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+from collections import Counter, deque
 from collections.abc import Sequence
-from itertools import islice
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
+from ...exceptions import WorkerDiedError
 from ..jobs import BatchSettings, Job, JobRecord, failed_record
 from .common import OnRecord, WorkerSegmenter, job_threads, load_segmenter
 
@@ -56,34 +57,80 @@ def _run_in_worker(job: Job, settings: BatchSettings, threads: int | None) -> Jo
     return worker.run(job)
 
 
+#: A job whose worker process died this many times (the last time alone in the pool) is recorded as failed.
+MAX_WORKER_DEATHS = 2
+
+
 def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
                   on_record: OnRecord | None = None) -> list[JobRecord]:
-    """Run the jobs in ``n_workers`` local processes (spawned, each loads the model once)."""
+    """Run the jobs in ``n_workers`` local processes (spawned, each loads the model once).
+
+    A worker that dies (SIGKILL, out of memory, a segfault) breaks the whole pool, and every job in
+    flight fails with it, so the culprit is unknown: the jobs that were in flight go on a fresh pool,
+    one at a time, and the others after them. A job whose worker dies :data:`MAX_WORKER_DEATHS` times
+    (the retry alone) is recorded as failed; the batch goes on.
+    """
     n_workers = max(1, min(n_workers, len(jobs)))
     records: list[JobRecord | None] = [None] * len(jobs)
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
-    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,))
     threads = job_threads(settings, n_workers)
-    pending = iter(enumerate(jobs))
+    queue = deque(range(len(jobs)))  # jobs not started, in order
+    alone: deque[int] = deque()  # jobs in flight when a worker died: retried one at a time
+    deaths: Counter[int] = Counter()
     running: dict[Future[JobRecord], int] = {}
+    pool = _new_pool(settings, n_workers)
+
+    def done(i: int, record: JobRecord) -> None:
+        records[i] = record
+        if on_record:
+            on_record(i, record)
+
     try:
         while True:
             # at most one job per worker in flight: on Ctrl-C only the images being segmented finish
-            for i, job in islice(pending, n_workers - len(running)):
-                running[pool.submit(_run_in_worker, job, settings, threads)] = i
+            if alone:
+                if not running:
+                    i = alone.popleft()
+                    running[pool.submit(_run_in_worker, jobs[i], settings, threads)] = i
+            else:
+                while queue and len(running) < n_workers:
+                    i = queue.popleft()
+                    running[pool.submit(_run_in_worker, jobs[i], settings, threads)] = i
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                i = running.pop(fut)
-                try:
-                    records[i] = fut.result()
-                except BrokenProcessPool as exc:
-                    records[i] = failed_record(jobs[i], RuntimeError(f"a worker process died ({exc or 'killed'})"))
-                if on_record:
-                    on_record(i, records[i])  # type: ignore[arg-type]
+            if not any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
+                for fut in finished:
+                    done(running.pop(fut), fut.result())
+                continue
+            # a worker died: the pool is broken; keep what completed, retry the rest on a fresh pool
+            pool.shutdown(wait=True, cancel_futures=True)
+            suspects = []
+            for fut, i in sorted(running.items(), key=lambda item: item[1]):
+                if fut.cancelled():
+                    queue.appendleft(i)  # never started
+                elif isinstance(fut.exception(), BrokenProcessPool):
+                    suspects.append(i)
+                else:
+                    done(i, fut.result())
+            running.clear()
+            for i in suspects:
+                deaths[i] += 1
+                if deaths[i] >= MAX_WORKER_DEATHS:
+                    log.debug("%s: its worker died %d times; recorded as failed", jobs[i].name, deaths[i])
+                    done(i, failed_record(jobs[i], WorkerDiedError(
+                        "the worker process segmenting it died, and again when it was retried alone "
+                        "(killed, out of memory, or a crash in native code); the other images went on")))
+                else:
+                    log.debug("%s: a worker died while it ran; retried on a fresh worker", jobs[i].name)
+                    alone.append(i)
+            pool = _new_pool(settings, n_workers)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
     return records  # type: ignore[return-value]
+
+
+def _new_pool(settings: BatchSettings, n_workers: int) -> ProcessPoolExecutor:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
+    return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,))
