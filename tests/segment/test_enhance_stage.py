@@ -159,3 +159,15 @@ def test_cli_options_reach_the_sidecar(tiny_model, noisy, tmp_path):
     assert (params["denoise"], params["bias"], params["clahe"]) == ("off", "smooth", True)
     bad = CliRunner().invoke(main, ["segment", "-i", str(noisy), "-m", name, "--denoise", "loud"])
     assert bad.exit_code == 2 and "loud" in bad.output
+
+
+def test_the_default_path_needs_neither_optional_dependency(tiny_segmenter, noisy, monkeypatch):
+    """SimpleITK and PyWavelets are the 'enhance' extra: 'auto' (NLM) and 'smooth' work without them."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "pywt", None)
+    res = tiny_segmenter.segment_image(load_image(noisy), options=SegmentOptions(bias="smooth"))
+    assert res.info["enhancement"]["steps"] == ["denoise:nlm", "bias:smooth"]
+    with pytest.raises(SctGmError, match="needs SimpleITK"):
+        tiny_segmenter.segment_image(load_image(noisy), options=SegmentOptions(bias="n4"))
