@@ -171,3 +171,41 @@ def test_the_default_path_needs_neither_optional_dependency(tiny_segmenter, nois
     assert res.info["enhancement"]["steps"] == ["denoise:nlm", "bias:smooth"]
     with pytest.raises(SctGmError, match="needs SimpleITK"):
         tiny_segmenter.segment_image(load_image(noisy), options=SegmentOptions(bias="n4"))
+
+
+# -- on the labelled scans of ../shared ------------------------------------------------------------
+@pytest.mark.parametrize("case", ["t2s_uncropped", "t2s", "mt1"])
+def test_the_default_leaves_the_unmodified_labelled_scans_alone(shared_data, case):
+    """Their noise reads 2.4-3.1 % of the 99th percentile, under the 3.5 % auto threshold: the default
+    ('auto') hands prepare() the image's own voxels, so masks are byte-identical to sct-gm without the
+    stage (docs/robustness.md: checked on both models and all three scans)."""
+    from ..conftest import LABELLED
+
+    vol = preprocess_module.prepare(load_image(LABELLED[case][0]), Preprocessing())
+    assert vol.enhancement["denoise"] == "off" and vol.enhancement["steps"] == []
+    assert vol.enhancement["noise"]["sigma_rel_p99"] < AUTO_THRESHOLD_REL - 0.003  # with a margin
+    assert np.shares_memory(vol.data, vol.image.data)
+
+
+@pytest.mark.slow
+def test_denoise_off_is_byte_identical_on_a_real_scan(shared_models, monkeypatch):
+    """`large` on t2s with 2 % Rician noise added (where 'on' changes the mask): --denoise off gives the
+    bytes of the pipeline without the enhancement stage."""
+    import nibabel as nib
+
+    from sctgm.io import image_from_nifti
+    from sctgm.segment.degrade import add_rician_noise
+
+    from ..conftest import LABELLED
+
+    src = nib.load(str(LABELLED["t2s"][0]))
+    data = np.asarray(src.get_fdata(), dtype=np.float32)
+    noisy = add_rician_noise(data, 0.02, np.random.default_rng(0))
+    image = image_from_nifti(nib.Nifti1Image(noisy, src.affine, src.header), "t2s_noisy.nii.gz")
+    seg = Segmenter.from_name("large", device="cpu", mirror=str(shared_models))
+    off = seg.segment_image(image, options=SegmentOptions(denoise="off"), want_prob=True)
+    on = seg.segment_image(image, options=SegmentOptions(denoise="on"), want_prob=True)
+    assert not np.array_equal(on.gm_prob, off.gm_prob)
+    _no_enhancement_stage(monkeypatch)
+    before = seg.segment_image(image, want_prob=True)
+    assert off.gm.tobytes() == before.gm.tobytes() and off.gm_prob.tobytes() == before.gm_prob.tobytes()
