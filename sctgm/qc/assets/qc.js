@@ -79,7 +79,7 @@
     if (pct === null) { return ""; }
     var s = fmt(pct, 2) + " % of the 99th percentile";
     if (typeof n.noise_auto_threshold_rel_p99 === "number") {
-      s += isNoisy(e) ? " — NOISY: above the auto-denoise threshold (" : " (auto-denoise threshold ";
+      s += isNoisy(e) ? " \u2014 NOISY: above the auto-denoise threshold (" : " (auto-denoise threshold ";
       s += fmt(100 * n.noise_auto_threshold_rel_p99, 1) + " %)";
     }
     if (n.denoised_with) { s += "; denoised: " + n.denoised_with; }
@@ -88,7 +88,7 @@
   }
   function noiseSlicesText(e) {
     var per = noiseOf(e).noise_sigma_rel_p99_per_slice || [];
-    return per.map(function (v, i) { return i + ": " + (typeof v === "number" ? fmt(100 * v, 1) : "–"); })
+    return per.map(function (v, i) { return i + ": " + (typeof v === "number" ? fmt(100 * v, 1) : "\u2013"); })
       .join(", ");
   }
 
