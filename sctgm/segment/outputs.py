@@ -16,7 +16,7 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
      "Result": {gm_voxels, network_passes, window_px, input_orientation,
                 noise_sigma, noise_sigma_rel_p99 (noise / 99th intensity percentile),
                 noise_sigma_rel_p99_per_slice (by the file's S-I slice index; null: too little tissue),
-                noise_above_auto_threshold, denoised_with ('off' or the denoiser that ran),
+                noise_auto_threshold_rel_p99, noise_above_auto_threshold, denoised_with ('off' or the denoiser that ran),
                 enhancement_steps}}
 """
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import SctGmError
-from ..geometry import file_slice_index
+from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
 from ..model.registry import InstalledModel, Preprocessing
 from . import enhance, placement, postprocess
@@ -258,7 +258,7 @@ class Segmenter:
         return None
 
 
-def _in_file_order(report: dict[str, Any], reo: Any) -> dict[str, Any]:
+def _in_file_order(report: dict[str, Any], reo: Reorientation) -> dict[str, Any]:
     """The enhancement report with its per-slice noise lists indexed by the file's own S-I slice index
     (the number a viewer shows) instead of the canonical one."""
     noise = report.get("noise")
