@@ -245,7 +245,10 @@ def test_noisy_scans_stand_out(browser, tmp_path):
     browser.find_element("css selector", "#entries th[data-key='noise_pct']").click()  # noisiest first
     rows = browser.find_elements("css selector", "#entries tbody tr")
     cells = [r.find_element("css selector", "td.noise").text for r in rows]
-    assert cells == ["5.2 NOISY", "2.1"], cells
+    assert cells == ["5.2 !", "2.1"], cells
+    badges = [len(r.find_elements("css selector", "td.noise .badge.noisy")) for r in rows]
+    assert badges == [1, 0]
+    assert "1 noisy" in browser.find_element("id", "summary").text
     rows[0].click()
     viewer = browser.find_element("id", "viewer").text
     assert "5.20 % of the 99th percentile" in viewer and "NOISY" in viewer and "denoised: nlm" in viewer

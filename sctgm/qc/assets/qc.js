@@ -65,14 +65,13 @@
   }
   function isNoisy(e) { return noiseOf(e).noise_above_auto_threshold === true; }
   function noiseCell(e) {
+    // compact: the figure itself becomes a purple NOISY pill above the auto-denoise threshold
     var pct = noisePct(e);
-    var kids = [fmt(pct, 1)];
-    if (isNoisy(e)) {
-      kids.push(" ");
-      kids.push(el("span", { "class": "badge noisy", title: "noise above the auto-denoise threshold (" +
-                             fmt(100 * noiseOf(e).noise_auto_threshold_rel_p99, 1) + " %)" }, ["NOISY"]));
-    }
-    return el("td", { "class": "num noise" + (isNoisy(e) ? " noisy" : "") }, kids);
+    if (!isNoisy(e)) { return el("td", { "class": "num noise" }, [fmt(pct, 1)]); }
+    return el("td", { "class": "num noise noisy" }, [
+      el("span", { "class": "badge noisy", title: "NOISY: noise above the auto-denoise threshold (" +
+                   fmt(100 * noiseOf(e).noise_auto_threshold_rel_p99, 1) + " % of the 99th percentile)" },
+         [fmt(pct, 1) + " !"])]);
   }
   function noiseText(e) {
     var n = noiseOf(e), pct = noisePct(e);
@@ -158,9 +157,11 @@
 
   function renderSummary() {
     var counts = { pass: 0, fail: 0, artifact: 0, unrated: 0 }, flagged = 0;
-    ENTRIES.forEach(function (e) { counts[ratingOf(e.id)] += 1; if (e.n_flagged > 0) { flagged += 1; } });
+    var noisy = 0;
+    ENTRIES.forEach(function (e) { counts[ratingOf(e.id)] += 1; if (e.n_flagged > 0) { flagged += 1; }
+                                   if (isNoisy(e)) { noisy += 1; } });
     document.getElementById("summary").textContent = ENTRIES.length + " entries (" + state.rows.length +
-      " shown), " + flagged + " with flagged slices \u00b7 pass " + counts.pass + " \u00b7 fail " + counts.fail +
+      " shown), " + flagged + " with flagged slices, " + noisy + " noisy \u00b7 pass " + counts.pass + " \u00b7 fail " + counts.fail +
       " \u00b7 artifact " + counts.artifact + " \u00b7 unrated " + counts.unrated;
   }
 
