@@ -37,6 +37,15 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="Per slice, keep the largest GM component (and any at least 30% of its size).")
 @click.option("--fill-holes/--no-fill-holes", default=True, show_default=True, help="Per slice, fill holes in the GM.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average 5 shifted crops (5x slower).")
+@click.option("--denoise", type=click.Choice(["auto", "on", "off", "nlm", "tv", "wavelet", "bilateral"]), default=None,
+              help="Noise suppression before segmentation: auto = non-local means on images whose estimated noise "
+                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always, off = never (the image "
+                   "as it is), or a denoiser [default: the model's, auto]. See docs/robustness.md.")
+@click.option("--bias-correction", "bias", type=click.Choice(["off", "smooth", "n4"]), default=None,
+              help="Intensity inhomogeneity correction: smooth (in-plane normalisation) or n4 (needs SimpleITK: "
+                   "pip install 'sctgm[enhance]') [default: the model's, off].")
+@click.option("--clahe/--no-clahe", default=None,
+              help="Contrast-limited adaptive histogram equalisation per slice [default: the model's, off].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
               help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
@@ -76,7 +85,7 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.pass_context
 def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, model: str,
             cord_masks: tuple[Path, ...], wm: bool, threshold: float | None, prob: bool, keep_largest: bool,
-            fill_holes: bool, tta: bool, device: str, engine: str, batch_size: int | None, qc_dir: Path | None,
+            fill_holes: bool, tta: bool, denoise: str | None, bias: str | None, clahe: bool | None, device: str, engine: str, batch_size: int | None, qc_dir: Path | None,
             qc_subject: str | None,
             bids_root: Path | None, derivatives: Path | None, suffixes: tuple[str, ...],
             participants: tuple[str, ...], sessions: tuple[str, ...], cord_labels: bool, n_jobs: int,
@@ -106,7 +115,7 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
         ctx.obj["verbose"] = ctx.obj.get("verbose") or verbose
     verbose = bool(ctx.obj and ctx.obj.get("verbose"))
     options = SegmentOptions(threshold=threshold, keep_largest=keep_largest, fill_holes=fill_holes, tta=tta,
-                             batch_size=batch_size)
+                             batch_size=batch_size, denoise=denoise, bias=bias, clahe=clahe)
     if bids_root is None and not inputs:
         raise click.UsageError("give the image(s) to segment (-i IMAGE ..., globs allowed) or a dataset (--bids DIR)")
     if bids_root is not None and inputs:

@@ -76,6 +76,10 @@ class Preprocessing:
     - ``standardisation``: ``"volume"``: (x - mean) / std with the mean and std of the whole window
       stack of a volume.
     - ``threshold``: GM probability above which a pixel is GM, strictly between 0 and 1.
+    - ``enhancement``: the image enhancement run on the canonical volume before anything else
+      (:class:`sctgm.segment.enhance.Enhancement` as a JSON object, e.g. ``{"denoise": "auto"}``;
+      missing keys take that record's defaults). Default :data:`DEFAULT_ENHANCEMENT`: denoise 'auto'
+      (NLM only on images noisier than 3.5 % of the 99th percentile; docs/robustness.md).
 
     Adding a field (e.g. denoising settings): a dataclass field with its default, and a row in
     :data:`PREPROCESSING_RULES`; :meth:`from_entry` and :meth:`to_entry` follow the table.
@@ -86,6 +90,7 @@ class Preprocessing:
     crop_px: int = 200
     standardisation: str = "volume"
     threshold: float = 0.999
+    enhancement: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENHANCEMENT))
 
     @classmethod
     def from_entry(cls, block: Any, model: str = "?") -> Preprocessing:
@@ -114,7 +119,26 @@ class Preprocessing:
 
     def to_entry(self) -> dict[str, Any]:
         """The registry ``preprocessing`` block of this record (``from_entry(to_entry())`` == self)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)}
+
+
+#: A model's enhancement when its entry names none (chosen by measurement, docs/robustness.md).
+DEFAULT_ENHANCEMENT: dict[str, Any] = {"denoise": "auto"}
+
+
+def _enhancement(v: Any) -> dict[str, Any]:
+    """An enhancement block, checked by the record it becomes (function-level import: the record and
+    its checks live with the steps in sctgm.segment.enhance, which imports nothing from sctgm.model)."""
+    from ..exceptions import SctGmError
+    from ..segment.enhance import Enhancement
+
+    if not isinstance(v, dict):
+        raise TypeError(v)
+    try:
+        Enhancement.from_dict(v)
+    except SctGmError as exc:
+        raise ValueError(str(exc)) from None
+    return dict(v)
 
 
 #: One row per :class:`Preprocessing` field: how it is read and what is accepted.
@@ -126,6 +150,9 @@ PREPROCESSING_RULES: dict[str, _Rule] = {
     "standardisation": _Rule(_text, lambda v: v in ("volume",),
                              '"volume" (mean/std over the window stack of a volume)'),
     "threshold": _Rule(_number, lambda v: 0.0 < v < 1.0, "a probability strictly between 0 and 1"),
+    "enhancement": _Rule(_enhancement, lambda v: True,
+                         'an object of enhancement settings, e.g. {"denoise": "auto", "bias": "off", "clahe": false} '
+                         "(docs/robustness.md)"),
 }
 assert set(PREPROCESSING_RULES) == {f.name for f in fields(Preprocessing)}  # the table covers the record
 

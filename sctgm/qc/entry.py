@@ -39,6 +39,7 @@ def add_entry(
     model_sha256: str | None = None,
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
 
@@ -48,10 +49,12 @@ def add_entry(
     :class:`~sctgm.exceptions.OutputError` (folder not writable) before writing anything. Safe to
     call from several processes at once on the same folder. An entry already there for the same image
     and GM mask is replaced (so a rerun never lists an image twice). Returns the new entry's folder.
+    ``noise``: the segmentation's noise keys (:func:`sctgm.segment.outputs.noise_result`); without
+    it the image's noise is estimated here (:func:`sctgm.segment.enhance.estimate_noise_sigma`).
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
-                               model_sha256=model_sha256, subject=subject, extra=extra)
+                               model_sha256=model_sha256, subject=subject, extra=extra, noise=noise)
     return report.write_entry(qc_dir, entry, files)
 
 
@@ -80,6 +83,7 @@ def build_entry(
     model_sha256: str | None = None,
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
     image = load_image(image_path, what="image")
@@ -145,6 +149,7 @@ def build_entry(
         "gm_mean_area_mm2": round(float(np.mean(gm_slices)), 2) if gm_slices else 0.0,
         "wm_mean_area_mm2": (round(float(np.mean([wm_area[k] for k in range(nz) if gm_area[k] > 0 or wm_area[k] > 0]
                                                  or [0.0])), 2) if wm_area is not None else None),
+        "noise": noise if noise is not None else _estimate_noise(data, reo),
         "n_flagged": len(flagged),
         "flag_counts": flag_counts,
         "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
@@ -166,6 +171,21 @@ def build_entry(
         },
     }
     return entry, {"image.png": mosaic.background_png, "overlay.png": mosaic.overlay_png}
+
+
+def _estimate_noise(data: np.ndarray, reo: Any) -> dict[str, Any]:
+    """The sidecar's noise keys for an image not segmented here (no denoiser ran)."""
+    from ..segment.enhance import AUTO_THRESHOLD_REL, estimate_noise_sigma
+
+    est = estimate_noise_sigma(data).to_dict()
+    per_slice = est["sigma_rel_p99_per_slice"]
+    by_file = [None] * len(per_slice)
+    for k, v in enumerate(per_slice):
+        by_file[geometry.file_slice_index(reo, k)] = v
+    rel = est["sigma_rel_p99"]
+    return {"noise_sigma": est["sigma"], "noise_sigma_rel_p99": rel, "noise_sigma_rel_p99_per_slice": by_file,
+            "noise_auto_threshold_rel_p99": AUTO_THRESHOLD_REL,
+            "noise_above_auto_threshold": None if rel is None else bool(rel > AUTO_THRESHOLD_REL)}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,7 +14,7 @@ of the 99th percentile"), the unit used in docs/robustness.md and by the ``auto`
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -207,6 +207,28 @@ class Enhancement:
         if d.get("clip_percentiles") is not None:
             d["clip_percentiles"] = tuple(d["clip_percentiles"])
         return cls(**d)
+
+
+#: ``denoise`` values of a run's options (:func:`with_options`): the record's, plus 'on'.
+DENOISE_OPTIONS = ("auto", "on", "off") + DENOISERS[2:]
+
+
+def with_options(base: Enhancement, *, denoise: str | None = None, bias: str | None = None,
+                 clahe: bool | None = None) -> Enhancement:
+    """``base`` (a model's enhancement) with a run's explicit options on top (None: the model's).
+    ``denoise='on'``: the model's denoiser always (its ``auto_method`` when the model says 'auto' or
+    'off'); 'off': never; 'auto' or a method name: that."""
+    changes: dict[str, Any] = {}
+    if denoise is not None:
+        if denoise not in DENOISE_OPTIONS:
+            raise SctGmError(f"denoise {denoise!r}: expected one of {', '.join(DENOISE_OPTIONS)}")
+        changes["denoise"] = (base.denoise if base.denoise not in ("off", "auto") else base.auto_method) \
+            if denoise == "on" else denoise
+    if bias is not None:
+        changes["bias"] = bias
+    if clahe is not None:
+        changes["clahe"] = bool(clahe)
+    return replace(base, **changes) if changes else base
 
 
 # -- the steps -----------------------------------------------------------------------------------

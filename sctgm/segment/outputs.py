@@ -11,8 +11,13 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
      "Sources": [input, cord mask] (SCT: paths as given; BIDS: bids:raw: URIs),
      "GeneratedBy": [{"Name": "sct-gm", "Version": ..., "Model": {Name, Version, Sha256, Filters},
                       "Parameters": {threshold, keep_largest, fill_holes, tta, batch_size, crop_px,
-                                     device, engine}}],
-     "Result": {gm_voxels, network_passes, window_px, input_orientation}}
+                                     denoise, bias, clahe, device, engine,
+                                     enhancement: {the resolved enhancement settings}}}],
+     "Result": {gm_voxels, network_passes, window_px, input_orientation,
+                noise_sigma, noise_sigma_rel_p99 (noise / 99th intensity percentile),
+                noise_sigma_rel_p99_per_slice (by the file's S-I slice index; null: too little tissue),
+                noise_auto_threshold_rel_p99, noise_above_auto_threshold, denoised_with ('off' or the denoiser that ran),
+                enhancement_steps}}
 """
 
 from __future__ import annotations
@@ -68,10 +73,30 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Version": __version__,
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
-                       "device": segmenter.network.device, "engine": segmenter.network.engine},
+                       "device": segmenter.network.device, "engine": segmenter.network.engine,
+                       "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
+    out["Result"].update(noise_result(info.get("enhancement", {})))
     return out
+
+
+def noise_result(report: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's noise keys (and a QC entry's ``noise`` block) from the pipeline's enhancement
+    report (:func:`sctgm.segment.enhance.apply`, per-slice lists in the file's slice order)."""
+    noise = report.get("noise") or {}
+    settings = report.get("settings") or {}
+    rel = noise.get("sigma_rel_p99")
+    threshold = settings.get("auto_threshold_rel")
+    return {
+        "noise_sigma": noise.get("sigma"),
+        "noise_sigma_rel_p99": rel,
+        "noise_sigma_rel_p99_per_slice": noise.get("sigma_rel_p99_per_slice"),
+        "noise_auto_threshold_rel_p99": threshold,
+        "noise_above_auto_threshold": None if rel is None or threshold is None else bool(rel > threshold),
+        "denoised_with": report.get("denoise", "off"),
+        "enhancement_steps": list(report.get("steps", [])),
+    }
 
 
 def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[str, Path], *,
@@ -111,6 +136,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[st
         from ..qc import add_entry
 
         add_entry(qc_dir, image.path, written.gm, cord_path=cord_path, wmseg_path=written.wm,
-                  model=segmenter.model.name, model_sha256=segmenter.model.sha256, subject=qc_subject)
+                  model=segmenter.model.name, model_sha256=segmenter.model.sha256, subject=qc_subject,
+                  noise=noise_result(result.info.get("enhancement", {})))
     save_json(sidecar(segmenter, options, result, "gm", sources, layout=layout), outputs["gm_sidecar"])  # last
     return written

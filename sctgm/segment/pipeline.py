@@ -18,9 +18,10 @@ import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import InvalidOptionError
+from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
 from ..model.registry import InstalledModel, Preprocessing
-from . import placement, postprocess
+from . import enhance, placement, postprocess
 from .grid import Window, overlap, window_to_native
 from .preprocess import PreparedVolume, Standardisation, canonical_mask, prepare, sample, windows_at
 
@@ -31,7 +32,12 @@ log = logging.getLogger(__name__)
 class SegmentOptions:
     """Parameters of one segmentation. ``threshold`` and ``crop_px`` None mean the model's (its
     :class:`~sctgm.model.registry.Preprocessing`: 0.999 and 200 for the published models);
-    ``batch_size`` (slices per network call) None means the engine's preferred size."""
+    ``batch_size`` (slices per network call) None means the engine's preferred size.
+
+    Image enhancement (:mod:`.enhance`; None: the model's ``preprocessing.enhancement``, by default
+    denoise 'auto', no bias correction, no CLAHE): ``denoise`` 'auto' (denoise images noisier than
+    the threshold), 'on' (the model's denoiser always), 'off' (never: the image as it is) or a
+    denoiser ('nlm', 'tv', 'wavelet', 'bilateral'); ``bias`` 'off', 'smooth' or 'n4'; ``clahe``."""
 
     threshold: float | None = None
     keep_largest: bool = True
@@ -39,6 +45,9 @@ class SegmentOptions:
     tta: bool = False
     batch_size: int | None = None  # None: the engine's preferred size (see sctgm.engines.predict)
     crop_px: int | None = None
+    denoise: str | None = None
+    bias: str | None = None
+    clahe: bool | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -50,11 +59,25 @@ class SegmentOptions:
         if self.crop_px is not None and self.crop_px < 16:
             raise InvalidOptionError(f"crop size {self.crop_px} px: expected at least 16 (the network was trained on 200)",
                                      parameter="crop_px")
+        if self.denoise is not None and self.denoise not in enhance.DENOISE_OPTIONS:
+            raise InvalidOptionError(f"denoise {self.denoise!r}: expected one of {', '.join(enhance.DENOISE_OPTIONS)}",
+                                     parameter="denoise")
+        if self.bias is not None and self.bias not in enhance.BIAS_METHODS:
+            raise InvalidOptionError(f"bias correction {self.bias!r}: expected one of {', '.join(enhance.BIAS_METHODS)}",
+                                     parameter="bias")
+
+    def enhancement(self, prep: Preprocessing) -> enhance.Enhancement:
+        """The model's enhancement with these options' explicit settings on top."""
+        return enhance.with_options(enhance.Enhancement.from_dict(prep.enhancement), denoise=self.denoise,
+                                    bias=self.bias, clahe=self.clahe)
 
     def effective(self, prep: Preprocessing) -> SegmentOptions:
-        """These options with the model's values where they say None (what a sidecar records)."""
+        """These options with the model's values where they say None (what a sidecar records;
+        ``denoise`` 'on' becomes the denoiser it means)."""
+        enh = self.enhancement(prep)
         return replace(self, threshold=prep.threshold if self.threshold is None else self.threshold,
-                       crop_px=prep.crop_px if self.crop_px is None else self.crop_px)
+                       crop_px=prep.crop_px if self.crop_px is None else self.crop_px,
+                       denoise=enh.denoise, bias=enh.bias, clahe=enh.clahe)
 
 
 @dataclass
@@ -107,8 +130,10 @@ class Segmenter:
 
     def prepare(self, image: LoadedImage, options: SegmentOptions = SegmentOptions()) -> PreparedVolume:
         """``image`` prepared as this model (and ``options.crop_px``) asks."""
-        eff = options.effective(self.model.preprocessing)
-        return prepare(image, replace(self.model.preprocessing, crop_px=eff.crop_px, threshold=eff.threshold))
+        prep = self.model.preprocessing
+        eff = options.effective(prep)
+        return prepare(image, replace(prep, crop_px=eff.crop_px, threshold=eff.threshold,
+                                      enhancement=options.enhancement(prep).to_dict()))
 
     def segment_image(self, image: LoadedImage, *, cord: LoadedImage | None = None,
                       options: SegmentOptions = SegmentOptions(), want_prob: bool = False,
@@ -159,6 +184,7 @@ class Segmenter:
             "threshold": threshold,
             "gm_voxels_before_postprocessing": n_raw,
             "gm_voxels": int(gm.sum()),
+            "enhancement": _in_file_order(vol.enhancement, reo),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
@@ -235,3 +261,18 @@ class Segmenter:
             if found is not None:
                 return found
         return None
+
+
+def _in_file_order(report: dict[str, Any], reo: Reorientation) -> dict[str, Any]:
+    """The enhancement report with its per-slice noise lists indexed by the file's own S-I slice index
+    (the number a viewer shows) instead of the canonical one."""
+    noise = report.get("noise")
+    if not noise:
+        return report
+    n = len(noise["sigma_per_slice"])
+    order = [0] * n
+    for k in range(n):
+        order[file_slice_index(reo, k)] = k
+    noise = {**noise, **{key: [noise[key][k] for k in order]
+                         for key in ("sigma_per_slice", "sigma_rel_p99_per_slice")}}
+    return {**report, "noise": noise}

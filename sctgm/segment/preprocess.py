@@ -2,11 +2,15 @@
 says: the piece that segmentation and training share, so that training windows are exactly the
 windows segmentation feeds the network.
 
-    prepared = prepare(image, model.preprocessing)        # canonical view, zooms, fine grid, window size
+    prepared = prepare(image, model.preprocessing)        # canonical view, enhanced, zooms, fine grid, window
     windows = windows_at(prepared, centres_fine)           # one window per slice (fine-grid centres)
     raw = sample(prepared, windows)                        # (N, H, W) float32 raw intensities
     x = Standardisation.of(raw)(raw)                       # exactly what the network is fed
     y = sample_mask(prepared, canonical_mask(gm, prepared), windows)   # training targets, same pixels
+
+``prepare`` also runs the model's image enhancement (``preprocessing.enhancement``: denoising, bias
+correction, CLAHE; :mod:`sctgm.segment.enhance`) on the canonical volume, so a model trained with a step
+gets it at segmentation too; when nothing runs the data stay the image's own voxels (no copy).
 
 Every step is exact geometry except the in-plane linear resampling to ``spacing_mm`` (see
 :mod:`sctgm.segment.grid`); :func:`sctgm.segment.grid.window_to_native` and
@@ -16,7 +20,8 @@ Every step is exact geometry except the in-plane linear resampling to ``spacing_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +29,7 @@ from ..exceptions import NotAxialError
 from ..geometry import Reorientation, canonical_zooms_mm, check_same_grid, looks_axial, reorientation_for
 from ..io import LoadedImage
 from ..model.registry import Preprocessing
-from . import placement
+from . import enhance, placement
 from .grid import FineGrid, Window, fine_grid, sample_window
 
 
@@ -32,7 +37,9 @@ from .grid import FineGrid, Window, fine_grid, sample_window
 class PreparedVolume:
     """An image ready to be cut into network windows.
 
-    ``data``: the canonical (LAS) view of the image's voxels (a read-only view, no copy);
+    ``data``: the canonical (LAS) view of the image's voxels (a read-only view, no copy), or its
+    enhanced copy when ``preprocessing.enhancement`` ran a step; ``enhancement``: the report of
+    :func:`sctgm.segment.enhance.apply` (settings, noise estimate, what ran, seconds);
     ``reorientation``: how it was made (its :meth:`~sctgm.geometry.Reorientation.undo` restores the
     file's layout); ``zooms_mm``: canonical voxel sizes; ``grid``: the fine in-plane grid of
     ``preprocessing.spacing_mm``; ``window_px``: the window size in fine pixels (``crop_px``, or the
@@ -45,6 +52,7 @@ class PreparedVolume:
     grid: FineGrid
     window_px: tuple[int, int]
     preprocessing: Preprocessing
+    enhancement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_slices(self) -> int:
@@ -57,12 +65,14 @@ class PreparedVolume:
 
 
 def prepare(image: LoadedImage, prep: Preprocessing) -> PreparedVolume:
-    """Reorient ``image`` to ``prep.orientation`` (a view) and lay the fine grid over it."""
+    """Reorient ``image`` to ``prep.orientation`` (a view), enhance it as ``prep.enhancement`` says
+    and lay the fine grid over it."""
     reo = reorientation_for(image.affine, image.data.shape)
     data = reo.apply(image.data, copy=False)  # a view: no second copy of the volume
     zooms = canonical_zooms_mm(image.zooms_mm, reo)
+    data, report = enhance.apply(data, zooms, enhance.Enhancement.from_dict(prep.enhancement))
     grid = fine_grid(data.shape, zooms, prep.spacing_mm)  # type: ignore[arg-type]
-    return PreparedVolume(image, data, reo, zooms, grid, placement.window_size(grid, prep.crop_px), prep)
+    return PreparedVolume(image, data, reo, zooms, grid, placement.window_size(grid, prep.crop_px), prep, report)
 
 
 def canonical_mask(mask: LoadedImage, prepared: PreparedVolume) -> np.ndarray:

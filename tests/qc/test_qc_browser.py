@@ -219,3 +219,38 @@ def test_screenshot_writes_both_pngs(tmp_path, report):
     for name in ("index.png", "entry.png"):
         with Image.open(out / name) as im:
             assert im.size[0] > 400 and im.size[1] > 300
+
+
+def test_noisy_scans_stand_out(browser, tmp_path):
+    """The noise column, the NOISY badge only above the auto threshold, sorting by noise, the details."""
+    import nibabel as nib
+
+    img, cord, gm = cord_phantom(shape=(40, 40, 5))
+    paths = {}
+    for name, a in (("img", img), ("gm", gm)):
+        paths[name] = tmp_path / f"sub-03_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(paths[name]))
+    qc = tmp_path / "qc"
+
+    def noise(rel):
+        return {"noise_sigma": rel * 100, "noise_sigma_rel_p99": rel, "noise_sigma_rel_p99_per_slice": [rel] * 5,
+                "noise_auto_threshold_rel_p99": 0.035, "noise_above_auto_threshold": rel > 0.035,
+                "denoised_with": "nlm" if rel > 0.035 else "off",
+                "enhancement_steps": ["denoise:nlm"] if rel > 0.035 else []}
+
+    add_entry(qc, paths["img"], paths["gm"], model="noisy", noise=noise(0.052))
+    time.sleep(0.01)
+    add_entry(qc, paths["img"], paths["gm"], model="clean", noise=noise(0.021))
+    open_report(browser, qc)
+    browser.find_element("css selector", "#entries th[data-key='noise_pct']").click()  # noisiest first
+    rows = browser.find_elements("css selector", "#entries tbody tr")
+    cells = [r.find_element("css selector", "td.noise").text for r in rows]
+    assert cells == ["5.2 !", "2.1"], cells
+    badges = [len(r.find_elements("css selector", "td.noise .badge.noisy")) for r in rows]
+    assert badges == [1, 0]
+    assert "1 noisy" in browser.find_element("id", "summary").text
+    rows[0].click()
+    viewer = browser.find_element("id", "viewer").text
+    assert "5.20 % of the 99th percentile" in viewer and "NOISY" in viewer and "denoised: nlm" in viewer
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors

@@ -14,11 +14,29 @@ from sctgm.segment.preprocess import (Standardisation, canonical_mask, check_axi
 
 def test_prepare_follows_the_preprocessing_record(make_nifti):
     image = load_image(make_nifti(shape=(40, 30, 5), zooms_mm=(0.5, 0.5, 4.0), axcodes="RPI"))
-    vol = prepare(image, Preprocessing(spacing_mm=0.25, crop_px=48))
+    vol = prepare(image, Preprocessing(spacing_mm=0.25, crop_px=48, enhancement={"denoise": "off"}))
     assert vol.data.shape == (40, 30, 5) and vol.zooms_mm == (0.5, 0.5, 4.0)
     assert vol.grid.fine_shape == (80, 60) and vol.window_px == (48, 48)
     np.testing.assert_array_equal(vol.reorientation.undo(vol.data), image.data)
     assert prepare(image, Preprocessing(spacing_mm=1.0, crop_px=48)).window_px == (20, 15)  # whole slice
+
+
+def test_prepare_enhances_as_the_model_says_and_leaves_the_voxels_alone_when_off(make_nifti):
+    """'off': the data are the image's own voxels (a view, not a copy) and the noise is still reported;
+    'auto' on an image far noisier than the threshold: a denoised copy, and the report says so."""
+    rng = np.random.default_rng(3)
+    x, y = np.mgrid[:48, :48]
+    clean = 100.0 + 100.0 * (np.hypot(x - 24, y - 24) < 14)
+    data = (clean[..., None] + rng.normal(0, 12, (48, 48, 4))).astype(np.float32)  # ~6 % of p99
+    image = load_image(make_nifti(data, zooms_mm=(0.5, 0.5, 4.0), axcodes="RPI"))
+    off = prepare(image, Preprocessing(crop_px=48, enhancement={"denoise": "off"}))
+    assert np.shares_memory(off.data, image.data)
+    assert off.enhancement["denoise"] == "off" and off.enhancement["steps"] == []
+    assert 0.04 < off.enhancement["noise"]["sigma_rel_p99"] < 0.08
+    auto = prepare(image, Preprocessing(crop_px=48))  # the default: {"denoise": "auto"}
+    assert auto.enhancement["denoise"] == "nlm" and auto.enhancement["steps"] == ["denoise:nlm"]
+    assert not np.shares_memory(auto.data, image.data)
+    assert float(np.std(auto.data - off.data)) > 3.0  # it did remove noise
 
 
 def test_mask_windows_are_the_image_windows(make_nifti):

@@ -57,6 +57,40 @@
     Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
     return node;
   }
+  // ---------- noise (estimated by sct-gm, % of the 99th intensity percentile) ----------
+  function noiseOf(e) { return e.noise || {}; }
+  function noisePct(e) {
+    var v = noiseOf(e).noise_sigma_rel_p99;
+    return typeof v === "number" && isFinite(v) ? 100 * v : null;
+  }
+  function isNoisy(e) { return noiseOf(e).noise_above_auto_threshold === true; }
+  function noiseCell(e) {
+    // compact: the figure itself becomes a purple NOISY pill above the auto-denoise threshold
+    var pct = noisePct(e);
+    if (!isNoisy(e)) { return el("td", { "class": "num noise" }, [fmt(pct, 1)]); }
+    return el("td", { "class": "num noise noisy" }, [
+      el("span", { "class": "badge noisy", title: "NOISY: noise above the auto-denoise threshold (" +
+                   fmt(100 * noiseOf(e).noise_auto_threshold_rel_p99, 1) + " % of the 99th percentile)" },
+         [fmt(pct, 1) + " !"])]);
+  }
+  function noiseText(e) {
+    var n = noiseOf(e), pct = noisePct(e);
+    if (pct === null) { return ""; }
+    var s = fmt(pct, 2) + " % of the 99th percentile";
+    if (typeof n.noise_auto_threshold_rel_p99 === "number") {
+      s += isNoisy(e) ? " \u2014 NOISY: above the auto-denoise threshold (" : " (auto-denoise threshold ";
+      s += fmt(100 * n.noise_auto_threshold_rel_p99, 1) + " %)";
+    }
+    if (n.denoised_with) { s += "; denoised: " + n.denoised_with; }
+    if ((n.enhancement_steps || []).length) { s += "; steps: " + n.enhancement_steps.join(", "); }
+    return s;
+  }
+  function noiseSlicesText(e) {
+    var per = noiseOf(e).noise_sigma_rel_p99_per_slice || [];
+    return per.map(function (v, i) { return i + ": " + (typeof v === "number" ? fmt(100 * v, 1) : "\u2013"); })
+      .join(", ");
+  }
+
   function text(v) { return v === null || v === undefined ? "" : String(v); }
   function fmt(v, digits) { return typeof v === "number" && isFinite(v) ? v.toFixed(digits) : "\u2013"; }
   function setStatus(msg) { document.getElementById("status").textContent = msg; }
@@ -76,8 +110,8 @@
     });
     var key = state.sortKey, dir = state.sortDir;
     rows.sort(function (a, b) {
-      var va = key === "rating" ? CYCLE.indexOf(ratingOf(a.id)) : a[key];
-      var vb = key === "rating" ? CYCLE.indexOf(ratingOf(b.id)) : b[key];
+      var va = key === "rating" ? CYCLE.indexOf(ratingOf(a.id)) : key === "noise_pct" ? noisePct(a) : a[key];
+      var vb = key === "rating" ? CYCLE.indexOf(ratingOf(b.id)) : key === "noise_pct" ? noisePct(b) : b[key];
       if (va === null || va === undefined) { va = ""; }
       if (vb === null || vb === undefined) { vb = ""; }
       var c = (typeof va === "number" && typeof vb === "number") ? va - vb
@@ -104,6 +138,7 @@
         el("td", { "class": "name" }, [text(e.model) || "\u2013"]),
         el("td", { "class": "num" }, [fmt(e.gm_volume_mm3, 1)]),
         el("td", { "class": "num" }, [fmt(e.gm_mean_area_mm2, 2)]),
+        noiseCell(e),
         el("td", {}, [text(e.sctgm_version)])
       ]);
       if (state.current === e.id) { tr.className = "active"; }
@@ -122,9 +157,11 @@
 
   function renderSummary() {
     var counts = { pass: 0, fail: 0, artifact: 0, unrated: 0 }, flagged = 0;
-    ENTRIES.forEach(function (e) { counts[ratingOf(e.id)] += 1; if (e.n_flagged > 0) { flagged += 1; } });
+    var noisy = 0;
+    ENTRIES.forEach(function (e) { counts[ratingOf(e.id)] += 1; if (e.n_flagged > 0) { flagged += 1; }
+                                   if (isNoisy(e)) { noisy += 1; } });
     document.getElementById("summary").textContent = ENTRIES.length + " entries (" + state.rows.length +
-      " shown), " + flagged + " with flagged slices \u00b7 pass " + counts.pass + " \u00b7 fail " + counts.fail +
+      " shown), " + flagged + " with flagged slices, " + noisy + " noisy \u00b7 pass " + counts.pass + " \u00b7 fail " + counts.fail +
       " \u00b7 artifact " + counts.artifact + " \u00b7 unrated " + counts.unrated;
   }
 
@@ -171,6 +208,8 @@
     row("sct-gm", e.sctgm_version);
     row("Voxel (mm)", (e.voxel_mm || []).join(" \u00d7 "));
     row("GM volume", fmt(e.gm_volume_mm3, 1) + " mm\u00b3, mean area " + fmt(e.gm_mean_area_mm2, 2) + " mm\u00b2/slice");
+    row("Noise", noiseText(e));
+    row("Noise per slice (%)", noiseSlicesText(e));
     if (e.wm_mean_area_mm2 !== null && e.wm_mean_area_mm2 !== undefined) { row("WM", "mean area " + fmt(e.wm_mean_area_mm2, 2) + " mm\u00b2/slice"); }
     Object.keys(e.extra || {}).forEach(function (k) { row(k, typeof e.extra[k] === "object" ? JSON.stringify(e.extra[k]) : e.extra[k]); });
     view.appendChild(meta);
@@ -293,11 +332,11 @@
     return ENTRIES.map(function (e) {
       return { id: e.id, subject: e.subject, image_name: e.image_name, image: e.image, gmseg: e.gmseg,
                date: e.date, model: e.model, gm_volume_mm3: e.gm_volume_mm3, gm_mean_area_mm2: e.gm_mean_area_mm2,
-               n_flagged: e.n_flagged, rating: ratingOf(e.id) };
+               n_flagged: e.n_flagged, noise_pct: noisePct(e), noisy: isNoisy(e), rating: ratingOf(e.id) };
     });
   }
   var CSV_COLS = ["id", "subject", "image_name", "image", "gmseg", "date", "model", "gm_volume_mm3",
-                  "gm_mean_area_mm2", "n_flagged", "rating"];
+                  "gm_mean_area_mm2", "n_flagged", "noise_pct", "noisy", "rating"];
   function csvCell(v) {
     if (v === null || v === undefined) { return ""; }
     var s = String(v);
@@ -414,7 +453,7 @@
     document.querySelectorAll("#entries th").forEach(function (th) {
       th.addEventListener("click", function () {
         var k = th.getAttribute("data-key");
-        if (state.sortKey === k) { state.sortDir = -state.sortDir; } else { state.sortKey = k; state.sortDir = k === "timestamp" || k === "n_flagged" ? -1 : 1; }
+        if (state.sortKey === k) { state.sortDir = -state.sortDir; } else { state.sortKey = k; state.sortDir = k === "timestamp" || k === "n_flagged" || k === "noise_pct" ? -1 : 1; }
         renderList();
       });
     });
