@@ -139,6 +139,8 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
 
     wfile = next(f for f in entry["files"] if f["role"] == "weights")
     src = tmp / wfile["name"]
+    if wfile["name"] == WEIGHTS_FILE:  # a trained model's own safetensors file: verified, used as is
+        return _check_filters(name, entry, tmp, weights.load_safetensors(src)[1])
     if wfile["format"] == "keras-hdf5":
         sd, filters = weights.state_dict_from_keras(src)
     else:
@@ -150,6 +152,10 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
         for k in sd)
     if not same:
         raise ModelError(f"model '{name}': the converted {WEIGHTS_FILE} differs from {wfile['name']}")
+    return _check_filters(name, entry, tmp, filters)
+
+
+def _check_filters(name: str, entry: dict[str, Any], tmp: Path, filters: int) -> int:
     expected = int(entry["architecture"]["filters"])
     meta = [f for f in entry["files"] if f.get("role") == "metadata" and f.get("format") == "json"]
     meta_filters = [json.loads((tmp / f["name"]).read_text()).get("filters", filters) for f in meta]
@@ -170,7 +176,7 @@ def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
     try:
         used = _download(name, entry, tmp, mirror, progress, policy)
         filters = _convert(name, entry, tmp)
-        names = [f["name"] for f in entry["files"]] + [WEIGHTS_FILE]
+        names = list(dict.fromkeys([f["name"] for f in entry["files"]] + [WEIGHTS_FILE]))
         manifest = {
             "manifest_version": 1, "name": name, "version": str(entry["version"]), "filters": filters,
             "weights": WEIGHTS_FILE, "weights_format": "safetensors",
@@ -234,6 +240,27 @@ def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
                           Preprocessing.from_entry(default["preprocessing"], path.stem), dict(default["architecture"]))
 
 
+def _from_model_file(path: Path) -> InstalledModel:
+    """A trained model used in place: its folder or its model.json (see :func:`registry.read_model_file`);
+    every file it lists is checked against its size and sha256."""
+    json_path = path / "model.json" if path.is_dir() else path
+    if not json_path.is_file():
+        raise UnknownModelError(f"{path}: no model.json in this folder; give a model folder written by "
+                                f"`sct-gm train`, its model.json, a registered name or a weight file")
+    name, entry = registry.read_model_file(json_path)
+    folder = json_path.parent
+    for f in entry["files"]:
+        p = folder / f["name"]
+        if not p.is_file() or p.stat().st_size != f["size"] or sha256_of(p) != f["sha256"]:
+            raise ModelIntegrityError(f"{p}: missing or altered (its size/sha256 differ from {json_path})")
+    weights = next(f for f in entry["files"] if f["role"] == "weights")
+    if weights["format"] != "safetensors":
+        raise ModelError(f"{json_path}: a model folder's weights must be a safetensors file")
+    return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]), folder / weights["name"],
+                          "safetensors", weights["sha256"], Preprocessing.from_entry(entry["preprocessing"], name),
+                          dict(entry["architecture"]))
+
+
 def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, progress: ProgressCallback | None = None,
                  force: bool = False, policy: DownloadPolicy | None = None) -> InstalledModel:
@@ -252,6 +279,8 @@ def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
     name = name_or_path or reg["default"]
     if name not in reg["models"]:
         path = Path(name).expanduser()
+        if path.suffix == ".json" or (path.is_dir() and (path / "model.json").is_file()):
+            return _from_model_file(path)
         if path.suffix in (".hdf5", ".h5", ".safetensors") or path.exists() or os.sep in name:
             return _from_path(path, reg)
         raise unknown_model(name, reg)
