@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import SctGmError
+from ..exceptions import InputImageError
 from ..io import LoadedImage, load_image
 from ..model.registry import Preprocessing
 from ..segment import placement
@@ -47,7 +47,7 @@ MIN_LABEL_VOXELS = 1
 TRAIN_MARGIN_PX = 64
 
 
-class TrainingDataError(SctGmError):
+class TrainingDataError(InputImageError):
     """A labelled image or mask that cannot be trained on (the message names the file)."""
 
 
@@ -146,6 +146,7 @@ class LabelledVolume:
     name: str
     subject: str
     prepared: PreparedVolume
+    gm: np.ndarray  # the canonical GM mask (bool), for validation metrics
     slices: list[int]
     windows: list[Window]  # network windows of every slice (index = canonical slice)
     train_windows: list[Window]  # training windows of every slice
@@ -201,7 +202,7 @@ def labelled_volume(image: LoadedImage, mask: LoadedImage, prep: Preprocessing, 
     pick = [windows[k] for k in slices]
     tpick = [train_windows[k] for k in slices]
     return LabelledVolume(
-        name=name or str(image.path), subject=subject or str(image.path), prepared=vol, slices=slices,
+        name=name or str(image.path), subject=subject or str(image.path), prepared=vol, gm=gm, slices=slices,
         windows=windows, train_windows=train_windows, standardisation=std,
         inputs=std(raw[slices]), targets=sample_mask(vol, gm, pick, slices),
         train_inputs=std(sample(vol, tpick, slices)), train_targets=sample_mask(vol, gm, tpick, slices))
