@@ -266,8 +266,9 @@ def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
                  force: bool = False, policy: DownloadPolicy | None = None) -> InstalledModel:
     """Return a verified model, installing it first if needed.
 
-    ``name_or_path``: a registered name (default: the registry's default) or a path to a ``.hdf5`` /
-    ``.safetensors`` weight file (used in place, not cached). ``mirror``: a folder, base URL or
+    ``name_or_path``: a registered name (default: the registry's default), a path to a ``.hdf5`` /
+    ``.safetensors`` weight file, or a model folder written by ``sct-gm train`` (or its
+    ``model.json``; files checked against their sha256), used in place, not cached. ``mirror``: a folder, base URL or
     ``.zip`` tried before ``$SCTGM_MIRROR`` and the registry's sources. ``progress`` receives
     :class:`~sctgm.model.download.Progress` reports while downloading (None: silent). ``force``: download
     and install again even if installed. Raises :class:`UnknownModelError`, :class:`DownloadError`
@@ -284,8 +285,24 @@ def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
         if path.suffix in (".hdf5", ".h5", ".safetensors") or path.exists() or os.sep in name:
             return _from_path(path, reg)
         raise unknown_model(name, reg)
-    entry = reg["models"][name]
-    cache = resolve_cache_dir(cache_dir)
+    return _ensure_entry(name, reg["models"][name], resolve_cache_dir(cache_dir), mirror, progress, force, policy)
+
+
+def install_model_file(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+                       progress: ProgressCallback | None = None, force: bool = False,
+                       policy: DownloadPolicy | None = None) -> InstalledModel:
+    """Install a trained model (its folder or ``model.json``, see :func:`registry.read_model_file`) into
+    the cache like a registered model (``sct-gm fetch-model MODEL_DIR``)."""
+    p = Path(path).expanduser()
+    name, entry = registry.read_model_file(p / "model.json" if p.is_dir() else p)
+    reg = registry.load_registry()
+    if name in reg["models"] and reg["models"][name].get("version") != entry.get("version"):
+        raise ModelError(f"{p}: model '{name}' is already registered with another version; rename the folder")
+    return _ensure_entry(name, entry, resolve_cache_dir(cache_dir), None, progress, force, policy or DownloadPolicy())
+
+
+def _ensure_entry(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
+                  progress: ProgressCallback | None, force: bool, policy: DownloadPolicy) -> InstalledModel:
     final = install_dir(cache, name, str(entry["version"]))
     if not force and (final / MANIFEST_FILE).is_file():
         try:
