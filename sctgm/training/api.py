@@ -62,6 +62,9 @@ def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) ->
             raise OutputError(f"{out}: an interrupted run left {partial}; continue it with --resume or start "
                               f"again with --overwrite")
         shutil.rmtree(partial)
+    for up in (out.parent, *out.parent.parents):
+        if up.exists() and not up.is_dir():
+            raise OutputError(f"{up}: is a file, not a folder; the model folder cannot be written under it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.TemporaryFile(dir=out.parent)
@@ -88,7 +91,12 @@ def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  #
         return model, Preprocessing(threshold=0.5), {"name": "none", "sha256": None}, a, f
     from ..model.install import ensure_model
 
-    installed = ensure_model(init)
+    from ..exceptions import UnknownModelError
+
+    try:
+        installed = ensure_model(init)
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"--init {init}: {exc} (or none, to start from random weights)") from None
     model, a = model_from_weights(installed.weights_path)
     f = int(getattr(model, "filters", installed.filters))
     if arch is not None and arch != a:
