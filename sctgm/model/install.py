@@ -229,15 +229,21 @@ def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
     if not path.is_file():
         raise UnknownModelError(f"{path}: no such model file; give a registered model name "
                                 f"({', '.join(sorted(reg['models']))}) or a .hdf5/.safetensors file")
+    default = reg["models"][reg["default"]]  # a bare weight file is prepared as the default model is
+    architecture = dict(default["architecture"])
     if path.suffix == ".safetensors":
-        _, filters = weights.load_safetensors(path)
+        sd, filters = weights.load_safetensors(path)
         fmt = "safetensors"
+        if "encoders.0.conv1.weight" in sd:  # a U-Net trained by sct-gm train
+            from .unet import unet_shape
+
+            filters, depth = unet_shape(sd)
+            architecture = {"name": "unet", "filters": filters, "depth": depth}
     else:
         _, filters = weights.state_dict_from_keras(path)
         fmt = "keras-hdf5"
-    default = reg["models"][reg["default"]]  # a bare weight file is prepared as the default model is
     return InstalledModel(path.stem, "user", filters, path, fmt, sha256_of(path),
-                          Preprocessing.from_entry(default["preprocessing"], path.stem), dict(default["architecture"]))
+                          Preprocessing.from_entry(default["preprocessing"], path.stem), architecture)
 
 
 def _from_model_file(path: Path) -> InstalledModel:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     try:
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
                             checkpoint_path=partial / outputs.CHECKPOINT, resume=resume, progress=progress)
-        prep_out = type(prep)(**{**prep.to_entry(), "threshold": result.threshold})
+        prep_out = replace(prep, threshold=result.threshold)
         name = outputs.model_name(out)
         architecture: dict[str, Any] = {"name": ARCH_NAMES[arch_key], "filters": n_filters}
         if arch_key == "unet":
