@@ -166,7 +166,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
                       lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH), warmup_steps=DEFAULT_WARMUP_STEPS,
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
                       patience=patience if val_sets else 0,
-                      checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed, **cfg_kwargs)
+                      checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed,
+                      default_threshold=prep.threshold, **cfg_kwargs)  # no validation: the init's threshold
     data_record = [{"image": str(it.image), "image_sha256": sha256_of(it.image),
                     "masks": [{"path": str(m), "sha256": sha256_of(m)} for m in it.masks],
                     "subject": it.subject, "challenge_vote": it.challenge,
