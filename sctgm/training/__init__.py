@@ -1,5 +1,11 @@
 """Training and fine-tuning the GM networks on labelled slices (the issue 'sct-gm train').
 
+- :mod:`.api`: :func:`sctgm.train` (what ``sct-gm train`` runs): sources -> windows -> loop -> MODEL_DIR.
+- :mod:`.sources`: labelled images from -i/-r pairs, BIDS GM labels, the GM challenge layout; the
+  validation split (subjects, or contiguous slice blocks).
+- :mod:`.data`: labelled slices -> network and training windows, cut by ``segment``'s own code.
+- :mod:`.outputs`: model.safetensors, model.json, training_log.csv, curves.png, validation.csv.
+- :mod:`.defaults`: every default, one constant each.
 - :mod:`.augment`: spatial and intensity augmentation of batches of crops (torch, seeded).
 - :mod:`.losses`: Dice + BCE on logits.
 - :mod:`.loop`: the training loop over in-memory slices, validation, threshold choice.

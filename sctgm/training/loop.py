@@ -225,13 +225,16 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
         scaler.load_state_dict(ck["scaler"])
         g.set_state(ck["generator"])
         state.update({k: ck[k] for k in state})
+        resumed_stopped = bool(ck.get("stopped", False))
+    else:
+        resumed_stopped = False
     t_start = time.perf_counter() - state["seconds"]
-    stopped_early = False
+    stopped_early = resumed_stopped  # a run that had stopped early before the interruption stays stopped
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-    while state["step"] < cfg.max_steps:
+    while state["step"] < cfg.max_steps and not stopped_early:
         step = state["step"]
         set_bn_mode(model, frozen_bn)
         t0 = time.perf_counter()
@@ -271,7 +274,7 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
                 step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
             save_checkpoint(checkpoint_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "generator": g.get_state(), **state})
+                "scaler": scaler.state_dict(), "generator": g.get_state(), "stopped": stop, **state})
         if stop:
             stopped_early = True
             break
