@@ -7,6 +7,7 @@ Library API (imports torch lazily, on first use)::
     seg = sctgm.Segmenter.from_name("large")                  # load a model once ...
     out = seg.segment_image(sctgm.load_image("t2s.nii.gz"))   # ... segment arrays in memory
     res = sctgm.segment_bids("ds", sctgm.BatchSettings(model="large"), n_jobs=4)  # a BIDS dataset
+    out = sctgm.train(["img.nii.gz"], ["gm.nii.gz"], output="mymodel")  # fine-tune (sct-gm train)
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ if TYPE_CHECKING:
     from .io import load_image
     from .segment.files import segment_file
     from .segment.pipeline import Segmenter, SegmentOptions
+    from .training.api import train
 
 __all__ = ["__version__", "SctGmError", "segment_file", "segment_image", "load_image", "Segmenter", "SegmentOptions",
-           "segment_bids", "segment_files", "BatchSettings"]
+           "segment_bids", "segment_files", "BatchSettings", "train"]
 
 _LAZY = {
     "segment_file": "segment.files",
@@ -34,6 +36,7 @@ _LAZY = {
     "load_image": "io",
     "Segmenter": "segment.pipeline",
     "SegmentOptions": "segment.pipeline",
+    "train": "training.api",
 }
 
 

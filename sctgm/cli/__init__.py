@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "fetch-model": "sctgm.cli.fetch_cmd:fetch_model",
     "qc": "sctgm.cli.qc_cmd:qc",
     "metrics": "sctgm.cli.metrics_cmd:metrics",
+    "train": "sctgm.cli.train_cmd:train",
 }
 
 
@@ -67,6 +68,7 @@ _SHORT_HELP: dict[str, str] = {
     "fetch-model": "Download, verify and install model weights.",
     "metrics": "Compare a segmentation with a reference, or measure GM/WM areas.",
     "qc": "Add an entry to an HTML quality-control report.",
+    "train": "Fine-tune a GM network (or train one) on labelled images.",
 }
 
 

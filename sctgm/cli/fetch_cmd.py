@@ -44,7 +44,7 @@ def _render_list(rows: list[ModelStatus]) -> None:
 
 
 @click.command("fetch-model")
-@click.argument("names", nargs=-1, metavar="[NAME ...]")
+@click.argument("names", nargs=-1, metavar="[NAME|MODEL_DIR ...]")
 @click.option("--all", "all_models", is_flag=True, help="Fetch every registered model.")
 @click.option("--list", "list_models", is_flag=True, help="List the models and whether each is installed.")
 @click.option("--force", is_flag=True, help="Download and install again even if installed.")
@@ -80,6 +80,10 @@ def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, li
     wanted = registered if all_models else list(dict.fromkeys(names)) or [default]
     with download_progress(quiet) as progress:
         for name in wanted:
+            if name.endswith(".json") or (Path(name).is_dir() and (Path(name) / "model.json").is_file()):
+                model = install.install_model_file(name, cache_dir=cache_dir, progress=progress, force=force)
+                click.echo(f"{model.name} {model.version}: {model.weights_path}")
+                continue
             model = install.ensure_model(name, mirror=mirror, cache_dir=cache_dir, progress=progress,
                                           force=force)
             click.echo(f"{model.name} {model.version}: {model.weights_path}")

@@ -49,9 +49,22 @@ def _dilated_graph(state_dict: dict[str, np.ndarray], architecture: dict[str, An
     return build_graph(state_dict, int(architecture["filters"]), name=name)
 
 
+def _unet_module(architecture: dict[str, Any]) -> torch.nn.Module:
+    from ..model.unet import UNet
+
+    return UNet(int(architecture["filters"]), int(architecture.get("depth", 3)))
+
+
+def _unet_graph(state_dict: dict[str, np.ndarray], architecture: dict[str, Any], name: str) -> bytes:
+    from ..model.unet import build_unet_graph
+
+    return build_unet_graph(state_dict, name=name)
+
+
 #: architecture name -> its builders.
 ARCHITECTURES: dict[str, Architecture] = {
     "perone2018-dilated": Architecture(_dilated_module, _dilated_graph),
+    "unet": Architecture(_unet_module, _unet_graph),  # trained with `sct-gm train --arch unet`
 }
 
 

@@ -139,6 +139,8 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
 
     wfile = next(f for f in entry["files"] if f["role"] == "weights")
     src = tmp / wfile["name"]
+    if wfile["name"] == WEIGHTS_FILE:  # a trained model's own safetensors file: verified, used as is
+        return _check_filters(name, entry, tmp, weights.load_safetensors(src)[1])
     if wfile["format"] == "keras-hdf5":
         sd, filters = weights.state_dict_from_keras(src)
     else:
@@ -150,6 +152,10 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
         for k in sd)
     if not same:
         raise ModelError(f"model '{name}': the converted {WEIGHTS_FILE} differs from {wfile['name']}")
+    return _check_filters(name, entry, tmp, filters)
+
+
+def _check_filters(name: str, entry: dict[str, Any], tmp: Path, filters: int) -> int:
     expected = int(entry["architecture"]["filters"])
     meta = [f for f in entry["files"] if f.get("role") == "metadata" and f.get("format") == "json"]
     meta_filters = [json.loads((tmp / f["name"]).read_text()).get("filters", filters) for f in meta]
@@ -170,7 +176,7 @@ def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
     try:
         used = _download(name, entry, tmp, mirror, progress, policy)
         filters = _convert(name, entry, tmp)
-        names = [f["name"] for f in entry["files"]] + [WEIGHTS_FILE]
+        names = list(dict.fromkeys([f["name"] for f in entry["files"]] + [WEIGHTS_FILE]))
         manifest = {
             "manifest_version": 1, "name": name, "version": str(entry["version"]), "filters": filters,
             "weights": WEIGHTS_FILE, "weights_format": "safetensors",
@@ -234,13 +240,35 @@ def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
                           Preprocessing.from_entry(default["preprocessing"], path.stem), dict(default["architecture"]))
 
 
+def _from_model_file(path: Path) -> InstalledModel:
+    """A trained model used in place: its folder or its model.json (see :func:`registry.read_model_file`);
+    every file it lists is checked against its size and sha256."""
+    json_path = path / "model.json" if path.is_dir() else path
+    if not json_path.is_file():
+        raise UnknownModelError(f"{path}: no model.json in this folder; give a model folder written by "
+                                f"`sct-gm train`, its model.json, a registered name or a weight file")
+    name, entry = registry.read_model_file(json_path)
+    folder = json_path.parent
+    for f in entry["files"]:
+        p = folder / f["name"]
+        if not p.is_file() or p.stat().st_size != f["size"] or sha256_of(p) != f["sha256"]:
+            raise ModelIntegrityError(f"{p}: missing or altered (its size/sha256 differ from {json_path})")
+    weights = next(f for f in entry["files"] if f["role"] == "weights")
+    if weights["format"] != "safetensors":
+        raise ModelError(f"{json_path}: a model folder's weights must be a safetensors file")
+    return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]), folder / weights["name"],
+                          "safetensors", weights["sha256"], Preprocessing.from_entry(entry["preprocessing"], name),
+                          dict(entry["architecture"]))
+
+
 def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, progress: ProgressCallback | None = None,
                  force: bool = False, policy: DownloadPolicy | None = None) -> InstalledModel:
     """Return a verified model, installing it first if needed.
 
-    ``name_or_path``: a registered name (default: the registry's default) or a path to a ``.hdf5`` /
-    ``.safetensors`` weight file (used in place, not cached). ``mirror``: a folder, base URL or
+    ``name_or_path``: a registered name (default: the registry's default), a path to a ``.hdf5`` /
+    ``.safetensors`` weight file, or a model folder written by ``sct-gm train`` (or its
+    ``model.json``; files checked against their sha256), used in place, not cached. ``mirror``: a folder, base URL or
     ``.zip`` tried before ``$SCTGM_MIRROR`` and the registry's sources. ``progress`` receives
     :class:`~sctgm.model.download.Progress` reports while downloading (None: silent). ``force``: download
     and install again even if installed. Raises :class:`UnknownModelError`, :class:`DownloadError`
@@ -252,11 +280,29 @@ def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,
     name = name_or_path or reg["default"]
     if name not in reg["models"]:
         path = Path(name).expanduser()
+        if path.suffix == ".json" or (path.is_dir() and (path / "model.json").is_file()):
+            return _from_model_file(path)
         if path.suffix in (".hdf5", ".h5", ".safetensors") or path.exists() or os.sep in name:
             return _from_path(path, reg)
         raise unknown_model(name, reg)
-    entry = reg["models"][name]
-    cache = resolve_cache_dir(cache_dir)
+    return _ensure_entry(name, reg["models"][name], resolve_cache_dir(cache_dir), mirror, progress, force, policy)
+
+
+def install_model_file(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+                       progress: ProgressCallback | None = None, force: bool = False,
+                       policy: DownloadPolicy | None = None) -> InstalledModel:
+    """Install a trained model (its folder or ``model.json``, see :func:`registry.read_model_file`) into
+    the cache like a registered model (``sct-gm fetch-model MODEL_DIR``)."""
+    p = Path(path).expanduser()
+    name, entry = registry.read_model_file(p / "model.json" if p.is_dir() else p)
+    reg = registry.load_registry()
+    if name in reg["models"] and reg["models"][name].get("version") != entry.get("version"):
+        raise ModelError(f"{p}: model '{name}' is already registered with another version; rename the folder")
+    return _ensure_entry(name, entry, resolve_cache_dir(cache_dir), None, progress, force, policy or DownloadPolicy())
+
+
+def _ensure_entry(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
+                  progress: ProgressCallback | None, force: bool, policy: DownloadPolicy) -> InstalledModel:
     final = install_dir(cache, name, str(entry["version"]))
     if not force and (final / MANIFEST_FILE).is_file():
         try:

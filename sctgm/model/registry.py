@@ -192,7 +192,9 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
         raise bad("'files' must be a non-empty list")
     for f in files:
         fname = f.get("name", "")
-        if not _FILE_RE.match(fname) or fname in (WEIGHTS_FILE, MANIFEST_FILE):
+        # a trained model's folder (sct-gm train) registers its own model.safetensors as its weights
+        own_weights = fname == WEIGHTS_FILE and f.get("role") == "weights" and f.get("format") == "safetensors"
+        if not _FILE_RE.match(fname) or fname == MANIFEST_FILE or (fname == WEIGHTS_FILE and not own_weights):
             raise bad(f"file name '{fname}' must be a plain file name other than "
                       f"{WEIGHTS_FILE}/{MANIFEST_FILE}")
         if not isinstance(f.get("size"), int) or not _SHA_RE.match(str(f.get("sha256", ""))):
@@ -218,6 +220,7 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
         except (OSError, ValueError) as exc:
             raise ModelError(f"{REGISTRY_ENV}={extra}: not a readable JSON registry ({exc})") from exc
         for name, entry in user.get("models", {}).items():
+            entry = _relative_sources(entry, Path(extra).expanduser())
             if name in reg["models"]:
                 raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; "
                                  "choose another name")
@@ -227,6 +230,37 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
     if reg["default"] not in reg["models"]:
         raise ModelError(f"registry default '{reg['default']}' is not a registered model")
     return reg
+
+
+def _relative_sources(entry: Any, registry_file: Path) -> Any:
+    """A 'files' source with a relative folder as url (a trained model's model.json says ".") is
+    relative to the registry file's folder."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("sources"), list):
+        return entry
+    sources = []
+    for s in entry["sources"]:
+        url = s.get("url") if isinstance(s, dict) else None
+        if isinstance(s, dict) and s.get("kind") == "files" and isinstance(url, str) and "://" not in url \
+                and not Path(url).expanduser().is_absolute():
+            s = {**s, "url": str((registry_file.parent / url).resolve())}
+        sources.append(s)
+    return {**entry, "sources": sources}
+
+
+def read_model_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """(name, entry) of a trained model's ``model.json`` (a registry file holding one model, as
+    ``sct-gm train`` writes), validated; relative sources resolved against its folder."""
+    path = Path(path).expanduser()
+    try:
+        doc = json.loads(path.read_text())
+        models = doc["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: not a readable model file (a registry JSON with one model: {exc})") from None
+    if not isinstance(models, dict) or len(models) != 1:
+        raise ModelError(f"{path}: a model file holds exactly one model, not {len(models) if isinstance(models, dict) else '?'}")
+    (name, entry), = models.items()
+    _check_entry(name, entry, str(path))
+    return name, _relative_sources(entry, path)
 
 
 def unknown_model(name: str, reg: dict[str, Any]) -> UnknownModelError:

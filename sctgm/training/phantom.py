@@ -8,7 +8,9 @@ training windows of real images are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -69,3 +71,36 @@ def make_dataset(seed: int, n_subjects: int = 4, **kwargs: object) -> list[Phant
     """``n_subjects`` phantom subjects, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     return [make_subject(rng, name=f"sub-{i + 1:02d}", **kwargs) for i in range(n_subjects)]  # type: ignore[arg-type]
+
+
+def write_phantom_nifti(folder: str | Path, rng: np.random.Generator, *, name: str = "phantom",
+                        shape: tuple[int, int, int] = (48, 48, 6), zooms_mm: tuple[float, float, float] = (0.5, 0.5, 4.0),
+                        axcodes: str = "LAS", labelled: Sequence[int] | None = None) -> tuple[Path, Path]:
+    """An image and its GM mask as NIfTI files ``<name>.nii.gz`` / ``<name>_gm.nii.gz`` in ``folder``:
+    phantom slices on a native grid of ``zooms_mm``, the array laid out as ``axcodes`` (nibabel
+    codes; the canonical view is LAS). ``labelled``: the slices whose GM is kept in the mask
+    (default all)."""
+    import nibabel as nib
+    from nibabel import orientations as o
+
+    subject = make_subject(rng, n_slices=shape[2], shape_px=(shape[0], shape[1]), size_px=shape[0] / 5, name=name)
+    img = np.moveaxis(subject.images, 0, -1) * 100 + 300  # canonical (LAS) layout, positive intensities
+    gm = np.moveaxis(subject.targets, 0, -1)
+    if labelled is not None:
+        keep = np.zeros(shape[2], dtype=bool)
+        keep[list(labelled)] = True
+        gm = gm * keep
+    t = o.ornt_transform(o.axcodes2ornt(("L", "A", "S")), o.axcodes2ornt(tuple(axcodes)))
+    img, gm = o.apply_orientation(img, t), o.apply_orientation(gm, t)
+    affine = np.diag([-zooms_mm[0], zooms_mm[1], zooms_mm[2], 1.0]) @ o.inv_ornt_aff(t, shape)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for data, suffix in ((img, ""), (gm, "_gm")):
+        nii = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
+        nii.set_qform(affine, code=1)
+        nii.set_sform(affine, code=1)
+        path = folder / f"{name}{suffix}.nii.gz"
+        nib.save(nii, str(path))
+        paths.append(path)
+    return paths[0], paths[1]

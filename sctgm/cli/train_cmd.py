@@ -1,0 +1,102 @@
+"""``sct-gm train``: fine-tune a published network (or train one from scratch) on labelled images.
+A thin shell over :func:`sctgm.train` (sctgm/training/api.py); see docs/train.md."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..training.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION
+from .options import greedy_command
+
+_GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "--val")
+
+
+@greedy_command(*_GREEDY, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-i", "--input", "inputs", multiple=True, type=click.Path(path_type=Path),
+              help="Image(s) to train on (3D NIfTI, axial slices); one -r per -i.")
+@click.option("-r", "--ref", "refs", multiple=True, type=click.Path(path_type=Path),
+              help="Manual GM mask(s) (0/1) on each image's grid; only slices holding GM are used.")
+@click.option("--bids", "bids_root", type=click.Path(path_type=Path), default=None,
+              help="BIDS dataset: GM masks from derivatives/labels (_label-GM_seg or _gmseg-manual).")
+@click.option("--suffix", "suffixes", multiple=True, help="BIDS: image suffix(es) [default: T2star].")
+@click.option("--participant-label", "participants", multiple=True, help="BIDS: only these participants.")
+@click.option("--gmchallenge", type=click.Path(path_type=Path), default=None,
+              help="Folder in the GM challenge's layout (siteN-scNN-image + -mask-r1..r4; majority vote).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="MODEL_DIR to create (model.safetensors, model.json, logs, curves, validation metrics).")
+@click.option("--init", default=DEFAULT_INIT, show_default=True,
+              help="Start from: large, challenge, a registered name, a model folder / weight file, or none.")
+@click.option("--arch", type=click.Choice(["dilated", "unet"]), default=None,
+              help="Network (with --init none) [default: dilated, or the init's].")
+@click.option("--filters", type=click.IntRange(1, 512), default=None, help="Filters (with --init none).")
+@click.option("--val", "val_subjects", multiple=True, help="Validation subjects (sub-03 ...).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_VAL_FRACTION,
+              show_default=True, help="Share of subjects held out (one subject: a block of its slices).")
+@click.option("--max-steps", type=click.IntRange(1), default=None,
+              help=f"Optimizer steps [default: {DEFAULT_MAX_STEPS}].")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None,
+              help="Passes over the training slices (instead of --max-steps).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Peak learning rate [default: 1e-4 fine-tuning, 1e-3 from scratch].")
+@click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Crops per step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads for torch [default: the available cores].")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run of -o (same command otherwise).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR (or an interrupted run).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
+@click.pass_context
+def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], bids_root: Optional[Path],
+          suffixes: tuple[str, ...], participants: tuple[str, ...], gmchallenge: Optional[Path], output: Path,
+          init: str, arch: Optional[str], filters: Optional[int], val_subjects: tuple[str, ...], val_fraction: float,
+          max_steps: Optional[int], epochs: Optional[float], lr: Optional[float], batch_size: int, seed: int,
+          device: str, threads: Optional[int], resume: bool, overwrite: bool, quiet: bool) -> None:
+    """Fine-tune a GM network on labelled images and write a model folder that
+    `sct-gm segment -m MODEL_DIR` uses.
+
+    \b
+      sct-gm train -i sub-01_T2star.nii.gz -r sub-01_T2star_gmseg.nii.gz -o mymodel
+      sct-gm train --bids ds --val sub-03 -o mymodel --init large
+      sct-gm train --gmchallenge training-data -o unet --init none --arch unet
+    """
+    from .. import train as run_train
+    from . import setup_logging
+    from .progress import counting_bar
+
+    setup_logging(bool(ctx.obj and ctx.obj.get("verbose")), quiet=quiet)
+    if max_steps and epochs:
+        raise click.UsageError("give --max-steps or --epochs, not both")
+
+    def describe(p: object) -> str:
+        v = getattr(p, "val_dice", None)
+        return f"loss {p.loss:.3f}" + (f"  val Dice {v:.3f}" if v is not None else "")  # type: ignore[attr-defined]
+
+    last_val: list[float] = []
+    with counting_bar(quiet, "training", "steps", describe) as bar:
+        def progress(p: object) -> None:
+            if getattr(p, "val_dice", None) is not None:
+                last_val.append(p.val_dice)  # type: ignore[attr-defined]
+            if bar is not None:
+                bar(p.step, p.max_steps, p)  # type: ignore[attr-defined]
+
+        try:
+            result = run_train(list(inputs), list(refs), output=output, bids=bids_root, suffixes=suffixes or None,
+                               participants=participants, gmchallenge=gmchallenge, init=init, arch=arch,
+                               filters=filters, val=val_subjects, val_fraction=val_fraction, max_steps=max_steps,
+                               epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, threads=threads,
+                               resume=resume, overwrite=overwrite, progress=progress,
+                               command_line=shlex.join(["sct-gm", *sys.argv[1:]]))
+        except KeyboardInterrupt:
+            click.echo(f"sct-gm: interrupted; {output} was not written, the last checkpoint is kept: run the same "
+                       f"command with --resume to continue", err=True)
+            ctx.exit(130)
+    dice = "no validation" if result.val_dice is None else (
+        f"validation Dice {result.val_dice:.3f} at threshold {result.threshold:g} (step {result.best_step})")
+    click.echo(f"{result.model_dir}: {result.steps} steps, {dice}; use it with: sct-gm segment -m {result.model_dir}")

@@ -1,0 +1,237 @@
+"""``sctgm.train``: labelled images -> a model folder that ``segment -m`` uses (the library side of
+``sct-gm train``; the CLI is a thin shell over :func:`train`).
+
+The run works in a temporary folder beside MODEL_DIR (``.<name>.partial``), where its checkpoint is
+replaced atomically every few steps; the outputs are written there and the folder is renamed to
+MODEL_DIR at the very end, so MODEL_DIR is either absent or complete. Ctrl-C leaves the partial
+folder with its last good checkpoint: the same command with ``resume=True`` (``--resume``)
+continues it and, on a CPU with the same seed, ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..exceptions import OutputError
+from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
+from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE,
+                       DEFAULT_FILTERS, DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS,
+                       DEFAULT_PATIENCE, DEFAULT_UNET_DEPTH, DEFAULT_VAL_FRACTION, DEFAULT_WARMUP_STEPS,
+                       VALIDATIONS_PER_RUN)
+from . import outputs, sources
+
+#: --arch -> the registry's architecture name.
+ARCH_NAMES = {"dilated": "perone2018-dilated", "unet": "unet"}
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`train` made: the model folder and how well the model did on validation."""
+
+    model_dir: Path
+    model_json: Path
+    weights: Path
+    threshold: float
+    val_dice: float | None  # pooled window Dice at ``threshold`` (None without validation)
+    validation: list[dict[str, Any]]  # validation.csv's rows
+    steps: int
+    best_step: int
+    stopped_early: bool
+    seconds: float
+    split: str
+
+
+def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        hint = "give --overwrite to replace it" if resume else "give --overwrite to replace it or another -o"
+        raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}")
+    if resume and not (partial / outputs.CHECKPOINT).is_file():
+        raise OutputError(f"{out}: nothing to resume (no interrupted run in {partial})")
+    if not resume and partial.exists():
+        if not overwrite:
+            raise OutputError(f"{out}: an interrupted run left {partial}; continue it with --resume or start "
+                              f"again with --overwrite")
+        shutil.rmtree(partial)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.TemporaryFile(dir=out.parent)
+        probe.close()
+    except OSError as exc:
+        raise OutputError(f"{out.parent}: cannot write the model folder there ({exc.strerror or exc})") from None
+
+
+def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  # -> (module, Preprocessing, dict)
+    """The network to train, its preprocessing and what model.json records about the init."""
+    import torch
+
+    from ..model.registry import Preprocessing
+    from .models import build_model, model_from_weights
+
+    if arch is not None and arch not in ARCH_NAMES:
+        raise TrainingDataError(f"--arch {arch}: unknown; expected one of {', '.join(ARCH_NAMES)}")
+    if init == "none":
+        a = arch or DEFAULT_ARCH
+        f = filters or DEFAULT_FILTERS[a]
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
+            torch.manual_seed(seed)
+            model = build_model(a, f, depth=DEFAULT_UNET_DEPTH)
+        return model, Preprocessing(threshold=0.5), {"name": "none", "sha256": None}, a, f
+    from ..model.install import ensure_model
+
+    installed = ensure_model(init)
+    model, a = model_from_weights(installed.weights_path)
+    f = int(getattr(model, "filters", installed.filters))
+    if arch is not None and arch != a:
+        raise TrainingDataError(f"--init {init} is a {a} network; --arch {arch} does not fit it (use --init none "
+                                f"to train a {arch} from scratch)")
+    if filters is not None and filters != f:
+        raise TrainingDataError(f"--init {init} has {f} filters; --filters {filters} does not fit it")
+    return model, installed.preprocessing, {"name": installed.name, "version": installed.version,
+                                            "sha256": installed.sha256}, a, f
+
+
+def _items(images: Sequence[Any], masks: Sequence[Any], bids: Any, suffixes: Sequence[str] | None,
+           participants: Sequence[str], gmchallenge: Any) -> list[LabelledImage]:
+    items: list[LabelledImage] = []
+    if images or masks:
+        items += sources.from_pairs(images, masks)
+    if bids:
+        items += sources.from_bids(bids, suffixes=suffixes, participants=participants)
+    if gmchallenge:
+        items += sources.from_gmchallenge(gmchallenge)
+    if not items:
+        raise TrainingDataError("no labelled data: give -i IMAGE -r GM_MASK pairs, --bids DATASET or --gmchallenge DIR")
+    return items
+
+
+def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | os.PathLike[str]] = (), *,
+          output: str | os.PathLike[str], bids: str | os.PathLike[str] | None = None,
+          suffixes: Sequence[str] | None = None, participants: Sequence[str] = (),
+          gmchallenge: str | os.PathLike[str] | None = None, init: str = DEFAULT_INIT, arch: str | None = None,
+          filters: int | None = None, val: Sequence[str] = (), val_fraction: float = DEFAULT_VAL_FRACTION,
+          max_steps: int | None = None, epochs: float | None = None, lr: float | None = None,
+          batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, device: str = "auto", threads: int | None = None,
+          resume: bool = False, overwrite: bool = False, bn: str | None = None, patience: int = DEFAULT_PATIENCE,
+          augment: Any = None, progress: Callable[[Any], None] | None = None,
+          command_line: str | None = None) -> TrainOutcome:
+    """Fine-tune ``init`` (a registered model, a model folder / weight file, or ``"none"``: random
+    weights of ``arch`` with ``filters``) on labelled images, and write MODEL_DIR ``output``. See
+    docs/train.md for each parameter; ``progress`` receives
+    :class:`~sctgm.training.loop.TrainProgress` after every step."""
+    import torch
+
+    from ..engines.hardware import available_cores
+    from .loop import TrainConfig, train_loop
+    from .models import resolve_device
+
+    out = Path(output).expanduser().absolute()
+    partial = out.parent / f".{out.name}.partial"
+    _check_output(out, partial, resume=resume, overwrite=overwrite)
+    if not 0.0 <= val_fraction < 1.0:
+        raise TrainingDataError(f"--val-fraction {val_fraction}: expected a share in [0, 1)")
+    items = _items(images, masks, bids, suffixes, participants, gmchallenge)
+    model, prep, init_record, arch_key, n_filters = _init_model(init, arch, filters, seed)
+    volumes = [read_labelled(it, prep, margin_px=TRAIN_MARGIN_PX) for it in items]
+    parts = sources.split(volumes, val_subjects=val, val_fraction=val_fraction, seed=seed)
+    train_sets = [slice_set([v for v in parts.train if v.subject == s], training=True)
+                  for s in sorted({v.subject for v in parts.train})]
+    val_sets = [slice_set([v for v in parts.val if v.subject == s], training=False)
+                for s in sorted({v.subject for v in parts.val})]
+    n_train = sum(len(s.images) for s in train_sets)
+    if max_steps is None:
+        max_steps = (math.ceil(epochs * math.ceil(n_train / batch_size)) if epochs else DEFAULT_MAX_STEPS)
+    val_every = max(1, max_steps // VALIDATIONS_PER_RUN)
+    crop = min([prep.crop_px] + [min(v.prepared.window_px) for v in volumes])
+    pretrained = init != "none"
+    cfg_kwargs: dict[str, Any] = {} if augment is None else {"augment": augment}
+    cfg = TrainConfig(max_steps=max(1, int(max_steps)), batch_size=batch_size, crop_px=crop,
+                      lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH), warmup_steps=DEFAULT_WARMUP_STEPS,
+                      bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
+                      patience=patience if val_sets else 0,
+                      checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed, **cfg_kwargs)
+    data_record = [{"image": str(it.image), "image_sha256": sha256_of(it.image),
+                    "masks": [{"path": str(m), "sha256": sha256_of(m)} for m in it.masks],
+                    "subject": it.subject, "challenge_vote": it.challenge,
+                    "train_slices": [k for v in parts.train if v.name == str(it.image) for k in v.slices],
+                    "val_slices": [k for v in parts.val if v.name == str(it.image) for k in v.slices]}
+                   for it in items]
+    signature = {"data": data_record, "init": init_record, "arch": arch_key, "filters": n_filters,
+                 "config": json.loads(json.dumps(asdict(cfg), default=str)), "split": parts.how}
+    if resume:
+        try:
+            before = json.loads((partial / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            before = None
+        if before != json.loads(json.dumps(signature)):
+            raise TrainingDataError(f"{partial}: the interrupted run had other data or options; --resume needs the "
+                                    f"same command (or start again with --overwrite)")
+    else:
+        partial.mkdir()
+        (partial / RUN_FILE).write_text(json.dumps(signature, indent=1))
+
+    dev = resolve_device(device)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or available_cores())
+    try:
+        result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
+                            checkpoint_path=partial / outputs.CHECKPOINT, resume=resume, progress=progress)
+        prep_out = type(prep)(**{**prep.to_entry(), "threshold": result.threshold})
+        name = outputs.model_name(out)
+        architecture: dict[str, Any] = {"name": ARCH_NAMES[arch_key], "filters": n_filters}
+        if arch_key == "unet":
+            architecture["depth"] = int(getattr(model, "depth", DEFAULT_UNET_DEPTH))
+        outputs.write_weights(partial, result.state_dict, n_filters)
+        training: dict[str, Any] = {
+            "data": data_record, "init": init_record, "seed": seed, "sctgm_version": __version__,
+            "command_line": command_line or "sctgm.train()", "device": str(dev),
+            "config": signature["config"], "validation_split": parts.how,
+            "metrics": {"val_window_dice": result.val_dice, "threshold": result.threshold, "steps": result.steps,
+                        "best_step": result.best_step, "stopped_early": result.stopped_early,
+                        "seconds": round(result.seconds, 1), "data_seconds": round(result.data_seconds, 1)},
+        }
+        outputs.write_model_json(partial, name=name, architecture=architecture, preprocessing=prep_out,
+                                 training=training, description=f"{arch_key} network trained by sct-gm "
+                                 f"{__version__} from init '{init_record['name']}'")
+        outputs.write_log(partial, result.log)
+        outputs.write_curves(partial, result.log)
+        rows = outputs.validation_metrics(partial, parts.val, threads=threads) if parts.val else []
+        outputs.write_validation(partial, rows)
+        if rows:  # the per-subject metrics into model.json too (written again: same weights, same sha256)
+            training["metrics"]["validation"] = rows
+            outputs.write_model_json(partial, name=name, architecture=architecture, preprocessing=prep_out,
+                                     training=training, description=f"{arch_key} network trained by sct-gm "
+                                     f"{__version__} from init '{init_record['name']}'")
+        (partial / outputs.CHECKPOINT).unlink(missing_ok=True)
+        (partial / RUN_FILE).unlink(missing_ok=True)
+    except KeyboardInterrupt:
+        raise  # the partial folder keeps its last good checkpoint for --resume
+    except BaseException:
+        if not (partial / outputs.CHECKPOINT).is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+    _publish(partial, out)
+    return TrainOutcome(out, out / outputs.MODEL_JSON, out / "model.safetensors", result.threshold, result.val_dice,
+                        rows, result.steps, result.best_step, result.stopped_early, result.seconds, parts.how)
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Rename the finished folder to MODEL_DIR (replacing an old one only now, with --overwrite)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(partial, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
