@@ -15,10 +15,9 @@ the other, both ways (never interleaved slices). Per fold and init it prints:
 - wall time of the fit, steps/s, and the share of the loop spent outside the network step
   (sampling + augmentation), which must stay under 10 % on the CPU.
 
-The U-Net (no registry architecture for it yet) is run through the same Segmenter with a PyTorch
-runner in place of the engine. Training windows are built with segment's preprocessing code
-(canonical orientation, 0.25 mm grid, window placement, standardisation over the image's window stack),
-larger than the network window by ``MARGIN_PX`` so that crops can shift and rotate.
+The U-Net goes the same way (its registry architecture row ``unet``). Training windows come from
+:mod:`sctgm.training.data` (what ``sct-gm train`` uses: segment's preprocessing, windows centred on
+the GM, larger than the network window so that crops can shift and rotate).
 
     PYTHONPATH=. python3 -u bench/finetune.py [--steps 200] [--inits challenge,large,unet] [--threads 1]
     PYTHONPATH=. python3 -u bench/finetune.py --quick      # a few steps, to check it runs (~3 min)
@@ -37,65 +36,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sctgm.engines.choice import LoadedNetwork
-from sctgm.engines.torch import TorchNetwork
 from sctgm.io import load_image
 from sctgm.model.install import sha256_of
 from sctgm.model.registry import InstalledModel, Preprocessing
 from sctgm.model.weights import save_safetensors, state_dict_from_keras
 from sctgm.segment.pipeline import Segmenter, SegmentOptions
-from sctgm.segment.preprocess import Standardisation, canonical_mask, prepare, sample, sample_mask, windows_at
-from sctgm.segment import placement
+from sctgm.segment.preprocess import prepare
 from sctgm.training.augment import AugmentConfig
+from sctgm.training.data import LabelledImage, LabelledVolume, labelled_volume, load_labelled
 from sctgm.training.loop import DEFAULT_THRESHOLDS, SliceSet, TrainConfig, TrainProgress, train_loop
 from sctgm.training.models import build_model, model_from_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data" / "sct_testing_data"
 MODELS = SHARED / "models" / "deepseg_gm"
-MARGIN_PX = 48  # extra fine pixels on each side of a training window (room for shifts and rotations)
 DATASETS = {  # name: (image, manual GM mask, cord mask or None)
     "t2s": (DATA / "t2s" / "t2s_uncropped.nii.gz", DATA / "t2s" / "t2s_uncropped_gmseg_manual.nii.gz", None),
     "mt1": (DATA / "mt" / "mt1.nii.gz", DATA / "mt" / "mt1_gmseg_goldstandard.nii.gz", DATA / "mt" / "mt1_seg.nii.gz"),
 }
 UNET_FILTERS = 16
+UNET_DEPTH = 3
 
 
 @dataclass
 class Labelled:
-    """One image's labelled slices, as training and evaluation need them."""
+    """One image's labelled slices (:class:`sctgm.training.data.LabelledVolume`) and where it came from."""
 
     name: str
     image_path: Path
     cord_path: Path | None
-    slices: list[int]  # canonical slice indices that carry a label
-    train_images: list[np.ndarray]  # standardised windows with a margin, one per labelled slice
-    train_targets: list[np.ndarray]
-    val_images: list[np.ndarray]  # network-sized windows centred on the GM (monitoring)
-    val_targets: list[np.ndarray]
-    manual_canonical: np.ndarray  # bool, canonical layout
+    volume: LabelledVolume
     seconds: float
+
+    @property
+    def slices(self) -> list[int]:
+        return self.volume.slices
 
 
 def labelled_data(name: str) -> Labelled:
-    """Windows of the labelled slices, built with segment's preprocessing."""
+    """Windows of the labelled slices, cut by the trainer's own code (segment's preprocessing)."""
     t0 = time.perf_counter()
     image_path, mask_path, cord_path = DATASETS[name]
-    image = load_image(image_path)
-    prep = Preprocessing()
-    vol = prepare(image, prep)
-    manual = canonical_mask(load_image(mask_path, what="mask", allow_constant=True), vol)
-    slices = [k for k in range(vol.n_slices) if manual[:, :, k].any()]
-    centres = placement.centres_from_mask(manual, vol.grid)[slices]
-    windows = windows_at(vol, centres)
-    std = Standardisation.of(sample(vol, windows, slices))  # as segment: one mean/std over the stack
-    big = dataclasses.replace(vol, window_px=placement.window_size(vol.grid, prep.crop_px + 2 * MARGIN_PX))
-    big_windows = windows_at(big, centres)
-    return Labelled(
-        name, image_path, cord_path, slices,
-        list(std(sample(vol, big_windows, slices))), list(sample_mask(vol, manual, big_windows, slices)),
-        list(std(sample(vol, windows, slices))), list(sample_mask(vol, manual, windows, slices)),
-        manual, time.perf_counter() - t0)
+    image, mask = load_labelled(LabelledImage(image_path, (mask_path,), name))
+    volume = labelled_volume(image, mask, Preprocessing(), name=name, subject=name)
+    return Labelled(name, image_path, cord_path, volume, time.perf_counter() - t0)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -103,27 +87,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
-class _TorchRunner(TorchNetwork):
-    """The PyTorch engine for a network the registry has no architecture for (the U-Net)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        sd = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-        super().__init__(net, sd, "cpu", threads=torch.get_num_threads(), origin="unet")
-
-
-def segmenter_for(state_dict: dict[str, np.ndarray], filters: int, arch: str, net: torch.nn.Module,
-                  folder: Path, threads: int) -> Segmenter:
-    """A Segmenter on these weights: the dilated network as a user gets it (safetensors + registry
-    record, ONNX Runtime); the U-Net through the PyTorch runner."""
-    if arch != "dilated":
-        seg = Segmenter.__new__(Segmenter)
-        model = InstalledModel("unet-bench", "0", filters, folder / "none", "safetensors", "0" * 64)
-        seg.network = LoadedNetwork(model, _TorchRunner(net))
-        return seg
+def segmenter_for(state_dict: dict[str, np.ndarray], filters: int, arch: str, folder: Path,
+                  threads: int) -> Segmenter:
+    """A Segmenter on these weights as a user gets it: safetensors file + registry record (the
+    architecture row of ``arch``), ONNX Runtime on the CPU."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
     save_safetensors(state_dict, filters, path)
-    model = InstalledModel("bench", "0", filters, path, "safetensors", sha256_of(path))
+    record = {"name": "unet", "depth": UNET_DEPTH} if arch == "unet" else {}
+    model = InstalledModel(f"bench-{arch}", "0", filters, path, "safetensors", sha256_of(path), architecture=record)
     return Segmenter(model, device="cpu", engine="onnxruntime", threads=threads, cache_dir=str(folder))
 
 
@@ -138,7 +110,7 @@ def held_out_dice(seg: Segmenter, data: Labelled, held: list[int]) -> dict[float
     for th in (0.999, 0.5):
         gm = seg.segment_image(image, cord=cord, options=SegmentOptions(threshold=th)).gm
         gm_c = vol.reorientation.apply(gm) > 0
-        out[th] = dice(gm_c[:, :, ks], data.manual_canonical[:, :, ks])
+        out[th] = dice(gm_c[:, :, ks], data.volume.gm[:, :, ks])
     return out
 
 
@@ -146,7 +118,7 @@ def initial_model(init: str) -> tuple[torch.nn.Module, str, int, bool]:
     """(network, architecture, filters, pretrained) for an init name."""
     if init == "unet":
         torch.manual_seed(0)
-        return build_model("unet", UNET_FILTERS), "unet", UNET_FILTERS, False
+        return build_model("unet", UNET_FILTERS, depth=UNET_DEPTH), "unet", UNET_FILTERS, False
     model, arch = model_from_weights(MODELS / f"{init}_model.hdf5")
     return model, arch, state_dict_from_keras(MODELS / f"{init}_model.hdf5")[1], True
 
@@ -162,9 +134,10 @@ def run_fold(data: Labelled, init: str, fit: list[int], held: list[int], cfg: Tr
     if pretrained:
         sd0 = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
-        before = held_out_dice(segmenter_for(sd0, filters, arch, model, tmp / f"{init}-before", threads), data, held)
-    train = [SliceSet(f"{data.name}-fit", [data.train_images[i] for i in fit], [data.train_targets[i] for i in fit])]
-    val = [SliceSet(f"{data.name}-held", [data.val_images[i] for i in held], [data.val_targets[i] for i in held])]
+        before = held_out_dice(segmenter_for(sd0, filters, arch, tmp / f"{init}-before", threads), data, held)
+    v = data.volume
+    train = [SliceSet(f"{data.name}-fit", [v.train_inputs[i] for i in fit], [v.train_targets[i] for i in fit])]
+    val = [SliceSet(f"{data.name}-held", [v.inputs[i] for i in held], [v.targets[i] for i in held])]
     last: dict[str, torch.Tensor] = {}
 
     def keep_last(p: TrainProgress) -> None:  # the loop restores the best-by-validation model; score the last
@@ -177,7 +150,7 @@ def run_fold(data: Labelled, init: str, fit: list[int], held: list[int], cfg: Tr
     model.load_state_dict(last)
     model.eval()
     sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    after = held_out_dice(segmenter_for(sd, filters, arch, model, tmp / f"{init}-after", threads), data, held)
+    after = held_out_dice(segmenter_for(sd, filters, arch, tmp / f"{init}-after", threads), data, held)
     loop_s = r.data_seconds + r.step_seconds
     curve = [(e["step"], e["val_dice"]) for e in r.log if e["val_dice"] is not None]
     return {"before": before, "after": after, "wall": wall, "steps_per_s": r.steps / loop_s,
@@ -212,7 +185,7 @@ def main() -> None:
             data = labelled_data(name)
             n = len(data.slices)
             blocks = {"A": list(range(n // 2)), "B": list(range(n // 2, n))}
-            crop = min(200, *data.val_images[0].shape)
+            crop = min(200, *data.volume.prepared.window_px)  # as sctgm.train: never beyond the window
             print(f"{name}: {n} labelled slices, A = {blocks['A']}, B = {blocks['B']}, crops {crop} px "
                   f"(windows built in {data.seconds:.1f} s)", flush=True)
             for init in args.inits.split(","):
