@@ -103,6 +103,9 @@ _PARAMETER_NAMES: dict[str, tuple[str, ...]] = {
     "output": ("output", "csv_path"),
     "crop_px": ("crop", "crop_px"),
     "derivatives": ("derivatives",),
+    "images": ("inputs",),
+    "masks": ("refs",),
+    "val": ("val_subjects",),
 }
 
 

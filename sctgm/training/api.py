@@ -53,14 +53,15 @@ class TrainOutcome:
 
 def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        hint = "give --overwrite to replace it" if resume else "give --overwrite to replace it or another -o"
-        raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}")
+        hint = "overwrite it to replace it" if resume else "overwrite it or choose another output folder"
+        raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}",
+                          parameter="overwrite")
     if resume and not (partial / outputs.CHECKPOINT).is_file():
         raise OutputError(f"{out}: nothing to resume (no interrupted run in {partial})")
     if not resume and partial.exists():
         if not overwrite:
-            raise OutputError(f"{out}: an interrupted run left {partial}; continue it with --resume or start "
-                              f"again with --overwrite")
+            raise OutputError(f"{out}: an interrupted run left {partial}; resume it or overwrite it to start "
+                              f"again", parameter="resume")
         shutil.rmtree(partial)
     for up in (out.parent, *out.parent.parents):
         if up.exists() and not up.is_dir():
@@ -81,7 +82,8 @@ def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  #
     from .models import build_model, model_from_weights
 
     if arch is not None and arch not in ARCH_NAMES:
-        raise TrainingDataError(f"--arch {arch}: unknown; expected one of {', '.join(ARCH_NAMES)}")
+        raise TrainingDataError(f"architecture {arch!r}: unknown; expected one of {', '.join(ARCH_NAMES)}",
+                                parameter="arch")
     if init == "none":
         a = arch or DEFAULT_ARCH
         f = filters or DEFAULT_FILTERS[a]
@@ -96,14 +98,16 @@ def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  #
     try:
         installed = ensure_model(init)
     except UnknownModelError as exc:
-        raise UnknownModelError(f"--init {init}: {exc} (or none, to start from random weights)") from None
+        raise UnknownModelError(f"init model {init!r}: {exc} (or none, to start from random weights)",
+                                parameter="init") from None
     model, a = model_from_weights(installed.weights_path)
     f = int(getattr(model, "filters", installed.filters))
     if arch is not None and arch != a:
-        raise TrainingDataError(f"--init {init} is a {a} network; --arch {arch} does not fit it (use --init none "
-                                f"to train a {arch} from scratch)")
+        raise TrainingDataError(f"init model {init!r} is a {a} network; architecture {arch!r} does not fit it "
+                                f"(init 'none' trains a {arch} from scratch)", parameter="arch")
     if filters is not None and filters != f:
-        raise TrainingDataError(f"--init {init} has {f} filters; --filters {filters} does not fit it")
+        raise TrainingDataError(f"init model {init!r} has {f} filters; {filters} filters do not fit it",
+                                parameter="filters")
     return model, installed.preprocessing, {"name": installed.name, "version": installed.version,
                                             "sha256": installed.sha256}, a, f
 
@@ -118,7 +122,8 @@ def _items(images: Sequence[Any], masks: Sequence[Any], bids: Any, suffixes: Seq
     if gmchallenge:
         items += sources.from_gmchallenge(gmchallenge)
     if not items:
-        raise TrainingDataError("no labelled data: give -i IMAGE -r GM_MASK pairs, --bids DATASET or --gmchallenge DIR")
+        raise TrainingDataError("no labelled data: give image and GM mask pairs, a BIDS dataset or a GM challenge "
+                                "folder", parameter="images")
     return items
 
 
@@ -146,7 +151,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     partial = out.parent / f".{out.name}.partial"
     _check_output(out, partial, resume=resume, overwrite=overwrite)
     if not 0.0 <= val_fraction < 1.0:
-        raise TrainingDataError(f"--val-fraction {val_fraction}: expected a share in [0, 1)")
+        raise TrainingDataError(f"validation fraction {val_fraction}: expected a share in [0, 1)",
+                                parameter="val_fraction")
     items = _items(images, masks, bids, suffixes, participants, gmchallenge)
     model, prep, init_record, arch_key, n_filters = _init_model(init, arch, filters, seed)
     volumes = [read_labelled(it, prep, margin_px=TRAIN_MARGIN_PX) for it in items]
@@ -182,8 +188,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         except (OSError, ValueError):
             before = None
         if before != json.loads(json.dumps(signature)):
-            raise TrainingDataError(f"{partial}: the interrupted run had other data or options; --resume needs the "
-                                    f"same command (or start again with --overwrite)")
+            raise TrainingDataError(f"{partial}: the interrupted run had other data or options; resuming needs the "
+                                    f"same data and options (or overwrite it to start again)", parameter="resume")
     else:
         partial.mkdir()
         (partial / RUN_FILE).write_text(json.dumps(signature, indent=1))

@@ -42,7 +42,8 @@ def subject_of(path: Path) -> str:
 
 def from_pairs(images: Sequence[str | os.PathLike[str]], masks: Sequence[str | os.PathLike[str]]) -> list[LabelledImage]:
     if len(images) != len(masks):
-        raise TrainingDataError(f"{len(images)} image(s) (-i) but {len(masks)} GM mask(s) (-r): give one -r per -i")
+        raise TrainingDataError(f"{len(images)} image(s) but {len(masks)} GM mask(s): give one GM mask per image",
+                                parameter="masks")
     out = []
     for i, r in zip(images, masks):
         ip, rp = Path(i), Path(r)
@@ -125,7 +126,8 @@ def split(volumes: Sequence[LabelledVolume], *, val_subjects: Sequence[str] = ()
         want = {s if s in subjects else f"sub-{s}" for s in val_subjects}
         unknown = sorted(w for w in want if w not in subjects)
         if unknown:
-            raise TrainingDataError(f"--val {', '.join(unknown)}: no such subject among {', '.join(subjects)}")
+            raise TrainingDataError(f"validation subject(s) {', '.join(unknown)}: no such subject among {', '.join(subjects)}",
+                                    parameter="val")
         out = Split([v for v in volumes if v.subject not in want], [v for v in volumes if v.subject in want],
                     f"subjects {', '.join(sorted(want))}")
     elif val_fraction <= 0:
@@ -149,8 +151,9 @@ def split(volumes: Sequence[LabelledVolume], *, val_subjects: Sequence[str] = ()
     if not out.val:
         raise TrainingDataError(f"the validation set is empty ({len(subjects)} subject(s), "
                                 f"{sum(len(v.slices) for v in volumes)} labelled slice(s)); label more slices, "
-                                f"name subjects with --val, or give --val-fraction 0 to train without validation")
+                                f"name validation subjects, or set the validation fraction to 0 to train without "
+                                f"validation", parameter="val_fraction")
     if not out.train:
-        raise TrainingDataError("no training data is left after holding out the validation set; give fewer --val "
-                                "subjects or a smaller --val-fraction")
+        raise TrainingDataError("no training data is left after holding out the validation set; name fewer "
+                                "validation subjects or give a smaller validation fraction", parameter="val_fraction")
     return out
