@@ -227,7 +227,8 @@ def test_noisy_scans_stand_out(browser, tmp_path):
 
     img, cord, gm = cord_phantom(shape=(40, 40, 5))
     paths = {}
-    for name, a in (("img", img), ("gm", gm)):
+    # two masks of one image: entries are keyed by image and mask, so one mask would give one entry
+    for name, a in (("img", img), ("gm", gm), ("gm2", gm)):
         paths[name] = tmp_path / f"sub-03_{name}.nii.gz"
         nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(paths[name]))
     qc = tmp_path / "qc"
@@ -240,7 +241,7 @@ def test_noisy_scans_stand_out(browser, tmp_path):
 
     add_entry(qc, paths["img"], paths["gm"], model="noisy", noise=noise(0.052))
     time.sleep(0.01)
-    add_entry(qc, paths["img"], paths["gm"], model="clean", noise=noise(0.021))
+    add_entry(qc, paths["img"], paths["gm2"], model="clean", noise=noise(0.021))
     open_report(browser, qc)
     browser.find_element("css selector", "#entries th[data-key='noise_pct']").click()  # noisiest first
     rows = browser.find_elements("css selector", "#entries tbody tr")

@@ -57,7 +57,7 @@ def _run_in_worker(job: Job, settings: BatchSettings, threads: int | None) -> Jo
     return worker.run(job)
 
 
-#: A job whose worker process died this many times (the last time alone in the pool) is recorded as failed.
+#: A job whose worker process died this many times while it was the only job in flight is recorded as failed.
 MAX_WORKER_DEATHS = 2
 
 
@@ -68,7 +68,7 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
     A worker that dies (SIGKILL, out of memory, a segfault) breaks the whole pool, and every job in
     flight fails with it, so the culprit is unknown: the jobs that were in flight go on a fresh pool,
     one at a time, and the others after them. A job whose worker dies :data:`MAX_WORKER_DEATHS` times
-    (the retry alone) is recorded as failed; the batch goes on.
+    while it is the only job in flight is recorded as failed; the batch goes on.
     """
     n_workers = max(1, min(n_workers, len(jobs)))
     records: list[JobRecord | None] = [None] * len(jobs)
@@ -114,11 +114,14 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
                     done(i, fut.result())
             running.clear()
             for i in suspects:
-                deaths[i] += 1
+                # only a death with no other job in flight is surely this job's: a bystander of another
+                # job's crash (perhaps never even started) is retried without counting against it
+                if len(suspects) == 1:
+                    deaths[i] += 1
                 if deaths[i] >= MAX_WORKER_DEATHS:
                     log.debug("%s: its worker died %d times; recorded as failed", jobs[i].name, deaths[i])
                     done(i, failed_record(jobs[i], WorkerDiedError(
-                        "the worker process segmenting it died, and again when it was retried alone "
+                        f"the worker process segmenting it died {MAX_WORKER_DEATHS} times while it ran alone "
                         "(killed, out of memory, or a crash in native code); the other images went on")))
                 else:
                     log.debug("%s: a worker died while it ran; retried on a fresh worker", jobs[i].name)
