@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Parameters that change the masks; outputs made with other values are redone.
-COMPARED_PARAMETERS = ("threshold", "keep_largest", "fill_holes", "tta", "crop_px")
+#: Parameters that change the masks; outputs made with other values are redone ("enhancement": the
+#: denoising, bias correction and CLAHE settings, as the sidecar records them).
+COMPARED_PARAMETERS = ("threshold", "keep_largest", "fill_holes", "tta", "crop_px", "enhancement")
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,9 @@ def provenance(sidecar: dict[str, Any]) -> tuple[str | None, dict[str, Any], lis
 
 def expected_parameters(options: SegmentOptions, segmenter: Segmenter) -> dict[str, Any]:
     """The :data:`COMPARED_PARAMETERS` a sidecar of this run records (the model's values filled in)."""
-    params = asdict(options.effective(segmenter.model.preprocessing))
-    return {k: params[k] for k in COMPARED_PARAMETERS}
+    prep = segmenter.model.preprocessing
+    params = {**asdict(options.effective(prep)), "enhancement": options.enhancement(prep).to_dict()}
+    return json.loads(json.dumps({k: params[k] for k in COMPARED_PARAMETERS}))  # as a sidecar reads back
 
 
 def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> str | None:

@@ -40,6 +40,12 @@ def test_batch_resumes_and_redoes_only_what_changed(tiny_model, images):
     other = segment_files([str(p) for p in images],
                           BatchSettings(model="tiny", device="cpu", prob=True, options=SegmentOptions(tta=True)))
     assert [r.status for r in other.records] == ["ok", "ok"]  # other parameters: redone
+    denoised = BatchSettings(model="tiny", device="cpu", prob=True, options=SegmentOptions(tta=True, denoise="nlm"))
+    assert [r.status for r in segment_files([str(p) for p in images], denoised).records] == ["ok", "ok"]
+    assert [r.status for r in segment_files([str(p) for p in images], denoised).records] == ["skipped", "skipped"]
+    clahe = BatchSettings(model="tiny", device="cpu", prob=True, options=SegmentOptions(tta=True, denoise="nlm",
+                                                                                          clahe=True))
+    assert [r.status for r in segment_files([str(p) for p in images], clahe).records] == ["ok", "ok"]
 
 
 def test_single_file_and_batch_write_the_same_files_and_sidecar(tiny_model, images, tmp_path):
