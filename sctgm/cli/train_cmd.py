@@ -45,6 +45,8 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
               help="Peak learning rate [default: 1e-4 fine-tuning, 1e-3 from scratch].")
 @click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Crops per step.")
+@click.option("--augment", type=click.Choice(["standard", "robust", "none"]), default="standard", show_default=True,
+              help="Augmentation recipe: robust adds frequent, strong noise, bias field and blur (docs/train.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
@@ -56,7 +58,7 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
 def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], bids_root: Optional[Path],
           suffixes: tuple[str, ...], participants: tuple[str, ...], gmchallenge: Optional[Path], output: Path,
           init: str, arch: Optional[str], filters: Optional[int], val_subjects: tuple[str, ...], val_fraction: float,
-          max_steps: Optional[int], epochs: Optional[float], lr: Optional[float], batch_size: int, seed: int,
+          max_steps: Optional[int], epochs: Optional[float], lr: Optional[float], batch_size: int, augment: str, seed: int,
           device: str, threads: Optional[int], resume: bool, overwrite: bool, quiet: bool) -> None:
     """Fine-tune a GM network on labelled images and write a model folder that
     `sct-gm segment -m MODEL_DIR` uses.
@@ -90,7 +92,7 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
             result = run_train(list(inputs), list(refs), output=output, bids=bids_root, suffixes=suffixes or None,
                                participants=participants, gmchallenge=gmchallenge, init=init, arch=arch,
                                filters=filters, val=val_subjects, val_fraction=val_fraction, max_steps=max_steps,
-                               epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, threads=threads,
+                               epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed, device=device, threads=threads,
                                resume=resume, overwrite=overwrite, progress=progress,
                                command_line=shlex.join(["sct-gm", *sys.argv[1:]]))
         except KeyboardInterrupt:

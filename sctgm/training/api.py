@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..exceptions import OutputError
+from ..exceptions import InvalidOptionError, OutputError
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE,
                        DEFAULT_FILTERS, DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS,
@@ -127,6 +127,18 @@ def _items(images: Sequence[Any], masks: Sequence[Any], bids: Any, suffixes: Seq
     return items
 
 
+def _augment_config(augment: Any) -> Any:
+    """An :class:`~sctgm.training.augment.AugmentConfig` from itself or a preset's name."""
+    from .augment import PRESETS, AugmentConfig
+
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if isinstance(augment, str) and augment in PRESETS:
+        return PRESETS[augment]
+    raise InvalidOptionError(f"augmentation {augment!r}: expected one of {', '.join(PRESETS)} or an AugmentConfig",
+                             parameter="augment")
+
+
 def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | os.PathLike[str]] = (), *,
           output: str | os.PathLike[str], bids: str | os.PathLike[str] | None = None,
           suffixes: Sequence[str] | None = None, participants: Sequence[str] = (),
@@ -167,7 +179,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     val_every = max(1, max_steps // VALIDATIONS_PER_RUN)
     crop = min([prep.crop_px] + [min(v.prepared.window_px) for v in volumes])
     pretrained = init != "none"
-    cfg_kwargs: dict[str, Any] = {} if augment is None else {"augment": augment}
+    cfg_kwargs: dict[str, Any] = {} if augment is None else {"augment": _augment_config(augment)}
     cfg = TrainConfig(max_steps=max(1, int(max_steps)), batch_size=batch_size, crop_px=crop,
                       lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH), warmup_steps=DEFAULT_WARMUP_STEPS,
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,

@@ -146,3 +146,20 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(pair, tmp_path, monke
     seg = CliRunner().invoke(main, ["segment", "-i", str(img), "-m", str(tmp_path / "cut"), "-o",
                                     str(tmp_path / "seg.nii.gz")])
     assert seg.exit_code == 0 and (tmp_path / "seg.nii.gz").is_file()
+
+
+def test_augment_recipe_is_recorded_and_unknown_ones_are_refused(pair, tmp_path):
+    import json
+
+    from sctgm.training.augment import ROBUST
+    img, gm = pair
+    out = tmp_path / "robust"
+    res = _run("-i", str(img), "-r", str(gm), "-o", str(out), "--augment", "robust", "--max-steps", "2", "-q", *TINY)
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads((out / "model.json").read_text())["models"].values()
+    recorded = entry["training"]["config"]["augment"]
+    assert recorded["noise_p"] == ROBUST.noise_p and recorded["noise_std"] == ROBUST.noise_std
+    assert recorded["bias_p"] == ROBUST.bias_p != 0.3  # not the standard recipe's
+    res = _run("-i", str(img), "-r", str(gm), "-o", str(tmp_path / "x"), "--augment", "heavy", *TINY)
+    assert res.exit_code == 2 and "--augment" in res.output and "heavy" in res.output
+    assert not (tmp_path / "x").exists()

@@ -151,3 +151,13 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monke
     resumed = sctgm.train(images, masks, output=tmp_path / "cut", resume=True, **kw)
     assert _weights(resumed.model_dir) == _weights(full.model_dir)
     assert resumed.threshold == full.threshold and not (tmp_path / ".cut.partial").exists()
+
+
+def test_augment_takes_a_preset_name_and_refuses_others(tmp_path):
+    from sctgm.exceptions import InvalidOptionError
+    images, masks = phantom_pairs(tmp_path / "data", n=1, shape=(32, 32, 4))
+    with pytest.raises(InvalidOptionError) as err:
+        sctgm.train(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="heavy",
+                    max_steps=1, device="cpu", threads=1)
+    assert err.value.parameter == "augment" and "robust" in str(err.value)
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.partial*"))
