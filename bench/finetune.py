@@ -43,6 +43,7 @@ from sctgm.model.weights import save_safetensors, state_dict_from_keras
 from sctgm.segment.pipeline import Segmenter, SegmentOptions
 from sctgm.segment.preprocess import prepare
 from sctgm.training.augment import AugmentConfig
+from sctgm.training.defaults import DEFAULT_BN_FINETUNE, DEFAULT_WARMUP_STEPS
 from sctgm.training.data import LabelledImage, LabelledVolume, labelled_volume, load_labelled
 from sctgm.training.loop import DEFAULT_THRESHOLDS, SliceSet, TrainConfig, TrainProgress, train_loop
 from sctgm.training.models import build_model, model_from_weights
@@ -167,7 +168,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--unet-lr", type=float, default=1e-3, help="lr of the U-Net trained from scratch")
-    ap.add_argument("--bn", default="auto", choices=("auto", "frozen", "train"))
+    ap.add_argument("--bn", default=DEFAULT_BN_FINETUNE, choices=("frozen", "train"),
+                    help="BatchNorm when fine-tuning (sct-gm train's default); from scratch it always trains")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--val-every", type=int, default=25, help="held-out window Dice logged every N steps")
     ap.add_argument("--flip", type=float, default=0.0)
@@ -191,8 +193,10 @@ def main() -> None:
             for init in args.inits.split(","):
                 for fit, held in args.folds.split(","):
                     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, crop_px=crop,
-                                      lr=args.unet_lr if init == "unet" else args.lr, bn=args.bn,
-                                      warmup_steps=max(1, args.steps // 20), val_every=args.val_every,
+                                      lr=args.unet_lr if init == "unet" else args.lr,
+                                      bn="train" if init == "unet" else args.bn,
+                                      warmup_steps=min(DEFAULT_WARMUP_STEPS, max(1, args.steps // 4)),
+                                      val_every=args.val_every,
                                       augment=dataclasses.replace(AugmentConfig(), flip_p=args.flip),
                                       thresholds=DEFAULT_THRESHOLDS)
                     r = run_fold(data, init, blocks[fit], blocks[held], cfg, tmp / f"{name}-{fit}", args.threads)
