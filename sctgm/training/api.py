@@ -139,6 +139,16 @@ def _augment_config(augment: Any) -> Any:
                              parameter="augment")
 
 
+def _noisy_validation(val_sets: list[Any], sigmas_std: Sequence[float], seed: int) -> list[Any]:
+    """A copy of each validation set per noise level (Rician, standardised units, seeded)."""
+    from .augment import rician_copies
+    from .loop import SliceSet
+
+    return [SliceSet(f"{s.name}+noise{sd:g}", rician_copies(s.images, sd, seed=seed * 1000 + 100 * k + j),
+                     list(s.targets))
+            for k, sd in enumerate(sigmas_std) for j, s in enumerate(val_sets)]
+
+
 def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | os.PathLike[str]] = (), *,
           output: str | os.PathLike[str], bids: str | os.PathLike[str] | None = None,
           suffixes: Sequence[str] | None = None, participants: Sequence[str] = (),
@@ -186,6 +196,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
                       patience=patience if val_sets else 0,
                       checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed,
                       default_threshold=prep.threshold, **cfg_kwargs)  # no validation: the init's threshold
+    if val_sets and cfg.augment.val_noise_std:  # the robust recipe validates on noisy copies too
+        val_sets = val_sets + _noisy_validation(val_sets, cfg.augment.val_noise_std, seed)
     data_record = [{"image": str(it.image), "image_sha256": sha256_of(it.image),
                     "masks": [{"path": str(m), "sha256": sha256_of(m)} for m in it.masks],
                     "subject": it.subject, "challenge_vote": it.challenge,

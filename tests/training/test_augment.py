@@ -83,3 +83,17 @@ def test_intensity_augmentation_leaves_the_mask_alone() -> None:
     x1, y1 = _run(full, 5, [(32.0, 28.0)], (40, 40), img, tgt)
     assert torch.equal(y0, y1)
     assert not torch.allclose(x0, x1)
+
+
+def test_rician_copies_add_noise_of_the_asked_sigma_and_are_seeded():
+    import numpy as np
+
+    from sctgm.training.augment import rician_copies
+    base = np.full((120, 120), 4.0, dtype=np.float32)
+    base[:, :20] = -1.0  # the window's minimum: signal 5 above it elsewhere (Rician ~ Gaussian there)
+    noisy = rician_copies([base], 0.2, seed=3)[0]
+    assert noisy.dtype == np.float32 and noisy.shape == base.shape
+    assert abs(float((noisy - base)[:, 20:].std()) - 0.2) < 0.02
+    assert abs(float((noisy - base)[:, 20:].mean())) < 0.02  # no Rician bias at high signal
+    assert np.array_equal(rician_copies([base], 0.2, seed=3)[0], noisy)
+    assert not np.array_equal(rician_copies([base], 0.2, seed=4)[0], noisy)

@@ -161,3 +161,23 @@ def test_augment_takes_a_preset_name_and_refuses_others(tmp_path):
                     max_steps=1, device="cpu", threads=1)
     assert err.value.parameter == "augment" and "robust" in str(err.value)
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.partial*"))
+
+
+def test_the_robust_recipe_validates_on_noisy_copies(tmp_path, monkeypatch):
+    import sctgm.training.loop as loop
+    seen = {}
+    real = loop.train_loop
+
+    def spy(model, train, val, cfg, **kw):
+        seen["val"] = val
+        return real(model, train, val, cfg, **kw)
+
+    monkeypatch.setattr(loop, "train_loop", spy)
+    images, masks = phantom_pairs(tmp_path / "data", n=2, shape=(32, 32, 4))
+    sctgm.train(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="robust",
+                val=["sub-02"], max_steps=1, device="cpu", threads=1)
+    clean, *noisy = seen["val"]
+    assert [s.name for s in seen["val"]] == ["sub-02", "sub-02+noise0.08", "sub-02+noise0.16"]
+    for s in noisy:
+        assert all(np.array_equal(a, b) for a, b in zip(s.targets, clean.targets))
+        assert all(not np.array_equal(a, b) for a, b in zip(s.images, clean.images))
