@@ -237,9 +237,12 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
 def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The packaged data_registry.json, plus the models of ``extra`` (default: ``$SCTGM_REGISTRY``),
     each entry validated. A user file may set ``default`` but not redefine a packaged model."""
-    reg = json.loads(resources.files("sctgm").joinpath("data_registry.json").read_text())
-    for name, entry in reg["models"].items():
+    packaged = resources.files("sctgm").joinpath("data_registry.json")
+    reg = json.loads(packaged.read_text())
+    for name, entry in list(reg["models"].items()):
         _check_entry(name, entry, "data_registry.json")
+        # weights shipped inside the package (large-robust): a relative folder, as in a model.json
+        reg["models"][name] = _relative_sources(entry, Path(str(packaged)))
     extra = extra or os.environ.get(REGISTRY_ENV) or None
     if extra:
         try:
