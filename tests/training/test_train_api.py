@@ -177,7 +177,7 @@ def test_the_robust_recipe_validates_on_noisy_copies(tmp_path, monkeypatch):
     sctgm.train(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="robust",
                 val=["sub-02"], max_steps=1, device="cpu", threads=1)
     clean, *noisy = seen["val"]
-    assert [s.name for s in seen["val"]] == ["sub-02", "sub-02+noise0.08", "sub-02+noise0.16"]
+    assert [s.name for s in seen["val"]] == ["sub-02", "sub-02+noise0.15", "sub-02+noise0.35"]
     for s in noisy:
         assert all(np.array_equal(a, b) for a, b in zip(s.targets, clean.targets))
         assert all(not np.array_equal(a, b) for a, b in zip(s.images, clean.images))
