@@ -242,7 +242,10 @@ def test_interrupted_batch_resumes_to_the_same_dataset(dataset, reference, sig, 
     deriv = dataset / "derivatives" / f"interrupted-{sig.name}{len(extra)}"
     cmd = [sys.executable, "-m", "sctgm", "segment", "--bids", str(dataset), *FLAGS, "--derivatives", str(deriv), "-q",
            *extra]
-    proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a suite started in the background by a shell without job
+    # control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not list(deriv.rglob("*_label-GM_seg.json")):  # the first image is complete
         assert proc.poll() is None, proc.communicate()
