@@ -23,7 +23,7 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="GM mask to write (one input only) [default: <input>_gmseg.nii.gz beside the input].")
 @click.option("-m", "--model", default="large", show_default=True,
-              help="Registered model name (challenge, large), a model folder from sct-gm train (or its model.json), or a .hdf5/.safetensors weight file.")
+              help="Registered model name (challenge, large, large-robust), a model folder from sct-gm train (or its model.json), or a .hdf5/.safetensors weight file.")
 @click.option("-s", "--cord-mask", "cord_masks", multiple=True, type=click.Path(path_type=Path),
               help="Spinal cord mask on the image's grid (one per -i): guides where the network looks; "
                    "needed by --wm.")

@@ -22,12 +22,14 @@ REAL_LOAD = registry.load_registry
 
 @pytest.fixture(autouse=True)
 def offline_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry's own sources point at a closed local port: tests never reach the internet."""
+    """The registry's network sources point at a closed local port: tests never reach the internet
+    (weights shipped in the package keep their folder)."""
 
     def fake(extra: Any = None) -> dict[str, Any]:
         reg = REAL_LOAD(extra)
         for entry in reg["models"].values():
-            entry["sources"] = [{"kind": "files", "url": refused_url()}]
+            entry["sources"] = ([s for s in entry["sources"] if "://" not in s["url"]]
+                                or [{"kind": "files", "url": refused_url()}])
         return reg
 
     monkeypatch.setattr(registry, "load_registry", fake)
@@ -58,7 +60,8 @@ def test_list_then_fetch_then_list(tmp_path: Path, shared_models: Path) -> None:
     assert lines[0].split("\t") == ["name", "version", "size_bytes", "installed", "path", "description"]
     rows = [line.split("\t") for line in lines[1:]]
     assert [tuple(r[:4]) for r in rows] == [("challenge", "r20180205", "639742", "missing"),
-                                            ("large (default)", "r20180205", "2041326", "missing")]
+                                            ("large (default)", "r20180205", "2041326", "missing"),
+                                            ("large-robust", "r20261201", "1928001", "missing")]
     assert rows[1][4] == str(tmp_path.resolve() / "models" / "large" / "r20180205")
     assert "232 subjects" in rows[1][5]
     fetched = run("--cache-dir", str(tmp_path))  # the default model, from SCTGM_MIRROR (conftest)
@@ -90,7 +93,7 @@ def test_cache_dir_over_env_over_default(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_all_and_usage_errors(tmp_path: Path, shared_models: Path) -> None:
     result = run("--all", "--cache-dir", str(tmp_path))
-    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3  # large-robust from the package
     assert run("--all", "large").exit_code == 2
     assert run("--list", "--force").exit_code == 2
     unknown = run("huge", "--cache-dir", str(tmp_path))
