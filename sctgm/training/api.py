@@ -175,6 +175,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     if not 0.0 <= val_fraction < 1.0:
         raise TrainingDataError(f"validation fraction {val_fraction}: expected a share in [0, 1)",
                                 parameter="val_fraction")
+    augment_cfg = None if augment is None else _augment_config(augment)  # before reading any data
     items = _items(images, masks, bids, suffixes, participants, gmchallenge)
     model, prep, init_record, arch_key, n_filters = _init_model(init, arch, filters, seed)
     volumes = [read_labelled(it, prep, margin_px=TRAIN_MARGIN_PX) for it in items]
@@ -189,7 +190,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     val_every = max(1, max_steps // VALIDATIONS_PER_RUN)
     crop = min([prep.crop_px] + [min(v.prepared.window_px) for v in volumes])
     pretrained = init != "none"
-    cfg_kwargs: dict[str, Any] = {} if augment is None else {"augment": _augment_config(augment)}
+    cfg_kwargs: dict[str, Any] = {} if augment_cfg is None else {"augment": augment_cfg}
     cfg = TrainConfig(max_steps=max(1, int(max_steps)), batch_size=batch_size, crop_px=crop,
                       lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH), warmup_steps=DEFAULT_WARMUP_STEPS,
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
