@@ -195,3 +195,19 @@ def cord_phantom_volume(shape: tuple[int, int, int] = (60, 56, 4), seed: int = 0
     r = np.hypot(x - cx, y - cy)
     sl = 100 + 60 * (r < 10) - 30 * (r < 4)
     return (sl[..., None] + rng.normal(0, 5, shape)).astype(np.float32)
+
+
+def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, step: int):
+    """Make training raise KeyboardInterrupt right after writing its checkpoint at ``step`` (as a
+    Ctrl-C would land); returns the real ``save_checkpoint`` to put back before resuming."""
+    import sctgm.training.loop as loop
+
+    save = loop.save_checkpoint
+
+    def interrupt(path, state):
+        save(path, state)
+        if state["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", interrupt)
+    return save

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from sctgm.cli import main
 from sctgm.training.phantom import write_phantom_nifti
 
+from ..conftest import interrupt_training_at
+
 TINY = ["--init", "none", "--arch", "unet", "--filters", "4", "--threads", "1", "--device", "cpu"]
 
 
@@ -125,14 +127,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(pair, tmp_path, monke
     args = ["-i", str(img), "-r", str(gm), "--max-steps", "6", "--val-fraction", "0", "--seed", "2", *TINY]
     full = _run(*args, "-o", str(tmp_path / "full"))
     assert full.exit_code == 0, full.output
-    save = loop.save_checkpoint
-
-    def interrupt(path, state):
-        save(path, state)
-        if state["step"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", interrupt)
+    save = interrupt_training_at(monkeypatch, 3)
     cut = _run(*args, "-o", str(tmp_path / "cut"))
     assert cut.exit_code == 130 and "--resume" in cut.output and not (tmp_path / "cut").exists()
     assert (tmp_path / ".cut.partial" / "checkpoint.pt").is_file()

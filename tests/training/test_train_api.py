@@ -13,6 +13,8 @@ import sctgm
 from sctgm.io import load_image
 from sctgm.training.phantom import write_phantom_nifti
 
+from ..conftest import interrupt_training_at
+
 AXCODES = ("LAS", "RPI", "PIR", "SLA", "ASR")
 
 
@@ -136,14 +138,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monke
     images, masks = phantom_pairs(tmp_path / "data", n=3, shape=(32, 32, 4))
     kw = dict(init="none", arch="unet", filters=4, max_steps=10, seed=1, device="cpu", threads=1)
     full = sctgm.train(images, masks, output=tmp_path / "full", **kw)
-    save = loop.save_checkpoint
-
-    def interrupt(path, state):
-        save(path, state)
-        if state["step"] == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", interrupt)
+    save = interrupt_training_at(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         sctgm.train(images, masks, output=tmp_path / "cut", **kw)
     assert not (tmp_path / "cut").exists() and (tmp_path / ".cut.partial" / "checkpoint.pt").is_file()
