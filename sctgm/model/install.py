@@ -111,7 +111,11 @@ def _sources(entry: dict[str, Any], mirror: str | None) -> list[dict[str, Any]]:
         if address:
             out.append({"kind": "zip" if address.lower().endswith(".zip") else "files", "url": address,
                         "origin": origin})
-    out += [{**s, "origin": "registry"} for s in entry["sources"]]
+    registry = [{**s, "origin": "registry"} for s in entry["sources"]]
+    # a folder already on this disk (weights shipped in the package, a trained model's own folder)
+    # comes before any mirror: nothing to transfer, and no mirror is expected to hold those files
+    on_disk = [s for s in registry if s["kind"] == "files" and "://" not in s["url"] and Path(s["url"]).is_dir()]
+    out = on_disk + out + [s for s in registry if s not in on_disk]
     unique: list[dict[str, Any]] = []
     for source in out:
         if all((source["kind"], source["url"]) != (u["kind"], u["url"]) for u in unique):

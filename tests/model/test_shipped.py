@@ -32,14 +32,16 @@ def test_large_robust_ships_in_the_package() -> None:
             assert install.sha256_of(folder / f["name"]) == f["sha256"], f["name"]
 
 
-def test_fetch_model_installs_a_shipped_model_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SCTGM_MIRROR", raising=False)
+def test_fetch_model_installs_a_shipped_model_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("SCTGM_MIRROR", str(tmp_path / "mirror-without-these-files"))
     entry = shipped_models()["large-robust"]
     installed = install.ensure_model("large-robust", cache_dir=tmp_path)
     weights = next(f for f in entry["files"] if f["role"] == "weights")
     assert installed.sha256 == weights["sha256"] and installed.filters == 64
     assert installed.weights_path.is_relative_to(tmp_path)  # installed into the cache, not used in place
     assert install.list_models(["large-robust"], cache_dir=tmp_path)[0].state == "installed"
+    assert not [r for r in caplog.records if r.levelno >= 30]  # the package folder is tried before any mirror
 
 
 def test_the_card_and_training_record_describe_these_weights() -> None:
