@@ -41,6 +41,7 @@ from filelock import FileLock, Timeout
 
 from ..exceptions import OutputError, QcError
 from ..io import atomic_path, folder_is_writable
+from . import corrections
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ WRITER_FILE = ".writer"
 STALE_PART_S = 3600.0
 
 #: Package asset file -> path inside the QC folder.
-_ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css"}
+_ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css",
+           "editor.js": f"{ASSETS_DIR}/editor.js", "editor.css": f"{ASSETS_DIR}/editor.css"}
 
 
 def check_qc_dir(qc_dir: str | os.PathLike[str]) -> Path:
@@ -228,7 +230,9 @@ def rebuild_index(qc_dir: str | os.PathLike[str]) -> Path:
     """Rewrite ``index.js`` from the entry folders (call with the folder lock held)."""
     root = Path(qc_dir)
     report = _report_info(root)
-    data = {"report": report, "entries": read_entries(root)}
+    # each entry with the slices a reviewer corrected (sctgm.qc.corrections; read from the saved masks'
+    # sidecars, so a batch re-run that replaces an entry still shows them)
+    data = {"report": report, "entries": [{**e, **corrections.index_info(e)} for e in read_entries(root)]}
     # ensure_ascii: only ASCII in the script; "</" cannot close anything in a separate .js file,
     # and every string reaches the DOM through textContent.
     text = "window.SCTGM_QC = " + json.dumps(data, ensure_ascii=True, separators=(",", ":")) + ";\n"
@@ -244,6 +248,11 @@ def _report_info(root: Path) -> dict[str, Any]:
         info = {"report_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_text(path, json.dumps(info, indent=1) + "\n")
         return info
+
+
+def install_assets(root: Path) -> None:
+    """Copy the page's files from the package into the QC folder (call with the folder lock held)."""
+    _install_assets(root)
 
 
 def _install_assets(root: Path) -> None:
