@@ -40,6 +40,7 @@ def add_entry(
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
+    doubtful: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
 
@@ -51,10 +52,13 @@ def add_entry(
     and GM mask is replaced (so a rerun never lists an image twice). Returns the new entry's folder.
     ``noise``: the segmentation's noise keys (:func:`sctgm.segment.outputs.noise_result`); without
     it the image's noise is estimated here (:func:`sctgm.segment.enhance.estimate_noise_sigma`).
+    ``doubtful``: the sidecar's ``doubtful_slices`` (a combination of networks): those slices are
+    flagged first, so a reviewer starts with them.
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
-                               model_sha256=model_sha256, subject=subject, extra=extra, noise=noise)
+                               model_sha256=model_sha256, subject=subject, extra=extra, noise=noise,
+                               doubtful=doubtful)
     return report.write_entry(qc_dir, entry, files)
 
 
@@ -84,6 +88,7 @@ def build_entry(
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
+    doubtful: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
     image = load_image(image_path, what="image")
@@ -112,9 +117,14 @@ def build_entry(
     wm_area = [float(wm[:, :, k].sum() * px_mm2) for k in range(nz)] if wm is not None else None
     edge = [render.touches_edge(gm[:, :, k], *plan.box(k), plan.size_vox) for k in range(nz)]
     per_slice = _flags.slice_flags(gm_area, cord_area, edge)
+    if doubtful:
+        to_canonical = {geometry.file_slice_index(reo, k): k for k in range(nz)}
+        own = _flags.doubtful_flags(doubtful, to_canonical, nz)
+        per_slice = [own[k] + per_slice[k] for k in range(nz)]
 
     any_mask = gm | cord if cord is not None else gm
-    present = [k for k in range(nz) if any_mask[:, :, k].any()]
+    present = [k for k in range(nz) if any_mask[:, :, k].any() or any(f.startswith(_flags.DOUBTFUL_PREFIX)
+                                                                    for f in per_slice[k])]
     span = list(range(present[0], present[-1] + 1)) if present else list(range(nz))
     flagged = {k for k in span if per_slice[k]}
     # The input file's voxel index along its S-I axis, printed on tiles (what viewers show).
@@ -151,6 +161,7 @@ def build_entry(
                                                  or [0.0])), 2) if wm_area is not None else None),
         "noise": noise if noise is not None else _estimate_noise(data, reo),
         "n_flagged": len(flagged),
+        "doubtful_slices": _jsonable(doubtful) if doubtful else [],
         "flag_counts": flag_counts,
         "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
         "slices": {

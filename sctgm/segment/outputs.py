@@ -17,7 +17,12 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 noise_sigma, noise_sigma_rel_p99 (noise / 99th intensity percentile),
                 noise_sigma_rel_p99_per_slice (by the file's S-I slice index; null: too little tissue),
                 noise_auto_threshold_rel_p99, noise_above_auto_threshold, denoised_with ('off' or the denoiser that ran),
-                enhancement_steps}}
+                enhancement_steps,
+                and for a model that combines networks (sctgm.segment.ensemble): networks (their names),
+                networks_dice_per_slice (slice Dice between them, by the file's S-I slice index),
+                doubtful_slices ([{slice: file index, reasons: [networks_disagree | outside_cord |
+                area_jump], action: kept | second_network | re-placed | replaced | dropped,
+                networks_dice}])}}
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     }]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_result(info.get("enhancement", {})))
+    for k in ("networks", "networks_dice_per_slice", "doubtful_slices"):  # a combination of networks
+        if k in info:
+            out["Result"][k] = info[k]
     return out
 
 
@@ -137,6 +145,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[st
 
         add_entry(qc_dir, image.path, written.gm, cord_path=cord_path, wmseg_path=written.wm,
                   model=segmenter.model.name, model_sha256=segmenter.model.sha256, subject=qc_subject,
-                  noise=noise_result(result.info.get("enhancement", {})))
+                  noise=noise_result(result.info.get("enhancement", {})),
+                  doubtful=result.info.get("doubtful_slices"))
     save_json(sidecar(segmenter, options, result, "gm", sources, layout=layout), outputs["gm_sidecar"])  # last
     return written
