@@ -21,6 +21,7 @@ import numpy as np
 import sctgm.io
 from sctgm.model.registry import Preprocessing, load_registry
 from sctgm.segment import postprocess
+from sctgm.segment.enhance import AUTO_THRESHOLD_REL
 from sctgm.segment.grid import Window, window_to_native
 from sctgm.segment.ensemble import combine, logit_mean, prefer_where_disagreeing
 from sctgm.segment.guard import guard
@@ -106,7 +107,7 @@ def candidates(case: Case, d: dict) -> dict[str, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sctgm-default-cache"))
-    ap.add_argument("--enh", default="off")
+    ap.add_argument("--enh", default="auto", help="off, nlm, nlm0 (cached), or auto: nlm above the auto threshold")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", type=Path)
@@ -117,7 +118,9 @@ def main() -> None:
     for cname in cases:
         case = Case(cname)
         for v in variants:
-            d = case.load(args.cache, v, args.enh)
+            d = case.load(args.cache, v, "off" if args.enh == "auto" else args.enh)
+            if d is not None and args.enh == "auto" and d["meta"]["noise"]["sigma_rel_p99"] > AUTO_THRESHOLD_REL:
+                d = case.load(args.cache, v, "nlm")  # what --denoise auto does: NLM above the threshold
             if d is None:
                 continue
             for cand, mask in candidates(case, d).items():
@@ -148,6 +151,17 @@ def main() -> None:
         print(f"| {c} | " + " ".join(f"{mean_over(sct, v):.3f}" for v in variants) + " | "
               + " ".join(f"{mean_over(gmc, v):.3f}" for v in variants)
               + f" | {n_out} | {max(losses) if losses else float('nan'):+.3f} |")
+    print("\n## leave one case out: the candidate with the best mean Dice over the other cases' cells, "
+          "scored on the held-out case (mean of its variants); gmc-10062Ses1/Ses2 (one subject) leave together")
+    for held in cases:
+        group = {x for x in cases if x.split("Ses")[0] == held.split("Ses")[0]}
+        def score(c: str, cs: list[str]) -> float:
+            vals = [rows[(c, x, v)][0] for x in cs for v in variants if (c, x, v) in rows]
+            full = sum((("large", x, v) in rows) for x in cs for v in variants)
+            return float(np.mean(vals)) if vals and len(vals) == full else -1.0
+        others = [x for x in cases if x not in group]
+        best = max(cands, key=lambda c: score(c, others))
+        print(f"| {held} | chosen: {best} | {score(best, [held]):.3f} | large: {score('large', [held]):.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"|".join(k): [v[0], v[1]] for k, v in rows.items()}))
 
