@@ -280,3 +280,16 @@ def test_a_batch_rerun_keeps_the_corrections_and_its_entries_list_them(site, tin
 
 def labels_sidecar(mask: Path) -> Path:
     return corrections.labels.sidecar_of(mask)
+
+
+def test_cli_serve_takes_the_folder_alone(tmp_path):
+    from click.testing import CliRunner
+
+    from sctgm.cli import main
+
+    r = CliRunner().invoke(main, ["qc", "--serve", str(tmp_path), "-i", "x.nii.gz"])
+    assert r.exit_code == 2 and "--serve takes the QC folder alone" in r.output
+    r = CliRunner().invoke(main, ["qc"])
+    assert r.exit_code == 2 and "-i/--image" in r.output
+    r = CliRunner().invoke(main, ["qc", "--serve", str(tmp_path)])
+    assert r.exit_code != 0 and "not a QC report folder" in r.output and not list(tmp_path.iterdir())

@@ -398,7 +398,7 @@
     var tag = ev.target && ev.target.tagName;
     if (ed && !ed.root.hidden) {
       ev.stopPropagation();  // the report's own keys are off while editing
-      if (tag === "INPUT" && ev.key !== "Escape") { return; }
+      if (tag === "INPUT" && ev.target.type !== "range" && ev.key !== "Escape") { return; }  // sliders keep the keys
       var key = ev.key;
       if (ev.ctrlKey || ev.metaKey) {
         key = { z: ev.shiftKey ? "y" : "z", Z: "y", y: "y", s: "s" }[ev.key];
