@@ -67,6 +67,7 @@ class BatchSettings:
     overwrite: bool = False  # segment again where valid outputs exist, and replace files sct-gm did not write
     threads: int | None = None
     qc_dir: Path | None = None
+    qc_dataset: str | None = None  # shown beside the subject in the QC report
     metrics: bool = False
     mirror: str | None = None
     cache_dir: str | None = None
@@ -194,7 +195,7 @@ def _segment_and_write(segmenter: Segmenter, job: Job, settings: BatchSettings) 
             raise OutputError(f"{p.parent}: cannot create the output folder ({exc.strerror or exc})") from None
     from ..qc import QcEntryWriter  # only when asked: the QC renderer is not needed otherwise
 
-    entry = QcEntryWriter(settings.qc_dir, job.qc_subject) if settings.qc_dir is not None else None
+    entry = QcEntryWriter(settings.qc_dir, job.qc_subject, settings.qc_dataset) if settings.qc_dir is not None else None
     segment_and_write(segmenter, image, job.outputs, cord=cord, options=settings.options,
                       sources=job.sources if job.outputs.layout == "bids" else None, entry=entry,
                       overwrite=settings.overwrite)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from . import setup_logging
+from . import resolve_verbosity, setup_logging, verbosity_option
 from .options import greedy_command
 
 
@@ -55,11 +55,14 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
               help="Add the result(s) to the HTML quality-control report in this folder (see sct-gm qc).")
 @click.option("-qc-subject", "--qc-subject", default=None, help="Subject name shown in the QC report (one input).")
+@click.option("-qc-dataset", "--qc-dataset", default=None,
+              help="Dataset name shown in the QC report beside each subject (as SCT's -qc-dataset).")
 @click.option("--bids", "bids_root", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Segment a BIDS dataset: its raw sub-*/[ses-*/]anat images, into DATASET/derivatives/sct-gm.")
 @click.option("--derivatives", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="BIDS: where the derivative dataset goes [default: DATASET/derivatives/sct-gm].")
-@click.option("--suffix", "suffixes", multiple=True, help="BIDS: image suffix(es) to segment [default: T2star].")
+@click.option("--suffix", "suffixes", multiple=True,
+              help="BIDS: image suffix(es) to segment [default: T2star and T2starw, the BIDS name].")
 @click.option("--participant-label", "participants", multiple=True,
               help="BIDS: only these participants (01 02 ..., with or without sub-).")
 @click.option("--session", "sessions", multiple=True, help="BIDS: only these sessions (with or without ses-).")
@@ -83,7 +86,7 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="Batch: per-slice GM morphometry of every image in one CSV [BIDS default: "
                    "derivatives/sct-gm/morphometry.csv].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug messages, and tracebacks on errors.")
+@verbosity_option
 @click.pass_context
 def segment(ctx: click.Context, **params: Any) -> None:
     """Segment the spinal cord gray matter of 3D NIfTI images.
@@ -108,9 +111,8 @@ def segment(ctx: click.Context, **params: Any) -> None:
     """
     from ..segment.pipeline import SegmentOptions
 
-    if ctx.obj is not None:
-        ctx.obj["verbose"] = ctx.obj.get("verbose") or params["verbose"]
-    args = SegmentArgs(**{**params, "verbose": bool(ctx.obj and ctx.obj.get("verbose")) or params["verbose"]})
+    verbose, quiet = resolve_verbosity(ctx, params.pop("verbosity"), params["quiet"])
+    args = SegmentArgs(**{**params, "verbose": verbose, "quiet": quiet})
     options = SegmentOptions(threshold=args.threshold, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
                              tta=args.tta, batch_size=args.batch_size, denoise=args.denoise, bias=args.bias,
                              clahe=args.clahe)
@@ -153,6 +155,7 @@ class SegmentArgs:
     batch_size: int | None
     qc_dir: Path | None
     qc_subject: str | None
+    qc_dataset: str | None
     bids_root: Path | None
     derivatives: Path | None
     suffixes: tuple[str, ...]
@@ -190,7 +193,7 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
     from ..segment.files import segment_file
     from .progress import counting_bar, download_progress
 
-    entry = QcEntryWriter(args.qc_dir, args.qc_subject) if args.qc_dir is not None else None
+    entry = QcEntryWriter(args.qc_dir, args.qc_subject, args.qc_dataset) if args.qc_dir is not None else None
     with download_progress(args.quiet) as fetching, \
             counting_bar(args.quiet, f"Segmenting {args.inputs[0].name}", "slices") as progress:
         result = segment_file(args.inputs[0], args.output, model=args.model,
@@ -223,7 +226,7 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
         raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
     settings = BatchSettings(model=args.model, device=args.device, options=options, prob=args.prob, wm=args.wm,
                              overwrite=args.overwrite, engine=args.engine, threads=args.threads, qc_dir=args.qc_dir,
-                             metrics=args.metrics_csv is not None)
+                             qc_dataset=args.qc_dataset, metrics=args.metrics_csv is not None)
     metrics_path = Path(args.metrics_csv) if args.metrics_csv else None
     common = dict(n_jobs=args.n_jobs, scheduler=args.scheduler, summary=args.summary_path, metrics_csv=metrics_path)
     try:

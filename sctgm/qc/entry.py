@@ -46,6 +46,7 @@ def add_entry(
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
+    dataset: str | None = None,
     read_from: Mapping[str, Path] | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
@@ -56,7 +57,7 @@ def add_entry(
     :class:`~sctgm.exceptions.OutputError` (folder not writable) before writing anything. Safe to
     call from several processes at once on the same folder. An entry already there for the same image
     and GM mask is replaced (so a rerun never lists an image twice). Returns the new entry's folder.
-    ``noise``: the segmentation's noise keys (:func:`sctgm.segment.noise.noise_keys`); without
+    ``dataset``: shown beside the subject (SCT's ``-qc-dataset``). ``noise``: the segmentation's noise keys (:func:`sctgm.segment.noise.noise_keys`); without
     it the image's noise is estimated here (:func:`sctgm.segment.noise.estimate_keys`). ``read_from``:
     masks not yet at their paths (path as given -> the file that holds it now).
     A ``qc_dir`` that holds another tool's QC report gets the entry in a sub-folder
@@ -65,7 +66,7 @@ def add_entry(
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
                                model_sha256=model_sha256, subject=subject, extra=extra, noise=noise,
-                               read_from=read_from)
+                               dataset=dataset, read_from=read_from)
     return report.write_entry(qc_dir, entry, files)
 
 
@@ -74,10 +75,12 @@ class QcEntryWriter:
     """The QC entry of a segmentation, written with its outputs (an
     :class:`sctgm.segment.outputs.EntryWriter`): the folder is checked before any work; the entry is
     built from the staged masks and published before they are renamed into place, so a failure
-    leaves neither the outputs nor the entry. ``subject``: the name shown (default: guessed)."""
+    leaves neither the outputs nor the entry. ``subject``: the name shown (default: guessed);
+    ``dataset``: shown beside it."""
 
     qc_dir: Path
     subject: str | None = None
+    dataset: str | None = None
 
     def check(self) -> None:
         report.check_qc_dir(self.qc_dir)
@@ -86,7 +89,7 @@ class QcEntryWriter:
         out = staged.outputs
         add_entry(self.qc_dir, staged.image.path, out["gm"], cord_path=staged.cord_path,
                   wmseg_path=out["wm"] if "wm" in staged.staged else None, model=staged.model.name,
-                  model_sha256=staged.model.sha256, subject=self.subject,
+                  model_sha256=staged.model.sha256, subject=self.subject, dataset=self.dataset,
                   noise=noise_keys(staged.segmentation.info.get("enhancement", {})),
                   read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
@@ -117,6 +120,7 @@ def build_entry(
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
+    dataset: str | None = None,
     read_from: Mapping[str, Path] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
@@ -172,6 +176,7 @@ def build_entry(
         "timestamp": now,
         "date": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
         "subject": subject if subject is not None else guess_subject(image_abs),
+        "dataset": dataset,
         "image_name": image_abs.name,
         "image": str(image_abs),
         "gmseg": str(Path(gmseg_path).resolve()),

@@ -41,6 +41,7 @@ from filelock import FileLock, Timeout
 
 from ..exceptions import OutputError, QcError
 from ..io import StagedFiles, folder_is_writable
+from . import corrections
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ WRITER_FILE = ".writer"
 STALE_PART_S = 3600.0
 
 #: Package asset file -> path inside the QC folder.
-_ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css"}
+_ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css",
+           "editor.js": f"{ASSETS_DIR}/editor.js", "editor.css": f"{ASSETS_DIR}/editor.css"}
 
 
 #: Where the report goes when the folder given holds another tool's QC report (SCT's ``sct_qc``
@@ -284,7 +286,9 @@ def _index_text(root: Path, staged: StagedFiles, entries: list[dict[str, Any]]) 
     """The text of ``index.js`` for ``entries`` (newest first); stages a new ``report.json`` when
     the folder has none."""
     entries = sorted(entries, key=lambda e: (e.get("timestamp", 0), e.get("id", "")), reverse=True)
-    data = {"report": _report_info(root, staged), "entries": entries}
+    # each entry with the slices a reviewer corrected (sctgm.qc.corrections; read from the saved masks'
+    # sidecars, so a batch re-run that replaces an entry still shows them)
+    data = {"report": _report_info(root, staged), "entries": [{**e, **corrections.index_info(e)} for e in entries]}
     # ensure_ascii: only ASCII in the script; "</" cannot close anything in a separate .js file,
     # and every string reaches the DOM through textContent.
     return "window.SCTGM_QC = " + json.dumps(data, ensure_ascii=True, separators=(",", ":")) + ";\n"
@@ -300,9 +304,22 @@ def _report_info(root: Path, staged: StagedFiles) -> dict[str, Any]:
         return info
 
 
+def install_assets(root: Path) -> None:
+    """Copy the page's files from the package into the QC folder (call with the folder lock held)."""
+    with StagedFiles() as staged:
+        _stage_assets(root, staged)
+        staged.commit()
+
+
 def _stage_page(root: Path, staged: StagedFiles, entries: list[dict[str, Any]]) -> None:
     """Stage the page's files that are missing or outdated, ``report.json`` if missing, and the
     ``index.js`` of ``entries``."""
+    _stage_assets(root, staged)
+    index = _index_text(root, staged, entries)
+    staged.stage(root / INDEX_JS, lambda tmp: tmp.write_text(index, encoding="utf-8"))
+
+
+def _stage_assets(root: Path, staged: StagedFiles) -> None:
     (root / ASSETS_DIR).mkdir(exist_ok=True)
     pkg = resources.files("sctgm.qc") / "assets"
     for src, dst in _ASSETS.items():
@@ -314,5 +331,3 @@ def _stage_page(root: Path, staged: StagedFiles, entries: list[dict[str, Any]]) 
         except (OSError, UnicodeDecodeError):
             pass
         staged.stage(target, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
-    index = _index_text(root, staged, entries)
-    staged.stage(root / INDEX_JS, lambda tmp: tmp.write_text(index, encoding="utf-8"))

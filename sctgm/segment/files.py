@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from ..engines import ProgressCallback
-from ..exceptions import OutputError
+from ..exceptions import InvalidOptionError
 from ..io import load_image
 from ..naming import output_kinds, sct_outputs
 from .outputs import EntryWriter, SegmentFileResult, check_outputs, segment_and_write
@@ -36,7 +36,7 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     """
     outputs = sct_outputs(input_path, output, kinds=output_kinds(prob=prob, wm=wm))
     if wm and cord_mask is None:
-        raise OutputError("the WM mask is cord minus GM and needs a cord mask", parameter="cord_mask")
+        raise InvalidOptionError("the WM mask is cord minus GM and needs a cord mask", parameter="cord_mask")
     check_outputs(outputs, [input_path] + ([cord_mask] if cord_mask is not None else []), overwrite=overwrite)
     if entry is not None:
         entry.check()

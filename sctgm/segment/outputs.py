@@ -41,7 +41,7 @@ import numpy as np
 
 from .._version import __version__
 from ..engines import ProgressCallback
-from ..exceptions import OutputError
+from ..exceptions import InvalidOptionError, OutputError
 from ..io import (LoadedImage, StagedFiles, check_writable, file_sha256, json_text, like, remove_leftover_parts,
                   same_file)
 from ..naming import LAYOUTS, OutputSet
@@ -174,7 +174,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     non-axial images, :func:`sctgm.segment.preprocess.check_axial`) and create the output folders.
     """
     if "wm" in outputs and cord is None:
-        raise OutputError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")
+        raise InvalidOptionError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")
     cord_path = cord.path if cord is not None else None
     inputs = [image.path] + ([cord_path] if cord_path is not None else [])
     check_outputs(outputs, inputs, overwrite=overwrite)

@@ -83,15 +83,15 @@ def test_a_qc_folder_of_another_tool_gets_a_sub_folder(tiny_model, image, tmp_pa
     assert {k: v for k, v in _files(qc).items() if not k.startswith("sct-gm/")} == theirs
 
 
-@pytest.mark.parametrize("where", ["qc_under_a_file", "output_folder_missing", "output_is_a_folder"])
+@pytest.mark.parametrize("where", ["qc_under_a_file", "output_under_a_file", "output_is_a_folder"])
 def test_every_location_is_checked_before_any_work(tiny_model, image, tmp_path, where):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     args = ["-i", str(image), "-m", tiny_model(), "--prob"]
     if where == "qc_under_a_file":
         args += ["-qc", str(blocker / "qc")]
-    elif where == "output_folder_missing":
-        args += ["-o", str(tmp_path / "missing" / "o_gmseg.nii.gz")]
+    elif where == "output_under_a_file":
+        args += ["-o", str(blocker / "o_gmseg.nii.gz")]
     else:
         (tmp_path / "o_gmseg_prob.nii.gz").mkdir()  # the probability map's name is a folder
         args += ["-o", str(tmp_path / "o_gmseg.nii.gz")]
