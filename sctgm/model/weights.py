@@ -129,3 +129,36 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
 def read_preprocessing_json(path: str | Path) -> dict[str, float]:
     """The published ``<model>.json`` (filters, training mean/std)."""
     return json.loads(Path(path).read_text())
+
+
+def architecture_of_weights(state_dict: dict[str, np.ndarray]) -> dict[str, object]:
+    """The network a state dict fits, as a registry ``architecture`` block: a U-Net (``sct-gm train
+    --arch unet``: name, filters, depth) or the published dilated network (name, filters)."""
+    from .registry import DEFAULT_ARCHITECTURE
+
+    if "encoders.0.conv1.weight" in state_dict:  # read from the keys here: the U-Net module imports torch
+        depth = sum(1 for k in state_dict if k.startswith("encoders.") and k.endswith(".conv1.weight"))
+        return {"name": "unet", "filters": int(state_dict["encoders.0.conv1.weight"].shape[0]), "depth": depth}
+    if "conv2d_1.conv.weight" not in state_dict:
+        return {"name": "?", "filters": 0}
+    return {"name": DEFAULT_ARCHITECTURE, "filters": int(state_dict["conv2d_1.conv.weight"].shape[0])}
+
+
+def check_architecture(declared: dict[str, object], state_dict: dict[str, np.ndarray], origin: str) -> None:
+    """Refuse (:class:`ModelError`) a model whose registered ``architecture`` is not the network its
+    weights fit: found when the model is loaded, not after training on it or halfway through a
+    segmentation."""
+    from .registry import DEFAULT_ARCHITECTURE
+
+    actual = architecture_of_weights(state_dict)
+    wanted = {"name": declared.get("name", DEFAULT_ARCHITECTURE), "filters": declared.get("filters")}
+    if actual["name"] == "unet":
+        wanted["depth"] = declared.get("depth", 3)
+    if wanted != actual:
+        raise ModelError(f"{origin}: the model's architecture {_describe(wanted)} does not match its weights, which "
+                         f"are {_describe(actual)}; the model file is inconsistent")
+
+
+def _describe(architecture: dict[str, object]) -> str:
+    return " ".join(f"{k} {v}" for k, v in architecture.items())
+
