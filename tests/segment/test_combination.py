@@ -45,13 +45,14 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     sidecar and the QC report name slice 2 (file index) as doubtful."""
     import json
 
-    from sctgm.qc import read_entries
+    from sctgm.naming import sct_outputs
+    from sctgm.qc import QcEntryWriter, read_entries
     from sctgm.segment.outputs import segment_and_write
 
     name = tiny_model()
     model = ensure_model(name)
     seg = Segmenter(model, device="cpu", partner=model)
-    image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5))))
+    image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
     x, y = np.mgrid[:80, :80]
     centre = (np.hypot(x - 40, y - 40) <= 10).astype(np.float32)
     away = (np.hypot(x - 8, y - 8) <= 10).astype(np.float32)
@@ -64,8 +65,8 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
         return p
 
     monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: fake(*a, **k))
-    out = {"gm": tmp_path / "gm.nii.gz", "gm_sidecar": tmp_path / "gm.json"}
-    result = segment_and_write(seg, image, out, qc_dir=tmp_path / "qc").segmentation
+    out = sct_outputs(image.path, tmp_path / "gm.nii.gz")
+    result = segment_and_write(seg, image, out, entry=QcEntryWriter(tmp_path / "qc")).segmentation
     assert result is not None
     first = result.gm[:, :, 0]
     assert first.sum() > 50 and all(np.array_equal(result.gm[:, :, k], first) for k in range(5))
