@@ -19,6 +19,8 @@ import numpy as np
 
 from .guard import NETWORKS_DISAGREE, SliceDoubt, guard
 
+#: The combination rule's name and version (part of a combination's identity: change it with the rule).
+RULE = "logit-mean/second-where-disagree/guard v1"
 #: Below this slice Dice between the two networks' masks, the second network's slice is used.
 DISAGREE_DICE = 0.8
 #: Slices where both networks together hold fewer voxels than this are not judged (cord ends).

@@ -14,7 +14,10 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
 
     {"Description": "...", "SpatialReference": "orig" (BIDS layout only),
      "Sources": [input, cord mask] (SCT: paths as given; BIDS: bids:raw: URIs),
-     "GeneratedBy": [{"Name": "sct-gm", "Version": ..., "Model": {Name, Version, Sha256, Filters},
+     "GeneratedBy": [{"Name": "sct-gm", "Version": ..., "Model": {Name, Version, Sha256, Filters
+                                                                  (+ Networks: [{Name, Version, Sha256,
+                                                                  Filters}] for a combination, whose
+                                                                  Sha256 covers both networks and the rule)},
                       "Parameters": {threshold, keep_largest, fill_holes, tta, batch_size, crop_px,
                                      denoise, bias, clahe, device, engine,
                                      enhancement: {the resolved enhancement settings}}}],
@@ -110,7 +113,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
             sources: Sequence[str], *, layout: str = "sct", hashes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON sidecar of output ``key`` (``gm``, ``wm`` or ``prob``); see the module docstring.
     ``hashes``: the ``Sha256`` block (sources and outputs), when known."""
-    m, info = segmenter.model, result.info
+    m, info = segmenter.identity, result.info
     out: dict[str, Any] = {"Description": _DESCRIPTIONS[key]}
     if layout == "bids":
         out["SpatialReference"] = "orig"
@@ -123,6 +126,10 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
                        "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
+    if segmenter.partner is not None:  # a combination: each network it ran
+        out["GeneratedBy"][0]["Model"]["Networks"] = [
+            {"Name": n.model.name, "Version": n.model.version, "Sha256": n.model.sha256, "Filters": n.model.filters}
+            for n in (segmenter.network, segmenter.partner)]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_keys(info.get("enhancement", {})))
     for k in ("networks", "networks_dice_per_slice", "doubtful_slices"):  # a combination of networks
@@ -206,7 +213,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
             meta = sidecar(segmenter, options, result, described, sources, layout=outputs.layout, hashes=hashes)
             temporary[key] = staged.stage(outputs[key], lambda tmp, text=json_text(meta): tmp.write_text(text))
         if entry is not None:
-            entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.model))
+            entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.identity))
         # Sidecars first: a run killed between two renames leaves outputs that an sct-gm sidecar
         # describes (so the next run may replace them) with another recorded sha256 (so a resume redoes them).
         staged.commit(outputs[k] for k in outputs.sidecars)

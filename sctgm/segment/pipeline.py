@@ -9,6 +9,8 @@ on the input's voxel grid. Spacing, window size, orientation and threshold come 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -105,7 +107,7 @@ class Segmenter:
 
     def __init__(self, model: InstalledModel, *, device: str = "auto", engine: str = "auto",
                  threads: int | None = None, cache_dir: str | None = None,
-                 partner: InstalledModel | None = None) -> None:
+                 partner: InstalledModel | None = None, name: str | None = None) -> None:
         from ..model.install import resolve_cache_dir
 
         if not isinstance(model, InstalledModel):
@@ -113,7 +115,9 @@ class Segmenter:
                             f"Segmenter.from_name({model!r})")
         self.network: LoadedNetwork = load_network(model, device, engine=engine, threads=threads,
                                                    cache_dir=resolve_cache_dir(cache_dir))
-        #: the second network of a combination (:mod:`.ensemble`), run on the first one's windows
+        #: the second network of a combination (:mod:`.ensemble`), run on the first one's windows;
+        #: ``name``: the combination's registered name
+        self.name = name
         self.partner: LoadedNetwork | None = None
         if partner is not None and partner == model:
             self.partner = self.network
@@ -135,7 +139,19 @@ class Segmenter:
 
     @property
     def model(self) -> InstalledModel:
+        """The (first) network's model."""
         return self.network.model
+
+    @property
+    def identity(self) -> InstalledModel:
+        """What a sidecar, a QC entry and a batch's resume record as the model: :attr:`model` itself,
+        or for a combination its registered name and a sha256 of both networks' weights and the rule
+        (so outputs of `large` alone are never taken for the combination's)."""
+        if self.partner is None:
+            return self.model
+        parts = [self.model.sha256, self.partner.model.sha256, ensemble.RULE]
+        return replace(self.model, name=self.name or f"{self.model.name}+{self.partner.model.name}",
+                       sha256=hashlib.sha256(json.dumps(parts).encode()).hexdigest())
 
     def prepare(self, image: LoadedImage, options: SegmentOptions = SegmentOptions()) -> PreparedVolume:
         """``image`` prepared as this model (and ``options.crop_px``) asks."""

@@ -51,7 +51,7 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
 
     name = tiny_model()
     model = ensure_model(name)
-    seg = Segmenter(model, device="cpu", partner=model)
+    seg = Segmenter(model, device="cpu", partner=model, name="tiny-pair")
     image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
     x, y = np.mgrid[:80, :80]
     centre = (np.hypot(x - 40, y - 40) <= 10).astype(np.float32)
@@ -73,9 +73,14 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     doubt = result.info["doubtful_slices"]
     assert [(d["slice"], d["action"]) for d in doubt] == [(2, "replaced")]
     assert set(doubt[0]["reasons"]) == {"networks_disagree", "outside_cord", "area_jump"}
-    side = json.loads(out["gm_sidecar"].read_text())["Result"]
+    meta = json.loads(out["gm_sidecar"].read_text())
+    recorded = meta["GeneratedBy"][0]["Model"]
+    assert recorded["Name"] == "tiny-pair" and recorded["Sha256"] == seg.identity.sha256 != model.sha256
+    assert [n["Sha256"] for n in recorded["Networks"]] == [model.sha256, model.sha256]
+    side = meta["Result"]
     assert side["doubtful_slices"] == doubt
     assert side["networks_dice_per_slice"][2] == 0.0 and side["networks_dice_per_slice"][0] == 1.0
     entry = read_entries(tmp_path / "qc")[0]
+    assert entry["model"] == "tiny-pair" and entry["model_sha256"] == seg.identity.sha256
     flags = dict(zip(entry["slices"]["index"], entry["slices"]["flags"]))
     assert "doubtful:networks_disagree" in flags[2] and not any(flags[k] for k in (0, 1, 3, 4))
