@@ -1,5 +1,5 @@
-"""Read the published Keras 2 HDF5 weights into :class:`~sctgm.engines.network.DilatedGMNet`, and save/load
-them as safetensors (which load without unpickling).
+"""Read the published Keras 2 HDF5 weights into the state dict of :mod:`sctgm.networks.dilated`, and
+save/load state dicts as safetensors (which load without unpickling).
 
 The Keras file needs only h5py: each layer's arrays sit at ``model_weights/<layer>/<layer>/<array>:0``.
 Keras kernels are (kh, kw, in, out) in cross-correlation form, exactly what PyTorch's Conv2d computes
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ModelError
-from .architecture import ASPP_BRANCHES
+from ..networks.dilated import ASPP_BRANCHES
 
 # Keras BatchNormalization layers were numbered in creation order; this maps our module paths onto
 # them. The ASPP branches' first layers were created before their second layers, interleaved.
@@ -63,7 +63,7 @@ def keras_layer_arrays(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def state_dict_from_keras(path: str | Path) -> tuple[dict[str, "np.ndarray"], int]:
-    """Convert a published Keras HDF5 file into a DilatedGMNet state dict (numpy arrays) and the
+    """Convert a published Keras HDF5 file into a dilated-network state dict (numpy arrays) and the
     number of filters it implies."""
     layers = keras_layer_arrays(path)
     try:
