@@ -90,11 +90,27 @@ def state_dict_from_keras(path: str | Path) -> tuple[dict[str, "np.ndarray"], in
     return sd, filters
 
 
-def save_safetensors(state_dict: dict[str, np.ndarray], filters: int, path: str | Path) -> None:
-    """Write a state dict as safetensors, with the filter count in its metadata."""
-    from safetensors.numpy import save_file
+def safetensors_bytes(state_dict: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of a state dict, the same bytes for the same arrays in every process.
 
-    save_file(state_dict, str(path), metadata={"filters": str(filters), "format": "sctgm-dilated-v1"})
+    safetensors writes its metadata from a Rust hash map whose order changes from one process to the
+    next (two saves of the same weights differed, so did their sha256 and every record keyed on it);
+    the JSON header is written again here with sorted keys, padded with spaces to a multiple of 8 bytes
+    as the format requires. The arrays' bytes and offsets are safetensors' own."""
+    from safetensors.numpy import save
+
+    raw = save(state_dict, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encoded = header.encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + raw[8 + n:]
+
+
+def save_safetensors(state_dict: dict[str, np.ndarray], filters: int, path: str | Path) -> None:
+    """Write a state dict as safetensors, with the filter count in its metadata (deterministic bytes:
+    :func:`safetensors_bytes`)."""
+    Path(path).write_bytes(safetensors_bytes(state_dict, {"filters": str(filters), "format": "sctgm-dilated-v1"}))
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
@@ -113,3 +129,27 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
 def read_preprocessing_json(path: str | Path) -> dict[str, float]:
     """The published ``<model>.json`` (filters, training mean/std)."""
     return json.loads(Path(path).read_text())
+
+
+def check_architecture(declared: dict[str, object], state_dict: dict[str, np.ndarray], origin: str) -> None:
+    """Refuse (:class:`ModelError`) a model whose registered ``architecture`` is not the network its
+    weights fit (asked of the network module, :mod:`sctgm.networks`): found when the model is loaded,
+    not after training on it or halfway through a segmentation."""
+    from ..networks import network_for, recognise
+
+    net = network_for(declared, origin)
+    actual = net.recognise(state_dict)
+    wanted = None if actual is None else {**{k: declared.get(k, net.defaults.get(k)) for k in actual}, "name": net.name}
+    if actual is None or wanted != actual:
+        try:
+            found = _describe(recognise(state_dict))
+        except ModelError:
+            found = "of no network this sct-gm knows"
+        shown = wanted or {"name": net.name, **{k: v for k, v in declared.items() if k not in ("name", "module")}}
+        raise ModelError(f"{origin}: the model's architecture {_describe(shown)} does not match its weights, which are "
+                         f"{found}; the model file is inconsistent")
+
+
+def _describe(architecture: dict[str, object]) -> str:
+    return " ".join(f"{k} {v}" for k, v in architecture.items())
+
