@@ -72,7 +72,7 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
       sct-gm train --bids ds --val sub-03 -o mymodel --init large
       sct-gm train --gmchallenge training-data -o unet --init none --arch unet
     """
-    from .. import train as run_train
+    from ..training.api import train as run_train
     from .progress import counting_bar
 
     verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
