@@ -72,13 +72,14 @@ def prefer_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np
 
 
 def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
-            cord: np.ndarray | None = None, min_dice: float = DISAGREE_DICE) -> tuple[np.ndarray, list[SliceDoubt]]:
+            cord: np.ndarray | None = None, min_dice: float = DISAGREE_DICE,
+            use_guard: bool = True) -> tuple[np.ndarray, list[SliceDoubt]]:
     """Steps 2 and 3 of the module docstring on canonical binary masks: ``combined`` (the thresholded
     :func:`logit_mean`), ``first`` and ``second`` (each network alone, same windows). Returns the
     final mask and the doubtful slices; a slice where the networks disagree and the guard kept the
-    second network's GM says action ``second_network``."""
+    second network's GM says action ``second_network``. ``use_guard`` False skips step 3."""
     preferred, slices = prefer_where_disagreeing(combined, first, second, min_dice=min_dice)
-    out, doubts = guard(preferred, zooms_mm, cord=cord, alternative=first)
+    out, doubts = guard(preferred, zooms_mm, cord=cord, alternative=first) if use_guard else (preferred, [])
     d = slice_dice(first, second)
     by_slice = {x.slice: x for x in doubts}
     for k in slices:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
-from ..exceptions import InvalidOptionError
+from ..exceptions import InvalidOptionError, ModelError
 from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
 from ..model.registry import InstalledModel
-from ..recipe import Preprocessing
+from ..recipe import Combination, Preprocessing
 from . import enhance, ensemble, guard, placement, postprocess
 from .grid import Window, overlap, window_to_native
 from .noise import in_file_order
@@ -116,9 +116,12 @@ class Segmenter:
                             f"Segmenter.from_name({model!r})")
         self.network: LoadedNetwork = load_network(model, device, engine=engine, threads=threads,
                                                    cache_dir=resolve_cache_dir(cache_dir))
-        #: the second network of a combination (:mod:`.ensemble`), run on the first one's windows;
-        #: ``name``: the combination's registered name
-        self.name = name
+        #: the second network of a combination (:mod:`.ensemble`), run on the first one's windows: the
+        #: model recipe's ``combine`` (or ``partner`` given here); ``name``: the combination's name
+        if partner is None and model.recipe.combine is not None:
+            partner = _partner_of(model, cache_dir=cache_dir)
+        self.combination = model.recipe.combine or (Combination(partner.name) if partner is not None else None)
+        self.name = name or (model.name if model.recipe.combine is not None else None)
         self.partner: LoadedNetwork | None = None
         if partner is not None and partner == model:
             self.partner = self.network
@@ -136,7 +139,8 @@ class Segmenter:
         from ..model.install import ensure_model
 
         installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
-        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir)
+        partner = _partner_of(installed, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
+        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir, partner=partner)
 
     @property
     def model(self) -> InstalledModel:
@@ -150,7 +154,8 @@ class Segmenter:
         (so outputs of `large` alone are never taken for the combination's)."""
         if self.partner is None:
             return self.model
-        parts = [self.model.sha256, self.partner.model.sha256, ensemble.RULE]
+        parts = [self.model.sha256, self.partner.model.sha256, ensemble.RULE,
+                 self.combination.to_entry() if self.combination is not None else None]
         return replace(self.model, name=self.name or f"{self.model.name}+{self.partner.model.name}",
                        sha256=hashlib.sha256(json.dumps(parts).encode()).hexdigest())
 
@@ -194,7 +199,9 @@ class Segmenter:
             second, _ = _native_mask(vol, windows, prob2, threshold, options)
             prob = ensemble.logit_mean([prob, prob2])
             both, _ = _native_mask(vol, windows, prob, threshold, options)
-            mask_c, doubts = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c)
+            comb = self.combination or Combination(self.partner.model.name)
+            mask_c, doubts = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c,
+                                              min_dice=comb.disagree_dice, use_guard=comb.guard)
             agreement = ensemble.slice_dice(first, second)
         prob_c = None
         if want_prob:
@@ -326,3 +333,17 @@ def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndar
                "networks_dice": d.dice_between_networks} for d in doubts]
     return {"networks_dice_per_slice": by_file, "doubtful_slices": sorted(listed, key=lambda d: d["slice"])}
 
+
+
+def _partner_of(model: InstalledModel, *, mirror: str | None = None, cache_dir: str | None = None,
+                progress: Any = None) -> InstalledModel | None:
+    """The second model a recipe's ``combine`` names, installed (None when it combines nothing)."""
+    if model.recipe.combine is None:
+        return None
+    from ..model.install import ensure_model
+
+    partner = ensure_model(model.recipe.combine.with_model, mirror=mirror, cache_dir=cache_dir, progress=progress)
+    if partner.recipe.combine is not None:
+        raise ModelError(f"model '{model.name}' combines '{partner.name}', which itself combines "
+                         f"'{partner.recipe.combine.with_model}': a combination takes a single network")
+    return partner
