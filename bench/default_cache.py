@@ -22,48 +22,17 @@ import numpy as np
 
 import sctgm
 import sctgm.io
-from cases import MODELS_DIR, SHARED
+from cases import ALL_LABELLED, MODELS_DIR
+from robustness import VARIANTS, degraded  # noqa: F401 (VARIANTS: read by default_candidates)
+from robustness_default import seed_of
 from sctgm.segment import enhance, placement
-from sctgm.segment.degrade import add_rician_noise, smooth_bias_field
 
-DATA = SHARED / "data"
 MODELS = MODELS_DIR
-GMC = "gm_challenge_2018"
-
-#: case -> (image, manual GM, cord mask or None), relative to ../shared/data
-CASES: dict[str, tuple[str, str, str | None]] = {
-    "t2s_uncropped": ("sct_testing_data/t2s/t2s_uncropped.nii.gz",
-                      "sct_testing_data/t2s/t2s_uncropped_gmseg_manual.nii.gz", None),
-    "t2s": ("sct_testing_data/t2s/t2s.nii.gz", "sct_testing_data/t2s/t2s_gmseg_manual.nii.gz",
-            "sct_testing_data/t2s/t2s_seg.nii.gz"),
-    "mt1": ("sct_testing_data/mt/mt1.nii.gz", "sct_testing_data/mt/mt1_gmseg_goldstandard.nii.gz",
-            "sct_testing_data/mt/mt1_seg.nii.gz"),
-}
-for _sub in ("sub-10062Ses1", "sub-10062Ses2", "sub-9584", "sub-9669"):
-    _lab = f"{GMC}/derivatives/labels/{_sub}/anat/{_sub}_run-1_T2starw"
-    CASES[f"gmc-{_sub[4:]}"] = (f"{GMC}/{_sub}/anat/{_sub}_run-1_T2starw.nii.gz", f"{_lab}_gmseg-manual.nii.gz",
-                                f"{_lab}_seg-manual.nii.gz")
-
-VARIANTS = {"clean": (0.0, False), "noise 1%": (0.01, False), "noise 2%": (0.02, False),
-            "noise 3%": (0.03, False), "noise 5%": (0.05, False), "bias": (0.0, True)}
+#: case -> (image, manual GM, cord mask or None): every labelled case in ../shared
+CASES = ALL_LABELLED
 ENHANCEMENTS = {"off": enhance.Enhancement(), "nlm": enhance.Enhancement(denoise="nlm"),
                 "nlm0": enhance.Enhancement(denoise="nlm", noise_floor_rel=0.0)}
 MODEL_NAMES = ("large", "large-robust")
-
-
-def seed_of(case: str, variant: str) -> int:
-    return 1000 * list(CASES).index(case) + list(VARIANTS).index(variant)
-
-
-def degraded(data: np.ndarray, zooms: tuple[float, ...], variant: str, seed: int) -> np.ndarray:
-    sigma_rel, bias = VARIANTS[variant]
-    rng = np.random.default_rng(seed)
-    out = data
-    if bias:
-        out = out * smooth_bias_field(out.shape, zooms, rng)  # type: ignore[arg-type]
-    if sigma_rel:
-        out = add_rician_noise(out, sigma_rel, rng)
-    return out.astype(np.float32)
 
 
 def main() -> None:
@@ -79,8 +48,8 @@ def main() -> None:
     no_stage = sctgm.SegmentOptions(denoise="off")
     for enh_name in args.enh.split(","):
         for case in args.cases.split(","):
-            img_rel, _, _ = CASES[case]
-            img = nib.load(str(DATA / img_rel))
+            img_path, _, _ = CASES[case]
+            img = nib.load(str(img_path))
             assert nib.aff2axcodes(img.affine) == ("L", "A", "S"), case
             zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
             data = np.asarray(img.get_fdata(dtype=np.float32))

@@ -27,7 +27,7 @@ from sctgm.segment.ensemble import combine, logit_mean, prefer_where_disagreeing
 from sctgm.segment.guard import guard
 from sctgm.segment.preprocess import prepare
 
-from default_cache import CASES, DATA, VARIANTS
+from default_cache import CASES, VARIANTS
 
 OUTLIER_DICE, OUTLIER_MIN_VOXELS = 0.5, 20
 
@@ -38,11 +38,11 @@ def variant_tag(v: str) -> str:
 
 class Case:
     def __init__(self, name: str) -> None:
-        img_rel, man_rel, cord_rel = CASES[name]
+        img_path, man_path, cord_path = CASES[name]
         self.name = name
-        self.img = nib.load(str(DATA / img_rel))
-        self.manual = np.asanyarray(nib.load(str(DATA / man_rel)).dataobj) > 0.5
-        self.cord = None if cord_rel is None else np.asanyarray(nib.load(str(DATA / cord_rel)).dataobj) > 0.5
+        self.img = nib.load(str(img_path))
+        self.manual = np.asanyarray(nib.load(str(man_path)).dataobj) > 0.5
+        self.cord = None if cord_path is None else np.asanyarray(nib.load(str(cord_path)).dataobj) > 0.5
         self.zooms = tuple(float(z) for z in self.img.header.get_zooms()[:3])
         prep = Preprocessing.from_entry(load_registry()["models"]["large"]["preprocessing"], "large")
         self.prep = replace(prep, enhancement={"denoise": "off"})
