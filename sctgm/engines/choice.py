@@ -22,7 +22,7 @@ import numpy as np
 from ..exceptions import InvalidOptionError, ModelError
 from ..model.registry import InstalledModel
 from ..networks import network_for
-from .hardware import cuda_may_exist, onnxruntime_available
+from .hardware import cuda_may_exist, onnxruntime_available, require_torch, torch_available
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,10 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
     if engine not in ENGINES:
         raise InvalidOptionError(f"engine {engine!r}: unknown; expected one of {', '.join(ENGINES)}", parameter="engine")
+    if engine == "torch":
+        require_torch("engine 'torch'")
     if device == "auto":
-        if engine != "onnxruntime" and cuda_may_exist():
+        if engine != "onnxruntime" and cuda_may_exist() and torch_available():
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,6 +85,8 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
         return engine, device
     if engine == "auto":
         engine = "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"
+        if engine == "torch":
+            require_torch(f"device {device!r}" if device != "cpu" else "engine 'torch' (onnxruntime is missing)")
     return engine, device
 
 
