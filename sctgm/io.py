@@ -228,13 +228,15 @@ def folder_is_writable(folder: str | os.PathLike[str]) -> bool:
 
 def check_writable(path: str | os.PathLike[str], *, hint: str = "give a file name ending in .nii.gz or .nii") -> Path:
     """Fail early (before any computation) when ``path`` cannot be written; ``hint`` is the fix shown
-    when ``path`` is a folder."""
+    when ``path`` is a folder. Missing output folders are fine (created when the file is written,
+    like ``mkdir -p``): the nearest existing one must be a writable folder."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{p}: the output folder {folder} does not exist")
-    if not folder_is_writable(folder):
-        raise OutputError(f"{p}: the output folder {folder} is not writable")
+    existing = next((f for f in (folder, *folder.parents) if f.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputError(f"{p}: {existing} is a file, not a folder")
+    if not folder_is_writable(existing):
+        raise OutputError(f"{p}: the output folder {existing} is not writable")
     if p.is_dir():
         raise OutputError(f"{p}: is a folder; {hint}")
     return p
@@ -249,6 +251,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     stem, ext = split_nifti_name(p.name)
     ext = ext or "".join(p.suffixes[-1:])
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is created (check_writable)
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{ext}", dir=p.parent if str(p.parent) else ".")
     except OSError as exc:
         raise OutputError(f"{p}: cannot write here ({exc.strerror})") from None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import DatasetError, OutputError
+from ..exceptions import DatasetError, InvalidOptionError, OutputError
 from ..io import atomic_path
 from ..naming import GM_SUFFIX, WM_SUFFIX, bids_outputs, is_sctgm_output, sct_outputs, split_nifti_name
 from . import bids
@@ -106,7 +106,7 @@ def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings
         raise DatasetError(f"{len(cord_masks)} cord masks for {len(paths)} inputs; give one per input, "
                            f"in the same order", parameter="cord_masks")
     if settings.wm and not cord_masks:
-        raise OutputError("the WM mask is cord minus GM and needs a cord mask per input", parameter="cord_masks")
+        raise InvalidOptionError("the WM mask is cord minus GM and needs a cord mask per input", parameter="cord_masks")
     jobs = []
     for i, path in enumerate(paths):
         out = sct_outputs(path, output, prob=settings.prob, wm=settings.wm)

@@ -63,6 +63,7 @@ class BatchSettings:
     overwrite: bool = False
     threads: int | None = None
     qc_dir: Path | None = None
+    qc_dataset: str | None = None  # shown beside the subject in the QC report
     metrics: bool = False
     mirror: str | None = None
     cache_dir: str | None = None
@@ -186,7 +187,7 @@ def _segment_and_write(segmenter: Segmenter, job: Job, settings: BatchSettings) 
             raise OutputError(f"{p.parent}: cannot create the output folder ({exc.strerror or exc})") from None
     segment_and_write(segmenter, image, job.outputs, cord=cord, options=settings.options, layout=job.layout,
                       sources=job.sources if job.layout == "bids" else None, qc_dir=settings.qc_dir,
-                      qc_subject=job.qc_subject)
+                      qc_subject=job.qc_subject, qc_dataset=settings.qc_dataset)
 
 
 def provenance(sidecar: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[str]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import setup_logging
+from . import resolve_verbosity, setup_logging, verbosity_option
 from .options import greedy_command
 
 
@@ -54,11 +54,14 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
               help="Add the result(s) to the HTML quality-control report in this folder (see sct-gm qc).")
 @click.option("-qc-subject", "--qc-subject", default=None, help="Subject name shown in the QC report (one input).")
+@click.option("-qc-dataset", "--qc-dataset", default=None,
+              help="Dataset name shown in the QC report beside each subject (as SCT's -qc-dataset).")
 @click.option("--bids", "bids_root", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Segment a BIDS dataset: its raw sub-*/[ses-*/]anat images, into DATASET/derivatives/sct-gm.")
 @click.option("--derivatives", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="BIDS: where the derivative dataset goes [default: DATASET/derivatives/sct-gm].")
-@click.option("--suffix", "suffixes", multiple=True, help="BIDS: image suffix(es) to segment [default: T2star].")
+@click.option("--suffix", "suffixes", multiple=True,
+              help="BIDS: image suffix(es) to segment [default: T2star and T2starw, the BIDS name].")
 @click.option("--participant-label", "participants", multiple=True,
               help="BIDS: only these participants (01 02 ..., with or without sub-).")
 @click.option("--session", "sessions", multiple=True, help="BIDS: only these sessions (with or without ses-).")
@@ -81,16 +84,16 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="Batch: per-slice GM morphometry of every image in one CSV [BIDS default: "
                    "derivatives/sct-gm/morphometry.csv].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug messages, and tracebacks on errors.")
+@verbosity_option
 @click.pass_context
 def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, model: str,
             cord_masks: tuple[Path, ...], wm: bool, threshold: float | None, prob: bool, keep_largest: bool,
             fill_holes: bool, tta: bool, denoise: str | None, bias: str | None, clahe: bool | None, device: str, engine: str, batch_size: int | None, qc_dir: Path | None,
-            qc_subject: str | None,
+            qc_subject: str | None, qc_dataset: str | None,
             bids_root: Path | None, derivatives: Path | None, suffixes: tuple[str, ...],
             participants: tuple[str, ...], sessions: tuple[str, ...], cord_labels: bool, n_jobs: int,
             scheduler: str | None, threads: int | None, overwrite: bool, summary_path: Path | None,
-            metrics_csv: str | None, quiet: bool, verbose: bool) -> None:
+            metrics_csv: str | None, quiet: bool, verbosity: int | None) -> None:
     """Segment the spinal cord gray matter of 3D NIfTI images.
 
     Writes a uint8 0/1 mask on exactly the input's grid, and a JSON sidecar beside it recording the
@@ -111,9 +114,7 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
     """
     from ..segment.pipeline import SegmentOptions
 
-    if ctx.obj is not None:
-        ctx.obj["verbose"] = ctx.obj.get("verbose") or verbose
-    verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+    verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
     options = SegmentOptions(threshold=threshold, keep_largest=keep_largest, fill_holes=fill_holes, tta=tta,
                              batch_size=batch_size, denoise=denoise, bias=bias, clahe=clahe)
     if bids_root is None and not inputs:
@@ -130,11 +131,11 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
     if not batch:
         setup_logging(verbose, quiet)
         _segment_one(inputs[0], output, model, cord_masks[0] if cord_masks else None, wm, prob, options, device,
-                     engine, qc_dir, qc_subject, threads, quiet)
+                     engine, qc_dir, qc_subject, qc_dataset, threads, quiet)
         return
     _segment_batch(ctx, inputs=inputs, output=output, model=model, cord_masks=cord_masks, wm=wm, prob=prob,
                    options=options, device=device, engine=engine, qc_dir=qc_dir, qc_subject=qc_subject,
-                   bids_root=bids_root,
+                   qc_dataset=qc_dataset, bids_root=bids_root,
                    derivatives=derivatives, suffixes=suffixes, participants=participants, sessions=sessions,
                    cord_labels=cord_labels, n_jobs=n_jobs, scheduler=scheduler, threads=threads,
                    overwrite=overwrite, summary_path=summary_path, metrics_csv=metrics_csv, quiet=quiet,
@@ -143,7 +144,7 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
 
 def _segment_one(input_path: Path, output: Path | None, model: str, cord_mask: Path | None, wm: bool, prob: bool,
                  options: Any, device: str, engine: str, qc_dir: Path | None, qc_subject: str | None,
-                 threads: int | None, quiet: bool) -> None:
+                 qc_dataset: str | None, threads: int | None, quiet: bool) -> None:
     from ..segment.files import segment_file
     from .progress import counting_bar, download_progress
 
@@ -151,7 +152,8 @@ def _segment_one(input_path: Path, output: Path | None, model: str, cord_mask: P
             counting_bar(quiet, f"Segmenting {input_path.name}", "slices") as progress:
         result = segment_file(input_path, output, model=model, cord_mask=cord_mask, options=options, prob=prob,
                               wm=wm, device=device, engine=engine, threads=threads, qc_dir=qc_dir,
-                              qc_subject=qc_subject, progress=progress, download_progress=fetching)
+                              qc_subject=qc_subject, qc_dataset=qc_dataset, progress=progress,
+                              download_progress=fetching)
     if not quiet:
         info = result.segmentation.info if result.segmentation else {}
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
@@ -161,7 +163,8 @@ def _segment_one(input_path: Path, output: Path | None, model: str, cord_mask: P
 
 def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path | None, model: str,
                    cord_masks: tuple[Path, ...], wm: bool, prob: bool, options: Any, device: str, engine: str,
-                   qc_dir: Path | None, qc_subject: str | None, bids_root: Path | None, derivatives: Path | None,
+                   qc_dir: Path | None, qc_subject: str | None, qc_dataset: str | None, bids_root: Path | None,
+                   derivatives: Path | None,
                    suffixes: tuple[str, ...], participants: tuple[str, ...], sessions: tuple[str, ...],
                    cord_labels: bool, n_jobs: int, scheduler: str | None, threads: int | None, overwrite: bool,
                    summary_path: Path | None, metrics_csv: str | None, quiet: bool, verbose: bool) -> None:
@@ -182,7 +185,8 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
         raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
     setup_logging(verbose, quiet)
     settings = BatchSettings(model=model, device=device, options=options, prob=prob, wm=wm, overwrite=overwrite,
-                             engine=engine, threads=threads, qc_dir=qc_dir, metrics=metrics_csv is not None)
+                             engine=engine, threads=threads, qc_dir=qc_dir, qc_dataset=qc_dataset,
+                             metrics=metrics_csv is not None)
     metrics_path = Path(metrics_csv) if metrics_csv else None
     try:
         with download_progress(quiet) as fetching, \

@@ -40,6 +40,7 @@ def add_entry(
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
+    dataset: str | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
 
@@ -49,12 +50,13 @@ def add_entry(
     :class:`~sctgm.exceptions.OutputError` (folder not writable) before writing anything. Safe to
     call from several processes at once on the same folder. An entry already there for the same image
     and GM mask is replaced (so a rerun never lists an image twice). Returns the new entry's folder.
-    ``noise``: the segmentation's noise keys (:func:`sctgm.segment.outputs.noise_result`); without
+    ``dataset``: shown beside the subject (SCT's ``-qc-dataset``). ``noise``: the segmentation's noise keys (:func:`sctgm.segment.outputs.noise_result`); without
     it the image's noise is estimated here (:func:`sctgm.segment.enhance.estimate_noise_sigma`).
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
-                               model_sha256=model_sha256, subject=subject, extra=extra, noise=noise)
+                               model_sha256=model_sha256, subject=subject, extra=extra, noise=noise,
+                               dataset=dataset)
     return report.write_entry(qc_dir, entry, files)
 
 
@@ -84,6 +86,7 @@ def build_entry(
     subject: str | None = None,
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
+    dataset: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
     image = load_image(image_path, what="image")
@@ -135,6 +138,7 @@ def build_entry(
         "timestamp": now,
         "date": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
         "subject": subject if subject is not None else guess_subject(image_abs),
+        "dataset": dataset,
         "image_name": image_abs.name,
         "image": str(image_abs),
         "gmseg": str(Path(gmseg_path).resolve()),

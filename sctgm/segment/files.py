@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from ..engines import ProgressCallback
-from ..exceptions import OutputError
+from ..exceptions import InvalidOptionError
 from ..io import check_writable, load_image
 from ..naming import sct_outputs
 from .outputs import SegmentFileResult, segment_and_write
@@ -22,7 +22,7 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
                  options: SegmentOptions = SegmentOptions(), prob: bool = False, wm: bool = False,
                  device: str = "auto", engine: str = "auto", threads: int | None = None,
                  segmenter: Segmenter | None = None, qc_dir: str | os.PathLike[str] | None = None,
-                 qc_subject: str | None = None, progress: ProgressCallback | None = None,
+                 qc_subject: str | None = None, qc_dataset: str | None = None, progress: ProgressCallback | None = None,
                  download_progress: Any = None) -> SegmentFileResult:
     """Segment the GM of one NIfTI file and write the mask (uint8 0/1 on exactly the input's grid),
     its JSON sidecar, and optionally the probability map (``prob``) and, with a cord mask, the WM
@@ -35,7 +35,7 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     """
     paths = sct_outputs(input_path, output, prob=prob, wm=wm)
     if wm and cord_mask is None:
-        raise OutputError("the WM mask is cord minus GM and needs a cord mask", parameter="cord_mask")
+        raise InvalidOptionError("the WM mask is cord minus GM and needs a cord mask", parameter="cord_mask")
     for p in paths.values():
         check_writable(p)
     image = load_image(input_path)
@@ -43,4 +43,4 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     seg = segmenter or Segmenter.from_name(model, device=device, engine=engine, threads=threads,
                                            download_progress=download_progress)
     return segment_and_write(seg, image, paths, cord=cord, options=options, qc_dir=qc_dir, qc_subject=qc_subject,
-                             progress=progress)
+                             qc_dataset=qc_dataset, progress=progress)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .._version import __version__
 from ..engines import ProgressCallback
-from ..exceptions import OutputError
+from ..exceptions import InvalidOptionError
 from ..io import LoadedImage, like, save_json, save_nifti
 from .pipeline import Segmentation, SegmentOptions
 
@@ -103,7 +103,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[st
                       cord: LoadedImage | None = None, options: SegmentOptions = SegmentOptions(),
                       layout: str = "sct", sources: Sequence[str] | None = None,
                       qc_dir: str | os.PathLike[str] | None = None, qc_subject: str | None = None,
-                      progress: ProgressCallback | None = None) -> SegmentFileResult:
+                      qc_dataset: str | None = None, progress: ProgressCallback | None = None) -> SegmentFileResult:
     """Segment ``image`` (and its ``cord`` mask) and write ``outputs`` (keys from :mod:`sctgm.naming`:
     ``gm`` and ``gm_sidecar``; optionally ``wm``, ``prob``; in the BIDS layout each NIfTI also has a
     ``<key>_sidecar``).
@@ -116,7 +116,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[st
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
     if "wm" in outputs and cord is None:
-        raise OutputError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")
+        raise InvalidOptionError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")
     cord_path = cord.path if cord is not None else None
     result = segmenter.segment_image(image, cord=cord, options=options, want_prob="prob" in outputs,
                                      progress=progress)
@@ -137,6 +137,6 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[st
 
         add_entry(qc_dir, image.path, written.gm, cord_path=cord_path, wmseg_path=written.wm,
                   model=segmenter.model.name, model_sha256=segmenter.model.sha256, subject=qc_subject,
-                  noise=noise_result(result.info.get("enhancement", {})))
+                  dataset=qc_dataset, noise=noise_result(result.info.get("enhancement", {})))
     save_json(sidecar(segmenter, options, result, "gm", sources, layout=layout), outputs["gm_sidecar"])  # last
     return written

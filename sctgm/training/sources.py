@@ -127,7 +127,7 @@ def split(volumes: Sequence[LabelledVolume], *, val_subjects: Sequence[str] = ()
     image's labelled slices as one contiguous block. ``val_fraction`` 0: no validation."""
     subjects = sorted({v.subject for v in volumes})
     if val_subjects:
-        want = {s if s in subjects else f"sub-{s}" for s in val_subjects}
+        want = {s if s in subjects else f"sub-{s.removeprefix('sub-')}" for s in val_subjects}
         unknown = sorted(w for w in want if w not in subjects)
         if unknown:
             raise TrainingDataError(f"validation subject(s) {', '.join(unknown)}: no such subject among {', '.join(subjects)}",
