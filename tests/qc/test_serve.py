@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from sctgm.exceptions import InvalidOptionError, QcError
+from sctgm.io import file_sha256
 from sctgm.qc import corrections
 from sctgm.qc.render import to_display
 from sctgm.qc.serve import start_server
@@ -81,7 +82,7 @@ def test_a_saved_slice_lands_on_the_image_grid_exactly(site, sub, codes):
     assert label.header.get_data_dtype() == np.uint8
     side = json.loads(paths[sub]["label"].with_name(paths[sub]["label"].name.replace(".nii.gz", ".json")).read_text())
     assert side["LabelledSlices"] == [4] and side["SliceAxis"] == 2
-    assert side["GeneratedBy"][0]["StartedFrom"]["SHA256"] == corrections.labels.sha256_of(paths[sub]["auto"])
+    assert side["GeneratedBy"][0]["StartedFrom"]["SHA256"] == file_sha256(paths[sub]["auto"])
     assert side["Corrections"][0]["Slice"] == 4
     # the image and the automatic mask are untouched; the report lists the slice
     assert np.array_equal(np.asarray(nib.load(str(paths[sub]["auto"])).dataobj), auto)
