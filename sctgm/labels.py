@@ -32,11 +32,11 @@ import numpy as np
 from ._version import __version__
 from .exceptions import OutputError
 from .io import LoadedImage, file_sha256, like, same_file, save_json, save_nifti
-from .naming import split_nifti_name
+from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, split_nifti_name
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.
-BIDS_LABEL_SUFFIX = "_label-GM_seg"
-MANUAL_SUFFIX = "_gmseg-manual"
+BIDS_LABEL_SUFFIX = BIDS_MANUAL_GM_SUFFIX
+MANUAL_SUFFIX = MANUAL_GM_SUFFIX
 LABELS_DERIVATIVE = Path("derivatives") / "labels"
 #: Sidecar key: the file's S-I voxel indices a reviewer saved (the only labelled slices).
 SLICES_KEY = "LabelledSlices"

@@ -323,3 +323,7 @@ def test_outside_bids_the_correction_goes_beside_the_image(tmp_path):
     assert sorted(p.name for p in manual.parent.iterdir()) == ["t2s.nii.gz", "t2s_gmseg-manual.json",
                                                                "t2s_gmseg-manual.nii.gz", "t2s_gmseg.nii.gz"]
     assert from_pairs([image], [manual])[0].slices == (5,)
+    from sctgm.batch import BatchSettings, plan_files
+
+    jobs = plan_files([str(tmp_path / "scans" / "*.nii.gz")], BatchSettings(model="tiny", device="cpu"))
+    assert [j.input.name for j in jobs] == ["t2s.nii.gz"]  # a batch never takes the correction for an image
