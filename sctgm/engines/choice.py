@@ -22,7 +22,7 @@ import numpy as np
 from ..exceptions import InvalidOptionError, ModelError
 from ..model.registry import InstalledModel
 from ..networks import network_for
-from .hardware import cuda_may_exist, onnxruntime_available
+from .hardware import cuda_may_exist, onnxruntime_available, require_torch, torch_available
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,10 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
     if engine not in ENGINES:
         raise InvalidOptionError(f"engine {engine!r}: unknown; expected one of {', '.join(ENGINES)}", parameter="engine")
+    if engine == "torch":
+        require_torch("engine 'torch'")
     if device == "auto":
-        if engine != "onnxruntime" and cuda_may_exist():
+        if engine != "onnxruntime" and cuda_may_exist() and torch_available():
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,6 +85,8 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
         return engine, device
     if engine == "auto":
         engine = "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"
+        if engine == "torch":
+            require_torch(f"device {device!r}" if device != "cpu" else "engine 'torch' (onnxruntime is missing)")
     return engine, device
 
 
@@ -104,13 +108,15 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
         return weights.state_dict_from_keras(model.weights_path)[0]
 
     if engine == "onnxruntime":
-        from .onnx import OnnxNetwork, cached_graph, graph_cache_path
+        from .onnx import OnnxNetwork, cached_graph, graph_cache_path, graph_holds_weights
 
         if precision != "fp32":
             raise ModelError(f"model '{model.name}': precision {precision} runs on the torch engine only "
                              f"(ONNX Runtime runs fp32); use --engine torch")
         cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
-        graph = cached_graph(cache_file, lambda: network.onnx_graph(state_dict(), model.architecture, model.name))
+        # a cached graph is used only when it holds this model's (verified) weights
+        graph = cached_graph(cache_file, lambda: network.onnx_graph(state_dict(), model.architecture, model.name),
+                             made_from=lambda g: graph_holds_weights(g, state_dict()))
         runner: Engine = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
     else:
         from .torch import TorchNetwork

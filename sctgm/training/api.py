@@ -23,12 +23,11 @@ from typing import Any
 from .._version import __version__
 from ..exceptions import InvalidOptionError, OutputError, SctGmError
 from ..io import save_json
-from .checkpoint import load_checkpoint
+from ..engines.hardware import require_torch
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
-from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE,
-                       DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS,
-                       DEFAULT_PATIENCE, DEFAULT_VAL_FRACTION, DEFAULT_WARMUP_STEPS,
-                       VALIDATIONS_PER_RUN)
+from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
+                       DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, DEFAULT_WARMUP_STEPS, VALIDATIONS_PER_RUN)
+from .options import TrainOptions, TrainSources
 from . import outputs, sources
 
 RUN_FILE = outputs.RUN_FILE
@@ -207,26 +206,26 @@ def _noisy_validation(val_sets: list[Any], sigmas_std: Sequence[float], seed: in
             for k, sd in enumerate(sigmas_std) for j, s in enumerate(val_sets)]
 
 
-def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | os.PathLike[str]] = (), *,
-          output: str | os.PathLike[str], bids: str | os.PathLike[str] | None = None,
-          suffixes: Sequence[str] | None = None, participants: Sequence[str] = (),
-          gmchallenge: str | os.PathLike[str] | None = None, init: str = DEFAULT_INIT, arch: str | None = None,
-          filters: int | None = None, val: Sequence[str] = (), val_fraction: float = DEFAULT_VAL_FRACTION,
-          max_steps: int | None = None, epochs: float | None = None, lr: float | None = None,
-          batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, device: str = "auto", threads: int | None = None,
-          resume: bool = False, overwrite: bool = False, bn: str | None = None, patience: int = DEFAULT_PATIENCE,
-          augment: Any = None, progress: Callable[[Any], None] | None = None,
+def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOptions = TrainOptions(), *,
+          resume: bool = False, overwrite: bool = False, progress: Callable[[Any], None] | None = None,
           command_line: str | None = None) -> TrainOutcome:
-    """Fine-tune ``init`` (a registered model, a model folder / weight file, or ``"none"``: random
-    weights of ``arch`` with ``filters``) on labelled images, and write MODEL_DIR ``output``. See
-    docs/train.md for each parameter; ``progress`` receives
-    :class:`~sctgm.training.loop.TrainProgress` after every step."""
+    """Fine-tune ``options.init`` (a registered model, a model folder / weight file, or ``"none"``)
+    on the labelled images of ``data``, and write MODEL_DIR ``output`` (see docs/train.md).
+    ``resume``: continue the interrupted run of ``output``; ``overwrite``: replace a model folder
+    sct-gm train wrote; ``progress`` receives :class:`~sctgm.training.loop.TrainProgress` after every
+    step. Raises :class:`~sctgm.exceptions.MissingExtraError` without torch (``sctgm[torch]``)."""
+    require_torch("sct-gm train (sctgm.train)", parameter=None)
     import torch
 
     from ..engines.hardware import available_cores
+    from .checkpoint import load_checkpoint
     from .loop import TrainConfig, train_loop
     from .models import resolve_device
 
+    o = options
+    init, arch, filters, val, val_fraction, max_steps, epochs, lr, batch_size, seed, device, threads, bn, patience, \
+        augment = (o.init, o.arch, o.filters, o.val, o.val_fraction, o.max_steps, o.epochs, o.lr, o.batch_size,
+                   o.seed, o.device, o.threads, o.bn, o.patience, o.augment)
     out = Path(output).expanduser().absolute()
     partial = out.parent / f".{out.name}.partial"
     _check_output(out, partial, resume=resume, overwrite=overwrite)
@@ -234,7 +233,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         raise TrainingDataError(f"validation fraction {val_fraction}: expected a share in [0, 1)",
                                 parameter="val_fraction")
     augment_cfg = None if augment is None else _augment_config(augment)  # before reading any data
-    items = _items(images, masks, bids, suffixes, participants, gmchallenge)
+    items = _items(data.images, data.masks, data.bids, data.suffixes, data.participants, data.gmchallenge)
     model, recipe, init_record = _init_model(init, arch, filters, seed)
     prep = recipe.preprocessing
     arch_key, n_filters = _arch_key(recipe.network), recipe.network.get("filters")
@@ -256,7 +255,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
                       patience=patience if val_sets else 0,
                       checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed,
-                      default_threshold=prep.threshold, **cfg_kwargs)  # no validation: the init's threshold
+                      default_threshold=prep.threshold, precision=recipe.precision,  # no validation: the init's
+                      **cfg_kwargs)  # threshold; validation at the model's precision, as inference
     if val_sets and cfg.augment.val_noise_std:  # the robust recipe validates on noisy copies too
         val_sets = val_sets + _noisy_validation(val_sets, cfg.augment.val_noise_std, seed)
     data_record = [{"image": str(it.image), "image_sha256": sha256_of(it.image),
@@ -277,14 +277,14 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         _check_resume(partial, json.loads(load_checkpoint(checkpoint_path).get("signature") or "{}"), signature)
     else:  # a new run, or a run killed before its first checkpoint: start from step 0
         partial.mkdir(exist_ok=resume)
-    for stale in partial.iterdir():  # temporary files of a run killed while writing them
-        if outputs.is_run_temp(stale.name):
-            stale.unlink(missing_ok=True)
-    save_json(signature, partial / RUN_FILE)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
+        for stale in partial.iterdir():  # temporary files of a run killed while writing them
+            if outputs.is_run_temp(stale.name):
+                stale.unlink(missing_ok=True)
+        save_json(signature, partial / RUN_FILE)
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
                             checkpoint_path=checkpoint_path, resume=continuing, progress=progress, signature=sealed)
         recipe_out = recipe.with_threshold(result.threshold)

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sctgm
 from sctgm.io import load_image
 from sctgm.model.install import sha256_of
 from sctgm.segment.pipeline import Segmenter, SegmentOptions
 
-from ..training.test_train_api import phantom_pairs
+from ..training.test_train_api import phantom_pairs, train_on
 
 TOY_MODULE = '''
 """Toy network: conv 3x3 (1 -> F) -> ReLU -> conv 1x1 (F -> 1) -> sigmoid."""
@@ -113,8 +112,8 @@ def test_toy_network_segments_and_trains_on_both_engines(toy_registered: str, tm
     gm_onnx, gm_torch = _both_engines(toy_registered, images[0])
     assert np.array_equal(gm_onnx, gm_torch)
 
-    result = sctgm.train(images, masks, output=tmp_path / "trained", init=toy_registered, max_steps=3,
-                         val_fraction=0.0, seed=0, device="cpu", threads=1)
+    result = train_on(images, masks, output=tmp_path / "trained", init=toy_registered, max_steps=3,
+                      val_fraction=0.0, seed=0, device="cpu", threads=1)
     (name, entry), = json.loads(result.model_json.read_text())["models"].items()
     assert entry["architecture"] == {"name": "toy", "module": "toy_net", "filters": 4}  # carried from the init
     gm_onnx2, gm_torch2 = _both_engines(str(result.model_dir), images[0])
