@@ -76,7 +76,8 @@ class Enhancement:
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.min_removed_fraction) and 0.0 <= self.min_removed_fraction <= 1.0):
-            raise SctGmError(f"min_removed_fraction {self.min_removed_fraction}: expected a fraction in [0, 1]")
+            raise SctGmError(f"min_removed_fraction {self.min_removed_fraction}: expected a fraction "
+                             "in [0, 1]")
         if self.denoise not in DENOISERS:
             raise SctGmError(f"denoise {self.denoise!r}: expected one of {', '.join(DENOISERS)}")
         if self.auto_method not in DENOISERS[2:]:
@@ -141,7 +142,8 @@ def with_options(base: Enhancement, *, denoise: str | None = None, bias: str | N
                  clahe: bool | None = None) -> Enhancement:
     """``base`` (a model's enhancement) with a run's explicit options on top (None: the model's).
     ``denoise='on'``: the model's denoiser always (its ``auto_method`` when the model says 'auto' or
-    'off'), removing at least :data:`ON_MIN_REMOVED_FRACTION` of the noise sigma; 'off': never; 'auto' or a method name: that."""
+    'off'), removing at least :data:`ON_MIN_REMOVED_FRACTION` of the noise sigma; 'off': never;
+    'auto' or a method name: that."""
     changes: dict[str, Any] = {}
     if denoise is not None:
         if denoise not in DENOISE_OPTIONS:
@@ -299,12 +301,10 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # -- combination -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Combination:
-    """A second network run with the model's own on the same windows, and the anatomical guard
-    (:mod:`sctgm.segment.ensemble`): the registry entry's ``combine`` block, ``{"with": "large-robust",
-    "disagree_dice": 0.8, "guard": true}``. ``with_model``: the registered name of the second model
-    (itself not a combination); ``disagree_dice``: below this slice Dice between the two networks'
-    masks, the second network's slice is used; ``guard``: run the guard (GM inside the cord, area
-    continuous)."""
+    """A second model run with this one on the same windows, and the anatomical guard
+    (:mod:`sctgm.segment.ensemble`): the entry's ``combine``, ``{"with": "large-robust", "disagree_dice":
+    0.8, "guard": true}``: ``with_model`` (not a combination itself); below ``disagree_dice`` (slice Dice
+    of the two masks) the second network's slice is used; ``guard``: GM inside the cord, area continuous."""
 
     with_model: str
     disagree_dice: float = 0.8
@@ -322,9 +322,10 @@ class Combination:
     def from_entry(cls, block: Any, model: str = "?") -> Combination | None:
         if block is None:
             return None
-        if not isinstance(block, dict) or set(block) - {"with", "disagree_dice", "guard"} or "with" not in block:
-            raise ModelError(f"model '{model}': 'combine' must be an object with 'with' (a registered model) and "
-                             f"optionally 'disagree_dice', 'guard'; got {block!r}")
+        keys = {"with", "disagree_dice", "guard"}
+        if not isinstance(block, dict) or set(block) - keys or "with" not in block:
+            raise ModelError(f"model '{model}': 'combine' must be an object with 'with' (a registered "
+                             f"model) and optionally 'disagree_dice', 'guard'; got {block!r}")
         try:
             return cls(block["with"], block.get("disagree_dice", 0.8), block.get("guard", True))
         except ModelError as exc:
@@ -368,7 +369,8 @@ class Recipe:
     @classmethod
     def from_entry(cls, entry: dict[str, Any], model: str = "?") -> Recipe:
         """The recipe of a registry entry (its ``architecture``, ``preprocessing`` and the optional
-        ``contrast``, ``precision`` and ``combine``, :class:`Combination`); :class:`~sctgm.exceptions.ModelError` names ``model`` and
+        ``contrast``, ``precision`` and ``combine``, :class:`Combination`);
+        :class:`~sctgm.exceptions.ModelError` names ``model`` and
         the value that is not supported."""
         architecture = entry.get("architecture")
         if not isinstance(architecture, dict):

@@ -42,8 +42,9 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average 5 shifted crops (5x slower).")
 @click.option("--denoise", type=click.Choice(["auto", "on", "off", "nlm", "tv", "wavelet", "bilateral"]), default=None,
               help="Noise suppression before segmentation: auto = non-local means on images whose estimated noise "
-                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always, off = never (the image "
-                   "as it is), or a denoiser [default: the model's, auto]. See docs/robustness.md.")
+                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always (at least half the "
+                   "noise), off = never (the image as it is), or a denoiser [default: the model's, auto]. "
+                   "See docs/robustness.md.")
 @click.option("--bias-correction", "bias", type=click.Choice(["off", "smooth", "n4"]), default=None,
               help="Intensity inhomogeneity correction: smooth (in-plane normalisation) or n4 (needs SimpleITK: "
                    "pip install 'sctgm[enhance]') [default: the model's, off].")

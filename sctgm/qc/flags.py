@@ -87,7 +87,8 @@ def slice_flags(
     return out
 
 
-def doubtful_flags(doubtful: Sequence[dict], file_to_canonical: dict[int, int], n: int) -> list[tuple[str, ...]]:
+def doubtful_flags(doubtful: Sequence[dict], file_to_canonical: dict[int, int],
+                   n: int) -> list[tuple[str, ...]]:
     """Per canonical slice, the flags of a sidecar's ``doubtful_slices`` list (each ``{"slice": file
     index, "reasons": [...], ...}``); unknown reasons keep their name."""
     out: list[list[str]] = [[] for _ in range(n)]

@@ -115,7 +115,8 @@ def guard(gm: np.ndarray, zooms_mm: Sequence[float], *, cord: np.ndarray | None 
         cord = np.asarray(cord) > 0
         grow = max(1, int(round(1.0 / min(float(zooms_mm[0]), float(zooms_mm[1])))))
         cord_ok = [cord[:, :, k].sum() * px_mm2 >= 1.0 for k in range(nz)]
-        cord = np.stack([ndimage.binary_dilation(cord[:, :, k], _EIGHT, iterations=grow) for k in range(nz)], axis=2)
+        cord = np.stack([ndimage.binary_dilation(cord[:, :, k], _EIGHT, iterations=grow) for k in range(nz)],
+                        axis=2)
     alt = None if alternative is None else np.asarray(alternative) > 0
 
     # 1. the position rule, judged against the neighbours of the network's own mask

@@ -128,7 +128,8 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     }]
     if segmenter.partner is not None:  # a combination: each network it ran
         out["GeneratedBy"][0]["Model"]["Networks"] = [
-            {"Name": n.model.name, "Version": n.model.version, "Sha256": n.model.sha256, "Filters": n.model.filters}
+            {"Name": n.model.name, "Version": n.model.version, "Sha256": n.model.sha256,
+             "Filters": n.model.filters}
             for n in (segmenter.network, segmenter.partner)]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_keys(info.get("enhancement", {})))

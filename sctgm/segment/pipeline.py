@@ -120,7 +120,8 @@ class Segmenter:
         #: model recipe's ``combine`` (or ``partner`` given here); ``name``: the combination's name
         if partner is None and model.recipe.combine is not None:
             partner = _partner_of(model, cache_dir=cache_dir)
-        self.combination = model.recipe.combine or (Combination(partner.name) if partner is not None else None)
+        self.combination = model.recipe.combine or (
+            Combination(partner.name) if partner is not None else None)
         self.name = name or (model.name if model.recipe.combine is not None else None)
         self.partner: LoadedNetwork | None = None
         if partner is not None and partner == model:
@@ -140,7 +141,8 @@ class Segmenter:
 
         installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
         partner = _partner_of(installed, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
-        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir, partner=partner)
+        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir,
+                   partner=partner)
 
     @property
     def model(self) -> InstalledModel:
@@ -232,14 +234,16 @@ class Segmenter:
 
     # -- network passes -----------------------------------------------------------------------
     def _predict(self, raw: np.ndarray, options: SegmentOptions,
-                 progress: ProgressCallback | None = None, network: LoadedNetwork | None = None) -> np.ndarray:
+                 progress: ProgressCallback | None = None,
+                 network: LoadedNetwork | None = None) -> np.ndarray:
         """The network (default: the first) on raw windows, standardised as the model was trained
         (one stack, one mean/std)."""
         return predict(network or self.network, raw, standardise=Standardisation.of(raw),
                        batch_size=options.batch_size, progress=progress)
 
     def _predict_windows(self, vol: PreparedVolume, windows: list[Window], options: SegmentOptions,
-                         progress: ProgressCallback | None, network: LoadedNetwork | None = None) -> np.ndarray:
+                         progress: ProgressCallback | None,
+                         network: LoadedNetwork | None = None) -> np.ndarray:
         if not options.tta:
             return self._predict(sample(vol, windows), options, progress, network)
         return self._predict_tta(vol, windows, options, progress, network)
@@ -342,7 +346,8 @@ def _partner_of(model: InstalledModel, *, mirror: str | None = None, cache_dir: 
         return None
     from ..model.install import ensure_model
 
-    partner = ensure_model(model.recipe.combine.with_model, mirror=mirror, cache_dir=cache_dir, progress=progress)
+    partner = ensure_model(model.recipe.combine.with_model, mirror=mirror, cache_dir=cache_dir,
+                           progress=progress)
     if partner.recipe.combine is not None:
         raise ModelError(f"model '{model.name}' combines '{partner.name}', which itself combines "
                          f"'{partner.recipe.combine.with_model}': a combination takes a single network")
