@@ -176,5 +176,31 @@ def test_resume_redoes_a_changed_input_or_a_damaged_output(tiny_model, make_nift
     good = gm.read_bytes()
     img = nib.load(str(gm))
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(gm))
+    assert gm.read_bytes() != good
     assert _segment(*args).exit_code == 0 and _statuses(summary) == ["skipped", "ok"]
     assert gm.read_bytes() == good
+
+
+def test_a_file_size_limit_stops_the_set_before_any_file_is_replaced(tiny_model, image, tmp_path):
+    """A real limit (RLIMIT_FSIZE, what a full quota does): the 1 kB mask fits, the 47 kB probability
+    map does not. Exit 3 in one line; the previous outputs stay as they were, nothing else is left."""
+    import resource
+    import subprocess
+    import sys
+
+    name = tiny_model()
+    assert _segment("-i", str(image), "-m", name, "--prob").exit_code == 0  # outputs of a first run, model cached
+    before = _files(image.parent)
+    inodes = {p.name: p.stat().st_ino for p in image.parent.iterdir()}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    run = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(image), "-m", name, "--device", "cpu",
+                          "--prob", "-qc", str(tmp_path / "qc"), "--denoise", "nlm", "-q"],
+                         capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert run.returncode == 3 and len(_lines(run.stderr)) == 1, run.stderr
+    assert "t2s_gmseg_prob.nii.gz" in run.stderr
+    assert _files(image.parent) == before  # the first run's set, untouched: no new mask beside an old sidecar
+    assert {p.name: p.stat().st_ino for p in image.parent.iterdir()} == inodes  # not even rewritten alike
+    assert not (tmp_path / "qc" / "entries").exists() or list((tmp_path / "qc" / "entries").iterdir()) == []
