@@ -31,7 +31,7 @@ import numpy as np
 
 from ._version import __version__
 from .exceptions import OutputError
-from .io import LoadedImage, like, save_json, save_nifti
+from .io import LoadedImage, like, save_json, save_nifti, sha256_of
 from .naming import split_nifti_name
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.
@@ -104,16 +104,6 @@ def labelled_slices_of(mask: str | os.PathLike[str]) -> tuple[int, ...] | None:
     if side is None or not isinstance(side.get(SLICES_KEY), list):
         return None
     return tuple(sorted({int(k) for k in side[SLICES_KEY] if isinstance(k, int) and not isinstance(k, bool)}))
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _shown(path: Path, root: Path | None) -> str:

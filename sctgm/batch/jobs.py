@@ -35,7 +35,7 @@ import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..io import file_sha256, load_image, read_grid
+from ..io import sha256_of, load_image, read_grid
 from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, OutputSet, output_kinds
 from ..segment.outputs import segment_and_write
@@ -274,14 +274,14 @@ def _changed(job: Job, hashes: dict[str, Any]) -> str | None:
         return "unreadable sidecar (Sha256)"
     for path, sha in itertools.zip_longest([job.input] + ([job.cord] if job.cord is not None else []), recorded):
         try:
-            if path is None or sha != file_sha256(path):
+            if path is None or sha != sha256_of(path):
                 return f"{path.name if path else 'a source'} changed since it was segmented"
         except OSError as exc:
             return f"{path.name} is unreadable ({exc.strerror or exc})"
     for key in job.outputs.kinds:
         path = job.outputs[key]
         try:
-            if outputs.get(key) != file_sha256(path):
+            if outputs.get(key) != sha256_of(path):
                 return f"{path.name} differs from what was written (damaged or replaced)"
         except FileNotFoundError:
             return f"{path.name} is missing"
