@@ -102,6 +102,14 @@ def read_grid(path: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.nd
     return tuple(int(n) for n in img.shape[:3]), img.affine  # type: ignore[return-value]
 
 
+def read_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """The NIfTI image of ``path`` as nibabel reads it (voxels not read yet), after the header checks of
+    :func:`load_image` (a header announcing more voxels than the file holds, a .gz inflating beyond
+    what its header announces: refused before any voxel is allocated). For readers that need the
+    stored values as they are (a training mask's NaN); raises :class:`InputImageError`."""
+    return _read_nifti(Path(path), [])
+
+
 def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
                      allow_constant: bool = False) -> LoadedImage:
     """Validate an in-memory NIfTI image as :func:`load_image` does (``path`` names it in messages)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import InputImageError
-from ..io import LoadedImage, load_image, sha256_of  # noqa: F401 - sha256_of: re-exported for training
+from ..io import LoadedImage, load_image, read_nifti, sha256_of  # noqa: F401 - sha256_of: re-exported for training
 from ..model.registry import Preprocessing
 from ..segment import placement
 from ..segment.grid import Window
@@ -72,12 +72,14 @@ class LabelledImage:
 def _raw_mask_values(path: Path) -> np.ndarray:
     """The mask's voxel values as stored (with scaling), NaN kept: load_image replaces NaN by 0, and a
     NaN in a mask is a broken mask, not background."""
-    import nibabel as nib
-
     try:
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+        img = read_nifti(path)  # the header checked first: a mask claiming gigabytes is refused unread
+    except InputImageError as exc:
+        raise TrainingDataError(str(exc)) from None
+    try:
+        return np.asarray(img.dataobj, dtype=np.float64)
     except Exception as exc:  # nibabel raises several types on damaged files
-        raise TrainingDataError(f"{path}: not a readable NIfTI mask ({exc})") from None
+        raise TrainingDataError(f"{path}: not a readable NIfTI mask ({' '.join(str(exc).split())})") from None
 
 
 def check_binary_mask(path: Path, values: np.ndarray) -> None:

@@ -253,3 +253,43 @@ def test_cli_serves_until_interrupted(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "Stopped." in out, err
+
+
+def test_a_batch_rerun_keeps_the_corrections_and_its_entries_list_them(site, tiny_model):
+    from sctgm.batch import BatchSettings, segment_bids
+
+    run, paths, root = site
+    eid = paths["sub-02"]["entry"].name
+    m = mask_of(slice_of(run, eid, 2))
+    m[1, 1] = 1
+    assert post(run, eid, 2, m.tobytes()).status_code == 200
+    label = paths["sub-02"]["label"]
+    before = (label.read_bytes(), labels_sidecar(label).read_bytes())
+    for _ in range(2):  # the second run finds valid outputs and skips, or (overwrite) segments again
+        res = segment_bids(root / "ds", BatchSettings(model=tiny_model(), device="cpu", qc_dir=root / "qc",
+                                                      overwrite=True),
+                           derivatives=root / "ds" / "derivatives" / "rerun", suffixes=["T2star"], cord_labels=False)
+        assert res.count("ok") == 2
+    assert (label.read_bytes(), labels_sidecar(label).read_bytes()) == before
+    index = json.loads((root / "qc" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))
+    rerun = [e for e in index["entries"] if "derivatives/rerun/" in e["gmseg"] and "sub-02" in e["image"]]
+    assert len(rerun) == 1, [(e["id"], e["image"], e["gmseg"]) for e in rerun]
+    assert rerun[0]["corrected_slices"] == [2] and rerun[0]["correction"] == str(label)
+    assert all(e["corrected_slices"] == [] for e in index["entries"] if "sub-01" in e["image"])
+
+
+def labels_sidecar(mask: Path) -> Path:
+    return corrections.labels.sidecar_of(mask)
+
+
+def test_cli_serve_takes_the_folder_alone(tmp_path):
+    from click.testing import CliRunner
+
+    from sctgm.cli import main
+
+    r = CliRunner().invoke(main, ["qc", "--serve", str(tmp_path), "-i", "x.nii.gz"])
+    assert r.exit_code == 2 and "--serve takes the QC folder alone" in r.output
+    r = CliRunner().invoke(main, ["qc"])
+    assert r.exit_code == 2 and "-i/--image" in r.output
+    r = CliRunner().invoke(main, ["qc", "--serve", str(tmp_path)])
+    assert r.exit_code != 0 and "not a QC report folder" in r.output and not list(tmp_path.iterdir())

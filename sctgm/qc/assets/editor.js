@@ -7,7 +7,7 @@
  * (radiological: patient Right on the left, Anterior at the top), zoomed on the cord:
  *   b brush, x eraser, g fill (click inside a closed GM outline), [ ] brush size,
  *   z undo, y redo (or Ctrl+Z / Ctrl+Y), a reset the slice to the automatic mask,
- *   o overlay on/off, - + overlay opacity, h probability hint, r reset contrast, right-drag window/level,
+ *   o overlay on/off (GM red; voxels added to the automatic mask yellow, removed blue), - + overlay opacity, h probability hint, r reset contrast, right-drag window/level,
  *   n / PageDown / ArrowDown next slice, p / PageUp / ArrowUp previous, v whole slice / cord view,
  *   s save (Ctrl+S), Esc close (edits stay in memory until saved).
  * A save sends the slice's mask (rows x cols bytes of 0/1, display order) to
@@ -21,7 +21,7 @@
   var editing = false;  // true once the server confirmed (api/info)
   var OPACITIES = [0.25, 0.45, 0.65, 0.85];
   var ed = null;  // the open editor (see open())
-  var prefs = { tool: "brush", size: 2, opacity: 1, overlay: true, hint: true, full: false };
+  var prefs = { tool: "brush", size: 2, opacity: 0.5, overlay: true, hint: true, full: false };
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -158,7 +158,9 @@
     var keys = el("p", { "class": "keys" }, ["b brush \u00b7 x eraser \u00b7 g fill \u00b7 [ ] size \u00b7 z/y undo/redo \u00b7 " +
       "a automatic \u00b7 o overlay \u00b7 - + opacity \u00b7 h hint \u00b7 r contrast (right-drag: window/level) \u00b7 " +
       "n/p next/previous slice \u00b7 v view \u00b7 s save \u00b7 Esc close"]);
-    root.appendChild(el("div", { "class": "editor-panel" }, [title, tools, actions, strip, canvas, st, keys]));
+    var legend = el("p", { "class": "legend" }, ["GM: red \u00b7 added to the automatic mask: yellow \u00b7 removed: blue \u00b7 " +
+      "network's probability outside the mask (hint): green \u00b7 one cell = one voxel of the image \u00b7 patient Right on the left, Anterior at the top"]);
+    root.appendChild(el("div", { "class": "editor-panel" }, [title, tools, actions, strip, canvas, legend, st, keys]));
     canvas.addEventListener("mousedown", mouseDown);
     canvas.addEventListener("mousemove", mouseMove);
     canvas.addEventListener("mouseleave", function () { if (ed) { ed.hover = null; draw(); } });
@@ -206,11 +208,14 @@
         var i = row * d.cols + col;
         var g = Math.max(0, Math.min(255, (s.img[i] - s.lo) / span * 255));
         var r0 = g, g0 = g, b0 = g;
-        if (prefs.hint && s.prob && s.prob[i] > 12) {  // the network's soft probability, in yellow
-          var ph = 0.55 * s.prob[i] / 255;
-          r0 = r0 * (1 - ph) + 255 * ph; g0 = g0 * (1 - ph) + 220 * ph; b0 = b0 * (1 - ph);
+        if (prefs.hint && s.prob && !s.mask[i] && s.prob[i] > 12) {  // the network's probability outside the mask, green
+          var ph = 0.6 * s.prob[i] / 255;
+          r0 = r0 * (1 - ph); g0 = g0 * (1 - ph) + 230 * ph; b0 = b0 * (1 - ph) + 120 * ph;
         }
-        if (s.mask[i] && a > 0) { r0 = r0 * (1 - a) + 255 * a; g0 = g0 * (1 - a) + 30 * a; b0 = b0 * (1 - a) + 30 * a; }
+        if (a > 0 && (s.mask[i] || s.auto[i])) {  // GM red; voxels added to the automatic mask yellow, removed blue
+          var col3 = !s.mask[i] ? [40, 120, 255] : s.auto[i] ? [255, 30, 30] : [255, 235, 0];
+          r0 = r0 * (1 - a) + col3[0] * a; g0 = g0 * (1 - a) + col3[1] * a; b0 = b0 * (1 - a) + col3[2] * a;
+        }
         px[o] = r0; px[o + 1] = g0; px[o + 2] = b0;
       }
     }
@@ -219,7 +224,7 @@
     ctx.drawImage(off, 0, 0, v.cols, v.rows, 0, 0, c.width, c.height);
     if (ed.hover && prefs.tool !== "fill") {  // the brush's extent
       var rad = prefs.size - 1, sx = c.width / v.cols, sy = c.height / v.rows;
-      ctx.strokeStyle = prefs.tool === "erase" ? "#60a5fa" : "#facc15";
+      ctx.strokeStyle = prefs.tool === "erase" ? "#60a5fa" : "#f472b6";
       ctx.lineWidth = 1;
       ctx.strokeRect((ed.hover[0] - rad - v.col0) * sx + 0.5, (ed.hover[1] - rad - v.row0) * sy + 0.5,
                      (2 * rad + 1) * sx - 1, (2 * rad + 1) * sy - 1);
@@ -393,7 +398,7 @@
     var tag = ev.target && ev.target.tagName;
     if (ed && !ed.root.hidden) {
       ev.stopPropagation();  // the report's own keys are off while editing
-      if (tag === "INPUT" && ev.key !== "Escape") { return; }
+      if (tag === "INPUT" && ev.target.type !== "range" && ev.key !== "Escape") { return; }  // sliders keep the keys
       var key = ev.key;
       if (ev.ctrlKey || ev.metaKey) {
         key = { z: ev.shiftKey ? "y" : "z", Z: "y", y: "y", s: "s" }[ev.key];
