@@ -143,14 +143,18 @@ def test_a_full_disk_leaves_every_output_or_none(tiny_model, image, tmp_path, mo
     assert not (qc / "index.html").exists() or ((qc / "index.js").is_file() and (qc / "report.json").is_file())
 
 
-def test_a_killed_writers_leftovers_go_with_the_next_run(tiny_model, image):
-    left = [image.with_name(".t2s_gmseg.k1ll3d.part.nii.gz"), image.with_name(".t2s_gmseg.k1ll3d.part.json")]
+def test_a_killed_writers_leftovers_go_with_the_next_run(tiny_model, image, tmp_path):
+    qc = tmp_path / "qc"
+    (qc / "_assets").mkdir(parents=True)
+    (qc / "index.js").write_text("window.SCTGM_QC = {};\n")
+    left = [image.with_name(".t2s_gmseg.k1ll3d.part.nii.gz"), image.with_name(".t2s_gmseg.k1ll3d.part.json"),
+            qc / ".index.k1ll3d.part.js", qc / ".index.k1ll3d.part.html", qc / "_assets" / ".qc.k1ll3d.part.css"]
     for p in left:
         p.write_bytes(b"half a file")
     other = image.with_name(".other.k1ll3d.part.nii.gz")  # another output's: not this run's to remove
     other.write_bytes(b"x")
-    assert _segment("-i", str(image), "-m", tiny_model()).exit_code == 0
-    assert not any(p.exists() for p in left) and other.exists()
+    assert _segment("-i", str(image), "-m", tiny_model(), "-qc", str(qc)).exit_code == 0
+    assert [p for p in left if p.exists()] == [] and other.exists()
 
 
 def _statuses(summary: pathlib.Path) -> list[str]:
