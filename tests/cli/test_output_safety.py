@@ -208,3 +208,14 @@ def test_a_file_size_limit_stops_the_set_before_any_file_is_replaced(tiny_model,
     assert _files(image.parent) == before  # the first run's set, untouched: no new mask beside an old sidecar
     assert {p.name: p.stat().st_ino for p in image.parent.iterdir()} == inodes  # not even rewritten alike
     assert not (tmp_path / "qc" / "entries").exists() or list((tmp_path / "qc" / "entries").iterdir()) == []
+
+
+def test_sctgm_qc_into_another_tools_folder_names_its_own_page(make_nifti, image, tmp_path):
+    gm = make_nifti((cord_phantom_volume(seed=1) < 90).astype(np.uint8), name="in/t2s_gmseg.nii.gz")
+    qc = tmp_path / "qc"
+    qc.mkdir()
+    (qc / "index.html").write_text("<html>SCT QC</html>")
+    res = CliRunner().invoke(main, ["qc", "-i", str(image), "-s", str(gm), "-o", str(qc)])
+    assert res.exit_code == 0, res.output
+    assert (qc / "index.html").read_text() == "<html>SCT QC</html>"
+    assert f"Open: {(qc / 'sct-gm' / 'index.html').resolve().as_uri()}" in res.output
