@@ -26,7 +26,7 @@ from sctgm.cli import main
 from ..conftest import cord_phantom_volume
 
 SEED = 21
-KILLS = {"1": 4, "2": 2}  # -j 2 starts two workers per run: fewer runs keep the test short
+KILLS = {"1": 3, "2": 2}  # -j 2 starts two workers per run: fewer runs keep the test short
 IMAGES = ("sub-01_T2star.nii.gz", "sub-02_T2star.nii.gz", "sub-03_T2star.nii.gz")
 
 

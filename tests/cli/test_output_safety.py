@@ -117,30 +117,37 @@ class _DiskFull:
         return write
 
 
-@pytest.mark.parametrize("fail_at", range(1, 14))
-def test_a_full_disk_leaves_every_output_or_none(tiny_model, image, tmp_path, monkeypatch, fail_at):
-    """``segment --prob -qc``: a full disk at the Nth file write (masks, sidecar, QC images, entry, page,
-    index) leaves either the whole set or nothing: no mask without its sidecar, no QC entry without
-    index.js and report.json, no temporary file."""
+def test_a_full_disk_leaves_every_output_or_none(tiny_model, image, tmp_path):
+    """``segment --prob -qc``: a full disk at the Nth file write, for every N (masks, sidecar, QC images,
+    entry, page files, report.json, index.js), leaves either the whole set or nothing: no mask
+    without its sidecar, no QC entry without index.js and report.json, no temporary file."""
     name = tiny_model()
     assert _segment("-i", str(image), "-m", name, "-o", str(tmp_path / "warm_gmseg.nii.gz")).exit_code == 0
-    disk = _DiskFull(fail_at)
-    monkeypatch.setattr(pathlib.Path, "write_bytes", disk(pathlib.Path.write_bytes))
-    monkeypatch.setattr(pathlib.Path, "write_text", disk(pathlib.Path.write_text))
-    real_save = nib.save
-    monkeypatch.setattr(nib, "save", lambda img, path: (disk(lambda _, d: None)(None, b"xx"), real_save(img, path)))
-    qc = tmp_path / "qc"
-    res = _segment("-i", str(image), "-m", name, "--prob", "-qc", str(qc))
-    written = sorted(p.name for p in image.parent.iterdir() if p != image)
-    if res.exit_code == 0:
-        assert written == ["t2s_gmseg.json", "t2s_gmseg.nii.gz", "t2s_gmseg_prob.nii.gz"]
-        assert (qc / "index.js").is_file() and (qc / "report.json").is_file()
-        return
-    assert res.exit_code == 3 and len(_lines(res.stderr)) == 1, res.output
-    assert written == []  # no mask, map or sidecar, and no temporary file
-    entries = [p for p in (qc / "entries").iterdir()] if (qc / "entries").exists() else []
-    assert entries == []
-    assert not (qc / "index.html").exists() or ((qc / "index.js").is_file() and (qc / "report.json").is_file())
+    real = {"write_bytes": pathlib.Path.write_bytes, "write_text": pathlib.Path.write_text, "save": nib.save}
+    outcomes = []
+    for fail_at in range(1, 30):  # until a run has room for all its writes
+        for p in image.parent.iterdir():
+            if p != image:
+                p.unlink()
+        qc = tmp_path / f"qc{fail_at}"
+        disk = _DiskFull(fail_at)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pathlib.Path, "write_bytes", disk(real["write_bytes"]))
+            patch.setattr(pathlib.Path, "write_text", disk(real["write_text"]))
+            patch.setattr(nib, "save", lambda img, path: (disk(lambda _, d: None)(None, b"xx"),
+                                                          real["save"](img, path)))
+            res = _segment("-i", str(image), "-m", name, "--prob", "-qc", str(qc))
+        written = sorted(p.name for p in image.parent.iterdir() if p != image)
+        outcomes.append(res.exit_code)
+        if res.exit_code == 0:
+            assert written == ["t2s_gmseg.json", "t2s_gmseg.nii.gz", "t2s_gmseg_prob.nii.gz"]
+            assert (qc / "index.js").is_file() and (qc / "report.json").is_file()
+            break
+        assert res.exit_code == 3 and len(_lines(res.stderr)) == 1, (fail_at, res.output)
+        assert written == [], fail_at  # no mask, map or sidecar, and no temporary file
+        assert not (qc / "entries").exists() or list((qc / "entries").iterdir()) == [], fail_at
+        assert not (qc / "index.html").exists() or ((qc / "index.js").is_file() and (qc / "report.json").is_file())
+    assert outcomes[-1] == 0 and outcomes[:-1] == [3] * (len(outcomes) - 1) and len(outcomes) > 10, outcomes
 
 
 def test_a_killed_writers_leftovers_go_with_the_next_run(tiny_model, image, tmp_path):
