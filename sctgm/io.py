@@ -358,7 +358,7 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 (hex) of a file's bytes (inputs and outputs in sidecars, training records, labels)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

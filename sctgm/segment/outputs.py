@@ -42,7 +42,7 @@ import numpy as np
 from .._version import __version__
 from ..engines import ProgressCallback
 from ..exceptions import InvalidOptionError, OutputError
-from ..io import (LoadedImage, StagedFiles, check_writable, sha256_of, json_text, like, remove_leftover_parts,
+from ..io import (LoadedImage, StagedFiles, check_writable, file_sha256, json_text, like, remove_leftover_parts,
                   same_file)
 from ..naming import LAYOUTS, OutputSet
 from .noise import noise_keys
@@ -186,14 +186,14 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
                                      progress=progress)
     arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
-    hashes: dict[str, Any] = {"Sources": [sha256_of(p) for p in inputs], "Outputs": {}}
+    hashes: dict[str, Any] = {"Sources": [file_sha256(p) for p in inputs], "Outputs": {}}
     if sources is None:
         sources = [str(p) for p in inputs]
     with StagedFiles() as staged:
         temporary = {}
         for key in kinds:
             temporary[key] = staged.stage(outputs[key], lambda tmp, key=key: _save(image, arrays[key], key, tmp))
-            hashes["Outputs"][key] = sha256_of(temporary[key])
+            hashes["Outputs"][key] = file_sha256(temporary[key])
         for key in outputs.sidecars:
             described = key[: -len("_sidecar")]
             meta = sidecar(segmenter, options, result, described, sources, layout=outputs.layout, hashes=hashes)

@@ -23,6 +23,7 @@ network is never taught that a slice without a label has no GM.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import InputImageError
-from ..io import LoadedImage, load_image, read_nifti, sha256_of  # noqa: F401 - sha256_of: re-exported for training
+from ..io import LoadedImage, load_image, read_nifti
 from ..model.registry import Preprocessing
 from ..segment import placement
 from ..segment.grid import Window
@@ -67,6 +68,14 @@ class LabelledImage:
     @property
     def files(self) -> tuple[Path, ...]:
         return (self.image, *self.masks)
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _raw_mask_values(path: Path) -> np.ndarray:
