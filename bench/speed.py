@@ -31,17 +31,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cases import MODELS_DIR, T2S_UNCROPPED
+from sctgm.engines import load_network, predict
+from sctgm.io import load_image
+from sctgm.model.install import ensure_model, resolve_cache_dir
+from sctgm.segment.pipeline import Segmenter
 
-from sctgm.engines import load_network, predict  # noqa: E402
-from sctgm.io import load_image  # noqa: E402
-from sctgm.segment.pipeline import Segmenter  # noqa: E402
-from sctgm.model.install import ensure_model, resolve_cache_dir  # noqa: E402
-
-SHARED = REPO.parent / "shared"
-MODELS = SHARED / "models" / "deepseg_gm"
-T2S_UNCROPPED = SHARED / "data" / "sct_testing_data" / "t2s" / "t2s_uncropped.nii.gz"
+MODELS = MODELS_DIR
 #: The original implementation (SCT 5.6, TensorFlow) on this case: whole command, file written, min
 #: of 3, and its peak RSS (../shared/reference/sct_deepseg_gm/README.md, same 2-vCPU machine type).
 SCT56 = {"challenge": (6.97, 2.65, 1004), "large": (11.63, 7.15, 1027)}  # (s, forward s, MiB)
@@ -132,7 +128,7 @@ def segment_cmd(inputs: list[Path], model: str, out_dir: Path, *extra: str) -> l
 
 
 def big_volume(folder: Path) -> Path:
-    """512 x 512 x 400 at 0.5 mm in-plane: t2s_uncropped (320 x 320 x 11, 0.5 mm) padded in-plane
+    """512 x 512 x 400 at 0.5 mm in-plane, 1 mm slices: t2s_uncropped (320 x 320 x 11, 0.5 mm) padded in-plane
     and its slices repeated, so the network sees real cord in every slice."""
     img = nib.load(str(T2S_UNCROPPED))
     data = np.asanyarray(img.dataobj)
@@ -140,6 +136,10 @@ def big_volume(folder: Path) -> Path:
     data = np.tile(np.pad(data, pad), (1, 1, 400 // data.shape[2] + 1))[:, :, :400]
     affine = img.affine.copy()
     affine[:3, 3] -= 96 * (img.affine[:3, 0] + img.affine[:3, 1])
+    # 1 mm slices: 400 of t2s_uncropped's 7.5 mm slices would span 3 m, which io refuses as a broken
+    # header (no field of view is that long); the network works slice by slice, so the spacing
+    # through the slices changes nothing else.
+    affine[:3, 2] *= 1.0 / np.linalg.norm(affine[:3, 2])
     out = folder / "big_512x512x400.nii.gz"
     nib.save(nib.Nifti1Image(data, affine, img.header), str(out))
     return out

@@ -3,6 +3,12 @@
 Every error a user can cause derives from :class:`SctGmError`. The CLI turns any of them into a
 one-line message and a non-zero exit code; library users catch ``SctGmError``. Messages say what was
 found, what was expected and, where there is one, the fix.
+
+Exit codes (README, "Exit codes"), each given by exactly one class here: 2 the input or an option
+(:class:`SctGmError` itself and every class below that does not say otherwise, like Click's usage
+errors), 3 output (:class:`OutputError`), 4 model (:class:`ModelError`), 5 batch executor
+(:class:`ExecutorError`). The CLI adds 1 (a batch finished with failed images), 130 (interrupted) and
+70 (any other exception: a bug).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ class SctGmError(Exception):
     speak of arguments, never of command-line flags (a notebook has none); the CLI names the flag
     from ``parameter`` (:mod:`sctgm.cli`)."""
 
-    exit_code = 1
+    exit_code = 2
 
     def __init__(self, *args: object, parameter: str | None = None) -> None:
         super().__init__(*args)
@@ -28,8 +34,6 @@ class SctGmError(Exception):
 class InputImageError(SctGmError):
     """An input file is missing, unreadable, not a NIfTI, or not an image sct-gm can segment
     (wrong dimensionality, empty/constant data, degenerate affine)."""
-
-    exit_code = 2
 
 
 class OrientationError(InputImageError):
@@ -88,8 +92,9 @@ class ExecutorError(SctGmError):
 
 
 class InvalidOptionError(SctGmError):
-    """A parameter has a value out of its range or names something unknown (threshold, batch size,
-    crop size, engine, device)."""
+    """A parameter has a value out of its range, names something unknown (threshold, batch size,
+    crop size, engine, device), asks for a device this machine lacks, or needs another one (the WM
+    mask without a cord mask)."""
 
 
 class WorkerDiedError(ExecutorError):

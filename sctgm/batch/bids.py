@@ -43,7 +43,8 @@ ENTITY_ORDER: tuple[str, ...] = (
 BIDS_VERSION = "1.10.0"
 PIPELINE_NAME = "sct-gm"
 RAW_LINK = "raw"  # the DatasetLinks key naming the raw dataset in BIDS URIs
-DEFAULT_SUFFIXES = ("T2star",)
+#: T2star (SCT and spine-generic) and T2starw (the BIDS specification's name for T2*-weighted images).
+DEFAULT_SUFFIXES = ("T2star", "T2starw")
 
 _ENTITY = re.compile(r"^([a-zA-Z]+)-([0-9a-zA-Z+]+)$")
 _SUFFIX = re.compile(r"^[a-zA-Z0-9]+$")

@@ -4,6 +4,9 @@ Commands are imported lazily (only the one being run), so ``sct-gm --help`` star
 :class:`~sctgm.exceptions.SctGmError` becomes one line on stderr and its exit code, with the flag of
 the argument it is about (library messages name arguments, never flags); any other exception (a bug)
 becomes one ``internal error`` line and exit code 70. The traceback is shown only with ``-v/--verbose``.
+A usage error (Click's: an unknown option, a bad value, options that exclude each other) is one
+``sct-gm: error:`` line too, exit code 2. ``-v`` takes SCT's levels (``-v 0|1|2``; ``-v`` alone is 2) on
+the group and on every command.
 """
 
 from __future__ import annotations
@@ -29,6 +32,27 @@ COMMANDS: dict[str, str] = {
 
 
 class _LazyGroup(click.Group):
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        args = normalise_verbosity(list(sys.argv[1:] if args is None else args))
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:  # one line, like every other error (Click prints usage + hint + error)
+            command = next((a for a in args if a in COMMANDS), None)  # the first command name given
+            where = f"sct-gm {command}" if command else "sct-gm"
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            click.echo(f"sct-gm: error: {message} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("sct-gm: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -52,7 +76,7 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except SctGmError as exc:
             _fail(ctx)
-            click.echo(f"sct-gm: error: {exc}{self._fix_for(ctx, exc)}", err=True)
+            click.echo(f"sct-gm: error: {one_line(str(exc))}{self._fix_for(ctx, exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("sct-gm: interrupted; no output was written for the unfinished file", err=True)
@@ -86,6 +110,15 @@ class _LazyGroup(click.Group):
         if parameter in _FETCH_OPTIONS and model:
             return f" (or run `sct-gm fetch-model {model} {_FETCH_OPTIONS[parameter]}`)"
         return ""
+
+
+#: Control characters (a newline in a file name) written as escapes, so that a message stays one line.
+_ESCAPES = {c: (repr(chr(c))[1:-1] if chr(c) in "\n\r\t" else f"\\x{c:02x}") for c in (*range(32), 127)}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n`` for a newline): one line on the terminal."""
+    return text.translate(_ESCAPES)
 
 
 #: Exit code of an unexpected exception (a bug): distinct from every SctGmError's (1-5), Click's usage
@@ -153,7 +186,7 @@ class _WarningHandler(logging.Handler):
         ctx = click.get_current_context(silent=True)  # a library argument: name its flag in this command
         option = _option_in(ctx.command, getattr(record, "parameter", None)) if ctx is not None else None
         flag = f" (option {option})" if option else ""
-        self.say(f"sct-gm: {prefix}{record.getMessage()}{flag}", hold=record.levelno >= logging.WARNING)
+        self.say(f"sct-gm: {prefix}{one_line(record.getMessage())}{flag}", hold=record.levelno >= logging.WARNING)
 
     def say(self, line: str, hold: bool = True) -> None:
         if hold and self.held is not None:
@@ -169,6 +202,41 @@ def _held_warnings(show: bool) -> None:
             lines, h.held = h.held, []
             for line in lines if show else ():
                 click.echo(line, err=True)
+
+
+#: SCT's verbosity levels (``-v 0|1|2``): errors only, the default, debug messages and tracebacks.
+VERBOSITY_LEVELS = ("0", "1", "2")
+
+
+def normalise_verbosity(args: list[str]) -> list[str]:
+    """``-v`` (or ``--verbose``) without a level becomes ``--verbose=2`` so that the token after it (a
+    command name, a model name) is never taken as its value; ``-v 0|1|2`` stays. ``--`` ends the scan."""
+    out: list[str] = []
+    for i, tok in enumerate(args):
+        if tok == "--":
+            return out + args[i:]
+        if tok in ("-v", "--verbose") and (i + 1 >= len(args) or args[i + 1] not in VERBOSITY_LEVELS):
+            tok = "--verbose=2"
+        out.append(tok)
+    return out
+
+
+def verbosity_option(func: Any) -> Any:
+    """The ``-v [0|1|2]`` option of every command (SCT's: 0 errors only, 1 default, 2 debug)."""
+    return click.option("-v", "--verbose", "verbosity", type=click.IntRange(0, 2), default=None, is_flag=False,
+                        flag_value=2, metavar="[0|1|2]",
+                        help="Verbosity, as in SCT: 0 errors only (like -q), 1 default, 2 (or -v alone) debug "
+                             "messages and tracebacks on errors.")(func)
+
+
+def resolve_verbosity(ctx: click.Context, level: int | None, quiet: bool = False) -> tuple[bool, bool]:
+    """(verbose, quiet) from the command's ``-v`` level (else the group's) and its ``-q``; records
+    ``verbose`` where the error handler reads it."""
+    obj = ctx.find_root().ensure_object(dict)
+    if level is None:
+        level = obj.get("verbosity", 1)
+    obj["verbosity"], obj["verbose"] = level, level >= 2
+    return level >= 2, quiet or level == 0
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
@@ -188,13 +256,13 @@ def setup_logging(verbose: bool, quiet: bool = False) -> None:
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sct-gm")
-@click.option("-v", "--verbose", is_flag=True, help="Debug messages, and tracebacks on errors.")
+@verbosity_option
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbosity: int | None) -> None:
     """Spinal cord gray matter segmentation (Perone et al. 2018), fast and robust to any NIfTI."""
-    ctx.ensure_object(dict)
-    ctx.obj["verbose"] = verbose
-    setup_logging(verbose)
+    level = 1 if verbosity is None else verbosity
+    ctx.ensure_object(dict).update(verbosity=level, verbose=level >= 2)
+    setup_logging(level >= 2, quiet=level == 0)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m sctgm`

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Optional
 
 import click
 
+from . import resolve_verbosity, setup_logging, verbosity_option
+
 if TYPE_CHECKING:
     from ..model.registry import ModelStatus
 
@@ -21,12 +23,13 @@ def _human(n: int) -> str:
 
 
 def _render_list(rows: list[ModelStatus]) -> None:
-    """A rich table on a terminal; tab-separated lines (one header) otherwise, for scripts."""
+    """A rich table on a terminal; tab-separated lines (one header) otherwise, for scripts: the name
+    column holds names only (what `segment -m` takes), the default model is marked in its own last column."""
     if not sys.stdout.isatty():
-        click.echo("name\tversion\tsize_bytes\tinstalled\tpath\tdescription")
+        click.echo("name\tversion\tsize_bytes\tinstalled\tpath\tdescription\tdefault")
         for r in rows:
-            name = r.name + (" (default)" if r.default else "")
-            click.echo(f"{name}\t{r.version}\t{r.size_bytes}\t{r.state}\t{r.path}\t{r.description}")
+            click.echo(f"{r.name}\t{r.version}\t{r.size_bytes}\t{r.state}\t{r.path}\t{r.description}\t"
+                       f"{'yes' if r.default else 'no'}")
         return
     from rich.console import Console
     from rich.table import Table
@@ -55,9 +58,11 @@ def _render_list(rows: list[ModelStatus]) -> None:
               help="Cache folder (default: $SCTGM_HOME, else the user cache folder, ~/.cache/sctgm on "
                    "Linux).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, no warnings.")
+@verbosity_option
 @click.pass_context
 def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, list_models: bool,
-                force: bool, mirror: Optional[str], cache_dir: Optional[Path], quiet: bool) -> None:
+                force: bool, mirror: Optional[str], cache_dir: Optional[Path], quiet: bool,
+                verbosity: Optional[int]) -> None:
     """Download, verify and install model weights (default: the registry's default model).
 
     Files are checked by size and sha256, converted once to safetensors and installed atomically; a
@@ -65,10 +70,10 @@ def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, li
     folder holding the published files.
     """
     from ..model import install, registry
-    from . import setup_logging
     from .progress import download_progress
 
-    setup_logging(bool(ctx.obj and ctx.obj.get("verbose")), quiet=quiet)
+    verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
+    setup_logging(verbose, quiet=quiet)
     if list_models:
         if force or all_models:
             raise click.UsageError("--list does not combine with --force or --all")

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from . import resolve_verbosity, setup_logging, verbosity_option
+
 _HELP = """Compare a segmentation with a reference (-r), or measure GM/WM areas.
 
 \b
@@ -112,19 +114,24 @@ def _render(table: Any, console: Any) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the table as JSON ('-' for standard output, instead of the terminal table).")
 @click.option("-q", "--quiet", is_flag=True, help="No terminal table.")
-def metrics(inputs: tuple[str, ...], references: tuple[str, ...], cords: tuple[str, ...],
+@verbosity_option
+@click.pass_context
+def metrics(ctx: click.Context, inputs: tuple[str, ...], references: tuple[str, ...], cords: tuple[str, ...],
             levels: tuple[str, ...], soft: bool, csv_path: str | None, json_path: str | None,
-            quiet: bool) -> None:
+            quiet: bool, verbosity: int | None) -> None:
     from rich.console import Console
 
     from ..metrics import compute_metrics
+
+    verbose, silent = resolve_verbosity(ctx, verbosity)  # -q hides the table only; -v 0 the warnings too
+    setup_logging(verbose, silent)
 
     to_stdout = json_path == "-"
     table = compute_metrics(list(inputs), references=list(references), cords=list(cords), levels=list(levels),
                             soft=soft, csv_path=csv_path, json_path=None if to_stdout else json_path)
     if to_stdout:
         click.echo(json.dumps(table.to_json(), indent=2))
-    elif not quiet:
+    elif not (quiet or silent):
         console = Console()
         if not console.is_terminal:  # a file or a pipe: no width to respect, never truncate numbers
             console = Console(width=200)

@@ -11,6 +11,7 @@ from typing import Optional
 import click
 
 from ..training.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION
+from . import resolve_verbosity, setup_logging, verbosity_option
 from .options import greedy_command
 
 _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "--val")
@@ -23,7 +24,8 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
               help="Manual GM mask(s) (0/1) on each image's grid; only slices holding GM are used.")
 @click.option("--bids", "bids_root", type=click.Path(path_type=Path), default=None,
               help="BIDS dataset: GM masks from derivatives/labels (_label-GM_seg or _gmseg-manual).")
-@click.option("--suffix", "suffixes", multiple=True, help="BIDS: image suffix(es) [default: T2star].")
+@click.option("--suffix", "suffixes", multiple=True,
+              help="BIDS: image suffix(es) [default: T2star and T2starw, the BIDS name].")
 @click.option("--participant-label", "participants", multiple=True, help="BIDS: only these participants.")
 @click.option("--gmchallenge", type=click.Path(path_type=Path), default=None,
               help="Folder in the GM challenge's layout (siteN-scNN-image + -mask-r1..r4; majority vote).")
@@ -53,13 +55,15 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
               help="CPU threads for torch [default: the available cores].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of -o (same command otherwise).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR (or an interrupted run).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no progress lines, no warnings.")
+@verbosity_option
 @click.pass_context
 def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], bids_root: Optional[Path],
           suffixes: tuple[str, ...], participants: tuple[str, ...], gmchallenge: Optional[Path], output: Path,
           init: str, arch: Optional[str], filters: Optional[int], val_subjects: tuple[str, ...], val_fraction: float,
           max_steps: Optional[int], epochs: Optional[float], lr: Optional[float], batch_size: int, augment: str, seed: int,
-          device: str, threads: Optional[int], resume: bool, overwrite: bool, quiet: bool) -> None:
+          device: str, threads: Optional[int], resume: bool, overwrite: bool, quiet: bool,
+          verbosity: Optional[int]) -> None:
     """Fine-tune a GM network on labelled images and write a model folder that
     `sct-gm segment -m MODEL_DIR` uses.
 
@@ -69,10 +73,10 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
       sct-gm train --gmchallenge training-data -o unet --init none --arch unet
     """
     from .. import train as run_train
-    from . import setup_logging
     from .progress import counting_bar
 
-    setup_logging(bool(ctx.obj and ctx.obj.get("verbose")), quiet=quiet)
+    verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
+    setup_logging(verbose, quiet=quiet)
     if max_steps and epochs:
         raise click.UsageError("give --max-steps or --epochs, not both")
 

@@ -57,11 +57,11 @@ def test_list_then_fetch_then_list(tmp_path: Path, shared_models: Path) -> None:
     before = run("--list", "--cache-dir", str(tmp_path))
     assert before.exit_code == 0, before.output
     lines = before.stdout.splitlines()
-    assert lines[0].split("\t") == ["name", "version", "size_bytes", "installed", "path", "description"]
+    assert lines[0].split("\t") == ["name", "version", "size_bytes", "installed", "path", "description", "default"]
     rows = [line.split("\t") for line in lines[1:]]
-    assert [tuple(r[:4]) for r in rows] == [("challenge", "r20180205", "639742", "missing"),
-                                            ("large (default)", "r20180205", "2041326", "missing"),
-                                            ("large-robust", "r20261201", "1928001", "missing")]
+    assert [tuple(r[:4]) + (r[6],) for r in rows] == [("challenge", "r20180205", "639742", "missing", "no"),
+                                                      ("large", "r20180205", "2041326", "missing", "yes"),
+                                                      ("large-robust", "r20261201", "1928001", "missing", "no")]
     assert rows[1][4] == str(tmp_path.resolve() / "models" / "large" / "r20180205")
     assert "232 subjects" in rows[1][5]
     fetched = run("--cache-dir", str(tmp_path))  # the default model, from SCTGM_MIRROR (conftest)

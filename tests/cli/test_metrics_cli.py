@@ -104,8 +104,9 @@ def test_grid_error_names_both_shapes(masks):
     assert "(16, 18, 3) vs (16, 16, 3)" in res.output and "affine rows" in res.output
 
 
-@pytest.mark.parametrize("target, expected", [("missing_dir/m.csv", "does not exist"), ("m.nii.gz", "is a NIfTI name")])
+@pytest.mark.parametrize("target, expected", [("afile/m.csv", "is a file, not a folder"), ("m.nii.gz", "is a NIfTI name")])
 def test_bad_output_paths_fail_before_any_work(masks, tmp_path, target, expected):
+    (tmp_path / "afile").write_text("")
     res = run("-i", str(masks["seg"]), "-o", str(tmp_path / target))
     assert res.exit_code != 0 and expected in res.output
     assert not (tmp_path / target).exists()
@@ -123,3 +124,9 @@ def test_help_states_the_definitions():
     assert res.exit_code == 0
     for text in ("TN/(TN+FP)", "skeletonize", "boundary pixels", "dice_3d", "gm_cord_ratio"):
         assert text in res.output
+
+
+def test_a_missing_output_folder_is_created(masks, tmp_path):
+    res = run("-i", str(masks["seg"]), "-o", str(tmp_path / "new" / "sub" / "m.csv"), "-q")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "sub" / "m.csv").read_text().startswith("file,")

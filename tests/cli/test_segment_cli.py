@@ -139,9 +139,10 @@ def test_bad_input_gives_one_line_message_exit_code_and_no_output(tmp_path, requ
 
 
 def test_unwritable_output_folder(t2s, tmp_path):
+    (tmp_path / "nope").write_text("a file where the output folder should be")
     res = _run(["segment", "-i", str(t2s), "-o", str(tmp_path / "nope" / "out.nii.gz")])
-    assert res.exit_code != 0
-    assert "does not exist" in res.stderr and "nope" in res.stderr
+    assert res.exit_code == 3
+    assert "is a file, not a folder" in res.stderr and "nope" in res.stderr
     assert _nifti_outputs(tmp_path) == []
 
 

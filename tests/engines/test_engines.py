@@ -162,7 +162,7 @@ def test_impossible_options_are_refused_by_the_library_too(kwargs, message):
 
     with pytest.raises(InvalidOptionError, match=message) as info:  # a specific class, not the base
         SegmentOptions(**kwargs)
-    assert info.value.parameter == next(iter(kwargs)) and info.value.exit_code == 1
+    assert info.value.parameter == next(iter(kwargs)) and info.value.exit_code == 2
 
 
 def test_the_torch_engine_gives_the_process_its_thread_count_back(shared_models):

@@ -45,12 +45,27 @@ def connect(scheduler: str | os.PathLike[str]) -> Client:
     try:
         if "://" not in target and (target.endswith(".json") or os.sep in target or Path(target).exists()):
             _wait_for_file(Path(target))
+            _check_scheduler_file(Path(target))
             return client_class(scheduler_file=target)
         return client_class(target)
     except ExecutorError:
         raise
     except (OSError, TimeoutError, ValueError) as exc:
         raise ExecutorError(f"cannot reach the Dask scheduler {target} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_scheduler_file(path: Path) -> None:
+    """A scheduler file is JSON with the scheduler's ``address`` (Dask fails on anything else with a bare
+    assertion or a JSON error)."""
+    import json
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        info = exc
+    if not isinstance(info, dict) or "address" not in info:
+        raise ExecutorError(f"{path}: not a Dask scheduler file (expected the JSON file, with the scheduler's "
+                            f"address, that `dask scheduler --scheduler-file` writes)")
 
 
 def _wait_for_file(path: Path) -> None:

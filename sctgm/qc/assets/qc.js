@@ -104,7 +104,7 @@
       if (state.flaggedOnly && !(e.n_flagged > 0)) { return false; }
       if (state.ratingFilter !== "all" && ratingOf(e.id) !== state.ratingFilter) { return false; }
       if (!q) { return true; }
-      return [e.subject, e.image_name, e.model, e.id, e.image].some(function (v) {
+      return [e.subject, e.dataset, e.image_name, e.model, e.id, e.image].some(function (v) {
         return text(v).toLowerCase().indexOf(q) >= 0;
       });
     });
@@ -132,7 +132,8 @@
         el("td", {}, [el("span", { "class": "badge " + (e.n_flagged > 0 ? "flags" : "noflags"),
                                    title: e.n_flagged > 0 ? "slices flagged automatically" : "no flags" },
                          [text(e.n_flagged || 0)])]),
-        el("td", { "class": "name" }, [text(e.subject)]),
+        el("td", { "class": "name", title: e.dataset ? "dataset " + text(e.dataset) : "" },
+           [(e.dataset ? text(e.dataset) + " / " : "") + text(e.subject)]),
         el("td", { "class": "name", title: text(e.image) }, [text(e.image_name)]),
         el("td", {}, [shortDate(e)]),
         el("td", { "class": "name" }, [text(e.model) || "\u2013"]),
@@ -199,6 +200,7 @@
 
     var meta = el("dl", { "class": "meta" }, []);
     function row(k, v) { if (v !== null && v !== undefined && v !== "") { meta.appendChild(el("dt", {}, [k])); meta.appendChild(el("dd", {}, [text(v)])); } }
+    row("Dataset", e.dataset);
     row("Image", e.image);
     row("GM mask", e.gmseg);
     row("Cord mask", e.cord);
@@ -250,6 +252,7 @@
 
     view.appendChild(plot("GM area per slice (mm\u00b2)", s.index || [], s.gm_mm2 || [], s.flags || [], "#dc2626"));
     if (s.wm_mm2) { view.appendChild(plot("WM area per slice (mm\u00b2)", s.index, s.wm_mm2, s.flags, "#2563eb")); }
+    if (window.sctgmEditor) { window.sctgmEditor.decorate(view, e); }  // corrected slices; the editor when served
   }
 
   function overlayLabel() { return state.overlay ? "Overlay: on" : "Overlay: off"; }
