@@ -21,7 +21,7 @@ import numpy as np
 from ..exceptions import InvalidOptionError
 from ..model.registry import InstalledModel
 from .architectures import architecture_of
-from .hardware import cuda_may_exist, onnxruntime_available
+from .hardware import cpu_has_bf16, cuda_may_exist, onnxruntime_available, openvino_available
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,16 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 
 ENGINES = ("auto", "onnxruntime", "torch")
+#: The precisions a network can run at on the CPU engines: fp32 (ONNX Runtime, the default) and bf16
+#: (OpenVINO, on CPUs with bf16 instructions; docs/speed.md).
+CPU_PRECISIONS = ("fp32", "bf16")
 
 
 class Engine(Protocol):
     engine: str
     device: str
     preferred_batch_size: int
+    precision: str
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -58,6 +62,11 @@ class LoadedNetwork:
     @property
     def preferred_batch_size(self) -> int:
         return self.runner.preferred_batch_size
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the network runs in ('fp32', 'bf16'), after any fallback."""
+        return getattr(self.runner, "precision", "fp32")
 
 
 def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]:
@@ -85,11 +94,29 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     return engine, device
 
 
+def cpu_precision(precision: str) -> str:
+    """The precision a CPU network will run at when ``precision`` is asked for: 'bf16' where this CPU
+    has bf16 instructions and OpenVINO is installed, else 'fp32' with one warning saying why."""
+    if precision not in CPU_PRECISIONS:
+        raise InvalidOptionError(f"precision {precision!r}: unknown; expected one of {', '.join(CPU_PRECISIONS)}",
+                                 parameter="precision")
+    if precision == "bf16":
+        if not cpu_has_bf16():
+            log.warning("precision bf16: this CPU has no bf16 instructions (AVX-512 BF16 or AMX); running in fp32")
+            return "fp32"
+        if not openvino_available():
+            log.warning("precision bf16: OpenVINO is not installed (pip install 'sctgm[openvino]'); running in fp32")
+            return "fp32"
+    return precision
+
+
 def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "auto",
-                 threads: int | None = None, cache_dir: Path | None = None) -> LoadedNetwork:
+                 threads: int | None = None, cache_dir: Path | None = None, precision: str = "fp32") -> LoadedNetwork:
     """Load ``model`` on an engine (see :func:`choose_engine`). ``threads``: CPU threads for the
     network (default: the engine's, one per core). ``cache_dir``: where the ONNX graph is kept
-    between runs (None: rebuilt each time)."""
+    between runs (None: rebuilt each time). ``precision``: 'fp32' or 'bf16'; bf16 runs the ONNX
+    graph on OpenVINO where the CPU can (:func:`cpu_precision`, else fp32 with one warning), on the
+    CPU engine only."""
     from ..model import weights
 
     engine, device = choose_engine(engine, device)
@@ -101,12 +128,22 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
             return weights.load_safetensors(model.weights_path)[0]
         return weights.state_dict_from_keras(model.weights_path)[0]
 
+    if precision != "fp32" and engine != "onnxruntime":
+        cpu_precision(precision)  # an unknown name is still an error
+        log.warning("precision %s: the %s engine runs fp32 here (bf16 is the CPU engine's)", precision, engine)
+        precision = "fp32"
     if engine == "onnxruntime":
         from .onnx import OnnxNetwork, cached_graph, graph_cache_path
 
         cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
         graph = cached_graph(cache_file, lambda: arch.onnx_graph(state_dict(), model.architecture, model.name))
-        runner: Engine = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
+        if cpu_precision(precision) == "bf16":
+            from .openvino import OpenVinoNetwork
+
+            runner: Engine = OpenVinoNetwork(graph, precision="bf16", threads=threads, cache_dir=cache_dir,
+                                             origin=str(cache_file or origin))
+        else:
+            runner = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
     else:
         from .torch import TorchNetwork
 
