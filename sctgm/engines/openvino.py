@@ -45,12 +45,16 @@ class OpenVinoNetwork:
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
-        if cache_dir is not None:
-            config["CACHE_DIR"] = str(cache_dir / "openvino")
-        try:
-            self.compiled = core.compile_model(core.read_model(graph), "CPU", config)
-        except Exception as exc:  # openvino raises RuntimeError subclasses of its own
-            raise ModelError(f"{origin or 'ONNX graph'}: OpenVINO cannot compile it ({str(exc).splitlines()[0]})") from None
+        attempts = [{**config, "CACHE_DIR": str(cache_dir / "openvino")}, config] if cache_dir is not None else [config]
+        for k, settings in enumerate(attempts):
+            try:
+                self.compiled = core.compile_model(core.read_model(graph), "CPU", settings)
+                break
+            except Exception as exc:  # openvino raises RuntimeError subclasses of its own
+                if k + 1 < len(attempts):  # an unwritable or damaged compile cache only costs a compilation
+                    continue
+                raise ModelError(f"{origin or 'ONNX graph'}: OpenVINO cannot compile it "
+                                 f"({(str(exc).splitlines() or ['?'])[0]})") from None
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 
