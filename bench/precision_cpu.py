@@ -103,7 +103,7 @@ def torch_bf16_runner(sd: dict[str, np.ndarray], filters: int, threads: int) -> 
     return Runner(run)
 
 
-def candidates(model: str, cal: np.ndarray, threads: int) -> dict[str, Runner]:
+def candidates(model: str, cal: np.ndarray, threads: int, only: str) -> dict[str, Runner]:
     import onnx
 
     sd, filters = load_safetensors(ensure_model(model, mirror=str(MODELS_DIR)).weights_path)
@@ -114,15 +114,17 @@ def candidates(model: str, cal: np.ndarray, threads: int) -> dict[str, Runner]:
         return Runner(OnnxNetwork(m.SerializeToString(), threads=threads).run)  # type: ignore[attr-defined]
 
     t0 = time.perf_counter()
-    int8 = {"int8 (ONNX Runtime QDQ), plain graph": quantise_int8(plain, cal),
-            "int8, folded graph": quantise_int8(folded, cal),
-            "int8, folded, first and last layers fp32": quantise_int8(folded, cal, exclude=("conv2d_1/conv", "amort/conv",
-                                                                                            "logits")),
-            "int8, folded, ASPP branches only": quantise_int8(folded, cal, exclude=TRUNK_AND_HEAD)}
-    print(f"  ({model}: 4 int8 graphs calibrated in {time.perf_counter() - t0:.0f} s)", flush=True)
-    out = {"fp32, ONNX Runtime (sct-gm default)": ort(plain),
-           "fp32, BatchNorms folded (exact border)": ort(folded),
-           "fp32, BatchNorms folded (border approximate)": ort(fold_batchnorms(plain, exact_border=False))}
+    recipes = {"int8 (ONNX Runtime QDQ), plain graph": (plain, ()),
+               "int8, folded graph": (folded, ()),
+               "int8, folded, first and last layers fp32": (folded, ("conv2d_1/conv", "amort/conv", "logits")),
+               "int8, folded, ASPP branches only": (folded, TRUNK_AND_HEAD)}
+    int8 = {k: quantise_int8(g, cal, exclude=ex) for k, (g, ex) in recipes.items()
+            if only == "all" or k == "int8 (ONNX Runtime QDQ), plain graph"}
+    print(f"  ({model}: {len(int8)} int8 graph(s) calibrated in {time.perf_counter() - t0:.0f} s)", flush=True)
+    out = {"fp32, ONNX Runtime (sct-gm default)": ort(plain)}
+    if only == "all":
+        out.update({"fp32, BatchNorms folded (exact border)": ort(folded),
+                    "fp32, BatchNorms folded (border approximate)": ort(fold_batchnorms(plain, exact_border=False))})
     out.update({k: ort(v) for k, v in int8.items()})
     try:
         out["fp32, OpenVINO"] = openvino_runner(plain.SerializeToString(), "f32", threads)
@@ -131,8 +133,10 @@ def candidates(model: str, cal: np.ndarray, threads: int) -> dict[str, Runner]:
             int8["int8 (ONNX Runtime QDQ), plain graph"].SerializeToString(), "f32", threads)
     except ImportError:
         print("  (openvino is not installed: its rows are left out)")
-    out["bf16, PyTorch autocast (oneDNN)"] = torch_bf16_runner(sd, filters, threads)
-    return out
+    if only == "all":
+        out["bf16, PyTorch autocast (oneDNN)"] = torch_bf16_runner(sd, filters, threads)
+        return out
+    return {k: v for k, v in out.items() if "OpenVINO" not in k or "bf16" in k}
 
 
 def variant_files(folder: Path, quick: bool) -> list[tuple[str, str, Path, Path, Path | None]]:
@@ -163,6 +167,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="clean cases only, 2 repetitions")
+    ap.add_argument("--candidates", choices=["all", "main"], default="all",
+                    help="main: fp32, bf16 (OpenVINO) and the plain int8 graph only (a third of the time)")
     args = ap.parse_args()
     require_shared(*CALIBRATION)
     if args.quick:
@@ -183,7 +189,7 @@ def main() -> None:
         print(f"{model}: int8 calibration on {len(cal)} of the {len(cal_all)} windows of "
               f"{', '.join(p.name for p in CALIBRATION)}; windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
         x = captured_windows(seg, [T2S_UNCROPPED])
-        runners = candidates(model, cal, args.threads)
+        runners = candidates(model, cal, args.threads, args.candidates)
         best = {k: float("inf") for k in runners}
         for r in runners.values():  # warm-up
             [r.run(w[None]) for w in x]

@@ -151,3 +151,22 @@ def test_bf16_masks_hold_on_the_labelled_cases(shared_models, model, cases):
         truth = np.asanyarray(nib.load(str(manual)).dataobj) > 0.5
         assert dice(a, b) >= 0.995, case
         assert dice(b, truth) >= dice(a, truth) - 0.002, case
+
+
+def test_int8_quantisation_of_the_tiny_model_follows_the_fp32_graph():
+    """The int8 graph bench/precision_cpu.py measures: int8 weights, int8 convolutions, probabilities
+    that follow fp32's (not a constant, not another function)."""
+    import onnx
+
+    from sctgm.engines.quantise import quantise_int8
+
+    rng = np.random.default_rng(3)
+    original = onnx.ModelProto.FromString(build_graph(random_state_dict(4, seed=2), 4))
+    windows = rng.normal(size=(4, 1, 64, 64)).astype(np.float32)
+    int8 = quantise_int8(fold_batchnorms(original), windows, exclude=("logits",))
+    assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) >= 10
+    x = rng.normal(size=(2, 1, 64, 64)).astype(np.float32)
+    want = _logits_session(original).run(None, {"x": x})[0]
+    got = _logits_session(int8).run(None, {"x": x})[0]
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.99
+    assert np.abs(got - want).max() > 0  # it is quantised, not the fp32 graph again
