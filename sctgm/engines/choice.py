@@ -133,10 +133,12 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
         log.warning("precision %s: the %s engine runs fp32 here (bf16 is the CPU engine's)", precision, engine)
         precision = "fp32"
     if engine == "onnxruntime":
-        from .onnx import OnnxNetwork, cached_graph, graph_cache_path
+        from .onnx import OnnxNetwork, cached_graph, graph_cache_path, graph_holds_weights
 
         cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
-        graph = cached_graph(cache_file, lambda: arch.onnx_graph(state_dict(), model.architecture, model.name))
+        # a cached graph is used only when it holds this model's (verified) weights
+        graph = cached_graph(cache_file, lambda: arch.onnx_graph(state_dict(), model.architecture, model.name),
+                             made_from=lambda g: graph_holds_weights(g, state_dict()))
         if cpu_precision(precision) == "bf16":
             from .openvino import OpenVinoNetwork
 

@@ -264,14 +264,14 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         _check_resume(partial, json.loads(load_checkpoint(checkpoint_path).get("signature") or "{}"), signature)
     else:  # a new run, or a run killed before its first checkpoint: start from step 0
         partial.mkdir(exist_ok=resume)
-    for stale in partial.iterdir():  # temporary files of a run killed while writing them
-        if outputs.is_run_temp(stale.name):
-            stale.unlink(missing_ok=True)
-    save_json(signature, partial / RUN_FILE)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
+        for stale in partial.iterdir():  # temporary files of a run killed while writing them
+            if outputs.is_run_temp(stale.name):
+                stale.unlink(missing_ok=True)
+        save_json(signature, partial / RUN_FILE)
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
                             checkpoint_path=checkpoint_path, resume=continuing, progress=progress, signature=sealed)
         prep_out = replace(prep, threshold=result.threshold)

@@ -177,6 +177,16 @@ def test_fill_next_slice_and_hint(browser, site):
     press(browser, "j")
     assert browser.execute_script("return window.sctgmQc.state.current") == current
     assert not p["label"].exists()  # nothing saved without s
+    # another entry: one editor panel, its own slices; back to the first, its unsaved edit is still there
+    other = paths["sub-01"]["entry"].name
+    browser.execute_async_script("var done = arguments[arguments.length - 1];"
+                                 "window.sctgmEditor.open(arguments[0], 2).then(function () { done(); });", other)
+    assert browser.execute_script("return document.querySelectorAll('#editor, #editor-canvas').length") == 2
+    assert browser.execute_script("return window.sctgmEditor.state().entry") == other
+    browser.execute_async_script("var done = arguments[arguments.length - 1];"
+                                 "window.sctgmEditor.open(arguments[0], arguments[1]).then(function () { done(); });",
+                                 p["entry"].name, SLICE)
+    assert browser.execute_script("return window.sctgmEditor.state().current.dirty") is True
 
 
 def test_the_static_report_shows_corrections_without_the_editor(browser, site):
