@@ -36,7 +36,7 @@ from cases import DATA, LABELLED, MODELS_DIR, T2S_UNCROPPED, dice, require_share
 
 from sctgm.engines.fold import fold_batchnorms
 from sctgm.engines.hardware import cpu_flags
-from sctgm.engines.onnx import OnnxNetwork, build_graph
+from sctgm.engines.onnx import OnnxNetwork
 from sctgm.engines.quantise import quantise_int8
 from sctgm.io import load_image
 from sctgm.model.install import ensure_model
@@ -89,7 +89,7 @@ def openvino_runner(graph: bytes, precision: str, threads: int) -> Runner:
 def torch_bf16_runner(sd: dict[str, np.ndarray], filters: int, threads: int) -> Runner:
     import torch
 
-    from sctgm.engines.network import DilatedGMNet
+    from sctgm.networks.dilated import DilatedGMNet
 
     net = DilatedGMNet(filters).eval()
     net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
@@ -107,7 +107,9 @@ def candidates(model: str, cal: np.ndarray, threads: int, only: str) -> dict[str
     import onnx
 
     sd, filters = load_safetensors(ensure_model(model, mirror=str(MODELS_DIR)).weights_path)
-    plain = onnx.ModelProto.FromString(build_graph(sd, filters))
+    from sctgm.networks.dilated import onnx_graph
+
+    plain = onnx.ModelProto.FromString(onnx_graph(sd, {"filters": filters}))
     folded = fold_batchnorms(plain)
 
     def ort(m: object) -> Runner:

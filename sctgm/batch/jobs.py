@@ -60,7 +60,7 @@ class BatchSettings:
     model: str | None = None
     device: str = "auto"
     engine: str = "auto"
-    precision: str = "fp32"  # 'bf16': see sctgm.engines.cpu_precision
+    precision: str | None = None  # None: the model recipe's; "bf16": see sctgm.engines.choice.cpu_precision
     options: SegmentOptions = field(default_factory=SegmentOptions)
     prob: bool = False
     wm: bool = False

@@ -50,10 +50,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
               help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Network arithmetic on the CPU: bf16 runs ~1.9x faster on CPUs with bf16 instructions (AVX-512 "
-                   "BF16, AMX) with OpenVINO installed (pip install 'sctgm[openvino]'), masks at Dice >= 0.998 vs "
-                   "fp32 (docs/speed.md); elsewhere fp32, with a warning.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Network arithmetic: bf16 runs ~2x faster on CPUs with bf16 instructions (AVX-512 BF16, AMX) "
+                   "with OpenVINO installed (pip install 'sctgm[openvino]'), masks at Dice 0.99-1 vs fp32 "
+                   "(docs/speed.md); elsewhere fp32, with a warning [default: the model's, fp32].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
               help="Slices per network call [default: 1 on a CPU, 32 on a GPU].")
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
@@ -156,7 +156,7 @@ class SegmentArgs:
     clahe: bool | None
     device: str
     engine: str
-    precision: str
+    precision: str | None
     batch_size: int | None
     qc_dir: Path | None
     qc_subject: str | None

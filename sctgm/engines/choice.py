@@ -2,8 +2,9 @@
 
 Two engines compute the same function (tests check it): ONNX Runtime (:mod:`sctgm.engines.onnx`), the
 fastest on a CPU, and PyTorch (:mod:`sctgm.engines.torch`), for CUDA. Which network a model is comes
-from its ``architecture`` (:mod:`sctgm.engines.architectures`). ``engine="auto"`` picks ONNX
-Runtime on the CPU and PyTorch on a GPU; docs/speed.md has the measurement behind that choice.
+from its recipe's ``network`` (:mod:`sctgm.networks`). ``engine="auto"`` picks ONNX
+Runtime on the CPU and PyTorch on a GPU; docs/speed.md has the measurement behind that choice. The
+network is the one the model's recipe names (:mod:`sctgm.networks`), run at the recipe's precision.
 Neither onnxruntime nor torch is imported until a network is loaded, and torch not at all on the
 ONNX Runtime path.
 """
@@ -18,10 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ..exceptions import InvalidOptionError
+from ..exceptions import InvalidOptionError, ModelError
 from ..model.registry import InstalledModel
-from .architectures import architecture_of
-from .hardware import cpu_has_bf16, cuda_may_exist, onnxruntime_available, openvino_available
+from ..networks import network_for
+from .hardware import (cpu_has_bf16, cuda_may_exist, onnxruntime_available, openvino_available, require_torch,
+                       torch_available)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,10 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
     if engine not in ENGINES:
         raise InvalidOptionError(f"engine {engine!r}: unknown; expected one of {', '.join(ENGINES)}", parameter="engine")
+    if engine == "torch":
+        require_torch("engine 'torch'")
     if device == "auto":
-        if engine != "onnxruntime" and cuda_may_exist():
+        if engine != "onnxruntime" and cuda_may_exist() and torch_available():
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,6 +95,8 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
         return engine, device
     if engine == "auto":
         engine = "onnxruntime" if device == "cpu" and onnxruntime_available() else "torch"
+        if engine == "torch":
+            require_torch(f"device {device!r}" if device != "cpu" else "engine 'torch' (onnxruntime is missing)")
     return engine, device
 
 
@@ -111,16 +117,22 @@ def cpu_precision(precision: str) -> str:
 
 
 def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "auto",
-                 threads: int | None = None, cache_dir: Path | None = None, precision: str = "fp32") -> LoadedNetwork:
+                 threads: int | None = None, cache_dir: Path | None = None, precision: str | None = None) -> LoadedNetwork:
     """Load ``model`` on an engine (see :func:`choose_engine`). ``threads``: CPU threads for the
     network (default: the engine's, one per core). ``cache_dir``: where the ONNX graph is kept
-    between runs (None: rebuilt each time). ``precision``: 'fp32' or 'bf16'; bf16 runs the ONNX
-    graph on OpenVINO where the CPU can (:func:`cpu_precision`, else fp32 with one warning), on the
-    CPU engine only."""
+    between runs (None: rebuilt each time). ``precision``: overrides the recipe's (None: the
+    recipe's, :data:`sctgm.recipe.PRECISIONS`); on the CPU engine, bf16 runs the ONNX graph on
+    OpenVINO where the CPU can (:func:`cpu_precision`, else fp32 with one warning)."""
+    from ..recipe import PRECISIONS
+
     from ..model import weights
 
     engine, device = choose_engine(engine, device)
-    arch = architecture_of(model)
+    network = network_for(model.architecture, model.name)
+    precision = precision or model.recipe.precision
+    if precision not in PRECISIONS:
+        raise InvalidOptionError(f"precision {precision!r}: unknown; expected one of {', '.join(PRECISIONS)}",
+                                 parameter="precision")
     origin = str(model.weights_path)
 
     def state_dict() -> dict[str, np.ndarray]:
@@ -128,16 +140,15 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
             return weights.load_safetensors(model.weights_path)[0]
         return weights.state_dict_from_keras(model.weights_path)[0]
 
-    if precision != "fp32" and engine != "onnxruntime":
-        cpu_precision(precision)  # an unknown name is still an error
-        log.warning("precision %s: the %s engine runs fp32 here (bf16 is the CPU engine's)", precision, engine)
-        precision = "fp32"
     if engine == "onnxruntime":
         from .onnx import OnnxNetwork, cached_graph, graph_cache_path, graph_holds_weights
 
+        if precision not in CPU_PRECISIONS:
+            raise ModelError(f"model '{model.name}': precision {precision} runs on the torch engine only "
+                             f"(the CPU engine runs fp32 and bf16); use --engine torch")
         cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
         # a cached graph is used only when it holds this model's (verified) weights
-        graph = cached_graph(cache_file, lambda: arch.onnx_graph(state_dict(), model.architecture, model.name),
+        graph = cached_graph(cache_file, lambda: network.onnx_graph(state_dict(), model.architecture, model.name),
                              made_from=lambda g: graph_holds_weights(g, state_dict()))
         if cpu_precision(precision) == "bf16":
             from .openvino import OpenVinoNetwork
@@ -149,8 +160,8 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
     else:
         from .torch import TorchNetwork
 
-        runner = TorchNetwork(arch.torch_module(model.architecture), state_dict(), device, threads=threads,
-                              origin=origin)
+        runner = TorchNetwork(network.torch_module(model.architecture), state_dict(), device, threads=threads,
+                              origin=origin, precision=precision)
     log.debug("model %s (%s) on %s / %s", model.name, model.sha256[:12], engine, device)
     return LoadedNetwork(model, runner)
 

@@ -4,7 +4,7 @@ io -> :mod:`.preprocess` (orientation, fine grid) -> :mod:`.placement` (windows)
 standardise) -> :mod:`sctgm.engines` (network) -> threshold -> :mod:`.grid` (back to native) ->
 :mod:`.postprocess` -> orientation back. Each geometric step has its exact inverse, so the outputs land
 on the input's voxel grid. Spacing, window size, orientation and threshold come from the model's
-:class:`~sctgm.model.registry.Preprocessing`.
+:class:`~sctgm.recipe.Preprocessing`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import InvalidOptionError
 from ..io import LoadedImage
-from ..model.registry import InstalledModel, Preprocessing
+from ..model.registry import InstalledModel
+from ..recipe import Preprocessing
 from . import enhance, placement, postprocess
 from .grid import Window, overlap, window_to_native
 from .noise import in_file_order
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SegmentOptions:
     """Parameters of one segmentation. ``threshold`` and ``crop_px`` None mean the model's (its
-    :class:`~sctgm.model.registry.Preprocessing`: 0.999 and 200 for the published models);
+    :class:`~sctgm.recipe.Preprocessing`: 0.999 and 200 for the published models);
     ``batch_size`` (slices per network call) None means the engine's preferred size.
 
     Image enhancement (:mod:`.enhance`; None: the model's ``preprocessing.enhancement``, by default
@@ -97,14 +98,15 @@ class Segmenter:
     (and, if needed, downloads) one by name first. ``engine``: 'auto' (ONNX Runtime on a CPU, PyTorch
     on a GPU), 'onnxruntime' or 'torch'; ``threads``: CPU threads for the network (default: one per
     core); ``cache_dir``: where the ONNX graph is cached (default: the model cache); ``precision``:
-    'fp32' (default) or 'bf16' (CPUs with bf16 instructions, with OpenVINO; else fp32 and a warning).
+    None (the model recipe's) or one of :data:`sctgm.recipe.PRECISIONS` (bf16 on a CPU: with bf16
+    instructions and OpenVINO, else fp32 and a warning).
 
     >>> seg = Segmenter.from_name("large", device="cpu")             # doctest: +SKIP
     >>> result = seg.segment_image(load_image("t2s.nii.gz"))         # doctest: +SKIP
     """
 
     def __init__(self, model: InstalledModel, *, device: str = "auto", engine: str = "auto",
-                 threads: int | None = None, cache_dir: str | None = None, precision: str = "fp32") -> None:
+                 threads: int | None = None, cache_dir: str | None = None, precision: str | None = None) -> None:
         from ..model.install import resolve_cache_dir
 
         if not isinstance(model, InstalledModel):
@@ -116,7 +118,7 @@ class Segmenter:
     @classmethod
     def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",
                   threads: int | None = None, mirror: str | None = None, cache_dir: str | None = None,
-                  download_progress: Any = None, precision: str = "fp32") -> Segmenter:
+                  download_progress: Any = None, precision: str | None = None) -> Segmenter:
         """A segmenter for a registered model name (None: the default model) or a weight file path,
         installing the model first when needed (``mirror``, ``download_progress``: see
         :func:`sctgm.model.install.ensure_model`)."""

@@ -12,7 +12,8 @@ import pytest
 
 from sctgm.engines import hardware
 from sctgm.engines.fold import fold_batchnorms
-from sctgm.engines.onnx import OnnxNetwork, build_graph
+from sctgm.engines.onnx import OnnxNetwork
+from sctgm.networks.dilated import onnx_graph
 from sctgm.exceptions import InvalidOptionError
 from sctgm.io import load_image
 from sctgm.segment.pipeline import Segmenter
@@ -48,7 +49,7 @@ def _logits_session(model):
 def test_folded_graph_equals_the_unfolded_one_border_included(shape):
     import onnx
 
-    original = onnx.ModelProto.FromString(build_graph(_shifted_state_dict(1), 4))
+    original = onnx.ModelProto.FromString(onnx_graph(_shifted_state_dict(1), {"filters": 4}))
     folded = fold_batchnorms(original)
     assert not [n for n in folded.graph.node if n.op_type == "BatchNormalization"]  # every BN folded
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
@@ -68,17 +69,18 @@ def test_a_batchnorm_after_its_convolution_folds_backwards_exactly():
     import onnx
     import torch
 
-    from sctgm.model.unet import UNet, build_unet_graph
+    from sctgm.networks.unet import onnx_graph as unet_graph
+    from sctgm.networks.unet import torch_module
 
     torch.manual_seed(0)
-    net = UNet(4, 2).eval()
+    net = torch_module({"filters": 4, "depth": 2}).eval()
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
             module.bias.data.uniform_(-1, 1)
     sd = {k: v.numpy() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    original = onnx.ModelProto.FromString(build_unet_graph(sd))
+    original = onnx.ModelProto.FromString(unet_graph(sd))
     folded = fold_batchnorms(original)
     assert not [n for n in folded.graph.node if n.op_type == "BatchNormalization"]
     x = np.random.default_rng(1).normal(size=(1, 1, 48, 40)).astype(np.float32)
@@ -161,7 +163,7 @@ def test_int8_quantisation_of_the_tiny_model_follows_the_fp32_graph():
     from sctgm.engines.quantise import quantise_int8
 
     rng = np.random.default_rng(3)
-    original = onnx.ModelProto.FromString(build_graph(random_state_dict(4, seed=2), 4))
+    original = onnx.ModelProto.FromString(onnx_graph(random_state_dict(4, seed=2), {"filters": 4}))
     windows = rng.normal(size=(4, 1, 64, 64)).astype(np.float32)
     int8 = quantise_int8(fold_batchnorms(original), windows, exclude=("logits",))
     assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) >= 10

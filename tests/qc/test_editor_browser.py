@@ -143,8 +143,9 @@ def test_paint_erase_save_undo_and_train(browser, site, sub, codes):
     press(browser, "Escape")
 
     if codes == "RPI":  # train on the dataset: exactly the corrected slice (canonical index of file slice 3)
-        result = sctgm.train(bids=root / "ds", output=root / "m", init="none", arch="unet", filters=4, max_steps=1,
-                             val_fraction=0.0, device="cpu", threads=1, participants=[sub[4:]])
+        result = sctgm.train(sctgm.TrainSources(bids=root / "ds", participants=[sub[4:]]), root / "m",
+                             sctgm.TrainOptions(init="none", arch="unet", filters=4, max_steps=1, val_fraction=0.0,
+                                                device="cpu", threads=1))
         data = json.loads(result.model_json.read_text())["models"]["m"]["training"]["data"]
         assert data[0]["train_slices"] == [editing.SHAPE[2] - 1 - SLICE]
 
