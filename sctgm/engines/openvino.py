@@ -3,8 +3,8 @@ OpenVINO to run its convolutions in bfloat16, on CPUs with bf16 instructions (AV
 
 Why OpenVINO: ONNX Runtime's CPU kernels have no bf16 convolutions on x86, and its int8 path
 (:mod:`.quantise`), though ~2x faster here, moves masks too far at the 0.999 threshold; PyTorch's bf16
-(oneDNN) runs at ~1.5x ONNX Runtime's fp32. OpenVINO's bf16 reaches ~1.9x with masks at Dice >= 0.998
-against fp32 (docs/speed.md, ``bench/precision_cpu.py``). Accumulation stays in fp32; only the
+(oneDNN) runs at ~1.5x ONNX Runtime's fp32. OpenVINO's bf16 reaches ~2.2x with masks at Dice 0.99-1
+against fp32 (docs/speed.md, ``bench/precision_cpu.py``), so it is offered, opt-in. Accumulation stays in fp32; only the
 operands are rounded to bf16. An optional dependency (``pip install sctgm[openvino]``), imported
 only when this engine is chosen; the choice and the fallback to fp32 are
 :func:`sctgm.engines.choice.load_network`'s.
