@@ -181,15 +181,19 @@ def main() -> None:
     print(f"# bench/precision_cpu.py, {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {args.threads} thread(s) per engine, onnxruntime {onnxruntime.__version__}, "
           f"openvino {_version('openvino')}, torch {_version('torch')}")
-    print(f"# instruction sets: {', '.join(f for f in INSTRUCTION_SETS if f in flags) or 'none of ' + str(INSTRUCTION_SETS)}\n")
+    found = ", ".join(f for f in INSTRUCTION_SETS if f in flags)
+    print(f"# instruction sets: {found or 'none of ' + ', '.join(INSTRUCTION_SETS)}\n")
     tmp = Path(tempfile.mkdtemp(prefix="sctgm-precision-"))
     items = variant_files(tmp, args.quick)
     for model in args.models:
-        seg = Segmenter.from_name(model, device="cpu", engine="onnxruntime", mirror=str(MODELS_DIR), threads=args.threads)
+        seg = Segmenter.from_name(model, device="cpu", engine="onnxruntime", mirror=str(MODELS_DIR),
+                                  threads=args.threads)
         cal_all = captured_windows(seg, CALIBRATION)
-        cal = cal_all[np.sort(np.random.default_rng(0).choice(len(cal_all), min(24, len(cal_all)), replace=False))]
+        picked = np.random.default_rng(0).choice(len(cal_all), min(24, len(cal_all)), replace=False)
+        cal = cal_all[np.sort(picked)]
         print(f"{model}: int8 calibration on {len(cal)} of the {len(cal_all)} windows of "
-              f"{', '.join(p.name for p in CALIBRATION)}; windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
+              f"{', '.join(p.name for p in CALIBRATION)}; "
+              f"windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
         x = captured_windows(seg, [T2S_UNCROPPED])
         runners = candidates(model, cal, args.threads, args.candidates)
         best = {k: float("inf") for k in runners}

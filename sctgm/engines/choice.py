@@ -117,7 +117,8 @@ def cpu_precision(precision: str) -> str:
 
 
 def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "auto",
-                 threads: int | None = None, cache_dir: Path | None = None, precision: str | None = None) -> LoadedNetwork:
+                 threads: int | None = None, cache_dir: Path | None = None,
+                 precision: str | None = None) -> LoadedNetwork:
     """Load ``model`` on an engine (see :func:`choose_engine`). ``threads``: CPU threads for the
     network (default: the engine's, one per core). ``cache_dir``: where the ONNX graph is kept
     between runs (None: rebuilt each time). ``precision``: overrides the recipe's (None: the

@@ -115,7 +115,8 @@ def fold_batchnorms(model: Any, *, exact_border: bool = True) -> Any:
     def fold_conv(node: Any, src: str) -> None:
         a, b = pending[src]
         w = inits[node.input[1]].astype(np.float64)
-        bias = inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        bias = inits[node.input[2]].astype(np.float64) if has_bias else np.zeros(w.shape[0])
         w_b = np.einsum("ockl,c->okl", w, b)  # each tap's contribution of the shift
         stem = fresh(node.name or "conv")
         out = node.output[0]
@@ -125,7 +126,8 @@ def fold_batchnorms(model: Any, *, exact_border: bool = True) -> Any:
         conv_out = f"{stem}/interior" if border else out
         attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
         new_nodes.append(helper.make_node(
-            "Conv", [src, const(f"{stem}.weight", w * a[None, :, None, None]), const(f"{stem}.bias", bias + w_b.sum((1, 2)))],
+            "Conv", [src, const(f"{stem}.weight", w * a[None, :, None, None]),
+                     const(f"{stem}.bias", bias + w_b.sum((1, 2)))],
             [conv_out], name=node.name, **attrs))
         if border:
             # the padding held 0 in y before the fold and holds b now: take its taps' share back out
@@ -154,7 +156,8 @@ def fold_batchnorms(model: Any, *, exact_border: bool = True) -> Any:
                 # conv -> BN (the U-Net's order): fold backwards into the convolution, exactly
                 w = used_inits.get(made_by.input[1], inits.get(made_by.input[1])).astype(np.float64)
                 has_bias = len(made_by.input) > 2 and made_by.input[2] != ""
-                bias = used_inits.get(made_by.input[2], inits.get(made_by.input[2])) if has_bias else np.zeros(w.shape[0])
+                bias = (used_inits.get(made_by.input[2], inits.get(made_by.input[2])) if has_bias
+                        else np.zeros(w.shape[0]))
                 stem = fresh(made_by.name or "conv")
                 made_by.input[1] = const(f"{stem}.weight", w * a[:, None, None, None])
                 if has_bias:

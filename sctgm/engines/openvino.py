@@ -3,11 +3,11 @@ OpenVINO to run its convolutions in bfloat16, on CPUs with bf16 instructions (AV
 
 Why OpenVINO: ONNX Runtime's CPU kernels have no bf16 convolutions on x86, and its int8 path
 (:mod:`.quantise`), though ~2x faster here, moves masks too far at the 0.999 threshold; PyTorch's bf16
-(oneDNN) runs at ~1.5x ONNX Runtime's fp32. OpenVINO's bf16 reaches ~2.2x with masks at Dice 0.99-1
-against fp32 (docs/speed.md, ``bench/precision_cpu.py``), so it is offered, opt-in. Accumulation stays in fp32; only the
-operands are rounded to bf16. An optional dependency (``pip install sctgm[openvino]``), imported
-only when this engine is chosen; the choice and the fallback to fp32 are
-:func:`sctgm.engines.choice.load_network`'s.
+(oneDNN) runs at ~1.5x ONNX Runtime's fp32. OpenVINO's bf16 reaches ~2.2x with masks at Dice
+0.99-1 against fp32 (docs/speed.md, ``bench/precision_cpu.py``), so it is offered, opt-in.
+Accumulation stays in fp32; only the operands are rounded to bf16. An optional dependency
+(``pip install sctgm[openvino]``), imported only when this engine is chosen; the choice and the
+fallback to fp32 are :func:`sctgm.engines.choice.load_network`'s.
 
 OpenVINO keeps its compiled form of the graph in ``<cache>/openvino/`` (its own cache, keyed by the
 graph's bytes, the device, the settings and the OpenVINO version), so a later process compiles in a
@@ -45,7 +45,7 @@ class OpenVinoNetwork:
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
-        attempts = [{**config, "CACHE_DIR": str(cache_dir / "openvino")}, config] if cache_dir is not None else [config]
+        attempts = [config] if cache_dir is None else [{**config, "CACHE_DIR": str(cache_dir / "openvino")}, config]
         for k, settings in enumerate(attempts):
             try:
                 self.compiled = core.compile_model(core.read_model(graph), "CPU", settings)

@@ -48,7 +48,8 @@ def quantise_int8(model: Any, windows: np.ndarray, *, exclude: tuple[str, ...] =
     with tempfile.TemporaryDirectory(prefix="sctgm-quant-") as tmp:
         out = Path(tmp) / "int8.onnx"
         # a copy: the quantiser rewrites the proto it is given (its weights become external data)
-        quantize_static(onnx.ModelProto.FromString(model.SerializeToString()), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(onnx.ModelProto.FromString(model.SerializeToString()), out, Reader(),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=act, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                         op_types_to_quantize=["Conv"], calibrate_method=methods[method],
                         extra_options={"CalibStridedMinMax": 1, "ActivationSymmetric": False},
