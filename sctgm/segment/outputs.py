@@ -116,6 +116,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
+                       "precision": segmenter.network.precision,
                        "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}

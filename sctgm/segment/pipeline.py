@@ -97,33 +97,35 @@ class Segmenter:
     ``model``: an installed model (:func:`sctgm.model.install.ensure_model`); :meth:`from_name` finds
     (and, if needed, downloads) one by name first. ``engine``: 'auto' (ONNX Runtime on a CPU, PyTorch
     on a GPU), 'onnxruntime' or 'torch'; ``threads``: CPU threads for the network (default: one per
-    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache).
+    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache); ``precision``:
+    None (the model recipe's) or one of :data:`sctgm.recipe.PRECISIONS` (bf16 on a CPU: with bf16
+    instructions and OpenVINO, else fp32 and a warning).
 
     >>> seg = Segmenter.from_name("large", device="cpu")             # doctest: +SKIP
     >>> result = seg.segment_image(load_image("t2s.nii.gz"))         # doctest: +SKIP
     """
 
     def __init__(self, model: InstalledModel, *, device: str = "auto", engine: str = "auto",
-                 threads: int | None = None, cache_dir: str | None = None) -> None:
+                 threads: int | None = None, cache_dir: str | None = None, precision: str | None = None) -> None:
         from ..model.install import resolve_cache_dir
 
         if not isinstance(model, InstalledModel):
             raise TypeError(f"Segmenter takes an installed model; for a name ({model!r}) use "
                             f"Segmenter.from_name({model!r})")
         self.network: LoadedNetwork = load_network(model, device, engine=engine, threads=threads,
-                                                   cache_dir=resolve_cache_dir(cache_dir))
+                                                   cache_dir=resolve_cache_dir(cache_dir), precision=precision)
 
     @classmethod
     def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",
                   threads: int | None = None, mirror: str | None = None, cache_dir: str | None = None,
-                  download_progress: Any = None) -> Segmenter:
+                  download_progress: Any = None, precision: str | None = None) -> Segmenter:
         """A segmenter for a registered model name (None: the default model) or a weight file path,
         installing the model first when needed (``mirror``, ``download_progress``: see
         :func:`sctgm.model.install.ensure_model`)."""
         from ..model.install import ensure_model
 
         installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
-        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir)
+        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir, precision=precision)
 
     @property
     def model(self) -> InstalledModel:
