@@ -53,6 +53,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
               help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Network arithmetic: bf16 runs ~2x faster on CPUs with bf16 instructions (AVX-512 BF16, AMX) "
+                   "with OpenVINO installed (pip install 'sctgm[openvino]'), masks at Dice 0.99-1 vs fp32 "
+                   "(docs/speed.md); elsewhere fp32, with a warning [default: the model's, fp32].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
               help="Slices per network call [default: 1 on a CPU, 32 on a GPU].")
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
@@ -155,6 +159,7 @@ class SegmentArgs:
     clahe: bool | None
     device: str
     engine: str
+    precision: str | None
     batch_size: int | None
     qc_dir: Path | None
     qc_subject: str | None
@@ -202,7 +207,7 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
         result = segment_file(args.inputs[0], args.output, model=args.model,
                               cord_mask=args.cord_masks[0] if args.cord_masks else None, options=options,
                               prob=args.prob, wm=args.wm, device=args.device, engine=args.engine,
-                              threads=args.threads, entry=entry, overwrite=args.overwrite, progress=progress,
+                              precision=args.precision, threads=args.threads, entry=entry, overwrite=args.overwrite, progress=progress,
                               download_progress=fetching)
     if not args.quiet:
         info = result.segmentation.info if result.segmentation else {}
@@ -228,7 +233,8 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
     if args.metrics_csv == "" and args.bids_root is None:
         raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
     settings = BatchSettings(model=args.model, device=args.device, options=options, prob=args.prob, wm=args.wm,
-                             overwrite=args.overwrite, engine=args.engine, threads=args.threads, qc_dir=args.qc_dir,
+                             overwrite=args.overwrite, engine=args.engine, precision=args.precision,
+                             threads=args.threads, qc_dir=args.qc_dir,
                              qc_dataset=args.qc_dataset, metrics=args.metrics_csv is not None)
     metrics_path = Path(args.metrics_csv) if args.metrics_csv else None
     common = dict(n_jobs=args.n_jobs, scheduler=args.scheduler, summary=args.summary_path, metrics_csv=metrics_path)

@@ -124,6 +124,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
+                       "precision": segmenter.network.precision,
                        "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
     if segmenter.partner is not None:  # a combination: each network it ran
@@ -164,7 +165,7 @@ def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite
     """Fail before any work when an output of the set cannot or must not be written: its folder is
     missing or not writable, it is a folder, it is one of ``inputs`` (never, even with ``overwrite``),
     or it exists and sct-gm did not write it (:func:`written_by_sctgm`) and ``overwrite`` is False."""
-    for key, path in outputs.items():
+    for path in outputs.values():
         check_writable(path)
         for src in inputs:
             if src is not None and same_file(path, src):
@@ -187,7 +188,8 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     ``sources``: what the sidecars name as sources (default: the image and cord mask paths);
     ``entry``: written with the outputs (the QC entry); ``overwrite``: replace files that sct-gm did
     not write (never an input). The callers load and check the inputs (a batch also refuses
-    non-axial images, :func:`sctgm.segment.preprocess.check_axial`) and create the output folders.
+    non-axial images, :func:`sctgm.segment.preprocess.check_axial`); missing output folders are
+    created when the first file is staged.
     """
     if "wm" in outputs and cord is None:
         raise InvalidOptionError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")

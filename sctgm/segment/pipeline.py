@@ -100,14 +100,16 @@ class Segmenter:
     ``model``: an installed model (:func:`sctgm.model.install.ensure_model`); :meth:`from_name` finds
     (and, if needed, downloads) one by name first. ``engine``: 'auto' (ONNX Runtime on a CPU, PyTorch
     on a GPU), 'onnxruntime' or 'torch'; ``threads``: CPU threads for the network (default: one per
-    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache).
+    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache); ``precision``:
+    None (the model recipe's) or one of :data:`sctgm.recipe.PRECISIONS` (bf16 on a CPU: with bf16
+    instructions and OpenVINO, else fp32 and a warning).
 
     >>> seg = Segmenter.from_name("large", device="cpu")             # doctest: +SKIP
     >>> result = seg.segment_image(load_image("t2s.nii.gz"))         # doctest: +SKIP
     """
 
     def __init__(self, model: InstalledModel, *, device: str = "auto", engine: str = "auto",
-                 threads: int | None = None, cache_dir: str | None = None,
+                 threads: int | None = None, cache_dir: str | None = None, precision: str | None = None,
                  partner: InstalledModel | None = None, name: str | None = None) -> None:
         from ..model.install import resolve_cache_dir
 
@@ -115,7 +117,7 @@ class Segmenter:
             raise TypeError(f"Segmenter takes an installed model; for a name ({model!r}) use "
                             f"Segmenter.from_name({model!r})")
         self.network: LoadedNetwork = load_network(model, device, engine=engine, threads=threads,
-                                                   cache_dir=resolve_cache_dir(cache_dir))
+                                                   cache_dir=resolve_cache_dir(cache_dir), precision=precision)
         #: the second network of a combination (:mod:`.ensemble`), run on the first one's windows: the
         #: model recipe's ``combine`` (or ``partner`` given here); ``name``: the combination's name
         if partner is None and model.recipe.combine is not None:
@@ -128,12 +130,12 @@ class Segmenter:
             self.partner = self.network
         elif partner is not None:
             self.partner = load_network(partner, device, engine=engine, threads=threads,
-                                        cache_dir=resolve_cache_dir(cache_dir))
+                                        cache_dir=resolve_cache_dir(cache_dir), precision=precision)
 
     @classmethod
     def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",
                   threads: int | None = None, mirror: str | None = None, cache_dir: str | None = None,
-                  download_progress: Any = None) -> Segmenter:
+                  download_progress: Any = None, precision: str | None = None) -> Segmenter:
         """A segmenter for a registered model name (None: the default model) or a weight file path,
         installing the model first when needed (``mirror``, ``download_progress``: see
         :func:`sctgm.model.install.ensure_model`)."""
@@ -142,7 +144,7 @@ class Segmenter:
         installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
         partner = _partner_of(installed, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
         return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir,
-                   partner=partner)
+                   precision=precision, partner=partner)
 
     @property
     def model(self) -> InstalledModel:
