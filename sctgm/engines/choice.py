@@ -146,7 +146,7 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
 
         if precision not in CPU_PRECISIONS:
             raise ModelError(f"model '{model.name}': precision {precision} runs on the torch engine only "
-                             f"(the CPU engine runs fp32 and bf16); use --engine torch")
+                             f"(the CPU engine runs fp32 and bf16); choose the torch engine", parameter="engine")
         cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
         # a cached graph is used only when it holds this model's (verified) weights
         graph = cached_graph(cache_file, lambda: network.onnx_graph(state_dict(), model.architecture, model.name),
