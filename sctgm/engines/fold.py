@@ -65,7 +65,6 @@ def fold_batchnorms(model: Any, *, exact_border: bool = True) -> Any:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
-    producer = {out: node for node in graph.node for out in node.output}
 
     pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tensor -> (a, b): true value = a * stored + b
     rename: dict[str, str] = {}  # a removed BN's output -> the tensor that now stands for it

@@ -129,8 +129,9 @@ class Segmenter:
         if partner is not None and partner == model:
             self.partner = self.network
         elif partner is not None:
+            # at the precision the first one runs (after any fallback: one warning, not two)
             self.partner = load_network(partner, device, engine=engine, threads=threads,
-                                        cache_dir=resolve_cache_dir(cache_dir), precision=precision)
+                                        cache_dir=resolve_cache_dir(cache_dir), precision=self.network.precision)
 
     @classmethod
     def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",

@@ -172,3 +172,19 @@ def test_int8_quantisation_of_the_tiny_model_follows_the_fp32_graph():
     got = _logits_session(int8).run(None, {"x": x})[0]
     assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.99
     assert np.abs(got - want).max() > 0  # it is quantised, not the fp32 graph again
+
+
+def test_a_recipe_that_says_bf16_runs_it_and_an_explicit_precision_overrides_it(tiny_model, tmp_path, monkeypatch,
+                                                                                caplog):
+    name = tiny_model()
+    registry = tmp_path / "tiny_registry.json"
+    entries = json.loads(registry.read_text())
+    entries["models"][name]["precision"] = "bf16"
+    registry.write_text(json.dumps(entries))
+    seg = Segmenter.from_name(name, device="cpu")
+    assert seg.model.recipe.precision == "bf16"
+    assert seg.network.precision == ("bf16" if BF16_HERE else "fp32")
+    monkeypatch.setattr("sctgm.engines.choice.cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        assert Segmenter.from_name(name, device="cpu", precision="fp32").network.precision == "fp32"
+    assert not [r for r in caplog.records if "bf16" in r.getMessage()]  # asked for fp32: nothing to say
