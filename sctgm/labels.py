@@ -38,7 +38,7 @@ import numpy as np
 from ._version import __version__
 from .exceptions import OutputError
 from .io import LoadedImage, file_sha256, like, same_file, save_json, save_nifti
-from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, split_nifti_name
+from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, NIFTI_SUFFIXES, split_nifti_name
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.
 BIDS_LABEL_SUFFIX = BIDS_MANUAL_GM_SUFFIX
@@ -46,7 +46,6 @@ MANUAL_SUFFIX = MANUAL_GM_SUFFIX
 LABELS_DERIVATIVE = Path("derivatives") / "labels"
 #: Manual GM mask names in a labels derivative, in the order ``train --bids`` prefers them.
 MANUAL_GM_SUFFIXES = (BIDS_LABEL_SUFFIX, MANUAL_SUFFIX)
-NIFTI_EXTS = (".nii.gz", ".nii")
 #: Sidecar key: the file's S-I voxel indices a reviewer saved (the only labelled slices).
 SLICES_KEY = "LabelledSlices"
 _BIDS_SUB = re.compile(r"^sub-[0-9a-zA-Z]+$")
@@ -80,9 +79,10 @@ def bids_root_of(image: str | os.PathLike[str]) -> Path | None:
 
 
 def existing_manual_mask(folder: Path, stem: str, suffixes: tuple[str, ...] = MANUAL_GM_SUFFIXES) -> Path | None:
-    """The first ``folder/<stem><suffix><ext>`` that is a file (suffixes, then extensions, in order), or None."""
+    """The first ``folder/<stem><suffix><ext>`` that is a file (suffixes, then extensions, in order), or None;
+    also finds manual cord masks (:func:`sctgm.batch.bids.find_cord_label`)."""
     for suffix in suffixes:
-        for ext in NIFTI_EXTS:
+        for ext in NIFTI_SUFFIXES:
             candidate = folder / f"{stem}{suffix}{ext}"
             if candidate.is_file():
                 return candidate
