@@ -222,6 +222,7 @@ def main() -> None:
             batch_size_table(model, tmp, args.reps)
         if model == args.models[-1]:
             checks += startup_checks(model, tmp, args, net[default])
+    checks += default_cost(args.reps)
     print("| check | measured | figure |")
     print("|---|---|---|")
     for row in checks:
@@ -276,6 +277,22 @@ def startup_checks(model: str, tmp: Path, args: argparse.Namespace, net_s: float
         rows.append((f"512x512x400 at 0.5 mm, {model} (goal: peak RSS < 2048 MiB)", f"{wall:.0f} s",
                      f"{rss:.0f} MiB"))
     return rows
+
+
+def default_cost(reps: int) -> list[tuple[str, str, str]]:
+    """The default model's cost against `large` alone (issue 20: at most 2x per volume on the CPU):
+    ``segment_image`` on t2s_uncropped with the default options, in this process, interleaved."""
+    from sctgm.model.registry import load_registry
+
+    default = load_registry()["default"]
+    if default == "large":
+        return []
+    image = load_image(T2S_UNCROPPED)
+    segs = {m: Segmenter.from_name(m, device="cpu", engine="onnxruntime", mirror=str(MODELS)) for m in ("large", default)}
+    best = time_interleaved({m: (lambda s=s: s.segment_image(image)) for m, s in segs.items()}, reps)
+    return [(f"default `{default}` / `large` alone, one volume (goal <= 2)",
+             f"{best[default]:.2f} s / {best['large']:.2f} s (segment_image, t2s_uncropped)",
+             f"{best[default] / best['large']:.2f}x")]
 
 
 def _package_version(package: str = "torch") -> str:

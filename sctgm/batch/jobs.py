@@ -230,7 +230,7 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     except (OSError, ValueError) as exc:
         return f"unreadable sidecar ({exc})"
     sha, params, sources = provenance(sidecar if isinstance(sidecar, dict) else {})
-    if sha != segmenter.model.sha256:
+    if sha != segmenter.identity.sha256:
         return "made with another model"
     if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter):
         return "made with other parameters"

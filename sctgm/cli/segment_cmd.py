@@ -23,8 +23,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
                    "(quoted or not) make a batch.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="GM mask to write (one input only) [default: <input>_gmseg.nii.gz beside the input].")
-@click.option("-m", "--model", default="large", show_default=True,
-              help="Registered model name (challenge, large, large-robust), a model folder from sct-gm train (or its model.json), or a .hdf5/.safetensors weight file.")
+@click.option("-m", "--model", default=None,
+              help="Registered model name (large-ensemble, large, large-robust, challenge), a model folder from sct-gm "
+                   "train (or its model.json), or a .hdf5/.safetensors weight file [default: the registry's default, "
+                   "large-ensemble: large and large-robust combined, with the anatomical guard].")
 @click.option("-s", "--cord-mask", "cord_masks", multiple=True, type=click.Path(path_type=Path),
               help="Spinal cord mask on the image's grid (one per -i): guides where the network looks; "
                    "needed by --wm.")
@@ -40,8 +42,9 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average 5 shifted crops (5x slower).")
 @click.option("--denoise", type=click.Choice(["auto", "on", "off", "nlm", "tv", "wavelet", "bilateral"]), default=None,
               help="Noise suppression before segmentation: auto = non-local means on images whose estimated noise "
-                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always, off = never (the image "
-                   "as it is), or a denoiser [default: the model's, auto]. See docs/robustness.md.")
+                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always (at least half the "
+                   "noise), off = never (the image as it is), or a denoiser [default: the model's, auto]. "
+                   "See docs/robustness.md.")
 @click.option("--bias-correction", "bias", type=click.Choice(["off", "smooth", "n4"]), default=None,
               help="Intensity inhomogeneity correction: smooth (in-plane normalisation) or n4 (needs SimpleITK: "
                    "pip install 'sctgm[enhance]') [default: the model's, off].")
@@ -143,7 +146,7 @@ class SegmentArgs:
 
     inputs: tuple[Path, ...]
     output: Path | None
-    model: str
+    model: str | None
     cord_masks: tuple[Path, ...]
     wm: bool
     threshold: float | None
