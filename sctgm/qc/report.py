@@ -62,7 +62,8 @@ STALE_PART_S = 3600.0
 
 #: Package asset file -> path inside the QC folder.
 _ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css",
-           "editor.js": f"{ASSETS_DIR}/editor.js", "editor.css": f"{ASSETS_DIR}/editor.css"}
+           "editor-canvas.js": f"{ASSETS_DIR}/editor-canvas.js", "editor.js": f"{ASSETS_DIR}/editor.js",
+           "editor.css": f"{ASSETS_DIR}/editor.css"}
 
 
 #: Where the report goes when the folder given holds another tool's QC report (SCT's ``sct_qc``
