@@ -132,7 +132,7 @@ def segment_cmd(inputs: list[Path], model: str, out_dir: Path, *extra: str) -> l
 
 
 def big_volume(folder: Path) -> Path:
-    """512 x 512 x 400 at 0.5 mm in-plane: t2s_uncropped (320 x 320 x 11, 0.5 mm) padded in-plane
+    """512 x 512 x 400 at 0.5 mm in-plane, 1 mm slices: t2s_uncropped (320 x 320 x 11, 0.5 mm) padded in-plane
     and its slices repeated, so the network sees real cord in every slice."""
     img = nib.load(str(T2S_UNCROPPED))
     data = np.asanyarray(img.dataobj)
@@ -140,6 +140,10 @@ def big_volume(folder: Path) -> Path:
     data = np.tile(np.pad(data, pad), (1, 1, 400 // data.shape[2] + 1))[:, :, :400]
     affine = img.affine.copy()
     affine[:3, 3] -= 96 * (img.affine[:3, 0] + img.affine[:3, 1])
+    # 1 mm slices: 400 of t2s_uncropped's 7.5 mm slices would span 3 m, which io refuses as a broken
+    # header (no field of view is that long); the network works slice by slice, so the spacing
+    # through the slices changes nothing else.
+    affine[:3, 2] *= 1.0 / np.linalg.norm(affine[:3, 2])
     out = folder / "big_512x512x400.nii.gz"
     nib.save(nib.Nifti1Image(data, affine, img.header), str(out))
     return out
