@@ -25,8 +25,8 @@ from ..exceptions import InvalidOptionError, OutputError
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE,
                        DEFAULT_FILTERS, DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS,
-                       DEFAULT_PATIENCE, DEFAULT_UNET_DEPTH, DEFAULT_VAL_FRACTION, DEFAULT_WARMUP_STEPS,
-                       VALIDATIONS_PER_RUN)
+                       DEFAULT_PATIENCE, DEFAULT_UNET_DEPTH, DEFAULT_VAL_FRACTION, VALIDATIONS_PER_RUN,
+                       warmup_steps)
 from . import outputs, sources
 
 #: --arch -> the registry's architecture name.
@@ -43,6 +43,7 @@ class TrainOutcome:
     weights: Path
     threshold: float
     val_dice: float | None  # pooled window Dice at ``threshold`` (None without validation)
+    init_val_dice: float | None  # the same for the init, before any step (None without validation)
     validation: list[dict[str, Any]]  # validation.csv's rows
     steps: int
     best_step: int
@@ -192,7 +193,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     pretrained = init != "none"
     cfg_kwargs: dict[str, Any] = {} if augment_cfg is None else {"augment": augment_cfg}
     cfg = TrainConfig(max_steps=max(1, int(max_steps)), batch_size=batch_size, crop_px=crop,
-                      lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH), warmup_steps=DEFAULT_WARMUP_STEPS,
+                      lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH),
+                      warmup_steps=warmup_steps(max(1, int(max_steps))),
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
                       patience=patience if val_sets else 0,
                       checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed,
@@ -224,7 +226,9 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
     torch.set_num_threads(threads or available_cores())
     try:
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
-                            checkpoint_path=partial / outputs.CHECKPOINT, resume=resume, progress=progress)
+                            checkpoint_path=partial / outputs.CHECKPOINT, resume=resume, progress=progress,
+                            on_validation=lambda log: (outputs.write_log(partial, log),
+                                                       outputs.write_curves(partial, log)))
         prep_out = replace(prep, threshold=result.threshold)
         name = outputs.model_name(out)
         architecture: dict[str, Any] = {"name": ARCH_NAMES[arch_key], "filters": n_filters}
@@ -235,7 +239,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
             "data": data_record, "init": init_record, "seed": seed, "sctgm_version": __version__,
             "command_line": command_line or "sctgm.train()", "device": str(dev),
             "config": signature["config"], "validation_split": parts.how,
-            "metrics": {"val_window_dice": result.val_dice, "threshold": result.threshold, "steps": result.steps,
+            "metrics": {"val_window_dice": result.val_dice, "init_val_window_dice": result.init_dice,
+                        "threshold": result.threshold, "steps": result.steps,
                         "best_step": result.best_step, "stopped_early": result.stopped_early,
                         "seconds": round(result.seconds, 1), "data_seconds": round(result.data_seconds, 1)},
         }
@@ -263,7 +268,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         torch.set_num_threads(threads_before)
     _publish(partial, out)
     return TrainOutcome(out, out / outputs.MODEL_JSON, out / "model.safetensors", result.threshold, result.val_dice,
-                        rows, result.steps, result.best_step, result.stopped_early, result.seconds, parts.how)
+                        result.init_dice, rows, result.steps, result.best_step, result.stopped_early, result.seconds, parts.how)
 
 
 def _publish(partial: Path, out: Path) -> None:

@@ -39,8 +39,10 @@ def test_learns_the_phantom_from_random_weights(phantom) -> None:
     result = train_loop(_net(filters=8), train, val, cfg, pretrained=False, progress=seen.append)
     assert result.val_dice is not None and result.val_dice >= 0.9
     assert result.threshold in cfg.thresholds
-    assert [p.step for p in seen] == list(range(1, 101))
-    assert sum(p.val_dice is not None for p in seen) == 5
+    assert [p.step for p in seen] == list(range(0, 101))  # step 0: the init's validation
+    assert sum(p.val_dice is not None for p in seen) == 6
+    assert seen[0].loss is None and seen[0].val_dice == result.init_dice < 0.5 < result.val_dice
+    assert seen[-1].best_dice == max(p.val_dice for p in seen[1:] if p.val_dice is not None)
     # the returned weights are the best model's
     assert result.best_step in (20, 40, 60, 80, 100)
 
