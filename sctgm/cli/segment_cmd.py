@@ -188,9 +188,17 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
                              engine=engine, threads=threads, qc_dir=qc_dir, qc_dataset=qc_dataset,
                              metrics=metrics_csv is not None)
     metrics_path = Path(metrics_csv) if metrics_csv else None
+    finished: list[Any] = []  # records of the images finished before an interruption
+    planned: list[int] = []
     try:
         with download_progress(quiet) as fetching, \
-                counting_bar(quiet, "Segmenting", "images", describe_record) as progress:
+                counting_bar(quiet, "Segmenting", "images", describe_record) as bar:
+            def progress(done: int, total: int, record: Any) -> None:
+                finished.append(record)
+                planned[:] = [total]
+                if bar is not None:
+                    bar(done, total, record)
+
             if bids_root is not None:
                 result = segment_bids(bids_root, settings, derivatives=derivatives,
                                       suffixes=suffixes or DEFAULT_SUFFIXES, participants=participants,
@@ -202,9 +210,23 @@ def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path
                                        scheduler=scheduler, summary=summary_path, metrics_csv=metrics_path,
                                        progress=progress, download_progress=fetching)
     except KeyboardInterrupt:
-        click.echo("sct-gm: interrupted; finished images are complete and unfinished ones left nothing behind: "
-                   "run the same command again to resume", err=True)
+        click.echo(f"sct-gm: interrupted; {_resume_message(finished, planned[0] if planned else None, overwrite)}",
+                   err=True)
         ctx.exit(130)
     render_summary(result, quiet)
     if result.failed:
         ctx.exit(1)
+
+
+def _resume_message(finished: list[Any], total: int | None, overwrite: bool) -> str:
+    """What running the interrupted batch's command again does, exactly (the batch's resume rules:
+    docs/batch.md, "Resume")."""
+    done = sum(r.status == "ok" for r in finished)
+    of = f"{len(finished)} of {total}" if total is not None else f"{len(finished)}"
+    head = (f"{of} images finished ({done} segmented) and unfinished ones left nothing behind")
+    if not overwrite:
+        return (f"{head}: run the same command again to resume (valid outputs are skipped, the rest "
+                f"segmented)")
+    return (f"{head}: the same command (with --overwrite) segments every image again; without --overwrite it "
+            f"resumes: the {done} segmented now are kept, and of the others only those whose outputs are "
+            f"missing, invalid or made with other settings or another model are segmented again")

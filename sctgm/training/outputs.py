@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import atomic_path, modes_from_umask
 from ..model.registry import WEIGHTS_FILE, Preprocessing
 from .data import LabelledVolume, sha256_of
 
@@ -49,6 +49,7 @@ def write_weights(folder: Path, state_dict: dict[str, np.ndarray], filters: int)
 
     path = folder / WEIGHTS_FILE
     save_safetensors({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, filters, path)
+    modes_from_umask(path)  # safetensors writes 0600
     return path
 
 
