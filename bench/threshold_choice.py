@@ -41,20 +41,17 @@ def _items():
 
 def _probabilities(model_name: str, items) -> tuple[list[tuple[str, list[np.ndarray], list[np.ndarray]]], float]:
     """Per volume: (subject, probabilities, targets) of its validation windows; the model's threshold."""
-    import torch
-
+    from sctgm.engines.choice import load_network, predict
     from sctgm.model.install import ensure_model
     from sctgm.training.data import read_labelled
-    from sctgm.training.loop import predict_slices
-    from sctgm.training.models import model_from_weights
 
     installed = ensure_model(model_name, mirror=str(MODELS_DIR))
-    net, _ = model_from_weights(installed.weights_path)
+    net = load_network(installed, "cpu", engine="onnxruntime", threads=int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = []
-    for it in items:
+    for it in items:  # the windows training validates on, predicted as segment does (ONNX Runtime: faster)
         v = read_labelled(it, installed.preprocessing)
-        probs = predict_slices(net, list(v.inputs), torch.device("cpu"), batch_size=4)
-        out.append((v.subject, probs, [np.asarray(t) for t in v.targets]))
+        probs = predict(net, np.asarray(v.inputs, dtype=np.float32))
+        out.append((v.subject, list(probs), [np.asarray(t) for t in v.targets]))
     return out, installed.preprocessing.threshold
 
 
@@ -108,11 +105,8 @@ def _folds(volumes, scheme: str):
 
 
 def main() -> None:
-    import torch
-
     from sctgm.training.loop import DEFAULT_THRESHOLDS
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     ths = DEFAULT_THRESHOLDS
     items = _items()
     schemes = ("subject", "block 2", "block 4")
