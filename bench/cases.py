@@ -1,18 +1,26 @@
-"""The labelled cases the bench scripts measure on (../shared beside the repo), and their Dice.
+"""The one place bench/ learns where ../shared is, and the labelled cases measured on, with their Dice.
 
+Every bench script imports this module as ``from cases import ...``: run the scripts from the repo
+root as ``python bench/<script>.py`` (Python puts ``bench/`` first on ``sys.path``, so this import
+works with no ``sys.path`` edits) with sct-gm installed from this checkout (``pip install -e .``;
+in a worktree whose sct-gm is installed from elsewhere, ``PYTHONPATH=. python bench/<script>.py``).
 Kept here, not imported from tests/: bench and tests do not depend on each other.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+#: ../shared beside the repo (read-only): published weights, labelled data, reference outputs.
 SHARED = REPO.parent / "shared"
 MODELS_DIR = SHARED / "models" / "deepseg_gm"
-TESTING = SHARED / "data" / "sct_testing_data"
+DATA = SHARED / "data"
+TESTING = DATA / "sct_testing_data"
+T2S_UNCROPPED = TESTING / "t2s" / "t2s_uncropped.nii.gz"
 
 #: name -> (image, manual GM mask, cord mask or None)
 LABELLED = {
@@ -20,6 +28,14 @@ LABELLED = {
     "t2s": (TESTING / "t2s/t2s.nii.gz", TESTING / "t2s/t2s_gmseg_manual.nii.gz", TESTING / "t2s/t2s_seg.nii.gz"),
     "mt1": (TESTING / "mt/mt1.nii.gz", TESTING / "mt/mt1_gmseg_goldstandard.nii.gz", TESTING / "mt/mt1_seg.nii.gz"),
 }
+
+
+def require_shared(*paths: Path) -> None:
+    """Exit with one line naming the first of ``paths`` (default: the testing data and the published
+    weights) that is absent: the bench scripts measure on ../shared and have nothing to do without it."""
+    for path in paths or (TESTING, MODELS_DIR):
+        if not path.exists():
+            sys.exit(f"{path} is absent: the shared data folder beside the repo ({SHARED}) is needed")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cases import MODELS_DIR, TESTING
 from sctgm.io import load_image
 from sctgm.model.install import sha256_of
 from sctgm.model.registry import InstalledModel, Preprocessing
@@ -48,9 +49,8 @@ from sctgm.training.data import LabelledImage, LabelledVolume, labelled_volume, 
 from sctgm.training.loop import DEFAULT_THRESHOLDS, SliceSet, TrainConfig, TrainProgress, train_loop
 from sctgm.training.models import build_model, model_from_weights
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = SHARED / "data" / "sct_testing_data"
-MODELS = SHARED / "models" / "deepseg_gm"
+DATA = TESTING
+MODELS = MODELS_DIR
 DATASETS = {  # name: (image, manual GM mask, cord mask or None)
     "t2s": (DATA / "t2s" / "t2s_uncropped.nii.gz", DATA / "t2s" / "t2s_uncropped_gmseg_manual.nii.gz", None),
     "mt1": (DATA / "mt" / "mt1.nii.gz", DATA / "mt" / "mt1_gmseg_goldstandard.nii.gz", DATA / "mt" / "mt1_seg.nii.gz"),

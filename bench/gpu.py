@@ -17,18 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+import speed
+from cases import MODELS_DIR, TESTING
 
-import speed  # noqa: E402
+from sctgm.engines import load_network, predict
+from sctgm.io import load_image
+from sctgm.model.install import ensure_model
+from sctgm.segment.pipeline import Segmenter
 
-from sctgm.engines import load_network, predict  # noqa: E402
-from sctgm.io import load_image  # noqa: E402
-from sctgm.segment.pipeline import Segmenter  # noqa: E402
-from sctgm.model.install import ensure_model# noqa: E402
-
-DATA = speed.SHARED / "data" / "sct_testing_data"
+DATA = TESTING
 CASES = {"t2s_uncropped": DATA / "t2s" / "t2s_uncropped.nii.gz", "t2s": DATA / "t2s" / "t2s.nii.gz",
          "mt1": DATA / "mt" / "mt1.nii.gz"}
 
@@ -42,8 +39,8 @@ def main() -> None:
     print("| model | case | GM voxels CPU (onnxruntime) | GM voxels GPU (torch) | voxels that differ |")
     print("|---|---|---|---|---|")
     for model in ("challenge", "large"):
-        cpu = Segmenter.from_name(model, device="cpu", mirror=str(speed.MODELS))
-        gpu = Segmenter.from_name(model, device="cuda", mirror=str(speed.MODELS))
+        cpu = Segmenter.from_name(model, device="cpu", mirror=str(MODELS_DIR))
+        gpu = Segmenter.from_name(model, device="cuda", mirror=str(MODELS_DIR))
         assert gpu.network.engine == "torch" and gpu.network.device.startswith("cuda")
         for case, path in CASES.items():
             a = cpu.segment_image(load_image(path)).gm
@@ -54,7 +51,7 @@ def main() -> None:
     for model in ("challenge", "large"):
         x = speed.network_inputs(model)[:, 0]
         x = np.concatenate([x] * (400 // len(x) + 1))[:400]
-        net = load_network(ensure_model(model, mirror=str(speed.MODELS)), "cuda", engine="torch")
+        net = load_network(ensure_model(model, mirror=str(MODELS_DIR)), "cuda", engine="torch")
         for bs in (8, 32, 128):
             predict(net, x[:bs], batch_size=bs)  # warm-up: cuDNN picks its kernels
             torch.cuda.synchronize()

@@ -6,18 +6,13 @@ masks for each post-processing step on/off, and with/without test-time augmentat
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sctgm.io import load_image  # noqa: E402
-from sctgm.segment.pipeline import Segmenter, SegmentOptions  # noqa: E402
-from cases import LABELLED, MODELS_DIR, dice  # noqa: E402
+from cases import LABELLED, MODELS_DIR, dice
+from sctgm.io import load_image
+from sctgm.segment.pipeline import Segmenter, SegmentOptions
 
 VARIANTS = {
     "raw (no post-processing)": SegmentOptions(keep_largest=False, fill_holes=False),

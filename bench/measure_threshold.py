@@ -3,18 +3,13 @@ post-processing), on the labelled data in ../shared. Prints a Markdown table (do
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sctgm.io import load_image  # noqa: E402
-from sctgm.segment.pipeline import Segmenter, SegmentOptions  # noqa: E402
-from cases import LABELLED, MODELS_DIR, dice  # noqa: E402
+from cases import LABELLED, MODELS_DIR, dice
+from sctgm.io import load_image
+from sctgm.segment.pipeline import Segmenter, SegmentOptions
 
 THRESHOLDS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 

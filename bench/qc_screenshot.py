@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_T2S = REPO.parent / "shared" / "data" / "sct_testing_data" / "t2s"
-sys.path.insert(0, str(REPO))
-from sctgm.qc.screenshot import browser_missing, screenshot  # noqa: E402
+from cases import TESTING
+from sctgm.qc.screenshot import browser_missing, screenshot
+
+SHARED_T2S = TESTING / "t2s"
 
 
 def demo_report(qc_dir: Path) -> Path:

@@ -24,16 +24,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sctgm
+import sctgm.io
+from cases import MODELS_DIR, TESTING, require_shared
+from sctgm.segment import enhance
+from sctgm.segment.degrade import add_rician_noise, smooth_bias_field
 
-import sctgm  # noqa: E402
-import sctgm.io  # noqa: E402
-from sctgm.segment import enhance  # noqa: E402
-from sctgm.segment.degrade import add_rician_noise, smooth_bias_field  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATA = SHARED / "data" / "sct_testing_data"
-MODELS = SHARED / "models" / "deepseg_gm"
+DATA = TESTING
+MODELS = MODELS_DIR
 
 CASES = {
     "t2s_uncropped": ("t2s/t2s_uncropped.nii.gz", "t2s/t2s_uncropped_gmseg_manual.nii.gz"),
@@ -87,8 +85,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} is absent: the shared data folder beside the repo is needed")
+    require_shared()
     variants = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
     steps = args.steps.split(",") if args.steps else list(QUICK_STEPS if args.quick else STEPS)
     models, cases = args.models.split(","), args.cases.split(",")

@@ -31,17 +31,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cases import MODELS_DIR, T2S_UNCROPPED
+from sctgm.engines import load_network, predict
+from sctgm.io import load_image
+from sctgm.model.install import ensure_model, resolve_cache_dir
+from sctgm.segment.pipeline import Segmenter
 
-from sctgm.engines import load_network, predict  # noqa: E402
-from sctgm.io import load_image  # noqa: E402
-from sctgm.segment.pipeline import Segmenter  # noqa: E402
-from sctgm.model.install import ensure_model, resolve_cache_dir  # noqa: E402
-
-SHARED = REPO.parent / "shared"
-MODELS = SHARED / "models" / "deepseg_gm"
-T2S_UNCROPPED = SHARED / "data" / "sct_testing_data" / "t2s" / "t2s_uncropped.nii.gz"
+MODELS = MODELS_DIR
 #: The original implementation (SCT 5.6, TensorFlow) on this case: whole command, file written, min
 #: of 3, and its peak RSS (../shared/reference/sct_deepseg_gm/README.md, same 2-vCPU machine type).
 SCT56 = {"challenge": (6.97, 2.65, 1004), "large": (11.63, 7.15, 1027)}  # (s, forward s, MiB)

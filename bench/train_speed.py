@@ -11,16 +11,16 @@ import argparse
 import dataclasses
 import os
 import time
-from pathlib import Path
 
 import torch
 
+from cases import MODELS_DIR
 from sctgm.training.augment import AugmentConfig, augment_crops
 from sctgm.training.loop import SliceSet, TrainConfig, train_loop
 from sctgm.training.models import build_model, model_from_weights
 from sctgm.training.phantom import make_dataset
 
-MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "deepseg_gm"
+MODELS = MODELS_DIR
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Reading and writing NIfTI files: validation with human messages, atomic writes, writable folders.
+"""Reading and writing NIfTI files: validation with human messages, atomic writes (one file, or a set
+of files renamed together), writable folders.
 
 Output names live in :mod:`sctgm.naming`, voxel geometry in :mod:`sctgm.geometry`.
 
@@ -8,13 +9,15 @@ Everything here speaks in files; the arrays it returns are on the file's own vox
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import logging
 import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,14 @@ def read_grid(path: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.nd
     p = Path(path)
     img = nifti_header.usable_geometry(_read_nifti(p, []), p, [])
     return tuple(int(n) for n in img.shape[:3]), img.affine  # type: ignore[return-value]
+
+
+def read_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """The NIfTI image of ``path`` as nibabel reads it (voxels not read yet), after the header checks of
+    :func:`load_image` (a header announcing more voxels than the file holds, a .gz inflating beyond
+    what its header announces: refused before any voxel is allocated). For readers that need the
+    stored values as they are (a training mask's NaN); raises :class:`InputImageError`."""
+    return _read_nifti(Path(path), [])
 
 
 def image_from_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str] = "<in-memory>", *, what: str = "image",
@@ -242,29 +253,118 @@ def check_writable(path: str | os.PathLike[str], *, hint: str = "give a file nam
     return p
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension); on success it is renamed onto
-    ``path`` in one step, on any exception (Ctrl-C included) it is removed. Readers never see a
-    partial file."""
+def temporary_beside(path: str | os.PathLike[str]) -> Path:
+    """A new empty hidden file beside ``path`` with its extension: ``.<stem>.<random>.part<ext>`` (what
+    :func:`remove_leftover_parts` recognises)."""
     p = Path(path)
-    stem, ext = split_nifti_name(p.name)
-    ext = ext or "".join(p.suffixes[-1:])
+    stem, ext = _stem_and_extension(p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is created (check_writable)
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{ext}", dir=p.parent if str(p.parent) else ".")
     except OSError as exc:
         raise OutputError(f"{p}: cannot write here ({exc.strerror})") from None
     os.close(fd)
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def _stem_and_extension(p: Path) -> tuple[str, str]:
+    """('t2s_gmseg', '.nii.gz') for t2s_gmseg.nii.gz, ('t2s_gmseg', '.json') for t2s_gmseg.json."""
+    stem, ext = split_nifti_name(p.name)
+    return (stem, ext) if ext else (p.stem, p.suffix)
+
+
+def remove_leftover_parts(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Remove the temporary files (:func:`temporary_beside`) that a killed writer left beside these
+    outputs; the caller owns the outputs, so nobody else is writing them. Returns what was removed."""
+    removed = []
+    for p in map(Path, paths):
+        stem, ext = _stem_and_extension(p)
+        if not p.parent.is_dir():
+            continue
+        for tmp in p.parent.glob(f".{glob.escape(stem)}.*.part{ext}"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+                log.debug("removed %s, left by an interrupted run", tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); on success it is renamed onto
+    ``path`` in one step, on any exception (Ctrl-C included) it is removed. Readers never see a
+    partial file."""
+    with StagedFiles() as staged:
+        yield staged.reserve(path)
+        staged.commit()
+
+
+class StagedFiles:
+    """Files written as one set: each under a temporary name beside its target
+    (:func:`temporary_beside`), then all renamed into place (:meth:`commit`), or all removed when
+    anything fails first (leaving the ``with`` block by an exception, Ctrl-C included). A rename never
+    runs out of space, so a full disk or a file-size limit stops the set before any file is replaced."""
+
+    def __init__(self) -> None:
+        self.temporary: dict[Path, Path] = {}  # target -> its temporary file, in staging order
+
+    def reserve(self, path: str | os.PathLike[str]) -> Path:
+        """The temporary file for ``path`` (created empty; the caller writes it)."""
+        tmp = temporary_beside(path)
+        self.temporary[Path(path)] = tmp
+        return tmp
+
+    def stage(self, path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+        """``write(temporary path)`` for ``path``; an OSError becomes one :class:`OutputError` naming ``path``."""
+        tmp = self.reserve(path)
+        try:
+            write(tmp)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+        return tmp
+
+    def commit(self, order: Iterable[str | os.PathLike[str]] = ()) -> None:
+        """Rename every staged file onto its target: those in ``order`` first, then the others."""
+        mode = 0o666 & ~_umask()
+        for target in [*map(Path, order), *self.temporary]:
+            tmp = self.temporary.pop(target, None)
+            if tmp is None:
+                continue
+            try:
+                os.chmod(tmp, mode)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+
+    def discard(self) -> None:
+        """Remove every temporary file not yet renamed."""
+        for tmp in self.temporary.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self.temporary.clear()
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when ``a`` and ``b`` name one file (links and relative paths resolved)."""
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def modes_from_umask(path: str | os.PathLike[str]) -> None:
@@ -298,12 +398,17 @@ def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON text sct-gm writes (sidecars, records)."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+
+
 def save_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON (:func:`json_text`), atomically."""
     p = Path(path)
     try:
         with atomic_path(p) as tmp:
-            tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+            tmp.write_text(json_text(obj))
     except OSError as exc:
         raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
     return p

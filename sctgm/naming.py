@@ -8,13 +8,16 @@ Two layouts (:mod:`sctgm.segment.outputs` writes both through one function):
   ``_label-<GM|WM>_seg`` (masks) or ``_label-GM_probseg`` (soft map), each with a ``.json`` sidecar, in
   the source's ``sub-*/[ses-*/]anat/`` folder of the derivative dataset.
 
-Pure functions of names: nothing here touches the file system.
+Pure functions of names (and :class:`OutputSet`, the named outputs of one run as one value): nothing
+here touches the file system.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -34,9 +37,11 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 GM_SUFFIX = "_gmseg"
 WM_SUFFIX = "_wmseg"
 PROB_SUFFIX = "_prob"  # appended to the GM output's stem: t2s_gmseg -> t2s_gmseg_prob
-#: Output keys of a job: a NIfTI key ``k`` has its sidecar under ``k + "_sidecar"`` (BIDS: every
-#: output; SCT: the GM mask only).
+#: The NIfTI outputs, in writing order: the GM mask, the WM mask (cord minus GM), the GM probability
+#: map. A NIfTI key ``k`` has its sidecar under ``k + "_sidecar"`` (BIDS: every output; SCT: the GM
+#: mask's sidecar describes the whole set).
 NIFTI_KEYS = ("gm", "wm", "prob")
+LAYOUTS = ("sct", "bids")
 
 _OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX})$")
 
@@ -57,21 +62,70 @@ def derive_output_path(input_path: str | os.PathLike[str], suffix: str, ext: str
     return Path(stem + suffix + (ext or in_ext or ".nii.gz"))
 
 
+def output_kinds(*, prob: bool = False, wm: bool = False) -> tuple[str, ...]:
+    """The NIfTI outputs a run writes (:data:`NIFTI_KEYS` order): the GM mask always, the WM mask and
+    the probability map when asked (the options ``--wm`` and ``--prob``)."""
+    return tuple(k for k, wanted in zip(NIFTI_KEYS, (True, wm, prob)) if wanted)
+
+
+@dataclass(frozen=True, eq=False)  # equality: the Mapping's (same keys and paths)
+class OutputSet(Mapping[str, Path]):
+    """The files one segmentation writes, by name, as one value: NIfTI keys (:data:`NIFTI_KEYS`) and
+    their sidecars (``<key>_sidecar``), and the ``layout`` they follow (``sct`` or ``bids``). A
+    read-only mapping key -> path, built once (:func:`sct_outputs`, :func:`bids_outputs`) and handed to
+    the one write path (:mod:`sctgm.segment.outputs`), which checks and writes it as a set."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    layout: str = "sct"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r}: expected one of {LAYOUTS}")
+        if "gm" not in self.paths or "gm_sidecar" not in self.paths:
+            raise ValueError("an output set holds at least the GM mask and its sidecar")
+
+    def __getitem__(self, key: str) -> Path:
+        return self.paths[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The NIfTI outputs of the set (:data:`NIFTI_KEYS` order)."""
+        return tuple(k for k in NIFTI_KEYS if k in self.paths)
+
+    @property
+    def sidecars(self) -> tuple[str, ...]:
+        """The sidecar keys of the set (``gm_sidecar`` first)."""
+        return tuple(f"{k}_sidecar" for k in NIFTI_KEYS if f"{k}_sidecar" in self.paths)
+
+    def sidecar_of(self, key: str) -> str:
+        """The key of the sidecar that describes output ``key`` (its own in BIDS, the GM one in SCT)."""
+        own = f"{key}_sidecar" if key in NIFTI_KEYS else key
+        return own if own in self.paths else "gm_sidecar"
+
+
 def sct_outputs(input_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
-                prob: bool = False, wm: bool = False) -> dict[str, Path]:
+                kinds: Iterable[str] = ("gm",)) -> OutputSet:
     """SCT layout: ``gm`` (``<name>_gmseg.nii.gz`` beside the input, or ``output``), its sidecar
-    ``gm_sidecar`` (``<gm stem>.json``), and optionally ``wm`` and ``prob`` named after the GM output."""
+    ``gm_sidecar`` (``<gm stem>.json``), and the other ``kinds`` (``wm``, ``prob``, see
+    :func:`output_kinds`) named after the GM output."""
     gm = Path(output) if output is not None else derive_output_path(input_path, GM_SUFFIX)
     stem, ext = split_nifti_name(gm)
     if not ext:
         raise OutputError(f"{gm}: the output name must end in .nii.gz or .nii")
     base = stem[: -len(GM_SUFFIX)] if stem.endswith(GM_SUFFIX) else stem
     paths = {"gm": gm, "gm_sidecar": Path(stem + ".json")}
-    if wm:
+    kinds = set(kinds)
+    if "wm" in kinds:
         paths["wm"] = Path(base + WM_SUFFIX + ext)
-    if prob:
+    if "prob" in kinds:
         paths["prob"] = Path(stem + PROB_SUFFIX + ext)
-    return paths
+    return OutputSet(paths, "sct")
 
 
 def is_sctgm_output(path: str | os.PathLike[str]) -> bool:
@@ -86,14 +140,14 @@ def bids_derivative_path(image: BidsSource, derivatives: str | os.PathLike[str],
     return folder / f"{image.stem}_label-{label}_{suffix}{extension}"
 
 
-def bids_outputs(image: BidsSource, derivatives: str | os.PathLike[str], *, wm: bool = False,
-                 prob: bool = False) -> dict[str, Path]:
+def bids_outputs(image: BidsSource, derivatives: str | os.PathLike[str], *,
+                 kinds: Iterable[str] = ("gm",)) -> OutputSet:
     """BIDS layout: the GM mask (``gm``) and its sidecar (``gm_sidecar``); the WM mask (``wm``) and the
-    GM probability map (``prob``) when asked, each with its sidecar."""
+    GM probability map (``prob``) when in ``kinds``, each with its sidecar."""
     out: dict[str, Path] = {}
-    for key, label, suffix, wanted in (("gm", "GM", "seg", True), ("wm", "WM", "seg", wm),
-                                       ("prob", "GM", "probseg", prob)):
-        if wanted:
+    kinds = set(kinds) | {"gm"}
+    for key, label, suffix in (("gm", "GM", "seg"), ("wm", "WM", "seg"), ("prob", "GM", "probseg")):
+        if key in kinds:
             out[key] = bids_derivative_path(image, derivatives, label, suffix)
             out[f"{key}_sidecar"] = bids_derivative_path(image, derivatives, label, suffix, ".json")
-    return out
+    return OutputSet(out, "bids")

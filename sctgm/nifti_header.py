@@ -149,23 +149,57 @@ def check_file(path: Path, notes: list[str] | None = None) -> None:
         if problem:
             raise InputImageError(f"{path}: invalid voxel geometry: {problem} and there is no sform to fall back "
                                   f"on; the voxel-to-world geometry is unknown")
-    size_bytes = _gzip_stream_size(path, notes) if path.name.lower().endswith(".gz") else path.stat().st_size
+    start = max(offset, hdr.single_vox_offset) if single else offset
+    data_file = path if single else _image_file_of(path)
+    if data_file is None:
+        return  # a .hdr without its .img: nibabel says so
+    need = int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+    # a .gz is inflated only up to what the header announces, plus slack: a small file that inflates
+    # to gigabytes (a decompression bomb) is refused before it costs memory
+    limit = int(start) + need + DECOMPRESSION_SLACK_BYTES
+    size_bytes = (_gzip_stream_size(data_file, notes, limit=limit) if data_file.name.lower().endswith(".gz")
+                  else data_file.stat().st_size)
     if single:
         _check_extensions(path, hdr, offset)
-        _check_size(path, hdr, max(offset, hdr.single_vox_offset), dims, size_bytes)
+    _check_size(data_file, hdr, start, dims, size_bytes)
 
 
-def _gzip_stream_size(path: Path, notes: list[str] | None, chunk_bytes: int = 1 << 22) -> int:
+#: Bytes a .gz may inflate to beyond the header, extensions and voxel data its header announces.
+DECOMPRESSION_SLACK_BYTES = 1 << 20
+#: Most bytes inflated at a time while checking a .gz (bounds memory whatever the compression ratio).
+_INFLATE_CHUNK_BYTES = 1 << 22
+
+
+def _image_file_of(header_file: Path) -> Path | None:
+    """The .img(.gz) beside a NIfTI pair's .hdr(.gz), or None."""
+    name = header_file.name
+    for hdr_ext, img_ext in ((".hdr", ".img"), (".hdr.gz", ".img.gz"), (".HDR", ".IMG"), (".HDR.GZ", ".IMG.GZ")):
+        if name.endswith(hdr_ext):
+            candidate = header_file.with_name(name[:-len(hdr_ext)] + img_ext)
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def _gzip_stream_size(path: Path, notes: list[str] | None, chunk_bytes: int = 1 << 22, *, limit: int) -> int:
     """The decompressed size of a .gz file, read through once in chunks so that zlib checks every
     member's CRC and length: nibabel stops reading after the voxel data, before the trailer, and so
     accepts damaged bytes that still inflate (noisy data is often stored uncompressed in the stream).
-    Bytes after the last member that are not gzip are ignored with a note, as gunzip does."""
+    Bytes after the last member that are not gzip are ignored with a note, as gunzip does. At most
+    :data:`_INFLATE_CHUNK_BYTES` are inflated at a time, and a stream that inflates beyond ``limit``
+    bytes is refused there (a 4 MB file can inflate to 4 GB)."""
     total = 0
     try:
         with open(path, "rb") as f:
             inflater, buf = zlib.decompressobj(wbits=31), f.read(chunk_bytes)  # 31: gzip framing, CRC checked
             while buf:
-                total += len(inflater.decompress(buf))
+                total += len(inflater.decompress(buf, _INFLATE_CHUNK_BYTES))
+                if total > limit:
+                    raise InputImageError(
+                        f"{path}: its compressed data inflate to more than {limit} bytes, more than its header "
+                        f"announces; refusing to read further (a damaged header or a decompression bomb)")
+                buf = inflater.unconsumed_tail
+                if buf:
+                    continue
                 if not inflater.eof:
                     buf = f.read(chunk_bytes)
                     continue
@@ -206,7 +240,7 @@ def _check_extensions(path: Path, hdr: nib.Nifti1Header, offset: float) -> None:
 
 
 def _check_size(path: Path, hdr: nib.Nifti1Header, offset: float, dims: list[int], have: int) -> None:
-    """``have``: the file's size in bytes, after decompression for a .gz."""
+    """``have``: the size in bytes of the file holding the voxels, after decompression for a .gz."""
     need = int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
     if int(offset) + need > have:
         shape = "x".join(str(n) for n in dims)

@@ -11,10 +11,10 @@ from sctgm.exceptions import OutputError
 
 
 def test_sct_names_sit_beside_the_input_and_follow_the_gm_output():
-    out = naming.sct_outputs("d/t2s.nii.gz", prob=True, wm=True)
+    out = naming.sct_outputs("d/t2s.nii.gz", kinds=naming.output_kinds(prob=True, wm=True))
     assert out == {"gm": Path("d/t2s_gmseg.nii.gz"), "gm_sidecar": Path("d/t2s_gmseg.json"),
                    "wm": Path("d/t2s_wmseg.nii.gz"), "prob": Path("d/t2s_gmseg_prob.nii.gz")}
-    named = naming.sct_outputs("t2s.nii", "o/mask.nii", prob=True)
+    named = naming.sct_outputs("t2s.nii", "o/mask.nii", kinds=("gm", "prob"))
     assert named == {"gm": Path("o/mask.nii"), "gm_sidecar": Path("o/mask.json"), "prob": Path("o/mask_prob.nii")}
     with pytest.raises(OutputError, match="must end in .nii.gz or .nii"):
         naming.sct_outputs("t2s.nii.gz", "mask.png")

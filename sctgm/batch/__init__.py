@@ -109,9 +109,9 @@ def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings
         raise InvalidOptionError("the WM mask is cord minus GM and needs a cord mask per input", parameter="cord_masks")
     jobs = []
     for i, path in enumerate(paths):
-        out = sct_outputs(path, output, prob=settings.prob, wm=settings.wm)
+        out = sct_outputs(path, output, kinds=settings.kinds)
         m = re.search(r"sub-[A-Za-z0-9]+", path.as_posix())
-        jobs.append(Job(input=path, outputs=out, layout="sct", label=str(path),
+        jobs.append(Job(input=path, outputs=out, label=str(path),
                         cord=Path(cord_masks[i]) if cord_masks else None, subject=m.group(0) if m else None))
     return jobs
 
@@ -135,10 +135,11 @@ def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
         cord = bids.find_cord_label(im, labels) if cord_labels else None
         note = "no cord mask in derivatives/labels, so no WM mask" if settings.wm and cord is None else ""
         sources = (im.uri,) + ((bids.bids_uri(cord.relative_to(base).as_posix()),) if cord else ())
-        jobs.append(Job(input=im.path, layout="bids", cord=cord, label=im.relpath, subject=f"sub-{im.subject}",
+        kinds = [k for k in settings.kinds if k != "wm" or cord is not None]
+        jobs.append(Job(input=im.path, cord=cord, label=im.relpath, subject=f"sub-{im.subject}",
                         session=f"ses-{im.session}" if im.session else None, qc_subject=im.qc_subject,
                         sources=sources, note=note,
-                        outputs=bids_outputs(im, deriv, wm=settings.wm and cord is not None, prob=settings.prob)))
+                        outputs=bids_outputs(im, deriv, kinds=kinds)))
     return jobs, deriv
 
 

@@ -7,16 +7,20 @@ propagates). Jobs and settings are small frozen records that pickle, so any exec
 pool, Dask) can run them. Outputs are written by :func:`sctgm.segment.outputs.segment_and_write`, the
 write path of single-file runs too.
 
-Resume: outputs are valid when the GM sidecar exists and records the same model sha256, the same
-segmentation parameters (:data:`COMPARED_PARAMETERS`) and the same source files, and every output
-loads completely and lies on the input's grid. The GM sidecar is written last, so a job interrupted
-at any point leaves nothing that passes this check.
+Resume, by content: outputs are valid when the GM sidecar exists and records the same model sha256,
+the same segmentation parameters (:data:`COMPARED_PARAMETERS`) and the same source files, the sha256
+of each source file is the one recorded (an input replaced by another image, even on the same grid,
+is segmented again), and every output's sha256 is the one recorded (a damaged, truncated or zeroed
+output is redone). The outputs of a job are written as a set (:mod:`sctgm.segment.outputs`), so a
+job interrupted at any point leaves nothing that passes this check. Sidecars of sct-gm versions that
+recorded no sha256 are checked as those versions did: every output loads completely and lies on
+the input's grid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
+import itertools
 import json
 import logging
 import re
@@ -31,9 +35,9 @@ import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..io import load_image, read_grid
+from ..io import file_sha256, load_image, read_grid
 from ..nifti_header import nibabel_messages
-from ..naming import NIFTI_KEYS, split_nifti_name
+from ..naming import NIFTI_KEYS, OutputSet, output_kinds
 from ..segment.outputs import segment_and_write
 from ..segment.pipeline import SegmentOptions
 from ..segment.preprocess import check_axial
@@ -60,7 +64,7 @@ class BatchSettings:
     options: SegmentOptions = field(default_factory=SegmentOptions)
     prob: bool = False
     wm: bool = False
-    overwrite: bool = False
+    overwrite: bool = False  # segment again where valid outputs exist, and replace files sct-gm did not write
     threads: int | None = None
     qc_dir: Path | None = None
     qc_dataset: str | None = None  # shown beside the subject in the QC report
@@ -68,16 +72,21 @@ class BatchSettings:
     mirror: str | None = None
     cache_dir: str | None = None
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The NIfTI outputs each job writes (:func:`sctgm.naming.output_kinds`): what the planners
+        turn into each job's :class:`~sctgm.naming.OutputSet`, once."""
+        return output_kinds(prob=self.prob, wm=self.wm)
+
 
 @dataclass(frozen=True)
 class Job:
-    """One image and its outputs. ``layout``: ``"bids"`` (BIDS sidecars, ``sources`` as BIDS URIs)
-    or ``"sct"`` (SCT names beside the input, the single-file sidecar). ``outputs`` keys: ``gm``,
-    ``gm_sidecar`` and optionally ``wm``/``wm_sidecar``, ``prob``/``prob_sidecar``."""
+    """One image and its outputs, one :class:`~sctgm.naming.OutputSet` whose layout is ``"bids"``
+    (BIDS sidecars, ``sources`` as BIDS URIs) or ``"sct"`` (SCT names beside the input, the
+    single-file sidecar)."""
 
     input: Path
-    outputs: dict[str, Path]
-    layout: str = "sct"
+    outputs: OutputSet
     cord: Path | None = None
     label: str = ""  # how the input is named in the summary (path in the dataset, or as given)
     subject: str | None = None
@@ -121,7 +130,6 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
                 status = "ok" if reason else "skipped"
             if status == "ok":
                 log.debug("%s: segmenting (%s)", job.name, reason or "overwrite")
-                remove_stale_parts(job.outputs.values())
                 _segment_and_write(segmenter, job, settings)
             volume = gm_volume_mm3(job.outputs["gm"])
             columns, rows = _metrics(job) if settings.metrics else ((), ())
@@ -185,9 +193,12 @@ def _segment_and_write(segmenter: Segmenter, job: Job, settings: BatchSettings) 
             p.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{p.parent}: cannot create the output folder ({exc.strerror or exc})") from None
-    segment_and_write(segmenter, image, job.outputs, cord=cord, options=settings.options, layout=job.layout,
-                      sources=job.sources if job.layout == "bids" else None, qc_dir=settings.qc_dir,
-                      qc_subject=job.qc_subject, qc_dataset=settings.qc_dataset)
+    from ..qc import QcEntryWriter  # only when asked: the QC renderer is not needed otherwise
+
+    entry = QcEntryWriter(settings.qc_dir, job.qc_subject, settings.qc_dataset) if settings.qc_dir is not None else None
+    segment_and_write(segmenter, image, job.outputs, cord=cord, options=settings.options,
+                      sources=job.sources if job.outputs.layout == "bids" else None, entry=entry,
+                      overwrite=settings.overwrite)
 
 
 def provenance(sidecar: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[str]]:
@@ -226,9 +237,12 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     names = [job.input.name] + ([job.cord.name] if job.cord is not None else [])
     if sources != names:
         return "made from other source files"
-    for key in out:
-        if key.endswith("_sidecar") and not out[key].is_file():
+    for key in out.sidecars:
+        if not out[key].is_file():
             return f"{out[key].name} is missing"
+    hashes = sidecar.get("Sha256")
+    if isinstance(hashes, dict):
+        return _changed(job, hashes)
     try:  # the grid the segmentation uses (one broken qform/sform repaired), read as the segmentation reads it
         shape, affine = read_grid(job.input)
     except SctGmError as exc:
@@ -253,25 +267,33 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     return None
 
 
+def _changed(job: Job, hashes: dict[str, Any]) -> str | None:
+    """What differs from the sha256 a sidecar records for the sources and the outputs (None: nothing)."""
+    recorded, outputs = hashes.get("Sources"), hashes.get("Outputs")
+    if not isinstance(recorded, list) or not isinstance(outputs, dict):
+        return "unreadable sidecar (Sha256)"
+    for path, sha in itertools.zip_longest([job.input] + ([job.cord] if job.cord is not None else []), recorded):
+        try:
+            if path is None or sha != file_sha256(path):
+                return f"{path.name if path else 'a source'} changed since it was segmented"
+        except OSError as exc:
+            return f"{path.name} is unreadable ({exc.strerror or exc})"
+    for key in job.outputs.kinds:
+        path = job.outputs[key]
+        try:
+            if outputs.get(key) != file_sha256(path):
+                return f"{path.name} differs from what was written (damaged or replaced)"
+        except FileNotFoundError:
+            return f"{path.name} is missing"
+        except OSError as exc:
+            return f"{path.name} is unreadable ({exc.strerror or exc})"
+    return None
+
+
 def gm_volume_mm3(gm_path: Path) -> float:
     """GM voxels times the voxel volume (mm3, :func:`sctgm.geometry.voxel_volume_mm3`)."""
     img = nib.load(str(gm_path))
     return float(np.count_nonzero(np.asanyarray(img.dataobj))) * voxel_volume_mm3(img.affine)
-
-
-def remove_stale_parts(paths: Any) -> None:
-    """Remove temporary files that a killed run left beside these outputs (see
-    :func:`sctgm.io.atomic_path`); one job owns its outputs, so nobody else is writing them."""
-    for p in paths:
-        p = Path(p)
-        stem, ext = split_nifti_name(p.name)
-        ext = ext or p.suffix
-        if not p.parent.is_dir():
-            continue
-        for tmp in p.parent.glob(f".{glob.escape(stem)}.*.part{ext}"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                log.debug("removed %s, left by an interrupted run", tmp)
 
 
 def _metrics(job: Job) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:

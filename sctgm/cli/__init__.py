@@ -76,7 +76,7 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except SctGmError as exc:
             _fail(ctx)
-            click.echo(f"sct-gm: error: {exc}{self._fix_for(ctx, exc)}", err=True)
+            click.echo(f"sct-gm: error: {one_line(str(exc))}{self._fix_for(ctx, exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("sct-gm: interrupted; no output was written for the unfinished file", err=True)
@@ -110,6 +110,15 @@ class _LazyGroup(click.Group):
         if parameter in _FETCH_OPTIONS and model:
             return f" (or run `sct-gm fetch-model {model} {_FETCH_OPTIONS[parameter]}`)"
         return ""
+
+
+#: Control characters (a newline in a file name) written as escapes, so that a message stays one line.
+_ESCAPES = {c: (repr(chr(c))[1:-1] if chr(c) in "\n\r\t" else f"\\x{c:02x}") for c in (*range(32), 127)}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n`` for a newline): one line on the terminal."""
+    return text.translate(_ESCAPES)
 
 
 #: Exit code of an unexpected exception (a bug): distinct from every SctGmError's (1-5), Click's usage
@@ -177,7 +186,7 @@ class _WarningHandler(logging.Handler):
         ctx = click.get_current_context(silent=True)  # a library argument: name its flag in this command
         option = _option_in(ctx.command, getattr(record, "parameter", None)) if ctx is not None else None
         flag = f" (option {option})" if option else ""
-        self.say(f"sct-gm: {prefix}{record.getMessage()}{flag}", hold=record.levelno >= logging.WARNING)
+        self.say(f"sct-gm: {prefix}{one_line(record.getMessage())}{flag}", hold=record.levelno >= logging.WARNING)
 
     def say(self, line: str, hold: bool = True) -> None:
         if hold and self.held is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,9 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for the network per image [default: the cores, shared among -j workers; 1 per "
                    "image for --engine torch in a batch].")
-@click.option("--overwrite", is_flag=True, help="Batch: segment again even where valid outputs exist (one file is "
-                                                "always segmented again).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs that sct-gm did not write (a manual mask "
+                                                "at -o: refused without it; never an input); batch: also segment again "
+                                                "where valid outputs exist (one file is always segmented again).")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Batch: write the summary table (TSV) here [default: DATASET/derivatives/sct-gm/summary.tsv "
                    "with --bids, none otherwise].")
@@ -86,19 +88,14 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @verbosity_option
 @click.pass_context
-def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, model: str,
-            cord_masks: tuple[Path, ...], wm: bool, threshold: float | None, prob: bool, keep_largest: bool,
-            fill_holes: bool, tta: bool, denoise: str | None, bias: str | None, clahe: bool | None, device: str, engine: str, batch_size: int | None, qc_dir: Path | None,
-            qc_subject: str | None, qc_dataset: str | None,
-            bids_root: Path | None, derivatives: Path | None, suffixes: tuple[str, ...],
-            participants: tuple[str, ...], sessions: tuple[str, ...], cord_labels: bool, n_jobs: int,
-            scheduler: str | None, threads: int | None, overwrite: bool, summary_path: Path | None,
-            metrics_csv: str | None, quiet: bool, verbosity: int | None) -> None:
+def segment(ctx: click.Context, **params: Any) -> None:
     """Segment the spinal cord gray matter of 3D NIfTI images.
 
     Writes a uint8 0/1 mask on exactly the input's grid, and a JSON sidecar beside it recording the
-    tool version, the model and its sha256, and the parameters. Any storage orientation works; the
-    cord may be anywhere in the field of view.
+    tool version, the model and its sha256, the parameters, and the sha256 of each input and output.
+    Any storage orientation works; the cord may be anywhere in the field of view. An input is never
+    written over, nor a file that sct-gm did not write (without --overwrite); the outputs are
+    written all together or not at all.
 
     Several -i (or glob patterns), or --bids, make a batch: the model is loaded once (per worker),
     a failure on one image is recorded and the others go on, valid outputs are kept (resume), a
@@ -114,106 +111,148 @@ def segment(ctx: click.Context, inputs: tuple[Path, ...], output: Path | None, m
     """
     from ..segment.pipeline import SegmentOptions
 
-    verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
-    options = SegmentOptions(threshold=threshold, keep_largest=keep_largest, fill_holes=fill_holes, tta=tta,
-                             batch_size=batch_size, denoise=denoise, bias=bias, clahe=clahe)
-    if bids_root is None and not inputs:
+    verbose, quiet = resolve_verbosity(ctx, params.pop("verbosity"), params["quiet"])
+    args = SegmentArgs(**{**params, "verbose": verbose, "quiet": quiet})
+    options = SegmentOptions(threshold=args.threshold, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
+                             tta=args.tta, batch_size=args.batch_size, denoise=args.denoise, bias=args.bias,
+                             clahe=args.clahe)
+    if args.bids_root is None and not args.inputs:
         raise click.UsageError("give the image(s) to segment (-i IMAGE ..., globs allowed) or a dataset (--bids DIR)")
-    if bids_root is not None and inputs:
+    if args.bids_root is not None and args.inputs:
         raise click.UsageError("-i and --bids exclude each other: --bids finds the images itself")
-    bids_only = [name for name, v in (("--derivatives", derivatives), ("--suffix", suffixes),
-                                      ("--participant-label", participants), ("--session", sessions)) if v]
-    if bids_root is None and bids_only:
+    bids_only = [name for name, v in (("--derivatives", args.derivatives), ("--suffix", args.suffixes),
+                                      ("--participant-label", args.participants), ("--session", args.sessions)) if v]
+    if args.bids_root is None and bids_only:
         raise click.UsageError(f"{', '.join(bids_only)} only apply with --bids DATASET")
-    batch = (bids_root is not None or len(inputs) > 1 or n_jobs > 1 or scheduler is not None
-             or summary_path is not None or metrics_csv is not None
-             or (not inputs[0].exists() and glob.has_magic(str(inputs[0]))))
-    if not batch:
-        setup_logging(verbose, quiet)
-        _segment_one(inputs[0], output, model, cord_masks[0] if cord_masks else None, wm, prob, options, device,
-                     engine, qc_dir, qc_subject, qc_dataset, threads, quiet)
-        return
-    _segment_batch(ctx, inputs=inputs, output=output, model=model, cord_masks=cord_masks, wm=wm, prob=prob,
-                   options=options, device=device, engine=engine, qc_dir=qc_dir, qc_subject=qc_subject,
-                   qc_dataset=qc_dataset, bids_root=bids_root,
-                   derivatives=derivatives, suffixes=suffixes, participants=participants, sessions=sessions,
-                   cord_labels=cord_labels, n_jobs=n_jobs, scheduler=scheduler, threads=threads,
-                   overwrite=overwrite, summary_path=summary_path, metrics_csv=metrics_csv, quiet=quiet,
-                   verbose=verbose)
+    setup_logging(args.verbose, args.quiet)
+    if args.qc_dir is not None:
+        _say_qc_folder(args)
+    if args.is_batch:
+        _segment_batch(ctx, args, options)
+    else:
+        _segment_one(args, options)
 
 
-def _segment_one(input_path: Path, output: Path | None, model: str, cord_mask: Path | None, wm: bool, prob: bool,
-                 options: Any, device: str, engine: str, qc_dir: Path | None, qc_subject: str | None,
-                 qc_dataset: str | None, threads: int | None, quiet: bool) -> None:
+@dataclass(frozen=True)
+class SegmentArgs:
+    """The command line of ``sct-gm segment``, as one record (the Click parameters by name)."""
+
+    inputs: tuple[Path, ...]
+    output: Path | None
+    model: str
+    cord_masks: tuple[Path, ...]
+    wm: bool
+    threshold: float | None
+    prob: bool
+    keep_largest: bool
+    fill_holes: bool
+    tta: bool
+    denoise: str | None
+    bias: str | None
+    clahe: bool | None
+    device: str
+    engine: str
+    batch_size: int | None
+    qc_dir: Path | None
+    qc_subject: str | None
+    qc_dataset: str | None
+    bids_root: Path | None
+    derivatives: Path | None
+    suffixes: tuple[str, ...]
+    participants: tuple[str, ...]
+    sessions: tuple[str, ...]
+    cord_labels: bool
+    n_jobs: int
+    scheduler: str | None
+    threads: int | None
+    overwrite: bool
+    summary_path: Path | None
+    metrics_csv: str | None
+    quiet: bool
+    verbose: bool
+
+    @property
+    def is_batch(self) -> bool:
+        """Several images, a dataset, or an option that only a batch has."""
+        return (self.bids_root is not None or len(self.inputs) > 1 or self.n_jobs > 1 or self.scheduler is not None
+                or self.summary_path is not None or self.metrics_csv is not None
+                or (not self.inputs[0].exists() and glob.has_magic(str(self.inputs[0]))))
+
+
+def _say_qc_folder(args: SegmentArgs) -> None:
+    """Where the QC report goes, when the folder given holds another tool's report."""
+    from ..qc.report import report_folder
+
+    folder = report_folder(args.qc_dir)
+    if folder != args.qc_dir and not args.quiet:
+        click.echo(f"sct-gm: {args.qc_dir} holds another tool's QC report; sct-gm's goes to {folder}", err=True)
+
+
+def _segment_one(args: SegmentArgs, options: Any) -> None:
+    from ..qc import QcEntryWriter
     from ..segment.files import segment_file
     from .progress import counting_bar, download_progress
 
-    with download_progress(quiet) as fetching, \
-            counting_bar(quiet, f"Segmenting {input_path.name}", "slices") as progress:
-        result = segment_file(input_path, output, model=model, cord_mask=cord_mask, options=options, prob=prob,
-                              wm=wm, device=device, engine=engine, threads=threads, qc_dir=qc_dir,
-                              qc_subject=qc_subject, qc_dataset=qc_dataset, progress=progress,
+    entry = QcEntryWriter(args.qc_dir, args.qc_subject, args.qc_dataset) if args.qc_dir is not None else None
+    with download_progress(args.quiet) as fetching, \
+            counting_bar(args.quiet, f"Segmenting {args.inputs[0].name}", "slices") as progress:
+        result = segment_file(args.inputs[0], args.output, model=args.model,
+                              cord_mask=args.cord_masks[0] if args.cord_masks else None, options=options,
+                              prob=args.prob, wm=args.wm, device=args.device, engine=args.engine,
+                              threads=args.threads, entry=entry, overwrite=args.overwrite, progress=progress,
                               download_progress=fetching)
-    if not quiet:
+    if not args.quiet:
         info = result.segmentation.info if result.segmentation else {}
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
         click.echo(f"sct-gm: wrote {written} ({info.get('gm_voxels', '?')} GM voxels, "
                    f"{info.get('seconds', '?')} s)", err=True)
 
 
-def _segment_batch(ctx: click.Context, *, inputs: tuple[Path, ...], output: Path | None, model: str,
-                   cord_masks: tuple[Path, ...], wm: bool, prob: bool, options: Any, device: str, engine: str,
-                   qc_dir: Path | None, qc_subject: str | None, qc_dataset: str | None, bids_root: Path | None,
-                   derivatives: Path | None,
-                   suffixes: tuple[str, ...], participants: tuple[str, ...], sessions: tuple[str, ...],
-                   cord_labels: bool, n_jobs: int, scheduler: str | None, threads: int | None, overwrite: bool,
-                   summary_path: Path | None, metrics_csv: str | None, quiet: bool, verbose: bool) -> None:
+def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
     from ..batch import segment_bids, segment_files
     from ..batch.bids import DEFAULT_SUFFIXES
     from ..batch.jobs import BatchSettings
     from .batch_view import describe_record, render_summary
     from .progress import counting_bar, download_progress
 
-    if qc_subject is not None:
+    if args.qc_subject is not None:
         raise click.UsageError("-qc-subject names one image; in a batch each QC entry is named after its subject")
-    if n_jobs > 1 and scheduler is not None:
+    if args.n_jobs > 1 and args.scheduler is not None:
         raise click.UsageError("-j (local worker processes) and --scheduler (a Dask cluster) exclude each other")
-    if bids_root is not None and (output is not None or cord_masks):
+    if args.bids_root is not None and (args.output is not None or args.cord_masks):
         raise click.UsageError("with --bids, outputs go to the derivatives folder (--derivatives, not -o) and cord "
                                "masks come from derivatives/labels (not -s)")
-    if metrics_csv == "" and bids_root is None:
+    if args.metrics_csv == "" and args.bids_root is None:
         raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
-    setup_logging(verbose, quiet)
-    settings = BatchSettings(model=model, device=device, options=options, prob=prob, wm=wm, overwrite=overwrite,
-                             engine=engine, threads=threads, qc_dir=qc_dir, qc_dataset=qc_dataset,
-                             metrics=metrics_csv is not None)
-    metrics_path = Path(metrics_csv) if metrics_csv else None
+    settings = BatchSettings(model=args.model, device=args.device, options=options, prob=args.prob, wm=args.wm,
+                             overwrite=args.overwrite, engine=args.engine, threads=args.threads, qc_dir=args.qc_dir,
+                             qc_dataset=args.qc_dataset, metrics=args.metrics_csv is not None)
+    metrics_path = Path(args.metrics_csv) if args.metrics_csv else None
+    common = dict(n_jobs=args.n_jobs, scheduler=args.scheduler, summary=args.summary_path, metrics_csv=metrics_path)
     finished: list[Any] = []  # records of the images finished before an interruption
     planned: list[int] = []
     try:
-        with download_progress(quiet) as fetching, \
-                counting_bar(quiet, "Segmenting", "images", describe_record) as bar:
+        with download_progress(args.quiet) as fetching, \
+                counting_bar(args.quiet, "Segmenting", "images", describe_record) as bar:
             def progress(done: int, total: int, record: Any) -> None:
                 finished.append(record)
                 planned[:] = [total]
                 if bar is not None:
                     bar(done, total, record)
 
-            if bids_root is not None:
-                result = segment_bids(bids_root, settings, derivatives=derivatives,
-                                      suffixes=suffixes or DEFAULT_SUFFIXES, participants=participants,
-                                      sessions=sessions, cord_labels=cord_labels, n_jobs=n_jobs,
-                                      scheduler=scheduler, summary=summary_path, metrics_csv=metrics_path,
-                                      progress=progress, download_progress=fetching)
+            if args.bids_root is not None:
+                result = segment_bids(args.bids_root, settings, derivatives=args.derivatives,
+                                      suffixes=args.suffixes or DEFAULT_SUFFIXES, participants=args.participants,
+                                      sessions=args.sessions, cord_labels=args.cord_labels, progress=progress,
+                                      download_progress=fetching, **common)
             else:
-                result = segment_files(inputs, settings, output=output, cord_masks=cord_masks, n_jobs=n_jobs,
-                                       scheduler=scheduler, summary=summary_path, metrics_csv=metrics_path,
-                                       progress=progress, download_progress=fetching)
+                result = segment_files(args.inputs, settings, output=args.output, cord_masks=args.cord_masks,
+                                       progress=progress, download_progress=fetching, **common)
     except KeyboardInterrupt:
-        click.echo(f"sct-gm: interrupted; {_resume_message(finished, planned[0] if planned else None, overwrite)}",
+        click.echo(f"sct-gm: interrupted; {_resume_message(finished, planned[0] if planned else None, args.overwrite)}",
                    err=True)
         ctx.exit(130)
-    render_summary(result, quiet)
+    render_summary(result, args.quiet)
     if result.failed:
         ctx.exit(1)
 

@@ -149,11 +149,14 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
     wfile = next(f for f in entry["files"] if f["role"] == "weights")
     src = tmp / wfile["name"]
     if wfile["name"] == WEIGHTS_FILE:  # a trained model's own safetensors file: verified, used as is
-        return _check_filters(name, entry, tmp, weights.load_safetensors(src)[1])
+        sd, filters = weights.load_safetensors(src)
+        weights.check_architecture(entry["architecture"], sd, f"model '{name}'")
+        return _check_filters(name, entry, tmp, filters)
     if wfile["format"] == "keras-hdf5":
         sd, filters = weights.state_dict_from_keras(src)
     else:
         sd, filters = weights.load_safetensors(src)
+    weights.check_architecture(entry["architecture"], sd, f"model '{name}'")
     weights.save_safetensors(sd, filters, tmp / WEIGHTS_FILE)
     back, back_filters = weights.load_safetensors(tmp / WEIGHTS_FILE)
     same = back_filters == filters and back.keys() == sd.keys() and all(
@@ -177,10 +180,13 @@ def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
              progress: ProgressCallback | None, policy: DownloadPolicy) -> None:
     """Build the install folder under a temporary name, then rename it into place (lock held)."""
     parent = install_dir(cache, name, str(entry["version"])).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(".tmp-*"):  # left by a process killed mid-install (we hold the lock)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(".tmp-*"):  # left by a process killed mid-install (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    except OSError as exc:
+        raise _unwritable_cache(name, parent, exc) from None
     final = install_dir(cache, name, str(entry["version"]))
     try:
         used = _download(name, entry, tmp, mirror, progress, policy)
@@ -203,6 +209,8 @@ def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         log.info("model '%s' %s installed in %s", name, entry["version"], final)
+    except OSError as exc:  # a full disk, or a cache that turned read-only
+        raise _unwritable_cache(name, parent, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -220,15 +228,23 @@ def _lock(cache: Path, name: str, policy: DownloadPolicy) -> filelock.FileLock:
                          f"another cache folder (cache_dir) or set {HOME_ENV}", parameter="cache_dir") from exc
     lock = filelock.FileLock(str(models / f"{name}.lock"), timeout=policy.lock_timeout_s)
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        log.info("model '%s': waiting for another process installing it (%s)", name, lock.lock_file)
         try:
-            lock.acquire()
-        except filelock.Timeout as exc:
-            raise ModelError(f"model '{name}': another process held {lock.lock_file} for more than "
-                             f"{policy.lock_timeout_s:.0f} s; if none is running, delete that file") from exc
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            log.info("model '%s': waiting for another process installing it (%s)", name, lock.lock_file)
+            try:
+                lock.acquire()
+            except filelock.Timeout as exc:
+                raise ModelError(f"model '{name}': another process held {lock.lock_file} for more than "
+                                 f"{policy.lock_timeout_s:.0f} s; if none is running, delete that file") from exc
+    except OSError as exc:  # a read-only cache: the model is not installed there and cannot be
+        raise _unwritable_cache(name, models, exc) from None
     return lock
+
+
+def _unwritable_cache(name: str, folder: Path, exc: OSError) -> ModelError:
+    return ModelError(f"model '{name}': cannot write in the cache folder {folder} ({exc.strerror or exc}) to "
+                      f"install it; choose another cache folder (cache_dir) or set {HOME_ENV}", parameter="cache_dir")
 
 
 # -------------------------------------------------------------------------------------- public API
@@ -272,6 +288,9 @@ def _from_model_file(path: Path) -> InstalledModel:
     weights = next(f for f in entry["files"] if f["role"] == "weights")
     if weights["format"] != "safetensors":
         raise ModelError(f"{json_path}: a model folder's weights must be a safetensors file")
+    from .weights import check_architecture, load_safetensors
+
+    check_architecture(entry["architecture"], load_safetensors(folder / weights["name"])[0], str(json_path))
     return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]), folder / weights["name"],
                           "safetensors", weights["sha256"], Preprocessing.from_entry(entry["preprocessing"], name),
                           dict(entry["architecture"]))

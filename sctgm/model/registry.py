@@ -208,8 +208,13 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
             raise bad(f"'{key}' is missing")
     if not _VERSION_RE.match(str(entry["version"])):
         raise bad(f"version '{entry['version']}' is not a plain token")
-    if not isinstance(entry["architecture"].get("filters"), int):
+    architecture = entry["architecture"]
+    if not isinstance(architecture, dict):
+        raise bad(f"'architecture' must be an object (name, filters), not {type(architecture).__name__}")
+    if not isinstance(architecture.get("filters"), int) or isinstance(architecture.get("filters"), bool):
         raise bad("architecture.filters must be an integer")
+    if not isinstance(architecture.get("name", DEFAULT_ARCHITECTURE), str):
+        raise bad("architecture.name must be a string")
     try:
         Preprocessing.from_entry(entry["preprocessing"], name)
     except ModelError as exc:
@@ -218,6 +223,8 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
     if not isinstance(files, list) or not files:
         raise bad("'files' must be a non-empty list")
     for f in files:
+        if not isinstance(f, dict):
+            raise bad(f"each entry of 'files' must be an object (name, role, format, size, sha256), not {f!r}")
         fname = f.get("name", "")
         # a trained model's folder (sct-gm train) registers its own model.safetensors as its weights
         own_weights = fname == WEIGHTS_FILE and f.get("role") == "weights" and f.get("format") == "safetensors"
@@ -229,9 +236,11 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
     weights = [f for f in files if f.get("role") == "weights"]
     if len(weights) != 1 or weights[0].get("format") not in WEIGHTS_FORMATS:
         raise bad(f"exactly one file with role 'weights' and format in {WEIGHTS_FORMATS} is needed")
+    if not isinstance(entry["sources"], list):
+        raise bad(f"'sources' must be a list, not {type(entry['sources']).__name__}")
     for s in entry["sources"]:
-        if s.get("kind") not in ("files", "zip") or not isinstance(s.get("url"), str):
-            raise bad(f"source {s} needs kind 'files' or 'zip' and a 'url'")
+        if not isinstance(s, dict) or s.get("kind") not in ("files", "zip") or not isinstance(s.get("url"), str):
+            raise bad(f"source {s!r} needs kind 'files' or 'zip' and a 'url'")
 
 
 def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -290,7 +299,26 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
         raise ModelError(f"{path}: a model file holds exactly one model, not {len(models) if isinstance(models, dict) else '?'}")
     (name, entry), = models.items()
     _check_entry(name, entry, str(path))
-    return name, _relative_sources(entry, path)
+    entry = _relative_sources(entry, path)
+    _confine_sources(name, entry, path)
+    return name, entry
+
+
+def _confine_sources(name: str, entry: dict[str, Any], model_file: Path) -> None:
+    """A model file's local sources must lie in its own folder: a model.json from elsewhere (a
+    download, a shared folder) must not make sct-gm read ``/etc`` or ``../../`` files whose sha256
+    happen to match. Remote sources (http, https) are not local paths."""
+    from .download import local_path
+
+    folder = model_file.expanduser().absolute().parent.resolve()
+    for s in entry["sources"]:
+        local = local_path(s["url"])
+        if local is None:
+            continue
+        where = local.resolve()
+        if where != folder and folder not in where.parents:
+            raise ModelError(f"{model_file}: model '{name}': source {s['url']!r} is outside the model's folder "
+                             f"{folder}; a model file's local sources must be that folder or inside it")
 
 
 def unknown_model(name: str, reg: dict[str, Any]) -> UnknownModelError:

@@ -90,11 +90,27 @@ def state_dict_from_keras(path: str | Path) -> tuple[dict[str, "np.ndarray"], in
     return sd, filters
 
 
-def save_safetensors(state_dict: dict[str, np.ndarray], filters: int, path: str | Path) -> None:
-    """Write a state dict as safetensors, with the filter count in its metadata."""
-    from safetensors.numpy import save_file
+def safetensors_bytes(state_dict: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of a state dict, the same bytes for the same arrays in every process.
 
-    save_file(state_dict, str(path), metadata={"filters": str(filters), "format": "sctgm-dilated-v1"})
+    safetensors writes its metadata from a Rust hash map whose order changes from one process to the
+    next (two saves of the same weights differed, so did their sha256 and every record keyed on it);
+    the JSON header is written again here with sorted keys, padded with spaces to a multiple of 8 bytes
+    as the format requires. The arrays' bytes and offsets are safetensors' own."""
+    from safetensors.numpy import save
+
+    raw = save(state_dict, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encoded = header.encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + raw[8 + n:]
+
+
+def save_safetensors(state_dict: dict[str, np.ndarray], filters: int, path: str | Path) -> None:
+    """Write a state dict as safetensors, with the filter count in its metadata (deterministic bytes:
+    :func:`safetensors_bytes`)."""
+    Path(path).write_bytes(safetensors_bytes(state_dict, {"filters": str(filters), "format": "sctgm-dilated-v1"}))
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
@@ -113,3 +129,36 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
 def read_preprocessing_json(path: str | Path) -> dict[str, float]:
     """The published ``<model>.json`` (filters, training mean/std)."""
     return json.loads(Path(path).read_text())
+
+
+def architecture_of_weights(state_dict: dict[str, np.ndarray]) -> dict[str, object]:
+    """The network a state dict fits, as a registry ``architecture`` block: a U-Net (``sct-gm train
+    --arch unet``: name, filters, depth) or the published dilated network (name, filters)."""
+    from .registry import DEFAULT_ARCHITECTURE
+
+    if "encoders.0.conv1.weight" in state_dict:  # read from the keys here: the U-Net module imports torch
+        depth = sum(1 for k in state_dict if k.startswith("encoders.") and k.endswith(".conv1.weight"))
+        return {"name": "unet", "filters": int(state_dict["encoders.0.conv1.weight"].shape[0]), "depth": depth}
+    if "conv2d_1.conv.weight" not in state_dict:
+        return {"name": "?", "filters": 0}
+    return {"name": DEFAULT_ARCHITECTURE, "filters": int(state_dict["conv2d_1.conv.weight"].shape[0])}
+
+
+def check_architecture(declared: dict[str, object], state_dict: dict[str, np.ndarray], origin: str) -> None:
+    """Refuse (:class:`ModelError`) a model whose registered ``architecture`` is not the network its
+    weights fit: found when the model is loaded, not after training on it or halfway through a
+    segmentation."""
+    from .registry import DEFAULT_ARCHITECTURE
+
+    actual = architecture_of_weights(state_dict)
+    wanted = {"name": declared.get("name", DEFAULT_ARCHITECTURE), "filters": declared.get("filters")}
+    if actual["name"] == "unet":
+        wanted["depth"] = declared.get("depth", 3)
+    if wanted != actual:
+        raise ModelError(f"{origin}: the model's architecture {_describe(wanted)} does not match its weights, which "
+                         f"are {_describe(actual)}; the model file is inconsistent")
+
+
+def _describe(architecture: dict[str, object]) -> str:
+    return " ".join(f"{k} {v}" for k, v in architecture.items())
+

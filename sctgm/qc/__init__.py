@@ -6,7 +6,7 @@ from ``file://``, no network). See ``docs/qc.md``.
 
 from __future__ import annotations
 
-from .entry import add_entry, build_entry
+from .entry import QcEntryWriter, add_entry, build_entry
 from .report import read_entries, rebuild_index
 
-__all__ = ["add_entry", "build_entry", "read_entries", "rebuild_index"]
+__all__ = ["QcEntryWriter", "add_entry", "build_entry", "read_entries", "rebuild_index"]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,8 +22,12 @@ from .. import geometry
 from ..geometry import check_same_grid, reorientation_for
 from ..io import LoadedImage, load_image
 from ..naming import split_nifti_name
+from ..segment.noise import estimate_keys, noise_keys
 from . import flags as _flags
 from . import render, report
+
+if TYPE_CHECKING:
+    from ..segment.outputs import StagedOutputs
 
 #: Mask voxels at or above this value count as inside (binary or probabilistic masks).
 MASK_THRESHOLD = 0.5
@@ -41,6 +47,7 @@ def add_entry(
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
     dataset: str | None = None,
+    read_from: Mapping[str, Path] | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
 
@@ -50,14 +57,41 @@ def add_entry(
     :class:`~sctgm.exceptions.OutputError` (folder not writable) before writing anything. Safe to
     call from several processes at once on the same folder. An entry already there for the same image
     and GM mask is replaced (so a rerun never lists an image twice). Returns the new entry's folder.
-    ``dataset``: shown beside the subject (SCT's ``-qc-dataset``). ``noise``: the segmentation's noise keys (:func:`sctgm.segment.outputs.noise_result`); without
-    it the image's noise is estimated here (:func:`sctgm.segment.enhance.estimate_noise_sigma`).
+    ``dataset``: shown beside the subject (SCT's ``-qc-dataset``). ``noise``: the segmentation's noise keys (:func:`sctgm.segment.noise.noise_keys`); without
+    it the image's noise is estimated here (:func:`sctgm.segment.noise.estimate_keys`). ``read_from``:
+    masks not yet at their paths (path as given -> the file that holds it now).
+    A ``qc_dir`` that holds another tool's QC report gets the entry in a sub-folder
+    (:func:`sctgm.qc.report.check_qc_dir`).
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
                                model_sha256=model_sha256, subject=subject, extra=extra, noise=noise,
-                               dataset=dataset)
+                               dataset=dataset, read_from=read_from)
     return report.write_entry(qc_dir, entry, files)
+
+
+@dataclass(frozen=True)
+class QcEntryWriter:
+    """The QC entry of a segmentation, written with its outputs (an
+    :class:`sctgm.segment.outputs.EntryWriter`): the folder is checked before any work; the entry is
+    built from the staged masks and published before they are renamed into place, so a failure
+    leaves neither the outputs nor the entry. ``subject``: the name shown (default: guessed);
+    ``dataset``: shown beside it."""
+
+    qc_dir: Path
+    subject: str | None = None
+    dataset: str | None = None
+
+    def check(self) -> None:
+        report.check_qc_dir(self.qc_dir)
+
+    def write(self, staged: StagedOutputs) -> None:
+        out = staged.outputs
+        add_entry(self.qc_dir, staged.image.path, out["gm"], cord_path=staged.cord_path,
+                  wmseg_path=out["wm"] if "wm" in staged.staged else None, model=staged.model.name,
+                  model_sha256=staged.model.sha256, subject=self.subject, dataset=self.dataset,
+                  noise=noise_keys(staged.segmentation.info.get("enhancement", {})),
+                  read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
 
 def guess_subject(path: str | os.PathLike[str]) -> str:
@@ -87,12 +121,16 @@ def build_entry(
     extra: dict[str, Any] | None = None,
     noise: dict[str, Any] | None = None,
     dataset: str | None = None,
+    read_from: Mapping[str, Path] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
+    def source(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
+        return (read_from or {}).get(str(path), path)
+
     image = load_image(image_path, what="image")
-    gm_img = _load_mask(gmseg_path, "GM segmentation", image)
-    cord_img = _load_mask(cord_path, "cord segmentation", image) if cord_path is not None else None
-    wm_img = _load_mask(wmseg_path, "WM segmentation", image) if wmseg_path is not None else None
+    gm_img = _load_mask(source(gmseg_path), "GM segmentation", image)
+    cord_img = _load_mask(source(cord_path), "cord segmentation", image) if cord_path is not None else None
+    wm_img = _load_mask(source(wmseg_path), "WM segmentation", image) if wmseg_path is not None else None
 
     reo = reorientation_for(image.affine, image.data.shape)
     zooms = geometry.canonical_zooms_mm(image.zooms_mm, reo)
@@ -153,7 +191,7 @@ def build_entry(
         "gm_mean_area_mm2": round(float(np.mean(gm_slices)), 2) if gm_slices else 0.0,
         "wm_mean_area_mm2": (round(float(np.mean([wm_area[k] for k in range(nz) if gm_area[k] > 0 or wm_area[k] > 0]
                                                  or [0.0])), 2) if wm_area is not None else None),
-        "noise": noise if noise is not None else _estimate_noise(data, reo),
+        "noise": noise if noise is not None else estimate_keys(data, reo),
         "n_flagged": len(flagged),
         "flag_counts": flag_counts,
         "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
@@ -175,21 +213,6 @@ def build_entry(
         },
     }
     return entry, {"image.png": mosaic.background_png, "overlay.png": mosaic.overlay_png}
-
-
-def _estimate_noise(data: np.ndarray, reo: Any) -> dict[str, Any]:
-    """The sidecar's noise keys for an image not segmented here (no denoiser ran)."""
-    from ..segment.enhance import AUTO_THRESHOLD_REL, estimate_noise_sigma
-
-    est = estimate_noise_sigma(data).to_dict()
-    per_slice = est["sigma_rel_p99_per_slice"]
-    by_file = [None] * len(per_slice)
-    for k, v in enumerate(per_slice):
-        by_file[geometry.file_slice_index(reo, k)] = v
-    rel = est["sigma_rel_p99"]
-    return {"noise_sigma": est["sigma"], "noise_sigma_rel_p99": rel, "noise_sigma_rel_p99_per_slice": by_file,
-            "noise_auto_threshold_rel_p99": AUTO_THRESHOLD_REL,
-            "noise_above_auto_threshold": None if rel is None else bool(rel > AUTO_THRESHOLD_REL)}
 
 
 def _jsonable(obj: Any) -> Any:

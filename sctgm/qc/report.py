@@ -40,7 +40,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..exceptions import OutputError, QcError
-from ..io import atomic_path, folder_is_writable
+from ..io import StagedFiles, folder_is_writable
+from . import corrections
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,58 @@ WRITER_FILE = ".writer"
 STALE_PART_S = 3600.0
 
 #: Package asset file -> path inside the QC folder.
-_ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css"}
+_ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css",
+           "editor.js": f"{ASSETS_DIR}/editor.js", "editor.css": f"{ASSETS_DIR}/editor.css"}
+
+
+#: Where the report goes when the folder given holds another tool's QC report (SCT's ``sct_qc``
+#: folders have their own index.html): a sub-folder, so that no file of the other tool is replaced.
+SUBFOLDER = "sct-gm"
+#: The names sct-gm writes at the top of a QC folder.
+_OWN_NAMES = (INDEX_HTML, INDEX_JS, ASSETS_DIR, ENTRIES_DIR, REPORT_JSON)
+
+
+def report_folder(qc_dir: str | os.PathLike[str]) -> Path:
+    """The folder the report of ``qc_dir`` lives in: ``qc_dir`` itself, or ``qc_dir/sct-gm``
+    (:data:`SUBFOLDER`) when ``qc_dir`` holds files with sct-gm's names (index.html, ...) that are
+    another tool's (no sct-gm ``index.js``, ``report.json`` or lock beside them)."""
+    p = Path(qc_dir)
+    if not p.is_dir() or not any((p / name).exists() for name in _OWN_NAMES) or _is_sctgm_report(p):
+        return p
+    return p / SUBFOLDER
+
+
+def _is_sctgm_report(p: Path) -> bool:
+    if (p / LOCK_NAME).exists():
+        return True
+    try:
+        with open(p / INDEX_JS, encoding="utf-8") as f:
+            if f.read(32).startswith("window.SCTGM_QC"):
+                return True
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        info = json.loads((p / REPORT_JSON).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and "report_id" in info
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
 
 
 def check_qc_dir(qc_dir: str | os.PathLike[str]) -> Path:
-    """Fail early, before any work, when ``qc_dir`` cannot be a QC folder (nothing is created)."""
+    """Fail early, before any work, when ``qc_dir`` cannot be a QC folder (nothing is created);
+    returns the folder the report goes to (:func:`report_folder`)."""
     p = Path(qc_dir)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{p}: exists and is not a folder; give a folder for the QC report")
+    p = report_folder(p)
     anchor = p
-    while not anchor.exists():
+    while not anchor.exists() and not anchor.is_symlink():
         if anchor.parent == anchor:
             break
         anchor = anchor.parent
-    if anchor.exists() and not folder_is_writable(anchor):
+    if not anchor.is_dir():
+        raise OutputError(f"{p}: cannot create the QC folder ({anchor} is not a folder)")
+    if not folder_is_writable(anchor):
         raise OutputError(f"{p}: cannot create or write the QC folder ({anchor} is not writable)")
     return p
 
@@ -93,9 +132,11 @@ def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: di
     """Add one entry (its JSON record and its files) to ``qc_dir`` and regenerate the index.
 
     ``entry["id"]`` is replaced by a fresh unique id if that folder already exists. Entries with the
-    same image and GM mask (:func:`entry_key`) are replaced; part folders of killed writers removed. Safe for
-    concurrent writers (folder lock; the entry folder appears with one rename; index files are
-    written atomically). Returns the entry folder.
+    same image and GM mask (:func:`entry_key`) are replaced; part folders of killed writers removed.
+    Written as a set: the entry folder, the new ``index.js`` and, where missing or outdated,
+    ``report.json`` and the page's files are all written first under temporary names, then renamed
+    into place; a failure before (a full disk) leaves the folder as it was. Safe for concurrent writers
+    (folder lock). Returns the entry folder.
     """
     root = check_qc_dir(qc_dir)
     try:
@@ -114,24 +155,30 @@ def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: di
             remove_stale_parts(entries)
             replaced = same_key_entries(entries, entry)
             staging = entries / f".{entry['id']}.part"
+            published = False
             try:
-                staging.mkdir()
-                _claim(staging)
-                for name, data in files.items():
-                    (staging / name).write_bytes(data)
-                (staging / ENTRY_JSON).write_text(json.dumps(entry, indent=1, ensure_ascii=True) + "\n")
-                (staging / WRITER_FILE).unlink()
-                os.replace(staging, final)
+                with StagedFiles() as page:
+                    staging.mkdir()
+                    _claim(staging)
+                    for name, data in files.items():
+                        (staging / name).write_bytes(data)
+                    (staging / ENTRY_JSON).write_text(json.dumps(entry, indent=1, ensure_ascii=True) + "\n")
+                    _stage_page(root, page, [entry] + [e for e in read_entries(root)
+                                                       if entries / str(e.get("id")) not in replaced])
+                    (staging / WRITER_FILE).unlink()
+                    os.replace(staging, final)
+                    published = True
+                    page.commit()
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
+                if published:
+                    shutil.rmtree(final, ignore_errors=True)
                 raise
             for old in replaced:  # after the new entry is in place: a crash here leaves a part, never a gap
                 _claim(old)
                 gone = old.with_name(f".{old.name}.part")
                 os.replace(old, gone)
                 shutil.rmtree(gone, ignore_errors=True)
-            _install_assets(root)
-            rebuild_index(root)
     except Timeout:
         raise QcError(f"{root}: another process has held the QC folder lock ({LOCK_NAME}) for over "
                       f"{LOCK_TIMEOUT_S:.0f} s; if none is running, delete the lock file and retry") from None
@@ -225,28 +272,54 @@ def read_entries(qc_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def rebuild_index(qc_dir: str | os.PathLike[str]) -> Path:
-    """Rewrite ``index.js`` from the entry folders (call with the folder lock held)."""
+    """Rewrite ``index.js`` (and ``report.json`` when missing) from the entry folders (call with the
+    folder lock held)."""
     root = Path(qc_dir)
-    report = _report_info(root)
-    data = {"report": report, "entries": read_entries(root)}
-    # ensure_ascii: only ASCII in the script; "</" cannot close anything in a separate .js file,
-    # and every string reaches the DOM through textContent.
-    text = "window.SCTGM_QC = " + json.dumps(data, ensure_ascii=True, separators=(",", ":")) + ";\n"
-    _write_text(root / INDEX_JS, text)
+    with StagedFiles() as staged:
+        staged.stage(root / INDEX_JS, lambda tmp: tmp.write_text(_index_text(root, staged, read_entries(root)),
+                                                                 encoding="utf-8"))
+        staged.commit()
     return root / INDEX_JS
 
 
-def _report_info(root: Path) -> dict[str, Any]:
+def _index_text(root: Path, staged: StagedFiles, entries: list[dict[str, Any]]) -> str:
+    """The text of ``index.js`` for ``entries`` (newest first); stages a new ``report.json`` when
+    the folder has none."""
+    entries = sorted(entries, key=lambda e: (e.get("timestamp", 0), e.get("id", "")), reverse=True)
+    # each entry with the slices a reviewer corrected (sctgm.qc.corrections; read from the saved masks'
+    # sidecars, so a batch re-run that replaces an entry still shows them)
+    data = {"report": _report_info(root, staged), "entries": [{**e, **corrections.index_info(e)} for e in entries]}
+    # ensure_ascii: only ASCII in the script; "</" cannot close anything in a separate .js file,
+    # and every string reaches the DOM through textContent.
+    return "window.SCTGM_QC = " + json.dumps(data, ensure_ascii=True, separators=(",", ":")) + ";\n"
+
+
+def _report_info(root: Path, staged: StagedFiles) -> dict[str, Any]:
     path = root / REPORT_JSON
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         info = {"report_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_text(path, json.dumps(info, indent=1) + "\n")
+        staged.stage(path, lambda tmp: tmp.write_text(json.dumps(info, indent=1) + "\n"))
         return info
 
 
-def _install_assets(root: Path) -> None:
+def install_assets(root: Path) -> None:
+    """Copy the page's files from the package into the QC folder (call with the folder lock held)."""
+    with StagedFiles() as staged:
+        _stage_assets(root, staged)
+        staged.commit()
+
+
+def _stage_page(root: Path, staged: StagedFiles, entries: list[dict[str, Any]]) -> None:
+    """Stage the page's files that are missing or outdated, ``report.json`` if missing, and the
+    ``index.js`` of ``entries``."""
+    _stage_assets(root, staged)
+    index = _index_text(root, staged, entries)
+    staged.stage(root / INDEX_JS, lambda tmp: tmp.write_text(index, encoding="utf-8"))
+
+
+def _stage_assets(root: Path, staged: StagedFiles) -> None:
     (root / ASSETS_DIR).mkdir(exist_ok=True)
     pkg = resources.files("sctgm.qc") / "assets"
     for src, dst in _ASSETS.items():
@@ -257,9 +330,4 @@ def _install_assets(root: Path) -> None:
                 continue
         except (OSError, UnicodeDecodeError):
             pass
-        _write_text(target, text)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        staged.stage(target, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))

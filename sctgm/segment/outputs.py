@@ -1,9 +1,14 @@
-"""The one write path: segment an image file and write its masks and sidecars, SCT or BIDS layout.
+"""The one write path: segment an image file and write its outputs as a set, SCT or BIDS layout.
 
 :func:`segment_and_write` is what a single-file run (:func:`sctgm.segment.files.segment_file`) and
 every batch job (:func:`sctgm.batch.jobs.run_job`) call; :func:`sidecar` is the one sidecar schema.
-The names come from :mod:`sctgm.naming`. Every file is written atomically, and the GM sidecar last:
-a run interrupted at any point leaves nothing that looks complete.
+The outputs are one value, an :class:`~sctgm.naming.OutputSet` (names from :mod:`sctgm.naming`), and
+they are written as a set (:func:`write_set`): every location is checked before any work
+(:func:`check_outputs`: writable, not an input of the command, not a file that sct-gm did not
+write), every file is written under a temporary name, then all are renamed into place together
+(sidecars first); a failure before the renames removes them all, and the temporary files of a
+killed run are removed by the next run of the same outputs. What the segment layer does not write
+itself (the QC entry) comes in as an :class:`EntryWriter` from the caller above.
 
 Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same bytes)::
 
@@ -17,35 +22,47 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 noise_sigma, noise_sigma_rel_p99 (noise / 99th intensity percentile),
                 noise_sigma_rel_p99_per_slice (by the file's S-I slice index; null: too little tissue),
                 noise_auto_threshold_rel_p99, noise_above_auto_threshold, denoised_with ('off' or the denoiser that ran),
-                enhancement_steps}}
+                enhancement_steps},
+     "Sha256": {"Sources": [sha256 of each source file, in the order of "Sources"],
+                "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set}}}
 """
 
 from __future__ import annotations
 
-import os
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import nibabel as nib
 import numpy as np
 
 from .._version import __version__
 from ..engines import ProgressCallback
-from ..exceptions import InvalidOptionError
-from ..io import LoadedImage, like, save_json, save_nifti
+from ..exceptions import InvalidOptionError, OutputError
+from ..io import (LoadedImage, StagedFiles, check_writable, file_sha256, json_text, like, remove_leftover_parts,
+                  same_file)
+from ..naming import LAYOUTS, OutputSet
+from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 
 if TYPE_CHECKING:
+    from ..model.registry import InstalledModel
     from .pipeline import Segmenter
 
-LAYOUTS = ("sct", "bids")
+__all__ = ["LAYOUTS", "EntryWriter", "SegmentFileResult", "StagedOutputs", "check_outputs", "segment_and_write",
+           "sidecar", "written_by_sctgm"]
+
+log = logging.getLogger(__name__)
 
 _DESCRIPTIONS = {
     "gm": "Spinal cord gray matter mask (uint8, 1 = gray matter) on the source image's voxel grid.",
     "wm": "Spinal cord white matter mask (uint8): the cord mask minus the gray matter.",
     "prob": "Gray matter probability (float32, 0 to 1) on the source image's voxel grid.",
 }
+_DTYPES = {"gm": np.uint8, "wm": np.uint8, "prob": np.float32}
 
 
 @dataclass
@@ -60,9 +77,34 @@ class SegmentFileResult:
     segmentation: Segmentation | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class StagedOutputs:
+    """The outputs of one image, written under temporary names and not yet renamed into place:
+    ``staged`` maps each output key to the temporary file that holds it now."""
+
+    image: LoadedImage
+    cord_path: Path | None
+    outputs: OutputSet
+    staged: dict[str, Path]
+    segmentation: Segmentation
+    model: InstalledModel
+
+
+class EntryWriter(Protocol):
+    """Something written with an image's outputs by a layer above this one (the QC entry:
+    :class:`sctgm.qc.QcEntryWriter`). ``check`` runs before any work and raises when the location
+    cannot be written; ``write`` runs once every output is staged and before any is renamed into
+    place: what it raises removes the staged outputs, so no output exists without its entry."""
+
+    def check(self) -> None: ...
+
+    def write(self, staged: StagedOutputs) -> None: ...
+
+
 def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation, key: str,
-            sources: Sequence[str], *, layout: str = "sct") -> dict[str, Any]:
-    """The JSON sidecar of output ``key`` (``gm``, ``wm`` or ``prob``); see the module docstring."""
+            sources: Sequence[str], *, layout: str = "sct", hashes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON sidecar of output ``key`` (``gm``, ``wm`` or ``prob``); see the module docstring.
+    ``hashes``: the ``Sha256`` block (sources and outputs), when known."""
     m, info = segmenter.model, result.info
     out: dict[str, Any] = {"Description": _DESCRIPTIONS[key]}
     if layout == "bids":
@@ -77,66 +119,94 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
                        "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
-    out["Result"].update(noise_result(info.get("enhancement", {})))
+    out["Result"].update(noise_keys(info.get("enhancement", {})))
+    if hashes is not None:
+        n = len(out["Sources"])
+        out["Sha256"] = {"Sources": list(hashes["Sources"][:n]), "Outputs": dict(hashes["Outputs"])}
     return out
 
 
-def noise_result(report: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar's noise keys (and a QC entry's ``noise`` block) from the pipeline's enhancement
-    report (:func:`sctgm.segment.enhance.apply`, per-slice lists in the file's slice order)."""
-    noise = report.get("noise") or {}
-    settings = report.get("settings") or {}
-    rel = noise.get("sigma_rel_p99")
-    threshold = settings.get("auto_threshold_rel")
-    return {
-        "noise_sigma": noise.get("sigma"),
-        "noise_sigma_rel_p99": rel,
-        "noise_sigma_rel_p99_per_slice": noise.get("sigma_rel_p99_per_slice"),
-        "noise_auto_threshold_rel_p99": threshold,
-        "noise_above_auto_threshold": None if rel is None or threshold is None else bool(rel > threshold),
-        "denoised_with": report.get("denoise", "off"),
-        "enhancement_steps": list(report.get("steps", [])),
-    }
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar at ``path`` when it is one sct-gm wrote (any version's schema), else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    gen = data.get("GeneratedBy")
+    block = gen[0] if isinstance(gen, list) and gen else gen  # sct-gm 0.1: a single record
+    return data if isinstance(block, dict) and block.get("Name") == "sct-gm" else None
 
 
-def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: dict[str, Path], *,
+def written_by_sctgm(outputs: OutputSet, key: str) -> bool:
+    """True when output ``key`` of the set is sct-gm's: the sidecar describing it is an sct-gm sidecar."""
+    return read_sidecar(outputs[outputs.sidecar_of(key)]) is not None
+
+
+def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite: bool = False) -> None:
+    """Fail before any work when an output of the set cannot or must not be written: its folder is
+    missing or not writable, it is a folder, it is one of ``inputs`` (never, even with ``overwrite``),
+    or it exists and sct-gm did not write it (:func:`written_by_sctgm`) and ``overwrite`` is False."""
+    for key, path in outputs.items():
+        check_writable(path)
+        for src in inputs:
+            if src is not None and same_file(path, src):
+                raise OutputError(f"{path}: is an input of this command; sct-gm never writes over its inputs: "
+                                  f"give another output name")
+    if overwrite:
+        return
+    for key, path in outputs.items():
+        if (path.exists() or path.is_symlink()) and not written_by_sctgm(outputs, key):
+            raise OutputError(f"{path}: exists and sct-gm did not write it (no sct-gm sidecar describes it); move it "
+                              f"away, or allow replacing it", parameter="overwrite")
+
+
+def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputSet, *,
                       cord: LoadedImage | None = None, options: SegmentOptions = SegmentOptions(),
-                      layout: str = "sct", sources: Sequence[str] | None = None,
-                      qc_dir: str | os.PathLike[str] | None = None, qc_subject: str | None = None,
-                      qc_dataset: str | None = None, progress: ProgressCallback | None = None) -> SegmentFileResult:
-    """Segment ``image`` (and its ``cord`` mask) and write ``outputs`` (keys from :mod:`sctgm.naming`:
-    ``gm`` and ``gm_sidecar``; optionally ``wm``, ``prob``; in the BIDS layout each NIfTI also has a
-    ``<key>_sidecar``).
+                      sources: Sequence[str] | None = None, entry: EntryWriter | None = None,
+                      overwrite: bool = False, progress: ProgressCallback | None = None) -> SegmentFileResult:
+    """Segment ``image`` (and its ``cord`` mask) and write ``outputs`` as a set (see the module docstring).
 
     ``sources``: what the sidecars name as sources (default: the image and cord mask paths);
-    ``qc_dir``: add an entry to the QC report there. The callers load and check the inputs
-    (a batch also refuses non-axial images, :func:`sctgm.segment.preprocess.check_axial`) and check
-    or create the output folders.
+    ``entry``: written with the outputs (the QC entry); ``overwrite``: replace files that sct-gm did
+    not write (never an input). The callers load and check the inputs (a batch also refuses
+    non-axial images, :func:`sctgm.segment.preprocess.check_axial`) and create the output folders.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
     if "wm" in outputs and cord is None:
         raise InvalidOptionError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")
     cord_path = cord.path if cord is not None else None
+    inputs = [image.path] + ([cord_path] if cord_path is not None else [])
+    check_outputs(outputs, inputs, overwrite=overwrite)
+    if entry is not None:
+        entry.check()
+    remove_leftover_parts(outputs.values())
     result = segmenter.segment_image(image, cord=cord, options=options, want_prob="prob" in outputs,
                                      progress=progress)
+    arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
+    kinds = [k for k in outputs.kinds if arrays[k] is not None]
+    hashes: dict[str, Any] = {"Sources": [file_sha256(p) for p in inputs], "Outputs": {}}
+    if sources is None:
+        sources = [str(p) for p in inputs]
+    with StagedFiles() as staged:
+        temporary = {}
+        for key in kinds:
+            temporary[key] = staged.stage(outputs[key], lambda tmp, key=key: _save(image, arrays[key], key, tmp))
+            hashes["Outputs"][key] = file_sha256(temporary[key])
+        for key in outputs.sidecars:
+            described = key[: -len("_sidecar")]
+            meta = sidecar(segmenter, options, result, described, sources, layout=outputs.layout, hashes=hashes)
+            temporary[key] = staged.stage(outputs[key], lambda tmp, text=json_text(meta): tmp.write_text(text))
+        if entry is not None:
+            entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.model))
+        # Sidecars first: a run killed between two renames leaves outputs that an sct-gm sidecar
+        # describes (so the next run may replace them) with another recorded sha256 (so a resume redoes them).
+        staged.commit(outputs[k] for k in outputs.sidecars)
     written = SegmentFileResult(input=image.path, gm=outputs["gm"], sidecar=outputs["gm_sidecar"],
                                 segmentation=result)
-    save_nifti(like(image.nifti, result.gm, np.uint8), outputs["gm"])
-    if "wm" in outputs and result.wm is not None:
-        written.wm = save_nifti(like(image.nifti, result.wm, np.uint8), outputs["wm"])
-    if "prob" in outputs and result.gm_prob is not None:
-        written.prob = save_nifti(like(image.nifti, result.gm_prob, np.float32), outputs["prob"])
-    if sources is None:
-        sources = [str(image.path)] + ([str(cord_path)] if cord_path is not None else [])
-    for key in ("wm", "prob"):
-        if f"{key}_sidecar" in outputs:
-            save_json(sidecar(segmenter, options, result, key, sources, layout=layout), outputs[f"{key}_sidecar"])
-    if qc_dir is not None:
-        from ..qc import add_entry
-
-        add_entry(qc_dir, image.path, written.gm, cord_path=cord_path, wmseg_path=written.wm,
-                  model=segmenter.model.name, model_sha256=segmenter.model.sha256, subject=qc_subject,
-                  dataset=qc_dataset, noise=noise_result(result.info.get("enhancement", {})))
-    save_json(sidecar(segmenter, options, result, "gm", sources, layout=layout), outputs["gm_sidecar"])  # last
+    written.wm, written.prob = (outputs[k] if k in kinds else None for k in ("wm", "prob"))
     return written
+
+
+def _save(image: LoadedImage, data: np.ndarray, key: str, path: Path) -> None:
+    nib.save(like(image.nifti, data, _DTYPES[key]), str(path))

@@ -18,11 +18,11 @@ import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import InvalidOptionError
-from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
 from ..model.registry import InstalledModel, Preprocessing
 from . import enhance, placement, postprocess
 from .grid import Window, overlap, window_to_native
+from .noise import in_file_order
 from .preprocess import PreparedVolume, Standardisation, canonical_mask, prepare, sample, windows_at
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Segmenter:
             "threshold": threshold,
             "gm_voxels_before_postprocessing": n_raw,
             "gm_voxels": int(gm.sum()),
-            "enhancement": _in_file_order(vol.enhancement, reo),
+            "enhancement": in_file_order(vol.enhancement, reo),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
@@ -262,17 +262,3 @@ class Segmenter:
                 return found
         return None
 
-
-def _in_file_order(report: dict[str, Any], reo: Reorientation) -> dict[str, Any]:
-    """The enhancement report with its per-slice noise lists indexed by the file's own S-I slice index
-    (the number a viewer shows) instead of the canonical one."""
-    noise = report.get("noise")
-    if not noise:
-        return report
-    n = len(noise["sigma_per_slice"])
-    order = [0] * n
-    for k in range(n):
-        order[file_slice_index(reo, k)] = k
-    noise = {**noise, **{key: [noise[key][k] for k in order]
-                         for key in ("sigma_per_slice", "sigma_rel_p99_per_slice")}}
-    return {**report, "noise": noise}

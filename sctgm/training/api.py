@@ -22,6 +22,8 @@ from typing import Any
 
 from .._version import __version__
 from ..exceptions import InvalidOptionError, OutputError
+from ..io import save_json
+from .checkpoint import load_checkpoint
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE,
                        DEFAULT_FILTERS, DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS,
@@ -31,7 +33,7 @@ from . import outputs, sources
 
 #: --arch -> the registry's architecture name.
 ARCH_NAMES = {"dilated": "perone2018-dilated", "unet": "unet"}
-RUN_FILE = "run.json"
+RUN_FILE = outputs.RUN_FILE
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,19 @@ class TrainOutcome:
 
 
 def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         hint = "overwrite it to replace it" if resume else "overwrite it or choose another output folder"
         raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}",
                           parameter="overwrite")
-    if resume and not (partial / outputs.CHECKPOINT).is_file():
+    if out.exists() or out.is_symlink():
+        _check_own(out, "a model folder")  # --overwrite replaces only what sct-gm train made
+    if resume and not partial.is_dir():
         raise OutputError(f"{out}: nothing to resume (no interrupted run in {partial})")
-    if not resume and partial.exists():
+    if not resume and (partial.exists() or partial.is_symlink()):
         if not overwrite:
             raise OutputError(f"{out}: an interrupted run left {partial}; resume it or overwrite it to start "
                               f"again", parameter="resume")
+        _check_own(partial, "an interrupted run")
         shutil.rmtree(partial)
     for up in (out.parent, *out.parent.parents):
         if up.exists() and not up.is_dir():
@@ -73,6 +78,48 @@ def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) ->
         probe.close()
     except OSError as exc:
         raise OutputError(f"{out.parent}: cannot write the model folder there ({exc.strerror or exc})") from None
+
+
+def _check_own(folder: Path, what: str) -> None:
+    """Refuse to remove ``folder`` unless sct-gm train made it: a real folder (not a link) that is empty
+    or holds a model.json, run.json or checkpoint, and nothing but the files a run writes."""
+    found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else None
+    foreign = None if found is None else [n for n in found if n not in outputs.RUN_FILES
+                                          and not outputs.is_run_temp(n)]
+    if found is None or foreign or (found and not {outputs.MODEL_JSON, RUN_FILE, outputs.CHECKPOINT} & set(found)):
+        why = ("it is not a folder" if found is None else f"it holds {', '.join(map(repr, foreign[:3]))}"
+               if foreign else "it holds no model.json, run.json or checkpoint")
+        raise OutputError(f"{folder}: not {what} written by sct-gm train ({why}); refusing to replace it, "
+                          f"choose another output folder", parameter="output")
+
+
+#: Signature keys (config keys below "config") -> the library argument that sets them.
+_SIGNATURE_PARAMETERS = {"data": "images", "init": "init", "arch": "arch", "filters": "filters", "split": "val",
+                         "device": "device", "threads": "threads", "max_steps": "max_steps",
+                         "batch_size": "batch_size", "lr": "lr", "seed": "seed", "augment": "augment", "bn": "bn",
+                         "patience": "patience"}
+
+
+def _check_resume(partial: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume a run whose checkpoint was made with other data or options, naming the first
+    argument that differs."""
+    if before == json.loads(json.dumps(now)):
+        return
+    diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if diffs == ["config"]:
+        old, new = before.get("config") or {}, now["config"]
+        diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        values = (old, new)
+    else:
+        values = (before, now)
+    key = next((k for k in diffs if k in _SIGNATURE_PARAMETERS), diffs[0] if diffs else "?")
+    parameter = _SIGNATURE_PARAMETERS.get(key)
+    if key in ("data", "init", "split", "augment") or not diffs:
+        what = f"other {'training data' if key == 'data' else key}"
+    else:
+        what = f"{key} {values[0].get(key)!r}, this run has {values[1].get(key)!r}"
+    raise TrainingDataError(f"{partial}: the interrupted run had {what}; resuming needs the same data and options "
+                            f"(or overwrite it to start again)", parameter=parameter or "resume")
 
 
 def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  # -> (module, Preprocessing, dict)
@@ -207,26 +254,28 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
                     "train_slices": [k for v in parts.train if v.name == str(it.image) for k in v.slices],
                     "val_slices": [k for v in parts.val if v.name == str(it.image) for k in v.slices]}
                    for it in items]
-    signature = {"data": data_record, "init": init_record, "arch": arch_key, "filters": n_filters,
-                 "config": json.loads(json.dumps(asdict(cfg), default=str)), "split": parts.how}
-    if resume:
-        try:
-            before = json.loads((partial / RUN_FILE).read_text())
-        except (OSError, ValueError):
-            before = None
-        if before != json.loads(json.dumps(signature)):
-            raise TrainingDataError(f"{partial}: the interrupted run had other data or options; resuming needs the "
-                                    f"same data and options (or overwrite it to start again)", parameter="resume")
-    else:
-        partial.mkdir()
-        (partial / RUN_FILE).write_text(json.dumps(signature, indent=1))
-
     dev = resolve_device(device)
+    n_threads = threads or available_cores()
+    signature = {"data": data_record, "init": init_record, "arch": arch_key, "filters": n_filters,
+                 "config": json.loads(json.dumps(asdict(cfg), default=str)), "split": parts.how,
+                 "device": str(dev), "threads": n_threads}  # the thread count changes the float sums
+    sealed = json.dumps(signature, sort_keys=True)
+    checkpoint_path = partial / outputs.CHECKPOINT
+    continuing = resume and checkpoint_path.is_file()
+    if continuing:
+        _check_resume(partial, json.loads(load_checkpoint(checkpoint_path).get("signature") or "{}"), signature)
+    else:  # a new run, or a run killed before its first checkpoint: start from step 0
+        partial.mkdir(exist_ok=resume)
+    for stale in partial.iterdir():  # temporary files of a run killed while writing them
+        if outputs.is_run_temp(stale.name):
+            stale.unlink(missing_ok=True)
+    save_json(signature, partial / RUN_FILE)
+
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or available_cores())
+    torch.set_num_threads(n_threads)
     try:
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
-                            checkpoint_path=partial / outputs.CHECKPOINT, resume=resume, progress=progress,
+                            checkpoint_path=checkpoint_path, resume=continuing, progress=progress, signature=sealed,
                             on_validation=lambda log: (outputs.write_log(partial, log),
                                                        outputs.write_curves(partial, log)))
         prep_out = replace(prep, threshold=result.threshold)
@@ -260,6 +309,9 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         (partial / RUN_FILE).unlink(missing_ok=True)
     except KeyboardInterrupt:
         raise  # the partial folder keeps its last good checkpoint for --resume
+    except OSError as exc:  # a full disk while writing the outputs: say where (the checkpoint is kept)
+        raise OutputError(f"{exc.filename or partial}: cannot be written ({exc.strerror or exc}); the last "
+                          f"checkpoint is kept: free space, then resume") from None
     except BaseException:
         if not (partial / outputs.CHECKPOINT).is_file():
             shutil.rmtree(partial, ignore_errors=True)

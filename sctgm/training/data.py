@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import InputImageError
-from ..io import LoadedImage, load_image
+from ..io import LoadedImage, load_image, read_nifti
 from ..model.registry import Preprocessing
 from ..segment import placement
 from ..segment.grid import Window
@@ -64,6 +64,9 @@ class LabelledImage:
     masks: tuple[Path, ...]
     subject: str
     challenge: bool = False
+    #: The file's S-I voxel indices a reviewer saved (the mask's sidecar, :mod:`sctgm.labels`): only
+    #: those are labelled; None: every slice holding GM is.
+    slices: tuple[int, ...] | None = None
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -81,12 +84,14 @@ def sha256_of(path: str | Path) -> str:
 def _raw_mask_values(path: Path) -> np.ndarray:
     """The mask's voxel values as stored (with scaling), NaN kept: load_image replaces NaN by 0, and a
     NaN in a mask is a broken mask, not background."""
-    import nibabel as nib
-
     try:
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+        img = read_nifti(path)  # the header checked first: a mask claiming gigabytes is refused unread
+    except InputImageError as exc:
+        raise TrainingDataError(str(exc)) from None
+    try:
+        return np.asarray(img.dataobj, dtype=np.float64)
     except Exception as exc:  # nibabel raises several types on damaged files
-        raise TrainingDataError(f"{path}: not a readable NIfTI mask ({exc})") from None
+        raise TrainingDataError(f"{path}: not a readable NIfTI mask ({' '.join(str(exc).split())})") from None
 
 
 def check_binary_mask(path: Path, values: np.ndarray) -> None:
@@ -186,12 +191,26 @@ def labelled_slices(gm_canonical: np.ndarray) -> list[int]:
     return [int(k) for k in np.flatnonzero(counts >= MIN_LABEL_VOXELS)]
 
 
+def reviewed_slices(vol: PreparedVolume, file_slices: Sequence[int], mask_path: Path) -> list[int]:
+    """The canonical slices of the file S-I indices ``file_slices`` (a reviewer's saved slices)."""
+    from ..geometry import file_slice_index
+
+    wanted = {int(k) for k in file_slices}
+    out = [k for k in range(vol.n_slices) if file_slice_index(vol.reorientation, k) in wanted]
+    if len(out) != len(wanted):
+        raise TrainingDataError(f"{mask_path}: its sidecar lists slices {sorted(wanted)}, but the image has slices "
+                                f"0-{vol.n_slices - 1} along its S-I axis")
+    return out
+
+
 def labelled_volume(image: LoadedImage, mask: LoadedImage, prep: Preprocessing, *, name: str = "",
                     subject: str = "", margin_px: int = TRAIN_MARGIN_PX,
-                    centres_fine: np.ndarray | None = None) -> LabelledVolume:
+                    centres_fine: np.ndarray | None = None,
+                    file_slices: Sequence[int] | None = None) -> LabelledVolume:
     """Cut the labelled slices of ``image`` into network and training windows (see the module doc).
-    ``centres_fine``: window centres per slice (default: the GM centroids); raises
-    :class:`TrainingDataError` when the mask is on another grid or labels no slice."""
+    ``centres_fine``: window centres per slice (default: the GM centroids); ``file_slices``: the
+    labelled slices, as voxel indices along the file's S-I axis (default: every slice holding GM);
+    raises :class:`TrainingDataError` when the mask is on another grid or labels no slice."""
     from ..exceptions import GridMismatchError
 
     vol = prepare(image, prep)
@@ -199,7 +218,7 @@ def labelled_volume(image: LoadedImage, mask: LoadedImage, prep: Preprocessing, 
         gm = canonical_mask(mask, vol)
     except GridMismatchError as exc:
         raise TrainingDataError(f"{mask.path}: not on the grid of {image.path} ({exc})") from None
-    slices = labelled_slices(gm)
+    slices = labelled_slices(gm) if file_slices is None else reviewed_slices(vol, file_slices, mask.path)
     if not slices:
         raise TrainingDataError(f"{mask.path}: no labelled slice (no slice holds GM)")
     centres = gm_centres(gm, vol) if centres_fine is None else np.asarray(centres_fine, dtype=np.float64)
@@ -221,7 +240,8 @@ def labelled_volume(image: LoadedImage, mask: LoadedImage, prep: Preprocessing, 
 def read_labelled(item: LabelledImage, prep: Preprocessing, *, margin_px: int = TRAIN_MARGIN_PX) -> LabelledVolume:
     """:func:`load_labelled` then :func:`labelled_volume`."""
     image, mask = load_labelled(item)
-    return labelled_volume(image, mask, prep, name=str(item.image), subject=item.subject, margin_px=margin_px)
+    return labelled_volume(image, mask, prep, name=str(item.image), subject=item.subject, margin_px=margin_px,
+                           file_slices=item.slices)
 
 
 def slice_set(volumes: Sequence[LabelledVolume], *, training: bool, name: str = ""):  # -> SliceSet

@@ -224,13 +224,14 @@ class _Sampler:
 
 def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceSet], cfg: TrainConfig, *,
                device: torch.device | str = "cpu", pretrained: bool = True, checkpoint_path: str | Path | None = None,
-               resume: bool = False, progress: ProgressCallback | None = None,
+               resume: bool = False, progress: ProgressCallback | None = None, signature: str = "",
                on_validation: LogCallback | None = None) -> TrainResult:
     """Train ``model`` (which has a ``logits`` method) on ``train``, validating on ``val`` (may be
     empty: then the last model is kept and ``cfg.default_threshold`` returned). ``pretrained``:
     the model holds published/trained weights (``bn='auto'`` then freezes BatchNorm).
-    ``checkpoint_path`` with ``resume``: continue the run saved there. ``on_validation`` receives the log
-    after each validation (the init's, at step 0, first)."""
+    ``checkpoint_path`` with ``resume``: continue the run saved there. ``signature``: the run's data and
+    options, stored in every checkpoint (the caller compares it before resuming). ``on_validation``
+    receives the log after each validation (the init's, at step 0, first)."""
     if not any(len(s.images) for s in train):
         raise SctGmError("no training slice: every training subject is empty")
     device = torch.device(device)
@@ -324,7 +325,8 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
                 step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
             save_checkpoint(checkpoint_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "generator": g.get_state(), "stopped": stop, **state})
+                "scaler": scaler.state_dict(), "generator": g.get_state(), "stopped": stop, "signature": signature,
+                **state})
         if stop:
             stopped_early = True
             break

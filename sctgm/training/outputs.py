@@ -33,6 +33,18 @@ LOG_CSV = "training_log.csv"
 CURVES_PNG = "curves.png"
 VALIDATION_CSV = "validation.csv"
 CHECKPOINT = "checkpoint.pt"
+RUN_FILE = "run.json"  # the run's signature, beside its checkpoint while it runs
+#: Every file a training run leaves in its folder (finished or interrupted): what ``--overwrite``
+#: may remove, and nothing else.
+RUN_FILES = frozenset({"model.safetensors", MODEL_JSON, LOG_CSV, CURVES_PNG, VALIDATION_CSV, CHECKPOINT, RUN_FILE})
+
+
+def is_run_temp(name: str) -> bool:
+    """A temporary file of a run's own (``.checkpoint.pt.*.tmp``, ``.run.*.part.json``), left by a run
+    killed while writing it."""
+    return name.startswith((f".{CHECKPOINT}.", ".run.")) and name.endswith((".tmp", ".part.json"))
+
+
 #: The ten metrics of the GM challenge (Prados et al. 2017), in validation.csv's order.
 CHALLENGE_METRICS = ("dice", "jaccard", "conformity", "sensitivity", "specificity", "precision",
                      "mean_surface_distance_mm", "hausdorff_mm", "skeleton_hausdorff_mm", "skeleton_median_mm")

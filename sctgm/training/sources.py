@@ -6,6 +6,8 @@
   ``--suffix`` / ``--participant-label`` filters, :func:`sctgm.batch.bids.find_images`) that have a
   manual GM mask in ``derivatives/labels`` (``<stem>_label-GM_seg`` or spine-generic's
   ``<stem>_gmseg-manual``); images without one (e.g. unlabelled rescans) are skipped;
+- in either, a mask saved by the QC report's editor (``sct-gm qc --serve``) labels only the slices its
+  sidecar lists (:func:`sctgm.labels.labelled_slices_of`); any other mask, every slice holding GM;
 - the GM segmentation challenge's own layout (:func:`from_gmchallenge`): ``siteN-scNN-image.nii.gz``
   with ``siteN-scNN-mask-r1..r4.nii.gz`` (GM 1, WM 2), merged by majority vote (ties as GM).
 
@@ -25,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..labels import BIDS_LABEL_SUFFIX, MANUAL_SUFFIX, labelled_slices_of
 from ..naming import split_nifti_name
 from .data import LabelledImage, LabelledVolume, TrainingDataError
 
 #: GM label suffixes looked for in derivatives/labels, in order.
-GM_LABEL_SUFFIXES = ("_label-GM_seg", "_gmseg-manual")
+GM_LABEL_SUFFIXES = (BIDS_LABEL_SUFFIX, MANUAL_SUFFIX)
 NIFTI_EXTS = (".nii.gz", ".nii")
 _SUB = re.compile(r"(?:^|[_/])sub-([0-9a-zA-Z]+)")
 _CHALLENGE = re.compile(r"^(site\d+-sc\d+)-image\.nii(\.gz)?$")
@@ -50,7 +53,7 @@ def from_pairs(images: Sequence[str | os.PathLike[str]], masks: Sequence[str | o
         for p in (ip, rp):
             if not p.is_file():
                 raise TrainingDataError(f"{p}: no such file")
-        out.append(LabelledImage(ip, (rp,), subject_of(ip)))
+        out.append(LabelledImage(ip, (rp,), subject_of(ip), slices=labelled_slices_of(rp)))
     return out
 
 
@@ -76,7 +79,8 @@ def from_bids(root: str | os.PathLike[str], *, suffixes: Sequence[str] | None = 
     for im in found:
         gm = gm_label_of(im, labels_dir)
         if gm is not None:
-            out.append(LabelledImage(im.path, (gm,), f"sub-{im.subject}"))  # sessions stay together
+            out.append(LabelledImage(im.path, (gm,), f"sub-{im.subject}",  # sessions stay together
+                                     slices=labelled_slices_of(gm)))
     if not out:
         raise TrainingDataError(f"{labels_dir}: none of the {len(found)} selected images has a manual GM mask "
                                 f"(<name>{' or <name>'.join(GM_LABEL_SUFFIXES)}.nii.gz)")

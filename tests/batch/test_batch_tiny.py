@@ -105,8 +105,8 @@ def test_a_crash_between_qc_and_sidecar_leaves_one_qc_entry(tiny_model, images, 
     qc = tmp_path / "qc"
     settings = BatchSettings(model=tiny_model(), device="cpu", qc_dir=qc)
     segment_files([str(images[0])], settings)
-    sidecar = images[0].with_name("sub-01_T2star_gmseg.json")
-    sidecar.unlink()  # as if killed after the QC entry, before the sidecar (written last)
+    for name in ("sub-01_T2star_gmseg.json", "sub-01_T2star_gmseg.nii.gz"):
+        images[0].with_name(name).unlink()  # as if killed after the QC entry, before the outputs were renamed
     again = segment_files([str(images[0])], settings)
     assert [r.status for r in again.records] == ["ok"]
     entries = [p for p in (qc / "entries").iterdir()]

@@ -100,7 +100,7 @@ def test_find_images_errors_name_the_problem(tiny_dataset, tmp_path):
 def test_derivative_names_follow_spine_generic_and_the_bids_entity_order(tiny_dataset):
     image = bids.find_images(tiny_dataset, sessions=["02"])[0]
     deriv = tiny_dataset / "derivatives" / "sct-gm"
-    out = naming.bids_outputs(image, deriv, wm=True, prob=True)
+    out = naming.bids_outputs(image, deriv, kinds=("gm", "wm", "prob"))
     folder = deriv / "sub-01" / "ses-02" / "anat"
     stem = "sub-01_ses-02_acq-cspine_run-1_T2star"
     assert out == {"gm": folder / f"{stem}_label-GM_seg.nii.gz", "gm_sidecar": folder / f"{stem}_label-GM_seg.json",

@@ -14,7 +14,7 @@ from sctgm.cli import main
 from sctgm.exceptions import SctGmError
 from sctgm.io import load_image
 from sctgm.model.registry import Preprocessing
-from sctgm.qc import read_entries
+from sctgm.qc import QcEntryWriter, read_entries
 from sctgm.segment.enhance import AUTO_THRESHOLD_REL, Enhancement, with_options
 from sctgm.segment.files import segment_file
 from sctgm.segment.pipeline import Segmenter, SegmentOptions
@@ -127,7 +127,7 @@ def test_sidecar_noise_per_slice_is_in_the_files_slice_order(tiny_segmenter, mak
 
 def test_the_qc_entry_carries_the_noise(tiny_segmenter, noisy, tmp_path):
     qc = tmp_path / "qc"
-    res = segment_file(noisy, tmp_path / "n_gmseg.nii.gz", segmenter=tiny_segmenter, qc_dir=qc)
+    res = segment_file(noisy, tmp_path / "n_gmseg.nii.gz", segmenter=tiny_segmenter, entry=QcEntryWriter(qc))
     side = json.loads(res.sidecar.read_text())["Result"]
     (entry,) = read_entries(qc)
     assert entry["noise"]["noise_sigma_rel_p99"] == side["noise_sigma_rel_p99"] > AUTO_THRESHOLD_REL

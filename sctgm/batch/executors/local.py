@@ -9,9 +9,14 @@ executor cancels its futures (:mod:`.dask`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -47,9 +52,35 @@ def run_sequential(jobs: Sequence[Job], settings: BatchSettings, on_record: OnRe
 _worker_models: dict[BatchSettings, WorkerSegmenter] = {}
 
 
-def _init_worker(settings: BatchSettings) -> None:
+def _init_worker(settings: BatchSettings, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     logging.getLogger("sctgm").addHandler(logging.NullHandler())
+    _die_with_parent(parent_pid)
+
+
+#: Seconds between two looks of a worker's watchdog at its parent.
+PARENT_POLL_S = 0.5
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker as soon as the batch process that started it is gone (kill -9 included: no
+    handler runs there), so that no orphan goes on segmenting and writing outputs. On Linux the kernel
+    sends SIGKILL (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread watches the parent's pid (a
+    dead parent's children are re-parented, so ``os.getppid()`` changes)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # no prctl: the watchdog below does it
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died before the kernel was told
+        os._exit(1)
+    threading.Thread(target=watch, name="sctgm-parent-watchdog", daemon=True).start()
 
 
 def _run_in_worker(job: Job, settings: BatchSettings, threads: int | None) -> JobRecord:
@@ -136,4 +167,5 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
 
 def _new_pool(settings: BatchSettings, n_workers: int) -> ProcessPoolExecutor:
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
-    return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,))
+    return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(settings, os.getpid()))

@@ -252,6 +252,7 @@
 
     view.appendChild(plot("GM area per slice (mm\u00b2)", s.index || [], s.gm_mm2 || [], s.flags || [], "#dc2626"));
     if (s.wm_mm2) { view.appendChild(plot("WM area per slice (mm\u00b2)", s.index, s.wm_mm2, s.flags, "#2563eb")); }
+    if (window.sctgmEditor) { window.sctgmEditor.decorate(view, e); }  // corrected slices; the editor when served
   }
 
   function overlayLabel() { return state.overlay ? "Overlay: on" : "Overlay: off"; }

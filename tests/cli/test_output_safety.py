@@ -1,0 +1,180 @@
+"""Outputs as a set, through the CLI (issue #21): never over an input or a file sct-gm did not write,
+never into another tool's QC folder, every location checked before any work, all files or none on a
+write failure, leftovers of killed writers removed, resume by content. Tiny model: seconds."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pathlib
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sctgm.cli import main
+
+from ..conftest import cord_phantom_volume
+
+
+def _segment(*args: str):
+    return CliRunner().invoke(main, ["segment", *args, "--device", "cpu", "-q"])
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _files(folder: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def image(make_nifti, tmp_path):
+    (tmp_path / "in").mkdir()
+    return make_nifti(cord_phantom_volume(seed=1), name="in/t2s.nii.gz")
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_input_is_never_an_output(tiny_model, image, make_nifti, overwrite):
+    cord = make_nifti((cord_phantom_volume(seed=1) > 120).astype(np.uint8), name="in/cord.nii.gz")
+    before = _files(image.parent)
+    flag = ("--overwrite",) if overwrite else ()
+    for out in (image, cord):
+        res = _segment("-i", str(image), "-s", str(cord), "-o", str(out), "-m", tiny_model(), *flag)
+        assert res.exit_code == 3, res.output
+        (line,) = _lines(res.stderr)
+        assert str(out) in line and "input" in line
+    assert _files(image.parent) == before  # nothing written, nothing replaced
+
+
+def test_a_file_sctgm_did_not_write_is_kept_without_overwrite(tiny_model, image):
+    manual = image.with_name("manual_gmseg.nii.gz")
+    shutil.copy(image, manual)  # a manual mask where the output would go; no sct-gm sidecar
+    kept = manual.read_bytes()
+    res = _segment("-i", str(image), "-o", str(manual), "-m", tiny_model())
+    assert res.exit_code == 3 and manual.read_bytes() == kept
+    (line,) = _lines(res.stderr)
+    assert str(manual) in line and "--overwrite" in line
+    assert not manual.with_name("manual_gmseg.json").exists()
+    assert _segment("-i", str(image), "-o", str(manual), "-m", "tiny", "--overwrite").exit_code == 0
+    assert manual.read_bytes() != kept and manual.with_name("manual_gmseg.json").is_file()
+    mine = manual.read_bytes()
+    # sct-gm's own outputs: replaced without --overwrite, as before (one file is always segmented again)
+    assert _segment("-i", str(image), "-o", str(manual), "-m", "tiny").exit_code == 0
+    assert manual.read_bytes() == mine
+
+
+def test_a_qc_folder_of_another_tool_gets_a_sub_folder(tiny_model, image, tmp_path):
+    qc = tmp_path / "qc"
+    (qc / "_json").mkdir(parents=True)
+    (qc / "index.html").write_text("<html>SCT QC</html>")  # sct_qc's page
+    (qc / "_json" / "qc_1.json").write_text("{}")
+    theirs = _files(qc)
+    res = CliRunner().invoke(main, ["segment", "-i", str(image), "-m", tiny_model(), "--device", "cpu", "-qc", str(qc)])
+    assert res.exit_code == 0, res.output
+    assert {k: v for k, v in _files(qc).items() if not k.startswith("sct-gm/")} == theirs
+    assert (qc / "sct-gm" / "index.html").is_file() and (qc / "sct-gm" / "index.js").is_file()
+    assert f"goes to {qc / 'sct-gm'}" in res.stderr
+    again = _segment("-i", str(image), "-m", "tiny", "-qc", str(qc))  # its own report is used as it is
+    assert again.exit_code == 0 and not (qc / "sct-gm" / "sct-gm").exists()
+    assert {k: v for k, v in _files(qc).items() if not k.startswith("sct-gm/")} == theirs
+
+
+@pytest.mark.parametrize("where", ["qc_under_a_file", "output_under_a_file", "output_is_a_folder"])
+def test_every_location_is_checked_before_any_work(tiny_model, image, tmp_path, where):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    args = ["-i", str(image), "-m", tiny_model(), "--prob"]
+    if where == "qc_under_a_file":
+        args += ["-qc", str(blocker / "qc")]
+    elif where == "output_under_a_file":
+        args += ["-o", str(blocker / "o_gmseg.nii.gz")]
+    else:
+        (tmp_path / "o_gmseg_prob.nii.gz").mkdir()  # the probability map's name is a folder
+        args += ["-o", str(tmp_path / "o_gmseg.nii.gz")]
+    before = _files(tmp_path)
+    res = _segment(*args)
+    assert res.exit_code == 3 and len(_lines(res.stderr)) == 1
+    assert _files(tmp_path) == before  # not one byte written
+
+
+class _DiskFull:
+    """Every file write from the Nth on fails as a full disk does: part of the bytes land, then ENOSPC."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at, self.count = fail_at, 0
+
+    def __call__(self, real):
+        def write(this, data, *args, **kwargs):
+            self.count += 1
+            if self.count >= self.fail_at:
+                real(this, data[: len(data) // 2], *args, **kwargs)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(this, data, *args, **kwargs)
+        return write
+
+
+@pytest.mark.parametrize("fail_at", range(1, 14))
+def test_a_full_disk_leaves_every_output_or_none(tiny_model, image, tmp_path, monkeypatch, fail_at):
+    """``segment --prob -qc``: a full disk at the Nth file write (masks, sidecar, QC images, entry, page,
+    index) leaves either the whole set or nothing: no mask without its sidecar, no QC entry without
+    index.js and report.json, no temporary file."""
+    name = tiny_model()
+    assert _segment("-i", str(image), "-m", name, "-o", str(tmp_path / "warm_gmseg.nii.gz")).exit_code == 0
+    disk = _DiskFull(fail_at)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk(pathlib.Path.write_bytes))
+    monkeypatch.setattr(pathlib.Path, "write_text", disk(pathlib.Path.write_text))
+    real_save = nib.save
+    monkeypatch.setattr(nib, "save", lambda img, path: (disk(lambda _, d: None)(None, b"xx"), real_save(img, path)))
+    qc = tmp_path / "qc"
+    res = _segment("-i", str(image), "-m", name, "--prob", "-qc", str(qc))
+    written = sorted(p.name for p in image.parent.iterdir() if p != image)
+    if res.exit_code == 0:
+        assert written == ["t2s_gmseg.json", "t2s_gmseg.nii.gz", "t2s_gmseg_prob.nii.gz"]
+        assert (qc / "index.js").is_file() and (qc / "report.json").is_file()
+        return
+    assert res.exit_code == 3 and len(_lines(res.stderr)) == 1, res.output
+    assert written == []  # no mask, map or sidecar, and no temporary file
+    entries = [p for p in (qc / "entries").iterdir()] if (qc / "entries").exists() else []
+    assert entries == []
+    assert not (qc / "index.html").exists() or ((qc / "index.js").is_file() and (qc / "report.json").is_file())
+
+
+def test_a_killed_writers_leftovers_go_with_the_next_run(tiny_model, image):
+    left = [image.with_name(".t2s_gmseg.k1ll3d.part.nii.gz"), image.with_name(".t2s_gmseg.k1ll3d.part.json")]
+    for p in left:
+        p.write_bytes(b"half a file")
+    other = image.with_name(".other.k1ll3d.part.nii.gz")  # another output's: not this run's to remove
+    other.write_bytes(b"x")
+    assert _segment("-i", str(image), "-m", tiny_model()).exit_code == 0
+    assert not any(p.exists() for p in left) and other.exists()
+
+
+def _statuses(summary: pathlib.Path) -> list[str]:
+    rows = [line.split("\t") for line in summary.read_text().splitlines()]
+    return [row[rows[0].index("status")] for row in rows[1:]]
+
+
+def test_resume_redoes_a_changed_input_or_a_damaged_output(tiny_model, make_nifti, tmp_path):
+    (tmp_path / "b").mkdir()
+    a = make_nifti(cord_phantom_volume(seed=1), name="b/a.nii.gz")
+    b = make_nifti(cord_phantom_volume(seed=2), name="b/b.nii.gz")
+    summary = tmp_path / "s.tsv"
+    args = ("-i", str(a), str(b), "-m", tiny_model(), "--summary", str(summary))
+    assert _segment(*args).exit_code == 0 and _statuses(summary) == ["ok", "ok"]
+    assert _segment(*args).exit_code == 0 and _statuses(summary) == ["skipped", "skipped"]
+    sidecar = json.loads(a.with_name("a_gmseg.json").read_text())
+    assert set(sidecar["Sha256"]) == {"Sources", "Outputs"} and len(sidecar["Sha256"]["Sources"]) == 1
+    # another image on the same grid, under the same name
+    make_nifti(cord_phantom_volume(seed=7), name="b/a.nii.gz")
+    assert _segment(*args).exit_code == 0 and _statuses(summary) == ["ok", "skipped"]
+    # an output mask zeroed out: still a valid 0/1 mask on the input's grid, but not what was written
+    gm = b.with_name("b_gmseg.nii.gz")
+    good = gm.read_bytes()
+    img = nib.load(str(gm))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(gm))
+    assert _segment(*args).exit_code == 0 and _statuses(summary) == ["skipped", "ok"]
+    assert gm.read_bytes() == good
