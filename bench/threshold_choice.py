@@ -84,6 +84,9 @@ def _rules(default: float) -> dict[str, Callable]:
     for m in (500, 1000, 2000, 4000):
         rules[f"smoothed over 3, >= {m} GM voxels"] = (
             lambda m: lambda sc, n, p, t, ths: choose_threshold(sc, n, default, min_voxels=m, smooth=3))(m)
+    for m in (1000, 2000, 4000):
+        rules[f"argmax (ties nearest the init's), >= {m} GM voxels"] = (
+            lambda m: lambda sc, n, p, t, ths: choose_threshold(sc, n, default, min_voxels=m, smooth=1))(m)
     rules["the init's threshold, always"] = lambda sc, n, p, t, ths: default
     return rules
 

@@ -34,11 +34,13 @@ from .losses import dice_bce_loss
 
 #: Probability thresholds tried on the validation slices (the published models use 0.999).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
-#: The threshold choice (:func:`choose_threshold`), measured by bench/threshold_choice.py (docs/train.md):
-#: fewer GM voxels than this on the validation windows keep the init's threshold; the Dice curve is
-#: averaged over this many neighbouring thresholds before its best is taken.
+#: The threshold choice (:func:`choose_threshold`), measured by bench/threshold_choice.py (docs/train.md,
+#: "Threshold"): fewer GM voxels than this on the validation windows (about 8 slices) keep the init's
+#: threshold (with 2-4 validation slices the best one jumped across 7-11 of the 12 thresholds for Dice
+#: differences < 0.001); the Dice curve is averaged over this many neighbouring thresholds before its
+#: best is taken (1: none; smoothing over 3 or 5 did not steady the choice).
 THRESHOLD_MIN_VOXELS = 2000
-THRESHOLD_SMOOTHING = 3
+THRESHOLD_SMOOTHING = 1
 
 
 @dataclass
@@ -186,7 +188,7 @@ def choose_threshold(scores: dict[float, float], gm_voxels: int, default: float,
                      min_voxels: int = THRESHOLD_MIN_VOXELS, smooth: int = THRESHOLD_SMOOTHING) -> float:
     """The threshold kept for the model (docs/train.md, "Threshold"): ``default`` (the init's) when the
     validation slices hold fewer than ``min_voxels`` GM voxels (pooled over slices), else the best of
-    the pooled Dice curve averaged over ``smooth`` neighbouring thresholds (ties: nearest ``default``)."""
+    the pooled Dice curve (averaged over ``smooth`` neighbouring thresholds; ties: nearest ``default``)."""
     ths = sorted(scores)
     if gm_voxels < min_voxels or not ths:
         return default

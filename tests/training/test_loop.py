@@ -131,3 +131,12 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
         save_checkpoint(path, {"step": 4, "bad": lambda: None})  # cannot be pickled
     assert load_checkpoint(path)["step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_the_threshold_is_the_inits_on_few_gm_voxels_else_the_best_nearest_the_inits() -> None:
+    from sctgm.training.loop import THRESHOLD_MIN_VOXELS, choose_threshold
+
+    scores = {0.3: 0.80, 0.5: 0.85, 0.9: 0.86, 0.999: 0.86}
+    assert choose_threshold(scores, THRESHOLD_MIN_VOXELS - 1, 0.5) == 0.5  # too few voxels: the init's
+    assert choose_threshold(scores, THRESHOLD_MIN_VOXELS, 0.5) == 0.9  # the best, the tie nearest 0.5
+    assert choose_threshold(scores, THRESHOLD_MIN_VOXELS, 0.999) == 0.999  # the tie nearest the init's
