@@ -39,7 +39,8 @@ import torch
 from cases import MODELS_DIR, TESTING
 from sctgm.io import load_image
 from sctgm.model.install import sha256_of
-from sctgm.model.registry import InstalledModel, Preprocessing
+from sctgm.model.registry import InstalledModel
+from sctgm.recipe import Preprocessing, Recipe
 from sctgm.model.weights import save_safetensors, state_dict_from_keras
 from sctgm.segment.pipeline import Segmenter, SegmentOptions
 from sctgm.segment.preprocess import prepare
@@ -95,8 +96,8 @@ def segmenter_for(state_dict: dict[str, np.ndarray], filters: int, arch: str, fo
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
     save_safetensors(state_dict, filters, path)
-    record = {"name": "unet", "depth": UNET_DEPTH} if arch == "unet" else {}
-    model = InstalledModel(f"bench-{arch}", "0", filters, path, "safetensors", sha256_of(path), architecture=record)
+    network = {"name": "unet", "filters": filters, "depth": UNET_DEPTH} if arch == "unet" else {"filters": filters}
+    model = InstalledModel(f"bench-{arch}", "0", path, "safetensors", sha256_of(path), Recipe(network))
     return Segmenter(model, device="cpu", engine="onnxruntime", threads=threads, cache_dir=str(folder))
 
 
@@ -120,8 +121,8 @@ def initial_model(init: str) -> tuple[torch.nn.Module, str, int, bool]:
     if init == "unet":
         torch.manual_seed(0)
         return build_model("unet", UNET_FILTERS, depth=UNET_DEPTH), "unet", UNET_FILTERS, False
-    model, arch = model_from_weights(MODELS / f"{init}_model.hdf5")
-    return model, arch, state_dict_from_keras(MODELS / f"{init}_model.hdf5")[1], True
+    model, architecture = model_from_weights(MODELS / f"{init}_model.hdf5")
+    return model, "dilated", state_dict_from_keras(MODELS / f"{init}_model.hdf5")[1], True
 
 
 def fmt(d: dict[float, float]) -> str:

@@ -26,12 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-T2S = SHARED / "data" / "sct_testing_data" / "t2s"
-MODELS = SHARED / "models" / "deepseg_gm"
-sys.path.insert(0, str(REPO))
-from sctgm.qc.screenshot import browser_missing, make_driver, wait_ready  # noqa: E402
+from cases import MODELS_DIR as MODELS
+from cases import REPO, TESTING
+from sctgm.qc.screenshot import browser_missing, make_driver, wait_ready
+
+T2S = TESTING / "t2s"
 
 
 def demo_dataset(work: Path) -> tuple[Path, Path]:

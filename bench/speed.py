@@ -57,17 +57,17 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
     """Configuration name -> a call that runs the network over all of ``x``."""
     import onnxruntime as ort
 
-    from sctgm.engines.onnx import build_graph
+    from sctgm.networks.dilated import onnx_graph
     from sctgm.model.weights import load_safetensors
 
     installed = ensure_model(model, mirror=str(MODELS))
     sd, filters = load_safetensors(installed.weights_path)
-    plain = ort.InferenceSession(build_graph(sd, filters), providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(onnx_graph(sd, {"filters": filters}), providers=["CPUExecutionProvider"])
     ours = load_network(installed, "cpu", engine="onnxruntime", cache_dir=resolve_cache_dir())
     ours_torch = load_network(installed, "cpu", engine="torch")
     import torch
 
-    from sctgm.engines.network import DilatedGMNet
+    from sctgm.networks.dilated import DilatedGMNet
 
     eager = DilatedGMNet(filters).eval()
     eager.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})

@@ -7,7 +7,8 @@ Library API (imports torch lazily, on first use)::
     seg = sctgm.Segmenter.from_name("large")                  # load a model once ...
     out = seg.segment_image(sctgm.load_image("t2s.nii.gz"))   # ... segment arrays in memory
     res = sctgm.segment_bids("ds", sctgm.BatchSettings(model="large"), n_jobs=4)  # a BIDS dataset
-    out = sctgm.train(["img.nii.gz"], ["gm.nii.gz"], output="mymodel")  # fine-tune (sct-gm train)
+    out = sctgm.train(sctgm.TrainSources(["img.nii.gz"], ["gm.nii.gz"]), "mymodel",   # fine-tune (sct-gm train,
+                      sctgm.TrainOptions(init="challenge", max_steps=100))          # needs sctgm[torch])
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     from .segment.files import segment_file
     from .segment.pipeline import Segmenter, SegmentOptions
     from .training.api import train
+    from .training.options import TrainOptions, TrainSources
 
 __all__ = ["__version__", "SctGmError", "segment_file", "segment_image", "load_image", "Segmenter", "SegmentOptions",
-           "segment_bids", "segment_files", "BatchSettings", "train"]
+           "segment_bids", "segment_files", "BatchSettings", "train", "TrainSources", "TrainOptions"]
 
 _LAZY = {
     "segment_file": "segment.files",
@@ -37,6 +39,8 @@ _LAZY = {
     "Segmenter": "segment.pipeline",
     "SegmentOptions": "segment.pipeline",
     "train": "training.api",
+    "TrainSources": "training.options",
+    "TrainOptions": "training.options",
 }
 
 

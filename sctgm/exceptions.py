@@ -97,6 +97,11 @@ class InvalidOptionError(SctGmError):
     mask without a cord mask)."""
 
 
+class MissingExtraError(InvalidOptionError):
+    """A command or option needs an optional extra that is not installed: PyTorch (``pip install
+    'sctgm[torch]'``) for ``sct-gm train`` and ``--engine torch``; segmenting on a CPU needs none."""
+
+
 class WorkerDiedError(ExecutorError):
     """In a batch: the worker process segmenting an image died (killed, out of memory, a crash in native
     code) again when the image was retried alone; recorded for that image, the batch goes on."""

@@ -31,12 +31,12 @@ import numpy as np
 
 from ._version import __version__
 from .exceptions import OutputError
-from .io import LoadedImage, like, save_json, save_nifti
-from .naming import split_nifti_name
+from .io import LoadedImage, file_sha256, like, same_file, save_json, save_nifti
+from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, split_nifti_name
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.
-BIDS_LABEL_SUFFIX = "_label-GM_seg"
-MANUAL_SUFFIX = "_gmseg-manual"
+BIDS_LABEL_SUFFIX = BIDS_MANUAL_GM_SUFFIX
+MANUAL_SUFFIX = MANUAL_GM_SUFFIX
 LABELS_DERIVATIVE = Path("derivatives") / "labels"
 #: Sidecar key: the file's S-I voxel indices a reviewer saved (the only labelled slices).
 SLICES_KEY = "LabelledSlices"
@@ -106,16 +106,6 @@ def labelled_slices_of(mask: str | os.PathLike[str]) -> tuple[int, ...] | None:
     return tuple(sorted({int(k) for k in side[SLICES_KEY] if isinstance(k, int) and not isinstance(k, bool)}))
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _shown(path: Path, root: Path | None) -> str:
     """A path as the sidecar records it: relative to the BIDS root when inside it."""
     if root is not None:
@@ -137,7 +127,7 @@ def write_correction(image: LoadedImage, automatic_mask: str | os.PathLike[str],
     target = target or correction_path(image.path)
     auto = Path(automatic_mask).absolute()
     for p in (target.mask, target.sidecar):
-        if p.absolute() in (Path(image.path).absolute(), auto, sidecar_of(auto).absolute()):
+        if any(same_file(p, q) for q in (image.path, auto, sidecar_of(auto))):
             raise OutputError(f"{p}: is the image or the automatic mask; a correction never overwrites them")
     vol = np.asarray(volume)
     if vol.shape != image.data.shape[:3] or not np.isin(vol, (0, 1)).all():
@@ -147,7 +137,7 @@ def write_correction(image: LoadedImage, automatic_mask: str | os.PathLike[str],
     history = [h for h in before.get("Corrections", []) if isinstance(h, dict)]
     history += [{"Slice": int(k), "Saved": now, "VoxelsChangedFromAutomatic": int(n)} for k, n in sorted(saved.items())]
     slices = sorted(set(labelled_slices_of(target.mask) or ()) | {int(k) for k in saved})
-    source = {"Path": _shown(auto, target.bids_root), "SHA256": sha256_of(auto)}
+    source = {"Path": _shown(auto, target.bids_root), "SHA256": file_sha256(auto)}
     first = (before.get("GeneratedBy") or [{}])[0]
     generated = {"Name": "sct-gm", "Version": __version__, "Description": f"manual correction ({tool})",
                  "StartedFrom": first.get("StartedFrom", source) if isinstance(first, dict) else source}

@@ -43,7 +43,12 @@ PROB_SUFFIX = "_prob"  # appended to the GM output's stem: t2s_gmseg -> t2s_gmse
 NIFTI_KEYS = ("gm", "wm", "prob")
 LAYOUTS = ("sct", "bids")
 
-_OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX})$")
+#: A reviewer's corrected GM mask beside its image (the QC editor, :mod:`sctgm.labels`), and in a BIDS
+#: dataset's ``derivatives/labels`` (spine-generic's names).
+MANUAL_GM_SUFFIX = "_gmseg-manual"
+BIDS_MANUAL_GM_SUFFIX = "_label-GM_seg"
+
+_OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX})$")
 
 
 def split_nifti_name(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -129,7 +134,8 @@ def sct_outputs(input_path: str | os.PathLike[str], output: str | os.PathLike[st
 
 
 def is_sctgm_output(path: str | os.PathLike[str]) -> bool:
-    """True for names sct-gm writes beside its inputs (``*_gmseg``, ``*_wmseg``, ``*_gmseg_prob``)."""
+    """True for names sct-gm writes beside its inputs (``*_gmseg``, ``*_wmseg``, ``*_gmseg_prob``, and
+    the QC editor's ``*_gmseg-manual``): a batch never takes them as images."""
     return bool(_OUTPUT_STEMS.search(split_nifti_name(Path(path).name)[0]))
 
 

@@ -122,9 +122,9 @@ def restore_sctgm_logger():
 # ------------------------------------------------------------------------------------ tiny model
 
 def random_state_dict(filters: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights for :class:`sctgm.engines.network.DilatedGMNet` (keys and shapes from the torch
+    """Random weights for :class:`sctgm.networks.dilated.DilatedGMNet` (keys and shapes from the torch
     module), batch-norm statistics kept near identity so activations stay finite."""
-    from sctgm.engines.network import DilatedGMNet
+    from sctgm.networks.dilated import DilatedGMNet
 
     rng = np.random.default_rng(seed)
     out = {}

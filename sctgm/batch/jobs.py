@@ -30,12 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..io import file_sha256, load_image, read_grid
+from ..io import file_sha256, load_image, read_grid, read_nifti
 from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, OutputSet, output_kinds
 from ..segment.outputs import segment_and_write
@@ -252,12 +251,12 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     for key in NIFTI_KEYS:
         if key not in out:
             continue
-        try:
-            with nibabel_messages():  # nibabel's notices about a damaged output stay silent
-                img = nib.load(str(out[key]))
-                data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
-        except FileNotFoundError:
+        if not out[key].is_file():
             return f"{out[key].name} is missing"
+        try:
+            img = read_nifti(out[key])  # its header checked first: reads bounded by what it announces
+            with nibabel_messages():  # nibabel's notices about a damaged output stay silent
+                data = np.asanyarray(img.dataobj)  # reads (and CRC-checks) the whole file
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt output
             return f"{out[key].name} is unreadable ({type(exc).__name__})"
         if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-4):
@@ -292,7 +291,7 @@ def _changed(job: Job, hashes: dict[str, Any]) -> str | None:
 
 def gm_volume_mm3(gm_path: Path) -> float:
     """GM voxels times the voxel volume (mm3, :func:`sctgm.geometry.voxel_volume_mm3`)."""
-    img = nib.load(str(gm_path))
+    img = read_nifti(gm_path)
     return float(np.count_nonzero(np.asanyarray(img.dataobj))) * voxel_volume_mm3(img.affine)
 
 

@@ -12,7 +12,11 @@ import click
 
 from ..training.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION
 from . import resolve_verbosity, setup_logging, verbosity_option
+from ..networks import BUILTIN, network_named
 from .options import greedy_command
+
+#: --arch: the shipped networks' train names (sctgm/networks/).
+TRAIN_ARCHITECTURES = [network_named(name).train_name for name in BUILTIN]
 
 _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "--val")
 
@@ -33,7 +37,7 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
               help="MODEL_DIR to create (model.safetensors, model.json, logs, curves, validation metrics).")
 @click.option("--init", default=DEFAULT_INIT, show_default=True,
               help="Start from: large, challenge, a registered name, a model folder / weight file, or none.")
-@click.option("--arch", type=click.Choice(["dilated", "unet"]), default=None,
+@click.option("--arch", type=click.Choice(TRAIN_ARCHITECTURES), default=None,
               help="Network (with --init none) [default: dilated, or the init's].")
 @click.option("--filters", type=click.IntRange(1, 512), default=None, help="Filters (with --init none).")
 @click.option("--val", "val_subjects", multiple=True, help="Validation subjects (sub-03 ...).")
@@ -72,7 +76,8 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
       sct-gm train --bids ds --val sub-03 -o mymodel --init large
       sct-gm train --gmchallenge training-data -o unet --init none --arch unet
     """
-    from .. import train as run_train
+    from ..training.api import train as run_train
+    from ..training.options import TrainOptions, TrainSources
     from .progress import counting_bar, progress_lines_shown
 
     verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
@@ -93,10 +98,12 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
                 bar(p.step, p.max_steps, p)  # type: ignore[attr-defined]
 
         try:
-            result = run_train(list(inputs), list(refs), output=output, bids=bids_root, suffixes=suffixes or None,
-                               participants=participants, gmchallenge=gmchallenge, init=init, arch=arch,
-                               filters=filters, val=val_subjects, val_fraction=val_fraction, max_steps=max_steps,
-                               epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed, device=device, threads=threads,
+            data = TrainSources(images=inputs, masks=refs, bids=bids_root, suffixes=suffixes or None,
+                                participants=participants, gmchallenge=gmchallenge)
+            options = TrainOptions(init=init, arch=arch, filters=filters, val=val_subjects, val_fraction=val_fraction,
+                                   max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                   device=device, threads=threads, augment=augment)
+            result = run_train(data, output, options,
                                resume=resume, overwrite=overwrite, progress=progress,
                                command_line=shlex.join(["sct-gm", *sys.argv[1:]]))
         except KeyboardInterrupt:

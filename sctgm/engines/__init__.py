@@ -1,6 +1,7 @@
-"""The network engines: ONNX Runtime (:mod:`.onnx`, the CPU default) and PyTorch (:mod:`.torch`), the
-networks they build (:mod:`.architectures`, :mod:`.network`), and the choice between them
-(:mod:`.choice`). Importing this package imports neither onnxruntime nor torch."""
+"""The network engines: ONNX Runtime (:mod:`.onnx`, the CPU default) and PyTorch (:mod:`.torch`, with the
+precision policy, :func:`.torch.precision_context`), and the choice between them (:mod:`.choice`); the
+networks they run come from :mod:`sctgm.networks`. Importing this package imports neither onnxruntime
+nor torch."""
 
 from __future__ import annotations
 

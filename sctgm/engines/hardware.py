@@ -1,4 +1,4 @@
-"""What this machine offers the engines, found without importing torch: CPU cores, onnxruntime, CUDA."""
+"""What this machine offers the engines, found without importing torch: CPU cores, onnxruntime, torch, CUDA."""
 
 from __future__ import annotations
 
@@ -19,6 +19,29 @@ def onnxruntime_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def torch_available() -> bool:
+    """True when torch can be imported (checked without importing it: that takes seconds)."""
+    import importlib.util
+
+    if "torch" in sys.modules:  # imported already, or blocked (None)
+        return sys.modules["torch"] is not None
+    return importlib.util.find_spec("torch") is not None
+
+
+#: How to get torch, said by every error about it (pyproject.toml: the 'torch' extra).
+TORCH_EXTRA = "pip install 'sctgm[torch]'"
+
+
+def require_torch(what: str, parameter: str | None = "engine") -> None:
+    """Raise :class:`~sctgm.exceptions.MissingExtraError` (exit code 2) when torch is not installed:
+    ``what`` (e.g. "sct-gm train") needs it; ``parameter``: the argument the message is about."""
+    if not torch_available():
+        from ..exceptions import MissingExtraError
+
+        raise MissingExtraError(f"{what} needs PyTorch, which is not installed here: {TORCH_EXTRA} "
+                                f"(segmenting on a CPU needs none)", parameter=parameter)
 
 
 def cuda_may_exist() -> bool:

@@ -1,9 +1,12 @@
-"""The PyTorch engine: a model's torch module (:mod:`sctgm.engines.architectures`) on a CPU or a CUDA device.
+"""The PyTorch engine: a model's torch module (:mod:`sctgm.networks`) on a CPU or a CUDA device, and the
+one precision policy (:func:`precision_context`) that inference and training's validation share.
 
 torch is imported here, and only when this engine is chosen (it takes seconds to import).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -25,19 +28,34 @@ def resolve_device(device: str = "auto") -> torch.device:
                                  parameter="device") from None
 
 
+def precision_context(precision: str, device: torch.device) -> contextlib.ExitStack:
+    """The arithmetic of a forward pass, as a recipe's ``precision`` (:data:`sctgm.recipe.PRECISIONS`)
+    says: ``fp32`` (the policy for every model, inference and validation alike): float32 with TF32 off,
+    because TF32 changes probabilities near the 0.999 threshold (``bench/precision.py`` measures it);
+    ``tf32``: cuDNN may use TF32; ``bf16``/``fp16``: autocast to that type."""
+    stack = contextlib.ExitStack()
+    cudnn = torch.backends.cudnn
+    stack.enter_context(cudnn.flags(enabled=True, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                                    allow_tf32=precision == "tf32"))
+    if precision in ("bf16", "fp16"):
+        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
+    return stack
+
+
 class TorchNetwork:
     """The network in eval mode on its device; ``run`` maps (N, 1, H, W) float32 slices to
-    probabilities of the same shape (computed in fp32: TF32 is not used, see :meth:`run`)."""
+    probabilities of the same shape, computed at ``precision`` (:func:`precision_context`)."""
 
     engine = "torch"
 
     def __init__(self, net: torch.nn.Module, state_dict: dict[str, np.ndarray], device: str | torch.device = "auto",
-                 *, threads: int | None = None, origin: str = "") -> None:
+                 *, threads: int | None = None, origin: str = "", precision: str = "fp32") -> None:
         from ..exceptions import ModelError
 
         self.torch_device = device if isinstance(device, torch.device) else resolve_device(device)
         self.device = str(self.torch_device)
         self.threads = threads
+        self.precision = precision
         # CPU: one slice a call is the fastest and leanest (docs/speed.md); GPU: enough slices to
         # fill the device.
         self.preferred_batch_size = 1 if self.torch_device.type == "cpu" else 32
@@ -55,11 +73,8 @@ class TorchNetwork:
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
-        cudnn = torch.backends.cudnn
         try:
-            # TF32 would change the probabilities near the 0.999 threshold; keep full fp32 on CUDA.
-            with torch.inference_mode(), cudnn.flags(enabled=True, benchmark=cudnn.benchmark,
-                                                     deterministic=cudnn.deterministic, allow_tf32=False):
+            with torch.inference_mode(), precision_context(self.precision, self.torch_device):
                 prob = self.net(x)
         finally:
             torch.set_num_threads(before)

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +34,8 @@ from .download import DownloadPolicy, Expected, ProgressCallback, fetch_from_sou
 from ..exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
 from ..io import modes_from_umask
 from . import registry
-from .registry import MANIFEST_FILE, WEIGHTS_FILE, InstalledModel, ModelStatus, Preprocessing, unknown_model
+from ..recipe import Recipe
+from .registry import MANIFEST_FILE, WEIGHTS_FILE, InstalledModel, ModelStatus, unknown_model
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,8 @@ def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str,
 def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel:
     _verify_install(folder, name, entry)
     weights = next(f for f in entry["files"] if f["role"] == "weights")
-    return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]),
-                          folder / WEIGHTS_FILE, "safetensors", weights["sha256"],
-                          Preprocessing.from_entry(entry["preprocessing"], name), dict(entry["architecture"]))
+    return InstalledModel(name, str(entry["version"]), folder / WEIGHTS_FILE, "safetensors", weights["sha256"],
+                          Recipe.from_entry(entry, name))
 
 
 # ------------------------------------------------------------------------------------- downloading
@@ -250,26 +251,23 @@ def _unwritable_cache(name: str, folder: Path, exc: OSError) -> ModelError:
 # -------------------------------------------------------------------------------------- public API
 
 def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
+    """A bare weight file, prepared as the default model is; which network it holds is asked of the
+    network modules (:func:`sctgm.networks.recognise`)."""
+    from ..networks import recognise
     from . import weights
 
     if not path.is_file():
         raise UnknownModelError(f"{path}: no such model file; give a registered model name "
                                 f"({', '.join(sorted(reg['models']))}) or a .hdf5/.safetensors file")
-    default = reg["models"][reg["default"]]  # a bare weight file is prepared as the default model is
-    architecture = dict(default["architecture"])
+    default = Recipe.from_entry(reg["models"][reg["default"]], reg["default"])
     if path.suffix == ".safetensors":
-        sd, filters = weights.load_safetensors(path)
+        sd, _ = weights.load_safetensors(path)
         fmt = "safetensors"
-        if "encoders.0.conv1.weight" in sd:  # a U-Net trained by sct-gm train
-            from .unet import unet_shape
-
-            filters, depth = unet_shape(sd)
-            architecture = {"name": "unet", "filters": filters, "depth": depth}
     else:
-        _, filters = weights.state_dict_from_keras(path)
+        sd, _ = weights.state_dict_from_keras(path)
         fmt = "keras-hdf5"
-    return InstalledModel(path.stem, "user", filters, path, fmt, sha256_of(path),
-                          Preprocessing.from_entry(default["preprocessing"], path.stem), architecture)
+    network = recognise(sd, str(path))
+    return InstalledModel(path.stem, "user", path, fmt, sha256_of(path), replace(default, network=network))
 
 
 def _from_model_file(path: Path) -> InstalledModel:
@@ -291,9 +289,8 @@ def _from_model_file(path: Path) -> InstalledModel:
     from .weights import check_architecture, load_safetensors
 
     check_architecture(entry["architecture"], load_safetensors(folder / weights["name"])[0], str(json_path))
-    return InstalledModel(name, str(entry["version"]), int(entry["architecture"]["filters"]), folder / weights["name"],
-                          "safetensors", weights["sha256"], Preprocessing.from_entry(entry["preprocessing"], name),
-                          dict(entry["architecture"]))
+    return InstalledModel(name, str(entry["version"]), folder / weights["name"], "safetensors", weights["sha256"],
+                          Recipe.from_entry(entry, name))
 
 
 def ensure_model(name_or_path: str | None = None, *, mirror: str | None = None,

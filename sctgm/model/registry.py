@@ -1,182 +1,67 @@
 """The model registry (data_registry.json, plus a user file named by ``SCTGM_REGISTRY``) and the records
-that describe a model: :class:`Preprocessing`, :class:`InstalledModel`, :class:`ModelStatus`.
+that describe a model: :class:`InstalledModel`, :class:`ModelStatus`.
 
-An entry says where a model's files are (URLs, size, sha256), which network it is (``architecture``:
-``name`` and ``filters``) and how images must be prepared for it (``preprocessing``, read into a
-:class:`Preprocessing` that the segmentation pipeline follows). Installing and verifying models is
+An entry says where a model's files are (URLs, size, sha256) and its recipe (:class:`sctgm.recipe.Recipe`:
+which network it is, ``architecture``; how images are prepared for it, ``preprocessing``; its
+``contrast`` and ``precision``), which everything above reads. Installing and verifying models is
 :mod:`sctgm.model.install`'s job; see docs/models.md for the format.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..exceptions import ModelError, UnknownModelError
+from ..recipe import DEFAULT_NETWORK, Preprocessing, Recipe
+
+__all__ = ["InstalledModel", "ModelStatus", "Preprocessing", "Recipe", "load_registry", "read_model_file",
+           "registered_names", "unknown_model"]
 
 REGISTRY_ENV = "SCTGM_REGISTRY"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FORMATS = ("keras-hdf5", "safetensors")
-#: The architecture of the published models (see :mod:`sctgm.engines.architectures`).
-DEFAULT_ARCHITECTURE = "perone2018-dilated"
+#: The network of the published models (see :mod:`sctgm.networks`).
+DEFAULT_ARCHITECTURE = DEFAULT_NETWORK
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-# ----------------------------------------------------------------------------------- preprocessing
-
-@dataclass(frozen=True)
-class _Rule:
-    """How one preprocessing field is read from a registry entry: ``parse`` converts the JSON value
-    (raising TypeError/ValueError when it cannot), ``valid`` accepts the result, ``expected`` says what
-    is accepted, for the message."""
-
-    parse: Callable[[Any], Any]
-    valid: Callable[[Any], bool]
-    expected: str
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(v)
-    return float(v)
-
-
-def _integer(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(v)
-    return v
-
-
-def _text(v: Any) -> str:
-    if not isinstance(v, str):
-        raise TypeError(v)
-    return v
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model's input is prepared (the ``preprocessing`` block of its registry entry), followed
-    by segmentation (:mod:`sctgm.segment.preprocess`) and, identically, by training.
-
-    - ``orientation``: the canonical array layout, nibabel axis codes; only ``"LAS"`` (axial slices are
-      ``data[:, :, k]``).
-    - ``spacing_mm``: in-plane pixel size (mm) of the network's grid (the published models: 0.25).
-    - ``crop_px``: window side (pixels of that grid) the network sees per slice (published: 200).
-    - ``standardisation``: ``"volume"``: (x - mean) / std with the mean and std of the whole window
-      stack of a volume.
-    - ``threshold``: GM probability above which a pixel is GM, strictly between 0 and 1.
-    - ``enhancement``: the image enhancement run on the canonical volume before anything else
-      (:class:`sctgm.segment.enhance.Enhancement` as a JSON object, e.g. ``{"denoise": "auto"}``;
-      missing keys take that record's defaults). Default :data:`DEFAULT_ENHANCEMENT`: denoise 'auto'
-      (NLM only on images noisier than 3.5 % of the 99th percentile; docs/robustness.md).
-
-    Adding a field (e.g. denoising settings): a dataclass field with its default, and a row in
-    :data:`PREPROCESSING_RULES`; :meth:`from_entry` and :meth:`to_entry` follow the table.
-    """
-
-    orientation: str = "LAS"
-    spacing_mm: float = 0.25
-    crop_px: int = 200
-    standardisation: str = "volume"
-    threshold: float = 0.999
-    enhancement: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENHANCEMENT))
-
-    @classmethod
-    def from_entry(cls, block: Any, model: str = "?") -> Preprocessing:
-        """Read and validate a registry ``preprocessing`` block (missing keys take the defaults).
-        Raises :class:`~sctgm.exceptions.ModelError` naming ``model``, the key and the value, for an
-        unknown key or an unsupported value."""
-        if not isinstance(block, dict):
-            raise ModelError(f"model '{model}': 'preprocessing' must be an object, not {block!r}")
-        unknown = sorted(set(block) - set(PREPROCESSING_RULES))
-        if unknown:
-            raise ModelError(f"model '{model}': preprocessing key(s) {', '.join(unknown)} not supported by this "
-                             f"sct-gm (known: {', '.join(PREPROCESSING_RULES)}); upgrade sct-gm or remove them")
-        values = {}
-        for key, value in block.items():
-            rule = PREPROCESSING_RULES[key]
-            try:
-                parsed = rule.parse(value)
-                ok = rule.valid(parsed)
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ModelError(f"model '{model}': preprocessing {key} = {value!r} is not supported; expected "
-                                 f"{rule.expected}")
-            values[key] = parsed
-        return cls(**values)
-
-    def to_entry(self) -> dict[str, Any]:
-        """The registry ``preprocessing`` block of this record (``from_entry(to_entry())`` == self)."""
-        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)}
-
-
-#: A model's enhancement when its entry names none (chosen by measurement, docs/robustness.md).
-DEFAULT_ENHANCEMENT: dict[str, Any] = {"denoise": "auto"}
-
-
-def _enhancement(v: Any) -> dict[str, Any]:
-    """An enhancement block, checked by the record it becomes (function-level import: the record and
-    its checks live with the steps in sctgm.segment.enhance, which imports nothing from sctgm.model)."""
-    from ..exceptions import SctGmError
-    from ..segment.enhance import Enhancement
-
-    if not isinstance(v, dict):
-        raise TypeError(v)
-    try:
-        Enhancement.from_dict(v)
-    except SctGmError as exc:
-        raise ValueError(str(exc)) from None
-    return dict(v)
-
-
-#: One row per :class:`Preprocessing` field: how it is read and what is accepted.
-PREPROCESSING_RULES: dict[str, _Rule] = {
-    "orientation": _Rule(_text, lambda v: v == "LAS", '"LAS" (the only canonical layout sct-gm implements)'),
-    "spacing_mm": _Rule(_number, lambda v: math.isfinite(v) and 0.01 <= v <= 5.0,
-                        "an in-plane pixel size in mm between 0.01 and 5"),
-    "crop_px": _Rule(_integer, lambda v: 16 <= v <= 4096, "an integer window side between 16 and 4096 pixels"),
-    "standardisation": _Rule(_text, lambda v: v in ("volume",),
-                             '"volume" (mean/std over the window stack of a volume)'),
-    "threshold": _Rule(_number, lambda v: 0.0 < v < 1.0, "a probability strictly between 0 and 1"),
-    "enhancement": _Rule(_enhancement, lambda v: True,
-                         'an object of enhancement settings, e.g. {"denoise": "auto", "bias": "off", "clahe": false} '
-                         "(docs/robustness.md)"),
-}
-assert set(PREPROCESSING_RULES) == {f.name for f in fields(Preprocessing)}  # the table covers the record
-
-
 # ------------------------------------------------------------------------------------------ records
 
 @dataclass(frozen=True)
 class InstalledModel:
-    """A model ready to load: where its weights are, which network they fit (``architecture``: at least
-    ``{"name": ..., "filters": ...}``, see :mod:`sctgm.engines.architectures`) and how its input is
-    prepared (``preprocessing``)."""
+    """A model ready to load: where its weights are (``weights_path``, a ``weights_format`` of
+    :data:`WEIGHTS_FORMATS`; ``sha256`` of the registered weights file it came from) and its
+    :class:`~sctgm.recipe.Recipe` (network, preprocessing, threshold, enhancement, contrast, precision)."""
 
     name: str
     version: str
-    filters: int
     weights_path: Path
-    weights_format: str  # "keras-hdf5" or "safetensors"
-    sha256: str  # of the registered weights file the model came from
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    architecture: dict[str, Any] = field(default_factory=dict)
+    weights_format: str
+    sha256: str
+    recipe: Recipe
 
-    def __post_init__(self) -> None:
-        arch = {"name": DEFAULT_ARCHITECTURE, **self.architecture, "filters": self.filters}
-        object.__setattr__(self, "architecture", arch)
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The recipe's network: ``{"name": ..., "filters": ..., ...}`` (:mod:`sctgm.networks`)."""
+        return self.recipe.network
+
+    @property
+    def filters(self) -> int:
+        return int(self.recipe.network.get("filters", 0))
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.recipe.preprocessing
 
 
 @dataclass(frozen=True)
@@ -216,7 +101,7 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
     if not isinstance(architecture.get("name", DEFAULT_ARCHITECTURE), str):
         raise bad("architecture.name must be a string")
     try:
-        Preprocessing.from_entry(entry["preprocessing"], name)
+        Recipe.from_entry(entry, name)
     except ModelError as exc:
         raise ModelError(f"{origin}: {exc}") from None
     files = entry["files"]

@@ -1,5 +1,5 @@
-"""Read the published Keras 2 HDF5 weights into :class:`~sctgm.engines.network.DilatedGMNet`, and save/load
-them as safetensors (which load without unpickling).
+"""Read the published Keras 2 HDF5 weights into the state dict of :mod:`sctgm.networks.dilated`, and
+save/load state dicts as safetensors (which load without unpickling).
 
 The Keras file needs only h5py: each layer's arrays sit at ``model_weights/<layer>/<layer>/<array>:0``.
 Keras kernels are (kh, kw, in, out) in cross-correlation form, exactly what PyTorch's Conv2d computes
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ModelError
-from .architecture import ASPP_BRANCHES
+from ..networks.dilated import ASPP_BRANCHES
 
 # Keras BatchNormalization layers were numbered in creation order; this maps our module paths onto
 # them. The ASPP branches' first layers were created before their second layers, interleaved.
@@ -63,7 +63,7 @@ def keras_layer_arrays(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def state_dict_from_keras(path: str | Path) -> tuple[dict[str, "np.ndarray"], int]:
-    """Convert a published Keras HDF5 file into a DilatedGMNet state dict (numpy arrays) and the
+    """Convert a published Keras HDF5 file into a dilated-network state dict (numpy arrays) and the
     number of filters it implies."""
     layers = keras_layer_arrays(path)
     try:
@@ -131,32 +131,23 @@ def read_preprocessing_json(path: str | Path) -> dict[str, float]:
     return json.loads(Path(path).read_text())
 
 
-def architecture_of_weights(state_dict: dict[str, np.ndarray]) -> dict[str, object]:
-    """The network a state dict fits, as a registry ``architecture`` block: a U-Net (``sct-gm train
-    --arch unet``: name, filters, depth) or the published dilated network (name, filters)."""
-    from .registry import DEFAULT_ARCHITECTURE
-
-    if "encoders.0.conv1.weight" in state_dict:  # read from the keys here: the U-Net module imports torch
-        depth = sum(1 for k in state_dict if k.startswith("encoders.") and k.endswith(".conv1.weight"))
-        return {"name": "unet", "filters": int(state_dict["encoders.0.conv1.weight"].shape[0]), "depth": depth}
-    if "conv2d_1.conv.weight" not in state_dict:
-        return {"name": "?", "filters": 0}
-    return {"name": DEFAULT_ARCHITECTURE, "filters": int(state_dict["conv2d_1.conv.weight"].shape[0])}
-
-
 def check_architecture(declared: dict[str, object], state_dict: dict[str, np.ndarray], origin: str) -> None:
     """Refuse (:class:`ModelError`) a model whose registered ``architecture`` is not the network its
-    weights fit: found when the model is loaded, not after training on it or halfway through a
-    segmentation."""
-    from .registry import DEFAULT_ARCHITECTURE
+    weights fit (asked of the network module, :mod:`sctgm.networks`): found when the model is loaded,
+    not after training on it or halfway through a segmentation."""
+    from ..networks import network_for, recognise
 
-    actual = architecture_of_weights(state_dict)
-    wanted = {"name": declared.get("name", DEFAULT_ARCHITECTURE), "filters": declared.get("filters")}
-    if actual["name"] == "unet":
-        wanted["depth"] = declared.get("depth", 3)
-    if wanted != actual:
-        raise ModelError(f"{origin}: the model's architecture {_describe(wanted)} does not match its weights, which "
-                         f"are {_describe(actual)}; the model file is inconsistent")
+    net = network_for(declared, origin)
+    actual = net.recognise(state_dict)
+    wanted = None if actual is None else {**{k: declared.get(k, net.defaults.get(k)) for k in actual}, "name": net.name}
+    if actual is None or wanted != actual:
+        try:
+            found = _describe(recognise(state_dict))
+        except ModelError:
+            found = "of no network this sct-gm knows"
+        shown = wanted or {"name": net.name, **{k: v for k, v in declared.items() if k not in ("name", "module")}}
+        raise ModelError(f"{origin}: the model's architecture {_describe(shown)} does not match its weights, which are "
+                         f"{found}; the model file is inconsistent")
 
 
 def _describe(architecture: dict[str, object]) -> str:

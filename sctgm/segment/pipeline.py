@@ -4,7 +4,7 @@ io -> :mod:`.preprocess` (orientation, fine grid) -> :mod:`.placement` (windows)
 standardise) -> :mod:`sctgm.engines` (network) -> threshold -> :mod:`.grid` (back to native) ->
 :mod:`.postprocess` -> orientation back. Each geometric step has its exact inverse, so the outputs land
 on the input's voxel grid. Spacing, window size, orientation and threshold come from the model's
-:class:`~sctgm.model.registry.Preprocessing`.
+:class:`~sctgm.recipe.Preprocessing`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import InvalidOptionError
 from ..io import LoadedImage
-from ..model.registry import InstalledModel, Preprocessing
+from ..model.registry import InstalledModel
+from ..recipe import Preprocessing
 from . import enhance, placement, postprocess
 from .grid import Window, overlap, window_to_native
 from .noise import in_file_order
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SegmentOptions:
     """Parameters of one segmentation. ``threshold`` and ``crop_px`` None mean the model's (its
-    :class:`~sctgm.model.registry.Preprocessing`: 0.999 and 200 for the published models);
+    :class:`~sctgm.recipe.Preprocessing`: 0.999 and 200 for the published models);
     ``batch_size`` (slices per network call) None means the engine's preferred size.
 
     Image enhancement (:mod:`.enhance`; None: the model's ``preprocessing.enhancement``, by default

@@ -1,4 +1,4 @@
-"""From an image to the network's input, as the model's :class:`~sctgm.model.registry.Preprocessing`
+"""From an image to the network's input, as the model's :class:`~sctgm.recipe.Preprocessing`
 says: the piece that segmentation and training share, so that training windows are exactly the
 windows segmentation feeds the network.
 
@@ -28,7 +28,7 @@ import numpy as np
 from ..exceptions import NotAxialError
 from ..geometry import Reorientation, canonical_zooms_mm, check_same_grid, looks_axial, reorientation_for
 from ..io import LoadedImage
-from ..model.registry import Preprocessing
+from ..recipe import Preprocessing
 from . import enhance, placement
 from .grid import FineGrid, Window, fine_grid, sample_window
 

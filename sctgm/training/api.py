@@ -16,24 +16,32 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..exceptions import InvalidOptionError, OutputError
+from ..exceptions import InvalidOptionError, OutputError, SctGmError
 from ..io import save_json
-from .checkpoint import load_checkpoint
+from ..engines.hardware import require_torch
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
-from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE,
-                       DEFAULT_FILTERS, DEFAULT_INIT, DEFAULT_LR, DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS,
-                       DEFAULT_PATIENCE, DEFAULT_UNET_DEPTH, DEFAULT_VAL_FRACTION, VALIDATIONS_PER_RUN,
-                       warmup_steps)
+from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
+                       DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, VALIDATIONS_PER_RUN, warmup_steps)
+from .options import TrainOptions, TrainSources
 from . import outputs, sources
 
-#: --arch -> the registry's architecture name.
-ARCH_NAMES = {"dilated": "perone2018-dilated", "unet": "unet"}
 RUN_FILE = outputs.RUN_FILE
+
+
+def _arch_key(network: dict[str, Any]) -> str:
+    """The ``--arch`` name of a shipped network (what run.json and the description have always said),
+    the registry name of any other."""
+    from ..networks import network_named
+
+    try:
+        return network_named(str(network["name"])).train_name
+    except SctGmError:
+        return str(network["name"])
 
 
 @dataclass(frozen=True)
@@ -122,42 +130,42 @@ def _check_resume(partial: Path, before: dict[str, Any], now: dict[str, Any]) ->
                             f"(or overwrite it to start again)", parameter=parameter or "resume")
 
 
-def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  # -> (module, Preprocessing, dict)
-    """The network to train, its preprocessing and what model.json records about the init."""
+def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  # -> (module, Recipe, dict)
+    """The network to train, its recipe (network, preprocessing, ...) and what model.json records
+    about the init."""
     import torch
 
-    from ..model.registry import Preprocessing
-    from .models import build_model, model_from_weights
+    from ..recipe import Preprocessing, Recipe
+    from .models import model_from_weights, network_of
 
-    if arch is not None and arch not in ARCH_NAMES:
-        raise TrainingDataError(f"architecture {arch!r}: unknown; expected one of {', '.join(ARCH_NAMES)}",
-                                parameter="arch")
+    if arch is not None:
+        try:
+            network_of(arch)
+        except InvalidOptionError as exc:
+            raise TrainingDataError(str(exc), parameter="arch") from None
     if init == "none":
-        a = arch or DEFAULT_ARCH
-        f = filters or DEFAULT_FILTERS[a]
+        network = network_of(arch or DEFAULT_ARCH)
+        architecture = network.architecture(filters=filters)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
             torch.manual_seed(seed)
-            model = build_model(a, f, depth=DEFAULT_UNET_DEPTH)
-        return model, Preprocessing(threshold=0.5), {"name": "none", "sha256": None}, a, f
-    from ..model.install import ensure_model
-
+            model = network.torch_module(architecture)
+        return model, Recipe(architecture, Preprocessing(threshold=0.5)), {"name": "none", "sha256": None}
     from ..exceptions import UnknownModelError
+    from ..model.install import ensure_model
 
     try:
         installed = ensure_model(init)
     except UnknownModelError as exc:
         raise UnknownModelError(f"init model {init!r}: {exc} (or none, to start from random weights)",
                                 parameter="init") from None
-    model, a = model_from_weights(installed.weights_path)
-    f = int(getattr(model, "filters", installed.filters))
-    if arch is not None and arch != a:
-        raise TrainingDataError(f"init model {init!r} is a {a} network; architecture {arch!r} does not fit it "
-                                f"(init 'none' trains a {arch} from scratch)", parameter="arch")
-    if filters is not None and filters != f:
-        raise TrainingDataError(f"init model {init!r} has {f} filters; {filters} filters do not fit it",
-                                parameter="filters")
-    return model, installed.preprocessing, {"name": installed.name, "version": installed.version,
-                                            "sha256": installed.sha256}, a, f
+    model, architecture = model_from_weights(installed.weights_path, installed.architecture)
+    if arch is not None and network_of(arch).name != architecture["name"]:
+        raise TrainingDataError(f"init model {init!r} is a {_arch_key(architecture)} network; architecture {arch!r} "
+                                f"does not fit it (init 'none' trains a {arch} from scratch)", parameter="arch")
+    if filters is not None and filters != architecture.get("filters"):
+        raise TrainingDataError(f"init model {init!r} has {architecture.get('filters')} filters; {filters} filters "
+                                f"do not fit it", parameter="filters")
+    return model, installed.recipe, {"name": installed.name, "version": installed.version, "sha256": installed.sha256}
 
 
 def _items(images: Sequence[Any], masks: Sequence[Any], bids: Any, suffixes: Sequence[str] | None,
@@ -197,26 +205,26 @@ def _noisy_validation(val_sets: list[Any], sigmas_std: Sequence[float], seed: in
             for k, sd in enumerate(sigmas_std) for j, s in enumerate(val_sets)]
 
 
-def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | os.PathLike[str]] = (), *,
-          output: str | os.PathLike[str], bids: str | os.PathLike[str] | None = None,
-          suffixes: Sequence[str] | None = None, participants: Sequence[str] = (),
-          gmchallenge: str | os.PathLike[str] | None = None, init: str = DEFAULT_INIT, arch: str | None = None,
-          filters: int | None = None, val: Sequence[str] = (), val_fraction: float = DEFAULT_VAL_FRACTION,
-          max_steps: int | None = None, epochs: float | None = None, lr: float | None = None,
-          batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, device: str = "auto", threads: int | None = None,
-          resume: bool = False, overwrite: bool = False, bn: str | None = None, patience: int = DEFAULT_PATIENCE,
-          augment: Any = None, progress: Callable[[Any], None] | None = None,
+def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOptions = TrainOptions(), *,
+          resume: bool = False, overwrite: bool = False, progress: Callable[[Any], None] | None = None,
           command_line: str | None = None) -> TrainOutcome:
-    """Fine-tune ``init`` (a registered model, a model folder / weight file, or ``"none"``: random
-    weights of ``arch`` with ``filters``) on labelled images, and write MODEL_DIR ``output``. See
-    docs/train.md for each parameter; ``progress`` receives
-    :class:`~sctgm.training.loop.TrainProgress` after every step."""
+    """Fine-tune ``options.init`` (a registered model, a model folder / weight file, or ``"none"``)
+    on the labelled images of ``data``, and write MODEL_DIR ``output`` (see docs/train.md).
+    ``resume``: continue the interrupted run of ``output``; ``overwrite``: replace a model folder
+    sct-gm train wrote; ``progress`` receives :class:`~sctgm.training.loop.TrainProgress` after every
+    step. Raises :class:`~sctgm.exceptions.MissingExtraError` without torch (``sctgm[torch]``)."""
+    require_torch("sct-gm train (sctgm.train)", parameter=None)
     import torch
 
     from ..engines.hardware import available_cores
+    from .checkpoint import load_checkpoint
     from .loop import TrainConfig, train_loop
     from .models import resolve_device
 
+    o = options
+    init, arch, filters, val, val_fraction, max_steps, epochs, lr, batch_size, seed, device, threads, bn, patience, \
+        augment = (o.init, o.arch, o.filters, o.val, o.val_fraction, o.max_steps, o.epochs, o.lr, o.batch_size,
+                   o.seed, o.device, o.threads, o.bn, o.patience, o.augment)
     out = Path(output).expanduser().absolute()
     partial = out.parent / f".{out.name}.partial"
     _check_output(out, partial, resume=resume, overwrite=overwrite)
@@ -224,8 +232,10 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         raise TrainingDataError(f"validation fraction {val_fraction}: expected a share in [0, 1)",
                                 parameter="val_fraction")
     augment_cfg = None if augment is None else _augment_config(augment)  # before reading any data
-    items = _items(images, masks, bids, suffixes, participants, gmchallenge)
-    model, prep, init_record, arch_key, n_filters = _init_model(init, arch, filters, seed)
+    items = _items(data.images, data.masks, data.bids, data.suffixes, data.participants, data.gmchallenge)
+    model, recipe, init_record = _init_model(init, arch, filters, seed)
+    prep = recipe.preprocessing
+    arch_key, n_filters = _arch_key(recipe.network), recipe.network.get("filters")
     volumes = [read_labelled(it, prep, margin_px=TRAIN_MARGIN_PX) for it in items]
     parts = sources.split(volumes, val_subjects=val, val_fraction=val_fraction, seed=seed)
     train_sets = [slice_set([v for v in parts.train if v.subject == s], training=True)
@@ -245,7 +255,8 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
                       patience=patience if val_sets else 0,
                       checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed,
-                      default_threshold=prep.threshold, **cfg_kwargs)  # no validation: the init's threshold
+                      default_threshold=prep.threshold, precision=recipe.precision,  # no validation: the init's
+                      **cfg_kwargs)  # threshold; validation at the model's precision, as inference
     if val_sets and cfg.augment.val_noise_std:  # the robust recipe validates on noisy copies too
         val_sets = val_sets + _noisy_validation(val_sets, cfg.augment.val_noise_std, seed)
     data_record = [{"image": str(it.image), "image_sha256": sha256_of(it.image),
@@ -266,24 +277,21 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         _check_resume(partial, json.loads(load_checkpoint(checkpoint_path).get("signature") or "{}"), signature)
     else:  # a new run, or a run killed before its first checkpoint: start from step 0
         partial.mkdir(exist_ok=resume)
-    for stale in partial.iterdir():  # temporary files of a run killed while writing them
-        if outputs.is_run_temp(stale.name):
-            stale.unlink(missing_ok=True)
-    save_json(signature, partial / RUN_FILE)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
+        for stale in partial.iterdir():  # temporary files of a run killed while writing them
+            if outputs.is_run_temp(stale.name):
+                stale.unlink(missing_ok=True)
+        save_json(signature, partial / RUN_FILE)
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
                             checkpoint_path=checkpoint_path, resume=continuing, progress=progress, signature=sealed,
                             on_validation=lambda log: (outputs.write_log(partial, log),
                                                        outputs.write_curves(partial, log)))
-        prep_out = replace(prep, threshold=result.threshold)
+        recipe_out = recipe.with_threshold(result.threshold)
         name = outputs.model_name(out)
-        architecture: dict[str, Any] = {"name": ARCH_NAMES[arch_key], "filters": n_filters}
-        if arch_key == "unet":
-            architecture["depth"] = int(getattr(model, "depth", DEFAULT_UNET_DEPTH))
-        outputs.write_weights(partial, result.state_dict, n_filters)
+        outputs.write_weights(partial, result.state_dict, int(n_filters or 0))
         training: dict[str, Any] = {
             "data": data_record, "init": init_record, "seed": seed, "sctgm_version": __version__,
             "command_line": command_line or "sctgm.train()", "device": str(dev),
@@ -293,7 +301,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
                         "best_step": result.best_step, "stopped_early": result.stopped_early,
                         "seconds": round(result.seconds, 1), "data_seconds": round(result.data_seconds, 1)},
         }
-        outputs.write_model_json(partial, name=name, architecture=architecture, preprocessing=prep_out,
+        outputs.write_model_json(partial, name=name, recipe=recipe_out,
                                  training=training, description=f"{arch_key} network trained by sct-gm "
                                  f"{__version__} from init '{init_record['name']}'")
         outputs.write_log(partial, result.log)
@@ -302,7 +310,7 @@ def train(images: Sequence[str | os.PathLike[str]] = (), masks: Sequence[str | o
         outputs.write_validation(partial, rows)
         if rows:  # the per-subject metrics into model.json too (written again: same weights, same sha256)
             training["metrics"]["validation"] = rows
-            outputs.write_model_json(partial, name=name, architecture=architecture, preprocessing=prep_out,
+            outputs.write_model_json(partial, name=name, recipe=recipe_out,
                                      training=training, description=f"{arch_key} network trained by sct-gm "
                                      f"{__version__} from init '{init_record['name']}'")
         (partial / outputs.CHECKPOINT).unlink(missing_ok=True)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..exceptions import InputImageError
 from ..io import LoadedImage, load_image, read_nifti
-from ..model.registry import Preprocessing
+from ..recipe import Preprocessing
 from ..segment import placement
 from ..segment.grid import Window
 from ..segment.preprocess import (PreparedVolume, Standardisation, canonical_mask, prepare, sample, sample_mask,

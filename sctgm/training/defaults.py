@@ -14,10 +14,9 @@ from __future__ import annotations
 
 #: The model fine-tuned when --init is not given.
 DEFAULT_INIT = "challenge"
-#: Architecture and width of a network trained from scratch (--init none).
+#: Network trained from scratch (--init none); its sizes are the network module's DEFAULTS
+#: (sctgm/networks/dilated.py: 32 filters; unet.py: 16 filters, depth 3).
 DEFAULT_ARCH = "dilated"
-DEFAULT_FILTERS = {"dilated": 32, "unet": 16}
-DEFAULT_UNET_DEPTH = 3
 #: Optimisation.
 DEFAULT_MAX_STEPS = 100
 DEFAULT_BATCH_SIZE = 4

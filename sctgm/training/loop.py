@@ -28,9 +28,13 @@ import torch
 from torch import nn
 
 from ..exceptions import SctGmError
+from ..recipe import DEFAULT_PRECISION
 from .augment import AugmentConfig, augment_crops
 from .checkpoint import load_checkpoint, save_checkpoint
+from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE, DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_PATIENCE,
+                       DEFAULT_WARMUP_STEPS, VALIDATIONS_PER_RUN)
 from .losses import dice_bce_loss
+from .models import precision_context
 
 #: Probability thresholds tried on the validation slices (the published models use 0.999).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
@@ -62,21 +66,25 @@ class SliceSet:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training parameters. ``bn``: 'frozen' (BatchNorm in eval mode: running statistics kept,
-    its scale and shift still learnt), 'train' (statistics updated from each batch) or 'auto'
-    (frozen when fine-tuning, train from scratch). ``patience``: validations without improvement
-    before stopping (0: never stop early). ``checkpoint_every``: steps between checkpoints (0: none)."""
+    """Training parameters, their defaults those of :mod:`sctgm.training.defaults` (the one source;
+    :func:`sctgm.train` resolves a run's from its options). ``bn``: 'frozen' (BatchNorm in eval mode:
+    running statistics kept, its scale and shift still learnt), 'train' (statistics updated from each
+    batch) or 'auto' (frozen when fine-tuning, train from scratch). ``patience``: validations without
+    improvement before stopping (0: never stop early). ``checkpoint_every``: steps between checkpoints
+    (0: none). ``precision``: the arithmetic of validation, the model's (its recipe's; the policy is
+    fp32, as inference: :func:`sctgm.engines.torch.precision_context`); ``amp``: the training steps
+    themselves in fp16 with loss scaling, on CUDA only."""
 
-    max_steps: int = 200
-    batch_size: int = 4
+    max_steps: int = DEFAULT_MAX_STEPS
+    batch_size: int = DEFAULT_BATCH_SIZE
     crop_px: int = 200
-    lr: float = 1e-4
+    lr: float = DEFAULT_LR
     weight_decay: float = 0.0
-    warmup_steps: int = 10
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
     min_lr_fraction: float = 0.05
-    bn: str = "auto"
-    val_every: int = 20
-    patience: int = 0
+    bn: str = DEFAULT_BN_FINETUNE
+    val_every: int = max(1, DEFAULT_MAX_STEPS // VALIDATIONS_PER_RUN)
+    patience: int = DEFAULT_PATIENCE
     checkpoint_every: int = 0
     seed: int = 0
     amp: bool = True
@@ -84,6 +92,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     default_threshold: float = 0.5
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         if self.bn not in ("auto", "frozen", "train"):
@@ -156,15 +165,16 @@ def pooled_dice(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def predict_slices(model: nn.Module, images: Sequence[np.ndarray], device: torch.device, *,
-                   batch_size: int = 8, amp: bool = False) -> list[np.ndarray]:
-    """Sigmoid probabilities of whole slices, in eval mode, in batches of same-shape slices."""
+                   batch_size: int = 8, precision: str = DEFAULT_PRECISION) -> list[np.ndarray]:
+    """Sigmoid probabilities of whole slices, in eval mode, in batches of same-shape slices, at
+    ``precision`` as the engines run the model (one policy: :func:`~sctgm.engines.torch.precision_context`)."""
     was_training = model.training
     model.eval()
     out: list[np.ndarray | None] = [None] * len(images)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(images):
         by_shape.setdefault(img.shape, []).append(i)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+    with torch.no_grad(), precision_context(precision, device):
         for idx in by_shape.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s:s + batch_size]
@@ -250,7 +260,8 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
     val_gm_voxels = int(sum(int((t >= 0.5).sum()) for t in val_targets))
 
     def validate() -> float:
-        probs = predict_slices(model, val_images, device, batch_size=max(cfg.batch_size, 4), amp=use_amp)
+        probs = predict_slices(model, val_images, device, batch_size=max(cfg.batch_size, 4),
+                              precision=cfg.precision)
         scores = validation_dice(probs, val_targets, cfg.thresholds)
         return scores[choose_threshold(scores, val_gm_voxels, cfg.default_threshold)]
 
@@ -337,7 +348,8 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
         model.load_state_dict(state["best_state"])
     threshold, val_dice = cfg.default_threshold, None
     if val_images:
-        scores = validation_dice(predict_slices(model, val_images, device, amp=use_amp), val_targets, cfg.thresholds)
+        scores = validation_dice(predict_slices(model, val_images, device, precision=cfg.precision), val_targets,
+                                 cfg.thresholds)
         threshold = choose_threshold(scores, val_gm_voxels, cfg.default_threshold)
         val_dice = scores[threshold]
     model.eval()

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_path, modes_from_umask
-from ..model.registry import WEIGHTS_FILE, Preprocessing
+from ..model.registry import WEIGHTS_FILE
+from ..recipe import Preprocessing, Recipe
 from .data import LabelledVolume, sha256_of
 
 MODEL_JSON = "model.json"
@@ -65,16 +66,14 @@ def write_weights(folder: Path, state_dict: dict[str, np.ndarray], filters: int)
     return path
 
 
-def write_model_json(folder: Path, *, name: str, architecture: dict[str, Any], preprocessing: Preprocessing,
-                     training: dict[str, Any], description: str) -> Path:
+def write_model_json(folder: Path, *, name: str, recipe: Recipe, training: dict[str, Any], description: str) -> Path:
     weights = folder / WEIGHTS_FILE
     sha = sha256_of(weights)
     entry = {
         "description": description,
         "training_data": f"{len(training['data'])} labelled image(s), see 'training'",
         "version": f"trained-{sha[:12]}",
-        "architecture": architecture,
-        "preprocessing": preprocessing.to_entry(),
+        **recipe.to_entry(),
         "files": [{"name": WEIGHTS_FILE, "role": "weights", "format": "safetensors",
                    "size": weights.stat().st_size, "sha256": sha}],
         "sources": [{"kind": "files", "url": ".", "note": "the folder holding this model.json"}],

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from sctgm import engines as inference  # the engine choice and loading
-from sctgm.engines.onnx import OnnxNetwork, build_graph, graph_cache_path
-from sctgm.engines.network import DilatedGMNet
+from sctgm.engines.onnx import OnnxNetwork, graph_cache_path
+from sctgm.networks.dilated import onnx_graph
+from sctgm.networks.dilated import DilatedGMNet
 from sctgm.engines.torch import TorchNetwork
 from sctgm.exceptions import InvalidOptionError, SctGmError
 from sctgm.model.install import ensure_model
@@ -26,7 +27,7 @@ def test_onnx_graph_computes_what_the_torch_module_computes(shared_models, model
     sd, filters = state_dict_from_keras(shared_models / f"{model}_model.hdf5")
     x = np.ascontiguousarray(_reference_grid_input(case)[0].transpose(2, 0, 1)[:, None], dtype=np.float32)
     p_torch = TorchNetwork(DilatedGMNet(filters), sd, "cpu").run(x)
-    p_onnx = OnnxNetwork(build_graph(sd, filters)).run(x)
+    p_onnx = OnnxNetwork(onnx_graph(sd, {"filters": filters})).run(x)
     assert p_onnx.shape == p_torch.shape == x.shape
     assert (p_torch > 0.999).sum() > 100  # the slices do hold GM: the comparison is not of zeros
     # float32 sums in another order: ~1e-4 at most, a tenth of the reference-fidelity tolerance

@@ -9,7 +9,7 @@ import pytest
 import torch
 from nibabel.processing import resample_from_to
 
-from sctgm.engines.network import DilatedGMNet
+from sctgm.networks.dilated import DilatedGMNet
 from sctgm.model.weights import load_safetensors, save_safetensors, state_dict_from_keras
 
 from ..conftest import LABELLED

@@ -36,7 +36,7 @@ def model_folder(folder: Path, *, unet: bool = False) -> Path:
 
     folder.mkdir(parents=True)
     if unet:
-        from sctgm.model.unet import UNet
+        from sctgm.networks.unet import UNet
 
         sd = {k: v.numpy() for k, v in UNet(4, 2).state_dict().items() if not k.endswith("num_batches_tracked")}
     else:

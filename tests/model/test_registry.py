@@ -102,7 +102,7 @@ def test_fresh_install_over_http_loads_like_hdf5(name: str, server: ModelServer,
                                                  shared_models: Path, set_sources: Callable) -> None:
     import torch
 
-    from sctgm.engines.network import DilatedGMNet
+    from sctgm.networks.dilated import DilatedGMNet
     from sctgm.model.weights import load_safetensors, state_dict_from_keras
 
     set_sources([{"kind": "files", "url": server.url}])

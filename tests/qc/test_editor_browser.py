@@ -143,8 +143,9 @@ def test_paint_erase_save_undo_and_train(browser, site, sub, codes):
     press(browser, "Escape")
 
     if codes == "RPI":  # train on the dataset: exactly the corrected slice (canonical index of file slice 3)
-        result = sctgm.train(bids=root / "ds", output=root / "m", init="none", arch="unet", filters=4, max_steps=1,
-                             val_fraction=0.0, device="cpu", threads=1, participants=[sub[4:]])
+        result = sctgm.train(sctgm.TrainSources(bids=root / "ds", participants=[sub[4:]]), root / "m",
+                             sctgm.TrainOptions(init="none", arch="unet", filters=4, max_steps=1, val_fraction=0.0,
+                                                device="cpu", threads=1))
         data = json.loads(result.model_json.read_text())["models"]["m"]["training"]["data"]
         assert data[0]["train_slices"] == [editing.SHAPE[2] - 1 - SLICE]
 
@@ -177,6 +178,16 @@ def test_fill_next_slice_and_hint(browser, site):
     press(browser, "j")
     assert browser.execute_script("return window.sctgmQc.state.current") == current
     assert not p["label"].exists()  # nothing saved without s
+    # another entry: one editor panel, its own slices; back to the first, its unsaved edit is still there
+    other = paths["sub-01"]["entry"].name
+    browser.execute_async_script("var done = arguments[arguments.length - 1];"
+                                 "window.sctgmEditor.open(arguments[0], 2).then(function () { done(); });", other)
+    assert browser.execute_script("return document.querySelectorAll('#editor, #editor-canvas').length") == 2
+    assert browser.execute_script("return window.sctgmEditor.state().entry") == other
+    browser.execute_async_script("var done = arguments[arguments.length - 1];"
+                                 "window.sctgmEditor.open(arguments[0], arguments[1]).then(function () { done(); });",
+                                 p["entry"].name, SLICE)
+    assert browser.execute_script("return window.sctgmEditor.state().current.dirty") is True
 
 
 def test_the_static_report_shows_corrections_without_the_editor(browser, site):

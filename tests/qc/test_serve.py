@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from sctgm.exceptions import InvalidOptionError, QcError
+from sctgm.io import file_sha256
 from sctgm.qc import corrections
 from sctgm.qc.render import to_display
 from sctgm.qc.serve import start_server
@@ -53,6 +54,7 @@ def mask_of(view: dict, key: str = "mask") -> np.ndarray:
 def test_a_saved_slice_lands_on_the_image_grid_exactly(site, sub, codes):
     run, paths, _ = site
     eid = paths[sub]["entry"].name
+    image_sha = file_sha256(paths[sub]["image"])
     view = slice_of(run, eid, 4)
     img = nib.load(str(paths[sub]["image"]))
     # the image the editor shows is the file's slice, in display orientation
@@ -81,10 +83,11 @@ def test_a_saved_slice_lands_on_the_image_grid_exactly(site, sub, codes):
     assert label.header.get_data_dtype() == np.uint8
     side = json.loads(paths[sub]["label"].with_name(paths[sub]["label"].name.replace(".nii.gz", ".json")).read_text())
     assert side["LabelledSlices"] == [4] and side["SliceAxis"] == 2
-    assert side["GeneratedBy"][0]["StartedFrom"]["SHA256"] == corrections.labels.sha256_of(paths[sub]["auto"])
+    assert side["GeneratedBy"][0]["StartedFrom"]["SHA256"] == file_sha256(paths[sub]["auto"])
     assert side["Corrections"][0]["Slice"] == 4
     # the image and the automatic mask are untouched; the report lists the slice
     assert np.array_equal(np.asarray(nib.load(str(paths[sub]["auto"])).dataobj), auto)
+    assert file_sha256(paths[sub]["image"]) == image_sha
     assert '"corrected_slices":[4]' in (paths[sub]["entry"].parents[1] / "index.js").read_text()
 
 
@@ -293,3 +296,34 @@ def test_cli_serve_takes_the_folder_alone(tmp_path):
     assert r.exit_code == 2 and "-i/--image" in r.output
     r = CliRunner().invoke(main, ["qc", "--serve", str(tmp_path)])
     assert r.exit_code != 0 and "not a QC report folder" in r.output and not list(tmp_path.iterdir())
+
+
+def test_outside_bids_the_correction_goes_beside_the_image(tmp_path):
+    from sctgm.qc import add_entry
+    from sctgm.training.sources import from_pairs
+
+    img, _, gm = editing.phantom()
+    image = editing.save(tmp_path / "scans" / "t2s.nii.gz", img, "RPI")
+    auto = editing.save(tmp_path / "scans" / "t2s_gmseg.nii.gz", gm, "RPI", np.uint8)
+    entry = add_entry(tmp_path / "qc", image, auto)
+    image_bytes, auto_bytes = image.read_bytes(), auto.read_bytes()
+    run = editing.Running(tmp_path / "qc")
+    try:
+        view = slice_of(run, entry.name, 5)
+        assert view["target"] == str(tmp_path / "scans" / "t2s_gmseg-manual.nii.gz") and view["prob"] is None
+        m = mask_of(view)
+        m[2, 3] = 1
+        assert post(run, entry.name, 5, m.tobytes()).status_code == 200
+    finally:
+        run.stop()
+    manual = tmp_path / "scans" / "t2s_gmseg-manual.nii.gz"
+    got, want = np.asarray(nib.load(str(manual)).dataobj), np.asarray(nib.load(str(auto)).dataobj)
+    assert {tuple(v) for v in np.argwhere(got != want)} == {editing.file_voxel("RPI", 2, 3, 5)}
+    assert (image.read_bytes(), auto.read_bytes()) == (image_bytes, auto_bytes)
+    assert sorted(p.name for p in manual.parent.iterdir()) == ["t2s.nii.gz", "t2s_gmseg-manual.json",
+                                                               "t2s_gmseg-manual.nii.gz", "t2s_gmseg.nii.gz"]
+    assert from_pairs([image], [manual])[0].slices == (5,)
+    from sctgm.batch import BatchSettings, plan_files
+
+    jobs = plan_files([str(tmp_path / "scans" / "*.nii.gz")], BatchSettings(model="tiny", device="cpu"))
+    assert [j.input.name for j in jobs] == ["t2s.nii.gz"]  # a batch never takes the correction for an image

@@ -24,7 +24,7 @@ def test_unet_weights_round_trip_through_safetensors(tmp_path: Path) -> None:
     sd = {k: v.numpy() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_safetensors(sd, 4, tmp_path / "m.safetensors")
     again, arch = model_from_weights(tmp_path / "m.safetensors")
-    assert arch == "unet" and again.depth == 2 and again.filters == 4
+    assert arch == {"name": "unet", "filters": 4, "depth": 2} and again.depth == 2 and again.filters == 4
     assert all(torch.equal(again.state_dict()[k], torch.from_numpy(v)) for k, v in sd.items())
 
 
@@ -39,6 +39,6 @@ def test_weights_of_another_network_are_refused(tmp_path: Path) -> None:
 
 def test_published_weights_load_for_fine_tuning(shared_models: Path) -> None:
     model, arch = model_from_weights(shared_models / "challenge_model.hdf5")
-    sd, _, filters = read_state_dict(shared_models / "challenge_model.hdf5")
-    assert arch == "dilated" and filters == 32
+    sd, found = read_state_dict(shared_models / "challenge_model.hdf5")
+    assert arch == found == {"name": "perone2018-dilated", "filters": 32}
     assert np.array_equal(model.state_dict()["conv2d_1.conv.weight"].numpy(), sd["conv2d_1.conv.weight"])

@@ -30,8 +30,9 @@ def test_train_uses_exactly_the_saved_slices(tmp_path, codes):
     correct(paths, [1, 4])
     items = from_bids(tmp_path / "ds")
     assert [(i.masks[0], i.slices) for i in items] == [(paths["label"], (1, 4))]
-    result = sctgm.train(bids=tmp_path / "ds", suffixes=["T2star"], output=tmp_path / "m", init="none", arch="unet",
-                         filters=4, max_steps=1, val_fraction=0.0, device="cpu", threads=1)
+    result = sctgm.train(sctgm.TrainSources(bids=tmp_path / "ds", suffixes=["T2star"]), tmp_path / "m",
+                         sctgm.TrainOptions(init="none", arch="unet", filters=4, max_steps=1, val_fraction=0.0,
+                                            device="cpu", threads=1))
     data = json.loads(result.model_json.read_text())["models"]["m"]["training"]["data"]
     nz = editing.SHAPE[2]
     canonical = sorted(nz - 1 - k if codes == "RPI" else k for k in (1, 4))  # RPI stores S-I flipped

@@ -18,6 +18,11 @@ from ..conftest import interrupt_training_at
 AXCODES = ("LAS", "RPI", "PIR", "SLA", "ASR")
 
 
+def train_on(images, masks, *, output, resume=False, **options):
+    """sctgm.train on image/mask pairs with these options (TrainOptions fields)."""
+    return sctgm.train(sctgm.TrainSources(images, masks), output, sctgm.TrainOptions(**options), resume=resume)
+
+
 def phantom_pairs(folder: Path, n: int = 4, seed: int = 0, shape: tuple[int, int, int] = (48, 48, 6)):
     rng = np.random.default_rng(seed)
     pairs = [write_phantom_nifti(folder, rng, name=f"sub-{i + 1:02d}_T2star", axcodes=AXCODES[i % len(AXCODES)],
@@ -29,7 +34,7 @@ def phantom_pairs(folder: Path, n: int = 4, seed: int = 0, shape: tuple[int, int
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     images, masks = phantom_pairs(folder / "data")
-    result = sctgm.train(images, masks, output=folder / "model", init="none", arch="unet", filters=8,
+    result = train_on(images, masks, output=folder / "model", init="none", arch="unet", filters=8,
                          max_steps=60, val=["sub-03"], seed=0, device="cpu", threads=1)
     return result, images, masks
 
@@ -124,9 +129,9 @@ class _weights:
 def test_fine_tuning_is_deterministic_under_seed(trained, tmp_path):
     result, images, masks = trained
     kw = dict(init=str(result.model_dir), max_steps=4, val_fraction=0.0, device="cpu", threads=1)
-    a = sctgm.train(images[:2], masks[:2], output=tmp_path / "a", seed=3, **kw)
-    b = sctgm.train(images[:2], masks[:2], output=tmp_path / "b", seed=3, **kw)
-    c = sctgm.train(images[:2], masks[:2], output=tmp_path / "c", seed=4, **kw)
+    a = train_on(images[:2], masks[:2], output=tmp_path / "a", seed=3, **kw)
+    b = train_on(images[:2], masks[:2], output=tmp_path / "b", seed=3, **kw)
+    c = train_on(images[:2], masks[:2], output=tmp_path / "c", seed=4, **kw)
     assert _weights(a.model_dir) == _weights(b.model_dir) != _weights(c.model_dir)
     assert _weights(a.model_dir) != _weights(result.model_dir)  # it did train
     init = json.loads(a.model_json.read_text())["models"]["a"]["training"]["init"]
@@ -138,13 +143,13 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monke
 
     images, masks = phantom_pairs(tmp_path / "data", n=3, shape=(32, 32, 4))
     kw = dict(init="none", arch="unet", filters=4, max_steps=10, seed=1, device="cpu", threads=1)
-    full = sctgm.train(images, masks, output=tmp_path / "full", **kw)
+    full = train_on(images, masks, output=tmp_path / "full", **kw)
     save = interrupt_training_at(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
-        sctgm.train(images, masks, output=tmp_path / "cut", **kw)
+        train_on(images, masks, output=tmp_path / "cut", **kw)
     assert not (tmp_path / "cut").exists() and (tmp_path / ".cut.partial" / "checkpoint.pt").is_file()
     monkeypatch.setattr(loop, "save_checkpoint", save)
-    resumed = sctgm.train(images, masks, output=tmp_path / "cut", resume=True, **kw)
+    resumed = train_on(images, masks, output=tmp_path / "cut", resume=True, **kw)
     assert _weights(resumed.model_dir) == _weights(full.model_dir)
     assert resumed.threshold == full.threshold and not (tmp_path / ".cut.partial").exists()
 
@@ -153,7 +158,7 @@ def test_augment_takes_a_preset_name_and_refuses_others(tmp_path):
     from sctgm.exceptions import InvalidOptionError
     images, masks = phantom_pairs(tmp_path / "data", n=1, shape=(32, 32, 4))
     with pytest.raises(InvalidOptionError) as err:
-        sctgm.train(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="heavy",
+        train_on(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="heavy",
                     max_steps=1, device="cpu", threads=1)
     assert err.value.parameter == "augment" and "robust" in str(err.value)
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.partial*"))
@@ -170,7 +175,7 @@ def test_the_robust_recipe_validates_on_noisy_copies(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "train_loop", spy)
     images, masks = phantom_pairs(tmp_path / "data", n=2, shape=(32, 32, 4))
-    sctgm.train(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="robust",
+    train_on(images, masks, output=tmp_path / "m", init="none", arch="unet", filters=4, augment="robust",
                 val=["sub-02"], max_steps=1, device="cpu", threads=1)
     clean, *noisy = seen["val"]
     assert [s.name for s in seen["val"]] == ["sub-02", "sub-02+noise0.15", "sub-02+noise0.35"]

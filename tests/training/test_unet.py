@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sctgm.model.unet import UNet, build_unet_graph, unet_shape
+from sctgm.networks.unet import UNet, unet_shape
+from sctgm.networks.unet import onnx_graph as build_unet_graph
 
 
 def _random_unet(filters: int, depth: int, seed: int = 0) -> UNet:

@@ -84,13 +84,12 @@
   }
 
   // ---------- the editor ----------
+  var root = null, sessions = Object.create(null);  // one editor panel; edits kept per entry until saved
   function open(entryId, slice) {
-    if (!editing) { return; }
-    if (!ed || ed.entry !== entryId) {
-      close();
-      ed = { entry: entryId, slices: {}, slice: null, root: build(), hover: null, drag: null };
-      document.body.appendChild(ed.root);
-    }
+    if (!editing) { return Promise.resolve(); }
+    if (!root) { root = build(); document.body.appendChild(root); }
+    ed = sessions[entryId] || (sessions[entryId] = { entry: entryId, slices: {}, slice: null, root: root,
+                                                     hover: null, drag: null });
     document.body.classList.add("editing");
     ed.root.hidden = false;
     return load(slice);

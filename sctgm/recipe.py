@@ -1,0 +1,337 @@
+"""The model recipe: everything that says how a model turns an image into a mask, bar its weights.
+
+A :class:`Recipe` is read from a registry entry (``data_registry.json``, a user registry, a trained
+model's ``model.json``) and is what the registry, the engines, the segmentation pipeline, training,
+install and the CLI all read:
+
+- ``network``: which network and its sizes (the entry's ``architecture``: ``{"name": ..., "filters":
+  ..., ...}``; the name is a module of :mod:`sctgm.networks`, which builds it for each engine);
+- ``preprocessing`` (:class:`Preprocessing`): orientation, fine-grid spacing, window size,
+  standardisation, the probability ``threshold`` and the ``enhancement`` (:class:`Enhancement`);
+- ``contrast``: the image contrast the model was trained for (``T2star`` for the published models);
+- ``precision``: the arithmetic the network runs in (:data:`PRECISIONS`; the policy is ``fp32``
+  everywhere, inference and training's validation alike: docs/architecture.md, ``bench/precision.py``).
+
+Plain data at the bottom layer (no numpy-heavy or torch import): the model layer above reads entries
+into it, the layers above that follow it. Adding a preprocessing setting is one field of
+:class:`Preprocessing` plus its row in :data:`PREPROCESSING_RULES`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from .exceptions import ModelError, SctGmError
+
+# -- enhancement constants (the steps themselves: sctgm.segment.enhance) -----------------------
+DENOISERS = ("off", "auto", "nlm", "tv", "wavelet", "bilateral")
+BIAS_METHODS = ("off", "n4", "smooth")
+
+#: ``denoise="auto"`` denoises (with :data:`AUTO_METHOD`) when the estimated noise, relative to the
+#: 99th percentile, exceeds this (chosen by measurement: see bench/robustness.py, docs/robustness.md;
+#: the unmodified labelled scans read 2.4-3.1 %, so they are left byte-identical).
+AUTO_THRESHOLD_REL = 0.035
+AUTO_METHOD = "nlm"
+#: Denoisers remove only the noise above this level (relative to the 99th percentile): their sigma is
+#: sqrt(sigma^2 - floor^2). The published networks were trained on scans about this noisy; removing all
+#: of it smooths away texture they rely on (measured: full NLM on clean mt1 costs `challenge` 0.06 Dice).
+NOISE_FLOOR_REL = 0.03
+
+
+# -- enhancement ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Enhancement:
+    """Which enhancement steps run before segmentation (stored in a model's preprocessing block and
+    in the sidecar). The default is today's behaviour: nothing runs.
+
+    ``denoise``: 'off', 'auto' (``auto_method`` when the estimated relative noise exceeds
+    ``auto_threshold_rel``), 'nlm' (non-local means), 'tv' (total variation), 'wavelet' or
+    'bilateral'; ``strength`` scales the denoiser's smoothing (1 = tuned default); ``noise_floor_rel``:
+    the noise left in, relative to the 99th percentile (0: remove all the estimated noise);
+    ``bias``: 'off', 'n4' (SimpleITK N4, 3D) or 'smooth' (in-plane division by a heavily smoothed
+    foreground, slice scaling to the volume's median); ``clahe``: contrast-limited adaptive histogram
+    equalisation per slice; ``clip_percentiles``: clip intensities to these percentiles (None: no).
+    """
+
+    denoise: str = "off"
+    strength: float = 1.0
+    noise_floor_rel: float = NOISE_FLOOR_REL
+    auto_threshold_rel: float = AUTO_THRESHOLD_REL
+    auto_method: str = AUTO_METHOD
+    bias: str = "off"
+    clahe: bool = False
+    clip_percentiles: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.denoise not in DENOISERS:
+            raise SctGmError(f"denoise {self.denoise!r}: expected one of {', '.join(DENOISERS)}")
+        if self.auto_method not in DENOISERS[2:]:
+            raise SctGmError(f"auto denoiser {self.auto_method!r}: expected one of "
+                             f"{', '.join(DENOISERS[2:])}")
+        if self.bias not in BIAS_METHODS:
+            raise SctGmError(f"bias correction {self.bias!r}: expected one of {', '.join(BIAS_METHODS)}")
+        if not (np.isfinite(self.strength) and self.strength > 0):
+            raise SctGmError(f"denoising strength {self.strength}: expected a positive number "
+                             "(1 is the default)")
+        if not (np.isfinite(self.noise_floor_rel) and self.noise_floor_rel >= 0):
+            raise SctGmError(f"noise floor {self.noise_floor_rel}: expected a relative noise >= 0 "
+                             "(e.g. 0.03)")
+        if not (np.isfinite(self.auto_threshold_rel) and self.auto_threshold_rel >= 0):
+            raise SctGmError(f"auto threshold {self.auto_threshold_rel}: expected a relative noise >= 0 "
+                             "(e.g. 0.035)")
+        if self.clip_percentiles is not None:
+            lo, hi = (float(x) for x in self.clip_percentiles)
+            if not 0.0 <= lo < hi <= 100.0:
+                raise SctGmError(f"clip percentiles {self.clip_percentiles}: expected 0 <= low < high <= 100")
+            object.__setattr__(self, "clip_percentiles", (lo, hi))
+
+    @property
+    def is_off(self) -> bool:
+        return (self.denoise == "off" and self.bias == "off" and not self.clahe
+                and self.clip_percentiles is None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["clip_percentiles"] = None if self.clip_percentiles is None else list(self.clip_percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Enhancement:
+        """The record from :meth:`to_dict`'s output; missing keys take their defaults, unknown keys
+        are refused (a model or sidecar from a newer sct-gm would otherwise be misread)."""
+        if not d:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SctGmError(f"enhancement settings: unknown key(s) {', '.join(unknown)}; "
+                             f"expected {', '.join(sorted(known))}")
+        d = dict(d)
+        if d.get("clip_percentiles") is not None:
+            d["clip_percentiles"] = tuple(d["clip_percentiles"])
+        return cls(**d)
+
+
+#: ``denoise`` values of a run's options (:func:`with_options`): the record's, plus 'on'.
+DENOISE_OPTIONS = ("auto", "on", "off") + DENOISERS[2:]
+
+
+def with_options(base: Enhancement, *, denoise: str | None = None, bias: str | None = None,
+                 clahe: bool | None = None) -> Enhancement:
+    """``base`` (a model's enhancement) with a run's explicit options on top (None: the model's).
+    ``denoise='on'``: the model's denoiser always (its ``auto_method`` when the model says 'auto' or
+    'off'); 'off': never; 'auto' or a method name: that."""
+    changes: dict[str, Any] = {}
+    if denoise is not None:
+        if denoise not in DENOISE_OPTIONS:
+            raise SctGmError(f"denoise {denoise!r}: expected one of {', '.join(DENOISE_OPTIONS)}")
+        changes["denoise"] = (base.denoise if base.denoise not in ("off", "auto") else base.auto_method) \
+            if denoise == "on" else denoise
+    if bias is not None:
+        changes["bias"] = bias
+    if clahe is not None:
+        changes["clahe"] = bool(clahe)
+    return replace(base, **changes) if changes else base
+
+
+
+
+# -- preprocessing ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one preprocessing field is read from a registry entry: ``parse`` converts the JSON value
+    (raising TypeError/ValueError when it cannot), ``valid`` accepts the result, ``expected`` says what
+    is accepted, for the message."""
+
+    parse: Callable[[Any], Any]
+    valid: Callable[[Any], bool]
+    expected: str
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(v)
+    return float(v)
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(v)
+    return v
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(v)
+    return v
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is prepared (the ``preprocessing`` block of its registry entry), followed
+    by segmentation (:mod:`sctgm.segment.preprocess`) and, identically, by training.
+
+    - ``orientation``: the canonical array layout, nibabel axis codes; only ``"LAS"`` (axial slices are
+      ``data[:, :, k]``).
+    - ``spacing_mm``: in-plane pixel size (mm) of the network's grid (the published models: 0.25).
+    - ``crop_px``: window side (pixels of that grid) the network sees per slice (published: 200).
+    - ``standardisation``: ``"volume"``: (x - mean) / std with the mean and std of the whole window
+      stack of a volume.
+    - ``threshold``: GM probability above which a pixel is GM, strictly between 0 and 1.
+    - ``enhancement``: the image enhancement run on the canonical volume before anything else
+      (:class:`Enhancement` as a JSON object, e.g. ``{"denoise": "auto"}``;
+      missing keys take that record's defaults). Default :data:`DEFAULT_ENHANCEMENT`: denoise 'auto'
+      (NLM only on images noisier than 3.5 % of the 99th percentile; docs/robustness.md).
+
+    Adding a field (e.g. denoising settings): a dataclass field with its default, and a row in
+    :data:`PREPROCESSING_RULES`; :meth:`from_entry` and :meth:`to_entry` follow the table.
+    """
+
+    orientation: str = "LAS"
+    spacing_mm: float = 0.25
+    crop_px: int = 200
+    standardisation: str = "volume"
+    threshold: float = 0.999
+    enhancement: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENHANCEMENT))
+
+    @classmethod
+    def from_entry(cls, block: Any, model: str = "?") -> Preprocessing:
+        """Read and validate a registry ``preprocessing`` block (missing keys take the defaults).
+        Raises :class:`~sctgm.exceptions.ModelError` naming ``model``, the key and the value, for an
+        unknown key or an unsupported value."""
+        if not isinstance(block, dict):
+            raise ModelError(f"model '{model}': 'preprocessing' must be an object, not {block!r}")
+        unknown = sorted(set(block) - set(PREPROCESSING_RULES))
+        if unknown:
+            raise ModelError(f"model '{model}': preprocessing key(s) {', '.join(unknown)} not supported by this "
+                             f"sct-gm (known: {', '.join(PREPROCESSING_RULES)}); upgrade sct-gm or remove them")
+        values = {}
+        for key, value in block.items():
+            rule = PREPROCESSING_RULES[key]
+            try:
+                parsed = rule.parse(value)
+                ok = rule.valid(parsed)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ModelError(f"model '{model}': preprocessing {key} = {value!r} is not supported; expected "
+                                 f"{rule.expected}")
+            values[key] = parsed
+        return cls(**values)
+
+    def to_entry(self) -> dict[str, Any]:
+        """The registry ``preprocessing`` block of this record (``from_entry(to_entry())`` == self)."""
+        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)}
+
+
+#: A model's enhancement when its entry names none (chosen by measurement, docs/robustness.md).
+DEFAULT_ENHANCEMENT: dict[str, Any] = {"denoise": "auto"}
+
+
+def _enhancement(v: Any) -> dict[str, Any]:
+    """An enhancement block, checked by the :class:`Enhancement` record it becomes."""
+    if not isinstance(v, dict):
+        raise TypeError(v)
+    try:
+        Enhancement.from_dict(v)
+    except SctGmError as exc:
+        raise ValueError(str(exc)) from None
+    return dict(v)
+
+
+#: One row per :class:`Preprocessing` field: how it is read and what is accepted.
+PREPROCESSING_RULES: dict[str, _Rule] = {
+    "orientation": _Rule(_text, lambda v: v == "LAS", '"LAS" (the only canonical layout sct-gm implements)'),
+    "spacing_mm": _Rule(_number, lambda v: math.isfinite(v) and 0.01 <= v <= 5.0,
+                        "an in-plane pixel size in mm between 0.01 and 5"),
+    "crop_px": _Rule(_integer, lambda v: 16 <= v <= 4096, "an integer window side between 16 and 4096 pixels"),
+    "standardisation": _Rule(_text, lambda v: v in ("volume",),
+                             '"volume" (mean/std over the window stack of a volume)'),
+    "threshold": _Rule(_number, lambda v: 0.0 < v < 1.0, "a probability strictly between 0 and 1"),
+    "enhancement": _Rule(_enhancement, lambda v: True,
+                         'an object of enhancement settings, e.g. {"denoise": "auto", "bias": "off", "clahe": false} '
+                         "(docs/robustness.md)"),
+}
+assert set(PREPROCESSING_RULES) == {f.name for f in fields(Preprocessing)}  # the table covers the record
+
+
+# -- the recipe -----------------------------------------------------------------------------------
+
+#: The network a registry entry means when its ``architecture`` names none (the published models).
+DEFAULT_NETWORK = "perone2018-dilated"
+#: ``precision`` -> what it means. The policy (one for inference and validation): ``fp32``; the other
+#: values exist for ``bench/precision.py``, which measures what they do to masks at the 0.999 threshold.
+PRECISIONS: dict[str, str] = {
+    "fp32": "float32 throughout; TF32 off on CUDA (the policy for every model)",
+    "tf32": "float32 with TF32 matrix products on CUDA (Ampere and later); as fp32 elsewhere",
+    "bf16": "bfloat16 autocast (CUDA, and CPUs with bf16 kernels)",
+    "fp16": "float16 autocast (CUDA only)",
+}
+DEFAULT_PRECISION = "fp32"
+DEFAULT_CONTRAST = "T2star"
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model segments: its network, preprocessing (with threshold and enhancement), contrast
+    and precision (see the module docstring). ``network`` always holds ``name``; every other key is
+    the network module's to read (e.g. ``filters``, ``depth``)."""
+
+    network: dict[str, Any]
+    preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing())
+    contrast: str = DEFAULT_CONTRAST
+    precision: str = DEFAULT_PRECISION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "network", {"name": DEFAULT_NETWORK, **self.network})
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.contrast, str) or not _TOKEN_RE.match(self.contrast):
+            raise ModelError(f"contrast {self.contrast!r}: expected a plain token such as T2star, MT or PSIR")
+
+    @property
+    def network_name(self) -> str:
+        return str(self.network["name"])
+
+    @property
+    def threshold(self) -> float:
+        return self.preprocessing.threshold
+
+    @property
+    def enhancement(self) -> Enhancement:
+        return Enhancement.from_dict(self.preprocessing.enhancement)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], model: str = "?") -> Recipe:
+        """The recipe of a registry entry (its ``architecture``, ``preprocessing`` and the optional
+        ``contrast`` and ``precision``); :class:`~sctgm.exceptions.ModelError` names ``model`` and
+        the value that is not supported."""
+        architecture = entry.get("architecture")
+        if not isinstance(architecture, dict):
+            raise ModelError(f"model '{model}': 'architecture' must be an object, not {architecture!r}")
+        try:
+            return cls(dict(architecture), Preprocessing.from_entry(entry.get("preprocessing", {}), model),
+                       entry.get("contrast", DEFAULT_CONTRAST), entry.get("precision", DEFAULT_PRECISION))
+        except ModelError as exc:
+            raise ModelError(str(exc) if str(exc).startswith(f"model '{model}'") else f"model '{model}': {exc}") from None
+
+    def to_entry(self) -> dict[str, Any]:
+        """The registry keys of this recipe (``from_entry(to_entry())`` == self); ``contrast`` and
+        ``precision`` only when they differ from the defaults, so older readers read it too."""
+        entry: dict[str, Any] = {"architecture": dict(self.network), "preprocessing": self.preprocessing.to_entry()}
+        if self.contrast != DEFAULT_CONTRAST:
+            entry["contrast"] = self.contrast
+        if self.precision != DEFAULT_PRECISION:
+            entry["precision"] = self.precision
+        return entry
+
+    def with_threshold(self, threshold: float) -> Recipe:
+        return replace(self, preprocessing=replace(self.preprocessing, threshold=threshold))
