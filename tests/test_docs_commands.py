@@ -88,7 +88,7 @@ def extract(path: Path) -> list[tuple[int, str]]:
             continue
         text = line.strip()
         if fence in ("sh", "bash") or (fence is None and line.startswith("    ") and
-                                       re.match(r"(sct-gm|args=)", text)):
+                                       re.match(r"(sct-gm [a-z]|args=)", text)):  # not "sct-gm: ..." output
             command = _strip_comment(text)
             if command:
                 out.append((i, command))
