@@ -73,6 +73,7 @@ SKIPPED: tuple[tuple[str, str], ...] = (
     (r"manual_correction\.py", "another project's tool (SCT's manual-correction, fetched from the network)"),
     (r"bench/speed\.py", "the speed benchmark (minutes of timings; bench/ scripts are measurements, not tests)"),
     (r"^sct-gm metrics \.\.\.", "a placeholder (\"...\"), not a command"),
+    (r"^sct-gm qc --serve", "a web server that runs until Ctrl-C (tests/qc/test_serve.py runs it)"),
 )
 
 
