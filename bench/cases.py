@@ -44,3 +44,35 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
     value = dice_3d(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
     return 1.0 if np.isnan(value) else value
+
+
+def _gm_challenge() -> dict[str, tuple[Path, Path, Path | None]]:
+    root = DATA / "gm_challenge_2018"
+    out: dict[str, tuple[Path, Path, Path | None]] = {}
+    for sub in ("sub-10062Ses1", "sub-10062Ses2", "sub-9584", "sub-9669"):
+        lab = root / "derivatives/labels" / sub / "anat" / f"{sub}_run-1_T2starw"
+        out[f"gmc-{sub[4:]}"] = (root / sub / "anat" / f"{sub}_run-1_T2starw.nii.gz",
+                                 Path(f"{lab}_gmseg-manual.nii.gz"), Path(f"{lab}_seg-manual.nii.gz"))
+    return out
+
+
+#: The four labelled gm_challenge_2018 volumes (run-1): large-robust's training data, and masks most
+#: likely made by correcting `large` (data/README.md): agreement with `large`, not held-out accuracy.
+GM_CHALLENGE = _gm_challenge()
+#: Every labelled case in ../shared (the held-out three first).
+ALL_LABELLED = {**LABELLED, **GM_CHALLENGE}
+
+#: A slice is an outlier when its Dice is under this and its manual mask holds at least this many voxels.
+OUTLIER_DICE, OUTLIER_MIN_VOXELS = 0.5, 20
+
+
+def outlier_slices(mask: np.ndarray, manual: np.ndarray) -> list[int]:
+    """Axial slices (axis 2 of the arrays as given) where ``mask`` misses the manual GM: slice Dice
+    under :data:`OUTLIER_DICE` where the manual mask has at least :data:`OUTLIER_MIN_VOXELS` voxels."""
+    m, g = np.asarray(mask) >= 0.5, np.asarray(manual) >= 0.5
+    out = []
+    for k in range(g.shape[2]):
+        n = int(g[:, :, k].sum())
+        if n >= OUTLIER_MIN_VOXELS and 2.0 * float((m[:, :, k] & g[:, :, k]).sum()) / (n + int(m[:, :, k].sum())) < OUTLIER_DICE:
+            out.append(k)
+    return out

@@ -65,6 +65,7 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
     plain = ort.InferenceSession(onnx_graph(sd, {"filters": filters}), providers=["CPUExecutionProvider"])
     ours = load_network(installed, "cpu", engine="onnxruntime", cache_dir=resolve_cache_dir())
     ours_torch = load_network(installed, "cpu", engine="torch")
+    ours_bf16 = load_network(installed, "cpu", engine="onnxruntime", cache_dir=resolve_cache_dir(), precision="bf16")
     import torch
 
     from sctgm.networks.dilated import DilatedGMNet
@@ -81,12 +82,20 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
         "ONNX Runtime, plain session, one call": lambda: plain.run(None, {"x": x}),
         "sct-gm default: onnxruntime, batch 1": lambda: predict(ours, x[:, 0]),
         "sct-gm --engine torch (CPU, channels-last, batch 1)": lambda: predict(ours_torch, x[:, 0]),
+        f"{BF16}{'' if ours_bf16.precision == 'bf16' else ' (fell back to fp32 here)'}":
+            lambda: predict(ours_bf16, x[:, 0]),
         "PyTorch eager, NCHW, one call": eager_batch,
     }
     if device.startswith("cuda"):
         gpu = load_network(installed, device, engine="torch")
         configs[f"sct-gm --engine torch --device {device} (batch 32)"] = lambda: predict(gpu, x[:, 0])
     return configs
+
+
+#: The bf16 row's label (issue 24): OpenVINO's bf16 on CPUs with bf16 instructions.
+BF16 = "sct-gm --precision bf16 (OpenVINO, batch 1)"
+#: The instruction sets printed in the header: what the fp32, int8 and bf16 kernels can use.
+INSTRUCTION_SETS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def time_interleaved(configs: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -162,7 +171,12 @@ def main() -> None:
     import onnxruntime
 
     print(f"# bench/speed.py, {dt.date.today().isoformat()}: {cpu}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch {_torch_version()}\n")
+          f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch {_package_version()}, "
+          f"openvino {_package_version('openvino')}")
+    from sctgm.engines.hardware import cpu_flags
+
+    flags = cpu_flags()
+    print(f"# instruction sets: {', '.join(f for f in INSTRUCTION_SETS if f in flags) or 'none of those sought'}\n")
     tmp = Path(tempfile.mkdtemp(prefix="sctgm-bench-"))
     checks: list[tuple[str, str, str]] = []
     for model in args.models:
@@ -174,6 +188,7 @@ def main() -> None:
         for _ in range(args.reps):
             runs = [("sct-gm default: onnxruntime, batch 1", ("--device", "cpu")),
                     ("sct-gm --engine torch (CPU, channels-last, batch 1)", ("--engine", "torch", "--device", "cpu"))]
+            runs += [(k, ("--device", "cpu", "--precision", "bf16")) for k in net if k.startswith(BF16)]
             runs += [(k, ("--device", args.device)) for k in net if "--device" in k]
             for label, extra in runs:
                 wall, rss, _ = run_command(segment_cmd([T2S_UNCROPPED], model, tmp, *extra))
@@ -197,6 +212,9 @@ def main() -> None:
              f"{sct_s / e2e[default][0]:.1f}x"),
             (f"{model}: network throughput vs ONNX Runtime (goal >= 0.9)", "", f"{ref / net[default]:.2f}x"),
         ]
+        checks += [(f"{model}: {k} vs sct-gm default fp32 (goal >= 1.8)", f"{1000 * net[k] / n:.0f} vs "
+                    f"{1000 * net[default] / n:.0f} ms per slice", f"{net[default] / net[k]:.2f}x")
+                   for k in net if k.startswith(BF16)]
         gpu = [k for k in net if "--device" in k]
         for k in gpu:
             checks.append((f"{model}: {k}", f"{1000 * net[k] / n:.1f} ms per slice", f"{n / net[k]:.0f} slices/s"))
@@ -204,6 +222,7 @@ def main() -> None:
             batch_size_table(model, tmp, args.reps)
         if model == args.models[-1]:
             checks += startup_checks(model, tmp, args, net[default])
+    checks += default_cost(args.reps)
     print("| check | measured | figure |")
     print("|---|---|---|")
     for row in checks:
@@ -260,11 +279,27 @@ def startup_checks(model: str, tmp: Path, args: argparse.Namespace, net_s: float
     return rows
 
 
-def _torch_version() -> str:
+def default_cost(reps: int) -> list[tuple[str, str, str]]:
+    """The default model's cost against `large` alone (issue 20: at most 2x per volume on the CPU):
+    ``segment_image`` on t2s_uncropped with the default options, in this process, interleaved."""
+    from sctgm.model.registry import load_registry
+
+    default = load_registry()["default"]
+    if default == "large":
+        return []
+    image = load_image(T2S_UNCROPPED)
+    segs = {m: Segmenter.from_name(m, device="cpu", engine="onnxruntime", mirror=str(MODELS)) for m in ("large", default)}
+    best = time_interleaved({m: (lambda s=s: s.segment_image(image)) for m, s in segs.items()}, reps)
+    return [(f"default `{default}` / `large` alone, one volume (goal <= 2)",
+             f"{best[default]:.2f} s / {best['large']:.2f} s (segment_image, t2s_uncropped)",
+             f"{best[default] / best['large']:.2f}x")]
+
+
+def _package_version(package: str = "torch") -> str:
     try:
         from importlib.metadata import version
 
-        return version("torch")
+        return version(package)
     except Exception:  # noqa: BLE001
         return "absent"
 

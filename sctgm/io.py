@@ -359,7 +359,7 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 (hex) of a file's bytes."""
+    """The sha256 (hex) of a file's bytes (inputs and outputs in sidecars, training records, labels)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -10,6 +10,12 @@ slice is never taught as truth. Where it is saved (:func:`correction_path`):
   <image stem>_label-GM_seg.nii.gz``, where ``sct-gm train --bids`` reads manual GM labels;
 - elsewhere: beside the image, ``<image stem>_gmseg-manual.nii.gz`` (``train -i IMG -r MASK``).
 
+A manual GM mask already there (either suffix, ``.nii`` or ``.nii.gz``, the one ``train --bids``
+reads: :func:`existing_manual_mask`) is the target instead, so a save never writes a second mask
+that training would read in place of it. The editor writes only a mask it wrote itself
+(:func:`written_by_editor`); one made elsewhere (e.g. spine-generic's full ``_gmseg-manual``,
+every slice labelled) opens read-only and :func:`write_correction` refuses it.
+
 The image and the automatic mask are never written. :func:`write_correction` writes the mask, then
 its sidecar, each atomically (temporary file + rename): a killed writer leaves the old pair or a new
 mask whose new slice the old sidecar does not list yet (that slice is simply not labelled). Callers
@@ -32,12 +38,14 @@ import numpy as np
 from ._version import __version__
 from .exceptions import OutputError
 from .io import LoadedImage, file_sha256, like, same_file, save_json, save_nifti
-from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, split_nifti_name
+from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, NIFTI_SUFFIXES, split_nifti_name
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.
 BIDS_LABEL_SUFFIX = BIDS_MANUAL_GM_SUFFIX
 MANUAL_SUFFIX = MANUAL_GM_SUFFIX
 LABELS_DERIVATIVE = Path("derivatives") / "labels"
+#: Manual GM mask names in a labels derivative, in the order ``train --bids`` prefers them.
+MANUAL_GM_SUFFIXES = (BIDS_LABEL_SUFFIX, MANUAL_SUFFIX)
 #: Sidecar key: the file's S-I voxel indices a reviewer saved (the only labelled slices).
 SLICES_KEY = "LabelledSlices"
 _BIDS_SUB = re.compile(r"^sub-[0-9a-zA-Z]+$")
@@ -70,16 +78,28 @@ def bids_root_of(image: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def existing_manual_mask(folder: Path, stem: str, suffixes: tuple[str, ...] = MANUAL_GM_SUFFIXES) -> Path | None:
+    """The first ``folder/<stem><suffix><ext>`` that is a file (suffixes, then extensions, in order), or None;
+    also finds manual cord masks (:func:`sctgm.batch.bids.find_cord_label`)."""
+    for suffix in suffixes:
+        for ext in NIFTI_SUFFIXES:
+            candidate = folder / f"{stem}{suffix}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def correction_path(image: str | os.PathLike[str]) -> CorrectionTarget:
-    """Where a reviewer's corrected GM mask of ``image`` is saved (see the module doc)."""
+    """Where a reviewer's corrected GM mask of ``image`` is saved: the manual GM mask already there
+    (the one training reads), else a new one (see the module doc)."""
     p = Path(image).absolute()
     stem, _ = split_nifti_name(p.name)
     root = bids_root_of(p)
-    if root is not None:
-        folder = root / LABELS_DERIVATIVE / p.parent.relative_to(root)
-        mask = folder / f"{stem}{BIDS_LABEL_SUFFIX}.nii.gz"
+    if root is not None:  # beside the image outside BIDS, _label-GM_seg may be sct-gm's automatic mask
+        folder, suffixes = root / LABELS_DERIVATIVE / p.parent.relative_to(root), MANUAL_GM_SUFFIXES
     else:
-        mask = p.parent / f"{stem}{MANUAL_SUFFIX}.nii.gz"
+        folder, suffixes = p.parent, (MANUAL_SUFFIX,)
+    mask = existing_manual_mask(folder, stem, suffixes) or folder / f"{stem}{suffixes[0]}.nii.gz"
     return CorrectionTarget(mask, sidecar_of(mask), root)
 
 
@@ -106,6 +126,16 @@ def labelled_slices_of(mask: str | os.PathLike[str]) -> tuple[int, ...] | None:
     return tuple(sorted({int(k) for k in side[SLICES_KEY] if isinstance(k, int) and not isinstance(k, bool)}))
 
 
+def written_by_editor(mask: str | os.PathLike[str]) -> bool:
+    """Whether ``mask``'s sidecar says sct-gm's editor wrote it (``GeneratedBy`` sct-gm and a
+    ``LabelledSlices`` list); False with no sidecar (a mask made elsewhere labels every slice)."""
+    side = read_sidecar(mask)
+    if side is None or not isinstance(side.get(SLICES_KEY), list):
+        return False
+    gen = side.get("GeneratedBy")
+    return isinstance(gen, list) and bool(gen) and isinstance(gen[0], dict) and gen[0].get("Name") == "sct-gm"
+
+
 def _shown(path: Path, root: Path | None) -> str:
     """A path as the sidecar records it: relative to the BIDS root when inside it."""
     if root is not None:
@@ -123,12 +153,17 @@ def write_correction(image: LoadedImage, automatic_mask: str | os.PathLike[str],
     ``image`` and record in its sidecar the slices just ``saved`` ({file slice index: voxels changed
     from the automatic mask}) besides those saved before. Returns the sidecar written.
 
-    Refuses (:class:`~sctgm.exceptions.OutputError`) to write onto the image or the automatic mask."""
+    Refuses (:class:`~sctgm.exceptions.OutputError`) to write onto the image or the automatic mask,
+    or onto a mask or sidecar that sct-gm's editor did not write (:func:`written_by_editor`)."""
     target = target or correction_path(image.path)
     auto = Path(automatic_mask).absolute()
     for p in (target.mask, target.sidecar):
         if any(same_file(p, q) for q in (image.path, auto, sidecar_of(auto))):
             raise OutputError(f"{p}: is the image or the automatic mask; a correction never overwrites them")
+    if (target.mask.exists() or target.sidecar.exists()) and not written_by_editor(target.mask):
+        made = target.mask if target.mask.exists() else target.sidecar
+        raise OutputError(f"{made}: a manual GM label not written by sct-gm's editor; it is left as it is "
+                          "(sct-gm never overwrites a file it did not write)")
     vol = np.asarray(volume)
     if vol.shape != image.data.shape[:3] or not np.isin(vol, (0, 1)).all():
         raise OutputError(f"{target.mask}: the corrected mask must be 0/1 of shape {image.data.shape[:3]}")

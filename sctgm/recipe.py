@@ -10,7 +10,9 @@ install and the CLI all read:
   standardisation, the probability ``threshold`` and the ``enhancement`` (:class:`Enhancement`);
 - ``contrast``: the image contrast the model was trained for (``T2star`` for the published models);
 - ``precision``: the arithmetic the network runs in (:data:`PRECISIONS`; the policy is ``fp32``
-  everywhere, inference and training's validation alike: docs/architecture.md, ``bench/precision.py``).
+  everywhere, inference and training's validation alike: docs/architecture.md, ``bench/precision.py``);
+- ``combine`` (:class:`Combination`, optional): a second registered model run on the same windows,
+  combined with this one's and checked by the anatomical guard (``large-ensemble``, the default).
 
 Plain data at the bottom layer (no numpy-heavy or torch import): the model layer above reads entries
 into it, the layers above that follow it. Adding a preprocessing setting is one field of
@@ -56,7 +58,10 @@ class Enhancement:
     the noise left in, relative to the 99th percentile (0: remove all the estimated noise);
     ``bias``: 'off', 'n4' (SimpleITK N4, 3D) or 'smooth' (in-plane division by a heavily smoothed
     foreground, slice scaling to the volume's median); ``clahe``: contrast-limited adaptive histogram
-    equalisation per slice; ``clip_percentiles``: clip intensities to these percentiles (None: no).
+    equalisation per slice; ``clip_percentiles``: clip intensities to these percentiles (None: no);
+    ``min_removed_fraction``: the denoiser removes at least this fraction of the estimated noise
+    sigma even under the floor (``--denoise on`` sets :data:`ON_MIN_REMOVED_FRACTION`, so that asking
+    for denoising always denoises; 0, the default, is not written by :meth:`to_dict`).
     """
 
     denoise: str = "off"
@@ -67,8 +72,12 @@ class Enhancement:
     bias: str = "off"
     clahe: bool = False
     clip_percentiles: tuple[float, float] | None = None
+    min_removed_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (np.isfinite(self.min_removed_fraction) and 0.0 <= self.min_removed_fraction <= 1.0):
+            raise SctGmError(f"min_removed_fraction {self.min_removed_fraction}: expected a fraction "
+                             "in [0, 1]")
         if self.denoise not in DENOISERS:
             raise SctGmError(f"denoise {self.denoise!r}: expected one of {', '.join(DENOISERS)}")
         if self.auto_method not in DENOISERS[2:]:
@@ -99,6 +108,8 @@ class Enhancement:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["clip_percentiles"] = None if self.clip_percentiles is None else list(self.clip_percentiles)
+        if not self.min_removed_fraction:  # records written before the key existed read the same
+            del d["min_removed_fraction"]
         return d
 
     @classmethod
@@ -118,6 +129,11 @@ class Enhancement:
         return cls(**d)
 
 
+#: ``--denoise on`` removes at least this fraction of the estimated noise sigma, also from an image that
+#: reads under the floor (issue 20: 'on' changed nothing there). Half: the floor's own effect at the
+#: auto threshold (sqrt(3.5^2 - 3^2) / 3.5 = 0.52), so 'on' is never milder than 'auto' is when it fires.
+ON_MIN_REMOVED_FRACTION = 0.5
+
 #: ``denoise`` values of a run's options (:func:`with_options`): the record's, plus 'on'.
 DENOISE_OPTIONS = ("auto", "on", "off") + DENOISERS[2:]
 
@@ -126,13 +142,16 @@ def with_options(base: Enhancement, *, denoise: str | None = None, bias: str | N
                  clahe: bool | None = None) -> Enhancement:
     """``base`` (a model's enhancement) with a run's explicit options on top (None: the model's).
     ``denoise='on'``: the model's denoiser always (its ``auto_method`` when the model says 'auto' or
-    'off'); 'off': never; 'auto' or a method name: that."""
+    'off'), removing at least :data:`ON_MIN_REMOVED_FRACTION` of the noise sigma; 'off': never;
+    'auto' or a method name: that."""
     changes: dict[str, Any] = {}
     if denoise is not None:
         if denoise not in DENOISE_OPTIONS:
             raise SctGmError(f"denoise {denoise!r}: expected one of {', '.join(DENOISE_OPTIONS)}")
         changes["denoise"] = (base.denoise if base.denoise not in ("off", "auto") else base.auto_method) \
             if denoise == "on" else denoise
+        if denoise == "on":  # asked for: it removes something even from an image under the floor
+            changes["min_removed_fraction"] = max(base.min_removed_fraction, ON_MIN_REMOVED_FRACTION)
     if bias is not None:
         changes["bias"] = bias
     if clahe is not None:
@@ -279,6 +298,43 @@ DEFAULT_CONTRAST = "T2star"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+# -- combination -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Combination:
+    """A second model run with this one on the same windows, and the anatomical guard
+    (:mod:`sctgm.segment.ensemble`): the entry's ``combine``, ``{"with": "large-robust", "disagree_dice":
+    0.8, "guard": true}``: ``with_model`` (not a combination itself); below ``disagree_dice`` (slice Dice
+    of the two masks) the second network's slice is used; ``guard``: GM inside the cord, area continuous."""
+
+    with_model: str
+    disagree_dice: float = 0.8
+    guard: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.with_model, str) or not _TOKEN_RE.match(self.with_model):
+            raise ModelError(f"combine.with {self.with_model!r}: expected a registered model name")
+        if not (isinstance(self.disagree_dice, (int, float)) and 0.0 <= float(self.disagree_dice) <= 1.0):
+            raise ModelError(f"combine.disagree_dice {self.disagree_dice!r}: expected a Dice between 0 and 1")
+        if not isinstance(self.guard, bool):
+            raise ModelError(f"combine.guard {self.guard!r}: expected true or false")
+
+    @classmethod
+    def from_entry(cls, block: Any, model: str = "?") -> Combination | None:
+        if block is None:
+            return None
+        keys = {"with", "disagree_dice", "guard"}
+        if not isinstance(block, dict) or set(block) - keys or "with" not in block:
+            raise ModelError(f"model '{model}': 'combine' must be an object with 'with' (a registered "
+                             f"model) and optionally 'disagree_dice', 'guard'; got {block!r}")
+        try:
+            return cls(block["with"], block.get("disagree_dice", 0.8), block.get("guard", True))
+        except ModelError as exc:
+            raise ModelError(f"model '{model}': {exc}") from None
+
+    def to_entry(self) -> dict[str, Any]:
+        return {"with": self.with_model, "disagree_dice": self.disagree_dice, "guard": self.guard}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model segments: its network, preprocessing (with threshold and enhancement), contrast
@@ -289,6 +345,7 @@ class Recipe:
     preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing())
     contrast: str = DEFAULT_CONTRAST
     precision: str = DEFAULT_PRECISION
+    combine: Combination | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network", {"name": DEFAULT_NETWORK, **self.network})
@@ -312,14 +369,16 @@ class Recipe:
     @classmethod
     def from_entry(cls, entry: dict[str, Any], model: str = "?") -> Recipe:
         """The recipe of a registry entry (its ``architecture``, ``preprocessing`` and the optional
-        ``contrast`` and ``precision``); :class:`~sctgm.exceptions.ModelError` names ``model`` and
+        ``contrast``, ``precision`` and ``combine``, :class:`Combination`);
+        :class:`~sctgm.exceptions.ModelError` names ``model`` and
         the value that is not supported."""
         architecture = entry.get("architecture")
         if not isinstance(architecture, dict):
             raise ModelError(f"model '{model}': 'architecture' must be an object, not {architecture!r}")
         try:
             return cls(dict(architecture), Preprocessing.from_entry(entry.get("preprocessing", {}), model),
-                       entry.get("contrast", DEFAULT_CONTRAST), entry.get("precision", DEFAULT_PRECISION))
+                       entry.get("contrast", DEFAULT_CONTRAST), entry.get("precision", DEFAULT_PRECISION),
+                       Combination.from_entry(entry.get("combine"), model))
         except ModelError as exc:
             raise ModelError(str(exc) if str(exc).startswith(f"model '{model}'") else f"model '{model}': {exc}") from None
 
@@ -331,6 +390,8 @@ class Recipe:
             entry["contrast"] = self.contrast
         if self.precision != DEFAULT_PRECISION:
             entry["precision"] = self.precision
+        if self.combine is not None:
+            entry["combine"] = self.combine.to_entry()
         return entry
 
     def with_threshold(self, threshold: float) -> Recipe:

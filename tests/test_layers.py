@@ -14,10 +14,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sctgm"
 ARCHITECTURE_MD = PACKAGE.parent / "docs" / "architecture.md"
 MAX_LINES = 400
 
-#: Imports up a layer that another branch removes (issue #19, outputs as one value): listed so this
-#: check guards every other edge meanwhile. Delete a row once its import is gone.
-KNOWN_UPWARD: set[tuple[str, str]] = {("sctgm.segment.outputs", "sctgm.qc")}
-
 
 def _modules() -> dict[str, Path]:
     mods = {}
@@ -74,8 +70,7 @@ def test_every_module_has_a_layer() -> None:
 def test_imports_only_go_down() -> None:
     layers = _layers()
     upward = sorted((a, b) for a, deps in _graph().items() for b in deps
-                    if layers[_top(b)] > layers[_top(a)]
-                    and (a, f"sctgm.{_top(b)}") not in KNOWN_UPWARD)
+                    if layers[_top(b)] > layers[_top(a)])
     assert not upward, f"imports up a layer (docs/architecture.md): {upward}"
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from .._version import __version__
 from ..exceptions import DatasetError, OutputError
 from ..io import save_json
+from ..labels import existing_manual_mask
 from ..naming import NIFTI_SUFFIXES, split_nifti_name
 
 log = logging.getLogger(__name__)
@@ -229,13 +230,8 @@ def find_cord_label(image: BidsImage, labels: str | os.PathLike[str]) -> Path | 
     """The manual cord mask of ``image`` in a labels derivative (spine-generic convention:
     ``derivatives/labels/sub-*/[ses-*/]anat/<stem>_label-SC_seg.nii.gz``, or the older
     ``<stem>_seg-manual.nii.gz``), or None."""
-    folder = Path(labels) / image.path.parent.relative_to(image.root)
-    for suffix in CORD_LABEL_SUFFIXES:
-        for ext in NIFTI_SUFFIXES:
-            candidate = folder / f"{image.stem}{suffix}{ext}"
-            if candidate.is_file():
-                return candidate
-    return None
+    return existing_manual_mask(Path(labels) / image.path.parent.relative_to(image.root), image.stem,
+                                CORD_LABEL_SUFFIXES)
 
 
 def raw_link(raw_root: str | os.PathLike[str], derivatives: str | os.PathLike[str]) -> str:

@@ -60,6 +60,7 @@ class BatchSettings:
     model: str | None = None
     device: str = "auto"
     engine: str = "auto"
+    precision: str | None = None  # None: the model recipe's; "bf16": see sctgm.engines.choice.cpu_precision
     options: SegmentOptions = field(default_factory=SegmentOptions)
     prob: bool = False
     wm: bool = False
@@ -229,10 +230,12 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     except (OSError, ValueError) as exc:
         return f"unreadable sidecar ({exc})"
     sha, params, sources = provenance(sidecar if isinstance(sidecar, dict) else {})
-    if sha != segmenter.model.sha256:
+    if sha != segmenter.identity.sha256:
         return "made with another model"
     if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter):
         return "made with other parameters"
+    if params.get("precision", "fp32") != segmenter.network.precision:  # sidecars before 'precision': fp32
+        return "made at another precision"
     names = [job.input.name] + ([job.cord.name] if job.cord is not None else [])
     if sources != names:
         return "made from other source files"

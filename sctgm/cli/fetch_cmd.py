@@ -63,7 +63,8 @@ def _render_list(rows: list[ModelStatus]) -> None:
 def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, list_models: bool,
                 force: bool, mirror: Optional[str], cache_dir: Optional[Path], quiet: bool,
                 verbosity: Optional[int]) -> None:
-    """Download, verify and install model weights (default: the registry's default model).
+    """Download, verify and install model weights (default: the registry's default model; a model that
+    combines two networks installs both).
 
     Files are checked by size and sha256, converted once to safetensors and installed atomically; a
     file lock lets several processes fetch at once. Offline, point --mirror or SCTGM_MIRROR at a
@@ -92,3 +93,8 @@ def fetch_model(ctx: click.Context, names: tuple[str, ...], all_models: bool, li
             model = install.ensure_model(name, mirror=mirror, cache_dir=cache_dir, progress=progress,
                                           force=force)
             click.echo(f"{model.name} {model.version}: {model.weights_path}")
+            combine = model.recipe.combine
+            if combine is not None and combine.with_model not in wanted:  # its second network, too
+                other = install.ensure_model(combine.with_model, mirror=mirror, cache_dir=cache_dir,
+                                             progress=progress, force=force)
+                click.echo(f"{other.name} {other.version}: {other.weights_path}")

@@ -55,7 +55,7 @@ def qc(ctx: click.Context, image: Path | None, gmseg: Path | None, qc_dir: Path 
                       dataset=dataset)
     if not (quiet or silent):
         click.echo(f"QC entry: {entry}")
-        click.echo(f"Open: {(Path(qc_dir) / 'index.html').resolve().as_uri()}")
+        click.echo(f"Open: {(entry.parent.parent / 'index.html').resolve().as_uri()}")  # <report>/entries/<id>
 
 
 def _serve(qc_dir: Path, port: int, quiet: bool) -> None:

@@ -23,8 +23,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
                    "(quoted or not) make a batch.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="GM mask to write (one input only) [default: <input>_gmseg.nii.gz beside the input].")
-@click.option("-m", "--model", default="large", show_default=True,
-              help="Registered model name (challenge, large, large-robust), a model folder from sct-gm train (or its model.json), or a .hdf5/.safetensors weight file.")
+@click.option("-m", "--model", default=None,
+              help="Registered model name (large-ensemble, large, large-robust, challenge), a model folder from sct-gm "
+                   "train (or its model.json), or a .hdf5/.safetensors weight file [default: the registry's default, "
+                   "large-ensemble: large and large-robust combined, with the anatomical guard].")
 @click.option("-s", "--cord-mask", "cord_masks", multiple=True, type=click.Path(path_type=Path),
               help="Spinal cord mask on the image's grid (one per -i): guides where the network looks; "
                    "needed by --wm.")
@@ -40,8 +42,9 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average 5 shifted crops (5x slower).")
 @click.option("--denoise", type=click.Choice(["auto", "on", "off", "nlm", "tv", "wavelet", "bilateral"]), default=None,
               help="Noise suppression before segmentation: auto = non-local means on images whose estimated noise "
-                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always, off = never (the image "
-                   "as it is), or a denoiser [default: the model's, auto]. See docs/robustness.md.")
+                   "exceeds 3.5% of the 99th percentile, on = the model's denoiser always (at least half the "
+                   "noise), off = never (the image as it is), or a denoiser [default: the model's, auto]. "
+                   "See docs/robustness.md.")
 @click.option("--bias-correction", "bias", type=click.Choice(["off", "smooth", "n4"]), default=None,
               help="Intensity inhomogeneity correction: smooth (in-plane normalisation) or n4 (needs SimpleITK: "
                    "pip install 'sctgm[enhance]') [default: the model's, off].")
@@ -50,6 +53,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
               help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Network arithmetic: bf16 runs ~2x faster on CPUs with bf16 instructions (AVX-512 BF16, AMX) "
+                   "with OpenVINO installed (pip install 'sctgm[openvino]'), masks at Dice 0.99-1 vs fp32 "
+                   "(docs/speed.md); elsewhere fp32, with a warning [default: the model's, fp32].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
               help="Slices per network call [default: 1 on a CPU, 32 on a GPU].")
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
@@ -139,7 +146,7 @@ class SegmentArgs:
 
     inputs: tuple[Path, ...]
     output: Path | None
-    model: str
+    model: str | None
     cord_masks: tuple[Path, ...]
     wm: bool
     threshold: float | None
@@ -152,6 +159,7 @@ class SegmentArgs:
     clahe: bool | None
     device: str
     engine: str
+    precision: str | None
     batch_size: int | None
     qc_dir: Path | None
     qc_subject: str | None
@@ -199,7 +207,7 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
         result = segment_file(args.inputs[0], args.output, model=args.model,
                               cord_mask=args.cord_masks[0] if args.cord_masks else None, options=options,
                               prob=args.prob, wm=args.wm, device=args.device, engine=args.engine,
-                              threads=args.threads, entry=entry, overwrite=args.overwrite, progress=progress,
+                              precision=args.precision, threads=args.threads, entry=entry, overwrite=args.overwrite, progress=progress,
                               download_progress=fetching)
     if not args.quiet:
         info = result.segmentation.info if result.segmentation else {}
@@ -225,7 +233,8 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
     if args.metrics_csv == "" and args.bids_root is None:
         raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
     settings = BatchSettings(model=args.model, device=args.device, options=options, prob=args.prob, wm=args.wm,
-                             overwrite=args.overwrite, engine=args.engine, threads=args.threads, qc_dir=args.qc_dir,
+                             overwrite=args.overwrite, engine=args.engine, precision=args.precision,
+                             threads=args.threads, qc_dir=args.qc_dir,
                              qc_dataset=args.qc_dataset, metrics=args.metrics_csv is not None)
     metrics_path = Path(args.metrics_csv) if args.metrics_csv else None
     common = dict(n_jobs=args.n_jobs, scheduler=args.scheduler, summary=args.summary_path, metrics_csv=metrics_path)

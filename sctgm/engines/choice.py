@@ -22,7 +22,8 @@ import numpy as np
 from ..exceptions import InvalidOptionError, ModelError
 from ..model.registry import InstalledModel
 from ..networks import network_for
-from .hardware import cuda_may_exist, onnxruntime_available, require_torch, torch_available
+from .hardware import (cpu_has_bf16, cuda_may_exist, onnxruntime_available, openvino_available, require_torch,
+                       torch_available)
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,16 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 
 ENGINES = ("auto", "onnxruntime", "torch")
+#: The precisions a network can run at on the CPU engines: fp32 (ONNX Runtime, the default) and bf16
+#: (OpenVINO, on CPUs with bf16 instructions; docs/speed.md).
+CPU_PRECISIONS = ("fp32", "bf16")
 
 
 class Engine(Protocol):
     engine: str
     device: str
     preferred_batch_size: int
+    precision: str
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -59,6 +64,11 @@ class LoadedNetwork:
     @property
     def preferred_batch_size(self) -> int:
         return self.runner.preferred_batch_size
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic the network runs in ('fp32', 'bf16'), after any fallback."""
+        return getattr(self.runner, "precision", "fp32")
 
 
 def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]:
@@ -90,16 +100,40 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     return engine, device
 
 
+def cpu_precision(precision: str) -> str:
+    """The precision a CPU network will run at when ``precision`` is asked for: 'bf16' where this CPU
+    has bf16 instructions and OpenVINO is installed, else 'fp32' with one warning saying why."""
+    if precision not in CPU_PRECISIONS:
+        raise InvalidOptionError(f"precision {precision!r}: unknown; expected one of {', '.join(CPU_PRECISIONS)}",
+                                 parameter="precision")
+    if precision == "bf16":
+        if not cpu_has_bf16():
+            log.warning("precision bf16: this CPU has no bf16 instructions (AVX-512 BF16 or AMX); running in fp32")
+            return "fp32"
+        if not openvino_available():
+            log.warning("precision bf16: OpenVINO is not installed (pip install 'sctgm[openvino]'); running in fp32")
+            return "fp32"
+    return precision
+
+
 def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "auto",
-                 threads: int | None = None, cache_dir: Path | None = None) -> LoadedNetwork:
+                 threads: int | None = None, cache_dir: Path | None = None,
+                 precision: str | None = None) -> LoadedNetwork:
     """Load ``model`` on an engine (see :func:`choose_engine`). ``threads``: CPU threads for the
     network (default: the engine's, one per core). ``cache_dir``: where the ONNX graph is kept
-    between runs (None: rebuilt each time)."""
+    between runs (None: rebuilt each time). ``precision``: overrides the recipe's (None: the
+    recipe's, :data:`sctgm.recipe.PRECISIONS`); on the CPU engine, bf16 runs the ONNX graph on
+    OpenVINO where the CPU can (:func:`cpu_precision`, else fp32 with one warning)."""
+    from ..recipe import PRECISIONS
+
     from ..model import weights
 
     engine, device = choose_engine(engine, device)
     network = network_for(model.architecture, model.name)
-    precision = model.recipe.precision
+    precision = precision or model.recipe.precision
+    if precision not in PRECISIONS:
+        raise InvalidOptionError(f"precision {precision!r}: unknown; expected one of {', '.join(PRECISIONS)}",
+                                 parameter="precision")
     origin = str(model.weights_path)
 
     def state_dict() -> dict[str, np.ndarray]:
@@ -110,14 +144,20 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
     if engine == "onnxruntime":
         from .onnx import OnnxNetwork, cached_graph, graph_cache_path, graph_holds_weights
 
-        if precision != "fp32":
+        if precision not in CPU_PRECISIONS:
             raise ModelError(f"model '{model.name}': precision {precision} runs on the torch engine only "
-                             f"(ONNX Runtime runs fp32); use --engine torch")
+                             f"(the CPU engine runs fp32 and bf16); choose the torch engine", parameter="engine")
         cache_file = graph_cache_path(cache_dir, model.sha256, model.architecture) if cache_dir else None
         # a cached graph is used only when it holds this model's (verified) weights
         graph = cached_graph(cache_file, lambda: network.onnx_graph(state_dict(), model.architecture, model.name),
                              made_from=lambda g: graph_holds_weights(g, state_dict()))
-        runner: Engine = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
+        if cpu_precision(precision) == "bf16":
+            from .openvino import OpenVinoNetwork
+
+            runner: Engine = OpenVinoNetwork(graph, precision="bf16", threads=threads, cache_dir=cache_dir,
+                                             origin=str(cache_file or origin))
+        else:
+            runner = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
     else:
         from .torch import TorchNetwork
 

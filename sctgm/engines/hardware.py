@@ -53,3 +53,33 @@ def cuda_may_exist() -> bool:
     if sys.platform.startswith("linux"):
         return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))
     return sys.platform != "darwin"
+
+
+#: CPU flags (as /proc/cpuinfo names them) of bf16 arithmetic: AVX-512 BF16 (Zen 4, Cooper Lake and
+#: later Xeons) and AMX (Sapphire Rapids and later).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU as Linux lists them in /proc/cpuinfo (empty elsewhere,
+    or when it cannot be read: then nothing is assumed)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has bf16 instructions (:data:`BF16_FLAGS`)."""
+    return bool(BF16_FLAGS & cpu_flags())
+
+
+def openvino_available() -> bool:
+    """True when openvino can be imported (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None

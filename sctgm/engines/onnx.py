@@ -91,6 +91,7 @@ class OnnxNetwork:
     probabilities of the same shape."""
 
     engine = "onnxruntime"
+    precision = "fp32"
     device = "cpu"
     #: One slice a call is as fast as larger batches on a CPU, and keeps the peak memory of the
     #: large model at ~0.45 GB instead of ~1.6 GB with 8 (docs/speed.md).

@@ -267,7 +267,8 @@ def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
         sd, _ = weights.state_dict_from_keras(path)
         fmt = "keras-hdf5"
     network = recognise(sd, str(path))
-    return InstalledModel(path.stem, "user", path, fmt, sha256_of(path), replace(default, network=network))
+    # a bare file is one network: it takes the default's preprocessing, never its combination
+    return InstalledModel(path.stem, "user", path, fmt, sha256_of(path), replace(default, network=network, combine=None))
 
 
 def _from_model_file(path: Path) -> InstalledModel:

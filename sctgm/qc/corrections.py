@@ -66,6 +66,14 @@ class EntryVolume:
     foreign: bool = False  # the target exists and sct-gm's editor did not write it: never overwritten
 
     @property
+    def read_only_reason(self) -> str | None:
+        """Why the editor shows this entry read-only (a manual GM mask made elsewhere), or None."""
+        if not self.foreign:
+            return None
+        return (f"{self.target.mask.name} is a manual GM mask not written by sct-gm's editor (training reads every "
+                "slice of it); it is shown read-only and never overwritten")
+
+    @property
     def n_slices(self) -> int:
         return int(self.data.shape[2])
 
@@ -99,8 +107,8 @@ def open_entry(entry: dict[str, Any]) -> EntryVolume:
         except GridMismatchError as exc:
             raise QcError(f"{target.mask}: the saved correction is not on the image's grid ({exc}); move it away") from None
         current = (reo.apply(done.data) >= MASK_THRESHOLD).astype(np.uint8)
-        listed = labels.labelled_slices_of(target.mask)
-        saved, foreign = list(listed or ()), listed is None
+        foreign = not labels.written_by_editor(target.mask)
+        saved = [] if foreign else list(labels.labelled_slices_of(target.mask) or ())
     prob = None
     prob_path = prob_path_for(entry["gmseg"])
     if prob_path is not None:
@@ -147,6 +155,7 @@ def slice_view(vol: EntryVolume, file_slice: int) -> dict[str, Any]:
         "mask": _b64(render.to_display(vol.current[:, :, k])),
         "prob": None, "saved": file_slice in vol.saved, "saved_slices": sorted(vol.saved),
         "target": str(vol.target.mask), "editable": not vol.foreign,
+        "read_only_reason": vol.read_only_reason,
     }
     if vol.prob is not None:
         out["prob"] = _b64(np.clip(np.round(render.to_display(vol.prob[:, :, k]) * 255), 0, 255).astype(np.uint8))
@@ -172,8 +181,9 @@ def save_slice(vol: EntryVolume, file_slice: int, display_mask: np.ndarray) -> d
     """Put ``display_mask`` (display orientation) on ``file_slice`` and write the corrected mask and
     its sidecar (:func:`sctgm.labels.write_correction`). The caller serialises saves of one entry."""
     if vol.foreign:
-        raise QcError(f"{vol.target.mask}: exists and was not written by sct-gm's editor (its sidecar lists no "
-                      f"{labels.SLICES_KEY}); it is left as it is: move it away to correct this image here")
+        raise QcError(f"{vol.target.mask}: a manual GM mask not written by sct-gm's editor; not saved (training "
+                      "reads every slice of it, and sct-gm never overwrites a file it did not write): edit it "
+                      "with the tool that made it")
     k = vol.canonical_index(file_slice)
     c = from_display(display_mask)
     if c.shape != vol.current.shape[:2]:

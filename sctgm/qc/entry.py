@@ -48,6 +48,7 @@ def add_entry(
     noise: dict[str, Any] | None = None,
     dataset: str | None = None,
     read_from: Mapping[str, Path] | None = None,
+    doubtful: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
 
@@ -62,11 +63,13 @@ def add_entry(
     masks not yet at their paths (path as given -> the file that holds it now).
     A ``qc_dir`` that holds another tool's QC report gets the entry in a sub-folder
     (:func:`sctgm.qc.report.check_qc_dir`).
+    ``doubtful``: the sidecar's ``doubtful_slices`` (a combination of networks): those slices are
+    flagged, so a reviewer starts with them.
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
                                model_sha256=model_sha256, subject=subject, extra=extra, noise=noise,
-                               dataset=dataset, read_from=read_from)
+                               dataset=dataset, read_from=read_from, doubtful=doubtful)
     return report.write_entry(qc_dir, entry, files)
 
 
@@ -91,6 +94,7 @@ class QcEntryWriter:
                   wmseg_path=out["wm"] if "wm" in staged.staged else None, model=staged.model.name,
                   model_sha256=staged.model.sha256, subject=self.subject, dataset=self.dataset,
                   noise=noise_keys(staged.segmentation.info.get("enhancement", {})),
+                  doubtful=staged.segmentation.info.get("doubtful_slices"),
                   read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
 
@@ -122,6 +126,7 @@ def build_entry(
     noise: dict[str, Any] | None = None,
     dataset: str | None = None,
     read_from: Mapping[str, Path] | None = None,
+    doubtful: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
     def source(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
@@ -153,9 +158,14 @@ def build_entry(
     wm_area = [float(wm[:, :, k].sum() * px_mm2) for k in range(nz)] if wm is not None else None
     edge = [render.touches_edge(gm[:, :, k], *plan.box(k), plan.size_vox) for k in range(nz)]
     per_slice = _flags.slice_flags(gm_area, cord_area, edge)
+    if doubtful:
+        to_canonical = {geometry.file_slice_index(reo, k): k for k in range(nz)}
+        own = _flags.doubtful_flags(doubtful, to_canonical, nz)
+        per_slice = [own[k] + per_slice[k] for k in range(nz)]
 
     any_mask = gm | cord if cord is not None else gm
-    present = [k for k in range(nz) if any_mask[:, :, k].any()]
+    present = [k for k in range(nz) if any_mask[:, :, k].any() or any(f.startswith(_flags.DOUBTFUL_PREFIX)
+                                                                    for f in per_slice[k])]
     span = list(range(present[0], present[-1] + 1)) if present else list(range(nz))
     flagged = {k for k in span if per_slice[k]}
     # The input file's voxel index along its S-I axis, printed on tiles (what viewers show).
@@ -193,6 +203,7 @@ def build_entry(
                                                  or [0.0])), 2) if wm_area is not None else None),
         "noise": noise if noise is not None else estimate_keys(data, reo),
         "n_flagged": len(flagged),
+        "doubtful_slices": _jsonable(doubtful) if doubtful else [],
         "flag_counts": flag_counts,
         "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
         "slices": {

@@ -8,6 +8,9 @@ The rules are deliberately simple and explainable, so a reviewer knows why a sli
   (up to ``NEIGHBOURS`` slices each side) by more than a factor ``OUTLIER_RATIO``.
 - ``touches_edge``: GM reaches the edge of the crop window drawn around the cord (or lies beyond
   it, or on the image border), i.e. GM far from where the cord is: a leak into CSF or muscle.
+- ``doubtful:<reason>``: the segmentation itself doubted the slice (a model that combines networks
+  lists its doubtful slices in the sidecar's ``doubtful_slices``: the networks disagree, GM outside
+  the cord was removed, the area jumps); :func:`doubtful_flags` turns that list into flags.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ FLAG_TEXT: dict[str, str] = {
     AREA_OUTLIER: "GM area far from its neighbours",
     TOUCHES_EDGE: "GM reaches the edge of the crop, far from the cord",
 }
+
+DOUBTFUL_PREFIX = "doubtful:"
+#: Human text of the segmentation's own doubts (sctgm.segment.guard's reasons).
+DOUBTFUL_TEXT: dict[str, str] = {
+    "doubtful:networks_disagree": "doubtful: the networks disagree here",
+    "doubtful:outside_cord": "doubtful: GM outside the cord was removed",
+    "doubtful:area_jump": "doubtful: GM area jumps from its neighbours'",
+}
+FLAG_TEXT.update(DOUBTFUL_TEXT)
 
 #: A slice is an outlier when its GM area is more than this factor above or below the median
 #: of its neighbours'. GM area changes by < 30 % between adjacent 2.5-5 mm slices in healthy cords.
@@ -73,3 +85,16 @@ def slice_flags(
             reasons.append(TOUCHES_EDGE)
         out.append(tuple(reasons))
     return out
+
+
+def doubtful_flags(doubtful: Sequence[dict], file_to_canonical: dict[int, int],
+                   n: int) -> list[tuple[str, ...]]:
+    """Per canonical slice, the flags of a sidecar's ``doubtful_slices`` list (each ``{"slice": file
+    index, "reasons": [...], ...}``); unknown reasons keep their name."""
+    out: list[list[str]] = [[] for _ in range(n)]
+    for d in doubtful:
+        k = file_to_canonical.get(int(d["slice"]))
+        if k is None:
+            continue
+        out[k].extend(DOUBTFUL_PREFIX + str(r) for r in d.get("reasons", ()))
+    return [tuple(dict.fromkeys(x)) for x in out]

@@ -40,7 +40,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..exceptions import OutputError, QcError
-from ..io import StagedFiles, folder_is_writable
+from ..io import StagedFiles, folder_is_writable, remove_leftover_parts
 from . import corrections
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ STALE_PART_S = 3600.0
 
 #: Package asset file -> path inside the QC folder.
 _ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css",
-           "editor.js": f"{ASSETS_DIR}/editor.js", "editor.css": f"{ASSETS_DIR}/editor.css"}
+           "editor-canvas.js": f"{ASSETS_DIR}/editor-canvas.js", "editor.js": f"{ASSETS_DIR}/editor.js",
+           "editor.css": f"{ASSETS_DIR}/editor.css"}
 
 
 #: Where the report goes when the folder given holds another tool's QC report (SCT's ``sct_qc``
@@ -313,7 +314,9 @@ def install_assets(root: Path) -> None:
 
 def _stage_page(root: Path, staged: StagedFiles, entries: list[dict[str, Any]]) -> None:
     """Stage the page's files that are missing or outdated, ``report.json`` if missing, and the
-    ``index.js`` of ``entries``."""
+    ``index.js`` of ``entries``; first remove the temporary page files of a killed writer (every
+    writer stages them with the folder lock held, which the caller holds now)."""
+    remove_leftover_parts([root / INDEX_JS, root / REPORT_JSON, *(root / dst for dst in _ASSETS.values())])
     _stage_assets(root, staged)
     index = _index_text(root, staged, entries)
     staged.stage(root / INDEX_JS, lambda tmp: tmp.write_text(index, encoding="utf-8"))

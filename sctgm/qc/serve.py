@@ -123,7 +123,7 @@ def start_server(qc_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", por
     if host not in LOOPBACK:
         raise InvalidOptionError(f"host {host!r}: the review server listens on 127.0.0.1 only (it can write masks; "
                                  f"reach it from another machine through an SSH tunnel)", parameter="host")
-    root = Path(qc_dir)
+    root = report.report_folder(qc_dir)  # sct-gm's report inside another tool's QC folder, if that is where it is
     if not (root / report.INDEX_HTML).is_file() or not (root / report.ENTRIES_DIR).is_dir():
         raise QcError(f"{root}: not a QC report folder (no {report.INDEX_HTML} and {report.ENTRIES_DIR}/); "
                       f"segmenting with a QC folder, or adding a QC entry, makes one")

@@ -261,6 +261,7 @@ def apply(volume: np.ndarray, zooms_mm: tuple[float, float, float], enhancement:
     steps: list[tuple[str, Any]] = []
     if method != "off" and noise is not None:
         excess = float(np.sqrt(max(noise.sigma ** 2 - (enhancement.noise_floor_rel * noise.p99) ** 2, 0.0)))
+        excess = max(excess, enhancement.min_removed_fraction * noise.sigma)  # '--denoise on': always some
         report["denoise_sigma"] = round(excess, 6)
         steps.append((f"denoise:{method}",
                       lambda v: denoise(v, method, excess, strength=enhancement.strength)))

@@ -20,7 +20,7 @@ from .pipeline import Segmenter, SegmentOptions
 def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
                  model: str | None = None, cord_mask: str | os.PathLike[str] | None = None,
                  options: SegmentOptions = SegmentOptions(), prob: bool = False, wm: bool = False,
-                 device: str = "auto", engine: str = "auto", threads: int | None = None,
+                 device: str = "auto", engine: str = "auto", threads: int | None = None, precision: str | None = None,
                  segmenter: Segmenter | None = None, entry: EntryWriter | None = None, overwrite: bool = False,
                  progress: ProgressCallback | None = None, download_progress: Any = None) -> SegmentFileResult:
     """Segment the GM of one NIfTI file and write the mask (uint8 0/1 on exactly the input's grid),
@@ -43,6 +43,6 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     image = load_image(input_path)
     cord = load_image(cord_mask, what="cord mask", allow_constant=True) if cord_mask is not None else None
     seg = segmenter or Segmenter.from_name(model, device=device, engine=engine, threads=threads,
-                                           download_progress=download_progress)
+                                           download_progress=download_progress, precision=precision)
     return segment_and_write(seg, image, outputs, cord=cord, options=options, entry=entry, overwrite=overwrite,
                              progress=progress)

@@ -14,7 +14,10 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
 
     {"Description": "...", "SpatialReference": "orig" (BIDS layout only),
      "Sources": [input, cord mask] (SCT: paths as given; BIDS: bids:raw: URIs),
-     "GeneratedBy": [{"Name": "sct-gm", "Version": ..., "Model": {Name, Version, Sha256, Filters},
+     "GeneratedBy": [{"Name": "sct-gm", "Version": ..., "Model": {Name, Version, Sha256, Filters
+                                                                  (+ Networks: [{Name, Version, Sha256,
+                                                                  Filters}] for a combination, whose
+                                                                  Sha256 covers both networks and the rule)},
                       "Parameters": {threshold, keep_largest, fill_holes, tta, batch_size, crop_px,
                                      denoise, bias, clahe, device, engine,
                                      enhancement: {the resolved enhancement settings}}}],
@@ -22,7 +25,12 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 noise_sigma, noise_sigma_rel_p99 (noise / 99th intensity percentile),
                 noise_sigma_rel_p99_per_slice (by the file's S-I slice index; null: too little tissue),
                 noise_auto_threshold_rel_p99, noise_above_auto_threshold, denoised_with ('off' or the denoiser that ran),
-                enhancement_steps},
+                enhancement_steps,
+                and for a model that combines networks (sctgm.segment.ensemble): networks (their names),
+                networks_dice_per_slice (slice Dice between them, by the file's S-I slice index),
+                doubtful_slices ([{slice: file index, reasons: [networks_disagree | outside_cord |
+                area_jump], action: kept | second_network | re-placed | replaced | dropped,
+                networks_dice}])},
      "Sha256": {"Sources": [sha256 of each source file, in the order of "Sources"],
                 "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set}}}
 """
@@ -105,7 +113,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
             sources: Sequence[str], *, layout: str = "sct", hashes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON sidecar of output ``key`` (``gm``, ``wm`` or ``prob``); see the module docstring.
     ``hashes``: the ``Sha256`` block (sources and outputs), when known."""
-    m, info = segmenter.model, result.info
+    m, info = segmenter.identity, result.info
     out: dict[str, Any] = {"Description": _DESCRIPTIONS[key]}
     if layout == "bids":
         out["SpatialReference"] = "orig"
@@ -116,10 +124,19 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
+                       "precision": segmenter.network.precision,
                        "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
+    if segmenter.partner is not None:  # a combination: each network it ran
+        out["GeneratedBy"][0]["Model"]["Networks"] = [
+            {"Name": n.model.name, "Version": n.model.version, "Sha256": n.model.sha256,
+             "Filters": n.model.filters}
+            for n in (segmenter.network, segmenter.partner)]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_keys(info.get("enhancement", {})))
+    for k in ("networks", "networks_dice_per_slice", "doubtful_slices"):  # a combination of networks
+        if k in info:
+            out["Result"][k] = info[k]
     if hashes is not None:
         n = len(out["Sources"])
         out["Sha256"] = {"Sources": list(hashes["Sources"][:n]), "Outputs": dict(hashes["Outputs"])}
@@ -148,7 +165,7 @@ def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite
     """Fail before any work when an output of the set cannot or must not be written: its folder is
     missing or not writable, it is a folder, it is one of ``inputs`` (never, even with ``overwrite``),
     or it exists and sct-gm did not write it (:func:`written_by_sctgm`) and ``overwrite`` is False."""
-    for key, path in outputs.items():
+    for path in outputs.values():
         check_writable(path)
         for src in inputs:
             if src is not None and same_file(path, src):
@@ -171,7 +188,8 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     ``sources``: what the sidecars name as sources (default: the image and cord mask paths);
     ``entry``: written with the outputs (the QC entry); ``overwrite``: replace files that sct-gm did
     not write (never an input). The callers load and check the inputs (a batch also refuses
-    non-axial images, :func:`sctgm.segment.preprocess.check_axial`) and create the output folders.
+    non-axial images, :func:`sctgm.segment.preprocess.check_axial`); missing output folders are
+    created when the first file is staged.
     """
     if "wm" in outputs and cord is None:
         raise InvalidOptionError(f"{image.path}: the WM mask is cord minus GM and needs a cord mask")
@@ -198,7 +216,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
             meta = sidecar(segmenter, options, result, described, sources, layout=outputs.layout, hashes=hashes)
             temporary[key] = staged.stage(outputs[key], lambda tmp, text=json_text(meta): tmp.write_text(text))
         if entry is not None:
-            entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.model))
+            entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.identity))
         # Sidecars first: a run killed between two renames leaves outputs that an sct-gm sidecar
         # describes (so the next run may replace them) with another recorded sha256 (so a resume redoes them).
         staged.commit(outputs[k] for k in outputs.sidecars)

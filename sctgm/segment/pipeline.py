@@ -9,6 +9,8 @@ on the input's voxel grid. Spacing, window size, orientation and threshold come 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -17,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
-from ..exceptions import InvalidOptionError
+from ..exceptions import InvalidOptionError, ModelError
+from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
 from ..model.registry import InstalledModel
-from ..recipe import Preprocessing
-from . import enhance, placement, postprocess
+from ..recipe import Combination, Preprocessing
+from . import enhance, ensemble, guard, placement, postprocess
 from .grid import Window, overlap, window_to_native
 from .noise import in_file_order
 from .preprocess import PreparedVolume, Standardisation, canonical_mask, prepare, sample, windows_at
@@ -97,37 +100,69 @@ class Segmenter:
     ``model``: an installed model (:func:`sctgm.model.install.ensure_model`); :meth:`from_name` finds
     (and, if needed, downloads) one by name first. ``engine``: 'auto' (ONNX Runtime on a CPU, PyTorch
     on a GPU), 'onnxruntime' or 'torch'; ``threads``: CPU threads for the network (default: one per
-    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache).
+    core); ``cache_dir``: where the ONNX graph is cached (default: the model cache); ``precision``:
+    None (the model recipe's) or one of :data:`sctgm.recipe.PRECISIONS` (bf16 on a CPU: with bf16
+    instructions and OpenVINO, else fp32 and a warning).
 
     >>> seg = Segmenter.from_name("large", device="cpu")             # doctest: +SKIP
     >>> result = seg.segment_image(load_image("t2s.nii.gz"))         # doctest: +SKIP
     """
 
     def __init__(self, model: InstalledModel, *, device: str = "auto", engine: str = "auto",
-                 threads: int | None = None, cache_dir: str | None = None) -> None:
+                 threads: int | None = None, cache_dir: str | None = None, precision: str | None = None,
+                 partner: InstalledModel | None = None, name: str | None = None) -> None:
         from ..model.install import resolve_cache_dir
 
         if not isinstance(model, InstalledModel):
             raise TypeError(f"Segmenter takes an installed model; for a name ({model!r}) use "
                             f"Segmenter.from_name({model!r})")
         self.network: LoadedNetwork = load_network(model, device, engine=engine, threads=threads,
-                                                   cache_dir=resolve_cache_dir(cache_dir))
+                                                   cache_dir=resolve_cache_dir(cache_dir), precision=precision)
+        #: the second network of a combination (:mod:`.ensemble`), run on the first one's windows: the
+        #: model recipe's ``combine`` (or ``partner`` given here); ``name``: the combination's name
+        if partner is None and model.recipe.combine is not None:
+            partner = _partner_of(model, cache_dir=cache_dir)
+        self.combination = model.recipe.combine or (
+            Combination(partner.name) if partner is not None else None)
+        self.name = name or (model.name if model.recipe.combine is not None else None)
+        self.partner: LoadedNetwork | None = None
+        if partner is not None and partner == model:
+            self.partner = self.network
+        elif partner is not None:
+            # at the precision the first one runs (after any fallback: one warning, not two)
+            self.partner = load_network(partner, device, engine=engine, threads=threads,
+                                        cache_dir=resolve_cache_dir(cache_dir), precision=self.network.precision)
 
     @classmethod
     def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",
                   threads: int | None = None, mirror: str | None = None, cache_dir: str | None = None,
-                  download_progress: Any = None) -> Segmenter:
+                  download_progress: Any = None, precision: str | None = None) -> Segmenter:
         """A segmenter for a registered model name (None: the default model) or a weight file path,
         installing the model first when needed (``mirror``, ``download_progress``: see
         :func:`sctgm.model.install.ensure_model`)."""
         from ..model.install import ensure_model
 
         installed = ensure_model(model, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
-        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir)
+        partner = _partner_of(installed, mirror=mirror, cache_dir=cache_dir, progress=download_progress)
+        return cls(installed, device=device, engine=engine, threads=threads, cache_dir=cache_dir,
+                   precision=precision, partner=partner)
 
     @property
     def model(self) -> InstalledModel:
+        """The (first) network's model."""
         return self.network.model
+
+    @property
+    def identity(self) -> InstalledModel:
+        """What a sidecar, a QC entry and a batch's resume record as the model: :attr:`model` itself,
+        or for a combination its registered name and a sha256 of both networks' weights and the rule
+        (so outputs of `large` alone are never taken for the combination's)."""
+        if self.partner is None:
+            return self.model
+        parts = [self.model.sha256, self.partner.model.sha256, ensemble.RULE,
+                 self.combination.to_entry() if self.combination is not None else None]
+        return replace(self.model, name=self.name or f"{self.model.name}+{self.partner.model.name}",
+                       sha256=hashlib.sha256(json.dumps(parts).encode()).hexdigest())
 
     def prepare(self, image: LoadedImage, options: SegmentOptions = SegmentOptions()) -> PreparedVolume:
         """``image`` prepared as this model (and ``options.crop_px``) asks."""
@@ -159,19 +194,26 @@ class Segmenter:
             centres = np.tile(placement.slice_centre(vol.grid), (vol.n_slices, 1))
 
         windows, prob, passes = self._locate_and_predict(vol, centres, options, progress)
-        mask_c = np.zeros(vol.data.shape, dtype=bool)
-        prob_c = np.zeros(vol.data.shape, dtype=np.float32) if want_prob else None
-        for k, w in enumerate(windows):
-            box, v = window_to_native((prob[k] > threshold).astype(np.float32), vol.grid, w)
-            mask_c[box[0], box[1], k] = v >= 0.5
-            if prob_c is not None:
+        doubts: list[guard.SliceDoubt] | None = None
+        agreement = None
+        if self.partner is None:
+            mask_c, n_raw = _native_mask(vol, windows, prob, threshold, options)
+        else:  # a combination of two networks (the first placed the windows; ensemble.py)
+            prob2 = self._predict_windows(vol, windows, options, None, network=self.partner)
+            first, n_raw = _native_mask(vol, windows, prob, threshold, options)
+            second, _ = _native_mask(vol, windows, prob2, threshold, options)
+            prob = ensemble.logit_mean([prob, prob2])
+            both, _ = _native_mask(vol, windows, prob, threshold, options)
+            comb = self.combination or Combination(self.partner.model.name)
+            mask_c, doubts = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c,
+                                              min_dice=comb.disagree_dice, use_guard=comb.guard)
+            agreement = ensemble.slice_dice(first, second)
+        prob_c = None
+        if want_prob:
+            prob_c = np.zeros(vol.data.shape, dtype=np.float32)
+            for k, w in enumerate(windows):
                 box, v = window_to_native(prob[k], vol.grid, w)
                 prob_c[box[0], box[1], k] = np.clip(v, 0.0, 1.0)
-        n_raw = int(mask_c.sum())
-        if options.keep_largest:
-            mask_c = postprocess.keep_largest_components(mask_c)
-        if options.fill_holes:
-            mask_c = postprocess.fill_holes(mask_c)
         reo = vol.reorientation
         wm = None if cord_c is None else reo.undo((cord_c & ~mask_c).astype(np.uint8), copy=False)
         gm = reo.undo(mask_c.astype(np.uint8), copy=False)
@@ -188,30 +230,36 @@ class Segmenter:
             "enhancement": in_file_order(vol.enhancement, reo),
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        if doubts is not None and agreement is not None:
+            info["networks"] = [self.model.name, self.partner.model.name]  # type: ignore[union-attr]
+            info.update(_confidence_in_file_order(doubts, agreement, reo))
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 
     # -- network passes -----------------------------------------------------------------------
     def _predict(self, raw: np.ndarray, options: SegmentOptions,
-                 progress: ProgressCallback | None = None) -> np.ndarray:
-        """The network on raw windows, standardised as the model was trained (one stack, one mean/std)."""
-        return predict(self.network, raw, standardise=Standardisation.of(raw), batch_size=options.batch_size,
-                       progress=progress)
+                 progress: ProgressCallback | None = None,
+                 network: LoadedNetwork | None = None) -> np.ndarray:
+        """The network (default: the first) on raw windows, standardised as the model was trained
+        (one stack, one mean/std)."""
+        return predict(network or self.network, raw, standardise=Standardisation.of(raw),
+                       batch_size=options.batch_size, progress=progress)
 
     def _predict_windows(self, vol: PreparedVolume, windows: list[Window], options: SegmentOptions,
-                         progress: ProgressCallback | None) -> np.ndarray:
+                         progress: ProgressCallback | None,
+                         network: LoadedNetwork | None = None) -> np.ndarray:
         if not options.tta:
-            return self._predict(sample(vol, windows), options, progress)
-        return self._predict_tta(vol, windows, options, progress)
+            return self._predict(sample(vol, windows), options, progress, network)
+        return self._predict_tta(vol, windows, options, progress, network)
 
     def _predict_tta(self, vol: PreparedVolume, windows: list[Window], options: SegmentOptions,
-                     progress: ProgressCallback | None) -> np.ndarray:
+                     progress: ProgressCallback | None, network: LoadedNetwork | None = None) -> np.ndarray:
         """The mean of the predictions of the windows shifted by :data:`placement.TTA_SHIFTS_PX`, each
         pixel averaged over the placements that cover it."""
         total = np.zeros((len(windows),) + windows[0].size, dtype=np.float64)
         count = np.zeros_like(total)
         for shift in placement.TTA_SHIFTS_PX:
             moved = [placement.shifted(w, shift, vol.grid) for w in windows]
-            p = self._predict(sample(vol, moved), options)
+            p = self._predict(sample(vol, moved), options, network=network)
             for k, (w, ws) in enumerate(zip(windows, moved)):
                 src, dst = overlap(w, ws)
                 total[k][dst] += p[k][src]
@@ -263,3 +311,47 @@ class Segmenter:
                 return found
         return None
 
+
+def _native_mask(vol: PreparedVolume, windows: list[Window], prob: np.ndarray, threshold: float,
+                 options: SegmentOptions) -> tuple[np.ndarray, int]:
+    """The thresholded windows back on the canonical native grid, post-processed as ``options`` say;
+    and the GM voxel count before post-processing."""
+    mask_c = np.zeros(vol.data.shape, dtype=bool)
+    for k, w in enumerate(windows):
+        box, v = window_to_native((prob[k] > threshold).astype(np.float32), vol.grid, w)
+        mask_c[box[0], box[1], k] = v >= 0.5
+    n_raw = int(mask_c.sum())
+    if options.keep_largest:
+        mask_c = postprocess.keep_largest_components(mask_c)
+    if options.fill_holes:
+        mask_c = postprocess.fill_holes(mask_c)
+    return mask_c, n_raw
+
+
+def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndarray,
+                              reo: Reorientation) -> dict[str, Any]:
+    """The per-slice confidence of a combination, by the file's own S-I slice index: the slice Dice
+    between the two networks, and the doubtful slices (reasons, what the guard did)."""
+    n = len(agreement)
+    by_file = [0.0] * n
+    for k in range(n):
+        by_file[file_slice_index(reo, k)] = round(float(agreement[k]), 3)
+    listed = [{"slice": file_slice_index(reo, d.slice), "reasons": list(d.reasons), "action": d.action,
+               "networks_dice": d.dice_between_networks} for d in doubts]
+    return {"networks_dice_per_slice": by_file, "doubtful_slices": sorted(listed, key=lambda d: d["slice"])}
+
+
+
+def _partner_of(model: InstalledModel, *, mirror: str | None = None, cache_dir: str | None = None,
+                progress: Any = None) -> InstalledModel | None:
+    """The second model a recipe's ``combine`` names, installed (None when it combines nothing)."""
+    if model.recipe.combine is None:
+        return None
+    from ..model.install import ensure_model
+
+    partner = ensure_model(model.recipe.combine.with_model, mirror=mirror, cache_dir=cache_dir,
+                           progress=progress)
+    if partner.recipe.combine is not None:
+        raise ModelError(f"model '{model.name}' combines '{partner.name}', which itself combines "
+                         f"'{partner.recipe.combine.with_model}': a combination takes a single network")
+    return partner

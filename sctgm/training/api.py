@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,9 @@ def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  #
     if filters is not None and filters != architecture.get("filters"):
         raise TrainingDataError(f"init model {init!r} has {architecture.get('filters')} filters; {filters} filters "
                                 f"do not fit it", parameter="filters")
-    return model, installed.recipe, {"name": installed.name, "version": installed.version, "sha256": installed.sha256}
+    # a combination's first network is what is trained: the trained model is one network
+    recipe = replace(installed.recipe, combine=None)
+    return model, recipe, {"name": installed.name, "version": installed.version, "sha256": installed.sha256}
 
 
 def _items(images: Sequence[Any], masks: Sequence[Any], bids: Any, suffixes: Sequence[str] | None,

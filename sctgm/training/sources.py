@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import BIDS_LABEL_SUFFIX, MANUAL_SUFFIX, labelled_slices_of
+from ..labels import MANUAL_GM_SUFFIXES, existing_manual_mask, labelled_slices_of
 from ..naming import split_nifti_name
 from .data import LabelledImage, LabelledVolume, TrainingDataError
 
-#: GM label suffixes looked for in derivatives/labels, in order.
-GM_LABEL_SUFFIXES = (BIDS_LABEL_SUFFIX, MANUAL_SUFFIX)
-NIFTI_EXTS = (".nii.gz", ".nii")
+#: GM label suffixes looked for in derivatives/labels, in order (the QC editor saves into the same one).
+GM_LABEL_SUFFIXES = MANUAL_GM_SUFFIXES
 _SUB = re.compile(r"(?:^|[_/])sub-([0-9a-zA-Z]+)")
 _CHALLENGE = re.compile(r"^(site\d+-sc\d+)-image\.nii(\.gz)?$")
 
@@ -60,12 +59,7 @@ def from_pairs(images: Sequence[str | os.PathLike[str]], masks: Sequence[str | o
 def gm_label_of(image: object, labels: Path) -> Path | None:
     """The manual GM mask of a :class:`~sctgm.batch.bids.BidsImage` in a labels derivative, or None."""
     folder = labels / image.path.parent.relative_to(image.root)  # type: ignore[attr-defined]
-    for suffix in GM_LABEL_SUFFIXES:
-        for ext in NIFTI_EXTS:
-            candidate = folder / f"{image.stem}{suffix}{ext}"  # type: ignore[attr-defined]
-            if candidate.is_file():
-                return candidate
-    return None
+    return existing_manual_mask(folder, image.stem)  # type: ignore[attr-defined]
 
 
 def from_bids(root: str | os.PathLike[str], *, suffixes: Sequence[str] | None = None,

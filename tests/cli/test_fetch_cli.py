@@ -60,15 +60,19 @@ def test_list_then_fetch_then_list(tmp_path: Path, shared_models: Path) -> None:
     assert lines[0].split("\t") == ["name", "version", "size_bytes", "installed", "path", "description", "default"]
     rows = [line.split("\t") for line in lines[1:]]
     assert [tuple(r[:4]) + (r[6],) for r in rows] == [("challenge", "r20180205", "639742", "missing", "no"),
-                                                      ("large", "r20180205", "2041326", "missing", "yes"),
+                                                      ("large", "r20180205", "2041326", "missing", "no"),
+                                                      ("large-ensemble", "r20261204", "2041326", "missing", "yes"),
                                                       ("large-robust", "r20261201", "1928001", "missing", "no")]
-    assert rows[1][4] == str(tmp_path.resolve() / "models" / "large" / "r20180205")
-    assert "232 subjects" in rows[1][5]
+    assert rows[2][4] == str(tmp_path.resolve() / "models" / "large-ensemble" / "r20261204")
+    assert "232 subjects" in rows[1][5] and "large-robust" in rows[2][5]
     fetched = run("--cache-dir", str(tmp_path))  # the default model, from SCTGM_MIRROR (conftest)
     assert fetched.exit_code == 0 and fetched.stderr == ""  # no progress bars off a terminal
-    assert fetched.stdout.strip() == f"large r20180205: {rows[1][4]}/model.safetensors"
-    after = run("--list", "large", "--cache-dir", str(tmp_path))
-    assert after.stdout.splitlines()[1].split("\t")[3] == "installed"
+    # the default combines two networks: both are installed
+    assert fetched.stdout.strip().splitlines() == [
+        f"large-ensemble r20261204: {rows[2][4]}/model.safetensors",
+        f"large-robust r20261201: {rows[3][4]}/model.safetensors"]
+    after = run("--list", "large-ensemble", "large-robust", "--cache-dir", str(tmp_path))
+    assert [line.split("\t")[3] for line in after.stdout.splitlines()[1:]] == ["installed", "installed"]
 
 
 def test_force_downloads_again(server: ModelServer, tmp_path: Path) -> None:
@@ -93,7 +97,8 @@ def test_cache_dir_over_env_over_default(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_all_and_usage_errors(tmp_path: Path, shared_models: Path) -> None:
     result = run("--all", "--cache-dir", str(tmp_path))
-    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3  # large-robust from the package
+    # four models, each once (large-ensemble's second network, large-robust, is in the list already)
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 4  # large-robust from the package
     assert run("--all", "large").exit_code == 2
     assert run("--list", "--force").exit_code == 2
     unknown = run("huge", "--cache-dir", str(tmp_path))

@@ -117,40 +117,51 @@ class _DiskFull:
         return write
 
 
-@pytest.mark.parametrize("fail_at", range(1, 14))
-def test_a_full_disk_leaves_every_output_or_none(tiny_model, image, tmp_path, monkeypatch, fail_at):
-    """``segment --prob -qc``: a full disk at the Nth file write (masks, sidecar, QC images, entry, page,
-    index) leaves either the whole set or nothing: no mask without its sidecar, no QC entry without
-    index.js and report.json, no temporary file."""
+def test_a_full_disk_leaves_every_output_or_none(tiny_model, image, tmp_path):
+    """``segment --prob -qc``: a full disk at the Nth file write, for every N (masks, sidecar, QC images,
+    entry, page files, report.json, index.js), leaves either the whole set or nothing: no mask
+    without its sidecar, no QC entry without index.js and report.json, no temporary file."""
     name = tiny_model()
     assert _segment("-i", str(image), "-m", name, "-o", str(tmp_path / "warm_gmseg.nii.gz")).exit_code == 0
-    disk = _DiskFull(fail_at)
-    monkeypatch.setattr(pathlib.Path, "write_bytes", disk(pathlib.Path.write_bytes))
-    monkeypatch.setattr(pathlib.Path, "write_text", disk(pathlib.Path.write_text))
-    real_save = nib.save
-    monkeypatch.setattr(nib, "save", lambda img, path: (disk(lambda _, d: None)(None, b"xx"), real_save(img, path)))
+    real = {"write_bytes": pathlib.Path.write_bytes, "write_text": pathlib.Path.write_text, "save": nib.save}
+    outcomes = []
+    for fail_at in range(1, 30):  # until a run has room for all its writes
+        for p in image.parent.iterdir():
+            if p != image:
+                p.unlink()
+        qc = tmp_path / f"qc{fail_at}"
+        disk = _DiskFull(fail_at)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pathlib.Path, "write_bytes", disk(real["write_bytes"]))
+            patch.setattr(pathlib.Path, "write_text", disk(real["write_text"]))
+            patch.setattr(nib, "save", lambda img, path: (disk(lambda _, d: None)(None, b"xx"),
+                                                          real["save"](img, path)))
+            res = _segment("-i", str(image), "-m", name, "--prob", "-qc", str(qc))
+        written = sorted(p.name for p in image.parent.iterdir() if p != image)
+        outcomes.append(res.exit_code)
+        if res.exit_code == 0:
+            assert written == ["t2s_gmseg.json", "t2s_gmseg.nii.gz", "t2s_gmseg_prob.nii.gz"]
+            assert (qc / "index.js").is_file() and (qc / "report.json").is_file()
+            break
+        assert res.exit_code == 3 and len(_lines(res.stderr)) == 1, (fail_at, res.output)
+        assert written == [], fail_at  # no mask, map or sidecar, and no temporary file
+        assert not (qc / "entries").exists() or list((qc / "entries").iterdir()) == [], fail_at
+        assert not (qc / "index.html").exists() or ((qc / "index.js").is_file() and (qc / "report.json").is_file())
+    assert outcomes[-1] == 0 and outcomes[:-1] == [3] * (len(outcomes) - 1) and len(outcomes) > 10, outcomes
+
+
+def test_a_killed_writers_leftovers_go_with_the_next_run(tiny_model, image, tmp_path):
     qc = tmp_path / "qc"
-    res = _segment("-i", str(image), "-m", name, "--prob", "-qc", str(qc))
-    written = sorted(p.name for p in image.parent.iterdir() if p != image)
-    if res.exit_code == 0:
-        assert written == ["t2s_gmseg.json", "t2s_gmseg.nii.gz", "t2s_gmseg_prob.nii.gz"]
-        assert (qc / "index.js").is_file() and (qc / "report.json").is_file()
-        return
-    assert res.exit_code == 3 and len(_lines(res.stderr)) == 1, res.output
-    assert written == []  # no mask, map or sidecar, and no temporary file
-    entries = [p for p in (qc / "entries").iterdir()] if (qc / "entries").exists() else []
-    assert entries == []
-    assert not (qc / "index.html").exists() or ((qc / "index.js").is_file() and (qc / "report.json").is_file())
-
-
-def test_a_killed_writers_leftovers_go_with_the_next_run(tiny_model, image):
-    left = [image.with_name(".t2s_gmseg.k1ll3d.part.nii.gz"), image.with_name(".t2s_gmseg.k1ll3d.part.json")]
+    (qc / "_assets").mkdir(parents=True)
+    (qc / "index.js").write_text("window.SCTGM_QC = {};\n")
+    left = [image.with_name(".t2s_gmseg.k1ll3d.part.nii.gz"), image.with_name(".t2s_gmseg.k1ll3d.part.json"),
+            qc / ".index.k1ll3d.part.js", qc / ".index.k1ll3d.part.html", qc / "_assets" / ".qc.k1ll3d.part.css"]
     for p in left:
         p.write_bytes(b"half a file")
     other = image.with_name(".other.k1ll3d.part.nii.gz")  # another output's: not this run's to remove
     other.write_bytes(b"x")
-    assert _segment("-i", str(image), "-m", tiny_model()).exit_code == 0
-    assert not any(p.exists() for p in left) and other.exists()
+    assert _segment("-i", str(image), "-m", tiny_model(), "-qc", str(qc)).exit_code == 0
+    assert [p for p in left if p.exists()] == [] and other.exists()
 
 
 def _statuses(summary: pathlib.Path) -> list[str]:
@@ -176,5 +187,42 @@ def test_resume_redoes_a_changed_input_or_a_damaged_output(tiny_model, make_nift
     good = gm.read_bytes()
     img = nib.load(str(gm))
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(gm))
+    assert gm.read_bytes() != good
     assert _segment(*args).exit_code == 0 and _statuses(summary) == ["skipped", "ok"]
     assert gm.read_bytes() == good
+
+
+def test_a_file_size_limit_stops_the_set_before_any_file_is_replaced(tiny_model, image, tmp_path):
+    """A real limit (RLIMIT_FSIZE, what a full quota does): the 1 kB mask fits, the 47 kB probability
+    map does not. Exit 3 in one line; the previous outputs stay as they were, nothing else is left."""
+    import resource
+    import subprocess
+    import sys
+
+    name = tiny_model()
+    assert _segment("-i", str(image), "-m", name, "--prob").exit_code == 0  # outputs of a first run, model cached
+    before = _files(image.parent)
+    inodes = {p.name: p.stat().st_ino for p in image.parent.iterdir()}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    run = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(image), "-m", name, "--device", "cpu",
+                          "--prob", "-qc", str(tmp_path / "qc"), "--denoise", "nlm", "-q"],
+                         capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert run.returncode == 3 and len(_lines(run.stderr)) == 1, run.stderr
+    assert "t2s_gmseg_prob.nii.gz" in run.stderr
+    assert _files(image.parent) == before  # the first run's set, untouched: no new mask beside an old sidecar
+    assert {p.name: p.stat().st_ino for p in image.parent.iterdir()} == inodes  # not even rewritten alike
+    assert not (tmp_path / "qc" / "entries").exists() or list((tmp_path / "qc" / "entries").iterdir()) == []
+
+
+def test_sctgm_qc_into_another_tools_folder_names_its_own_page(make_nifti, image, tmp_path):
+    gm = make_nifti((cord_phantom_volume(seed=1) < 90).astype(np.uint8), name="in/t2s_gmseg.nii.gz")
+    qc = tmp_path / "qc"
+    qc.mkdir()
+    (qc / "index.html").write_text("<html>SCT QC</html>")
+    res = CliRunner().invoke(main, ["qc", "-i", str(image), "-s", str(gm), "-o", str(qc)])
+    assert res.exit_code == 0, res.output
+    assert (qc / "index.html").read_text() == "<html>SCT QC</html>"
+    assert f"Open: {(qc / 'sct-gm' / 'index.html').resolve().as_uri()}" in res.output

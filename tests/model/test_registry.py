@@ -53,9 +53,9 @@ def leftovers(cache: Path) -> list[str]:
 
 def test_packaged_registry_matches_shared_files(shared_models: Path) -> None:
     reg = REAL_LOAD()
-    assert reg["default"] == "large" and set(reg["models"]) >= {"challenge", "large"}
+    assert reg["default"] == "large-ensemble" and set(reg["models"]) >= {"challenge", "large", "large-ensemble"}
     for name, entry in reg["models"].items():
-        if name not in ("challenge", "large"):  # shipped in the package: tests/model/test_shipped.py
+        if name not in ("challenge", "large", "large-ensemble"):  # shipped in the package: tests/model/test_shipped.py
             continue
         assert "Sci Rep. 2018" in entry["citation"] and entry["license"] and entry["training_data"]
         assert entry["preprocessing"]["spacing_mm"] == 0.25 and entry["preprocessing"]["crop_px"] == 200
@@ -239,14 +239,15 @@ def test_paths_and_unknown_names(shared_models: Path, tmp_path: Path) -> None:
     assert (m.weights_format, m.filters) == ("safetensors", 32)
     with pytest.raises(UnknownModelError, match="no such model file"):
         ensure_model(str(tmp_path / "absent.hdf5"))
-    with pytest.raises(UnknownModelError, match="registered models: challenge, large, large-robust"):
+    with pytest.raises(UnknownModelError, match="registered models: challenge, large, large-ensemble, large-robust"):
         ensure_model("huge")
 
 
 def test_list_models(tmp_path: Path, set_sources: Callable, shared_models: Path) -> None:
     rows = list_models(cache_dir=tmp_path)
     assert [(r.name, r.state, r.default) for r in rows] == [("challenge", "missing", False),
-                                                            ("large", "missing", True),
+                                                            ("large", "missing", False),
+                                                            ("large-ensemble", "missing", True),
                                                             ("large-robust", "missing", False)]
     assert rows[1].size_bytes == 2041264 + 62
     ensure_model("challenge", cache_dir=tmp_path)

@@ -201,3 +201,21 @@ def test_the_static_report_shows_corrections_without_the_editor(browser, site):
     wait(browser, "return document.body.getAttribute('data-editor') === 'static'")
     assert browser.find_element("id", "corrected-slices").text.startswith("Corrected by a reviewer")
     assert browser.execute_script("return document.getElementById('open-editor')") is None
+
+
+def test_a_manual_mask_made_elsewhere_opens_read_only_with_the_reason(browser, site):
+    run, paths, tmp_path = site
+    manual = paths["sub-02"]["label"].with_name("sub-02_T2star_gmseg-manual.nii.gz")  # spine-generic's name
+    editing.save(manual, editing.phantom()[2], "LAS", np.uint8)
+    before = manual.read_bytes()
+    open_editor(browser, run, paths["sub-02"]["entry"].name)
+    mask = browser.execute_script("return Array.from(window.sctgmEditor.state().current.mask);")
+    stroke(browser, [(3, 4), (3, 8)])  # a stroke does nothing on a read-only mask
+    assert browser.execute_script("return Array.from(window.sctgmEditor.state().current.mask);") == mask
+    status = browser.find_element("id", "editor-status").text
+    assert status.startswith("Read-only:") and "not written by sct-gm" in status and manual.name in status
+    assert "read-only" in browser.find_element("id", "editor-title").text
+    browser.execute_async_script("var done = arguments[arguments.length - 1];"
+                                 "window.sctgmEditor.save().then(done, function () { done(); });")
+    assert browser.find_element("id", "editor-status").text.startswith("Not saved:")
+    assert manual.read_bytes() == before and not paths["sub-02"]["label"].exists()

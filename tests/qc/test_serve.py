@@ -327,3 +327,23 @@ def test_outside_bids_the_correction_goes_beside_the_image(tmp_path):
 
     jobs = plan_files([str(tmp_path / "scans" / "*.nii.gz")], BatchSettings(model="tiny", device="cpu"))
     assert [j.input.name for j in jobs] == ["t2s.nii.gz"]  # a batch never takes the correction for an image
+
+
+@pytest.mark.parametrize("name", ["sub-02_T2star_gmseg-manual.nii.gz", "sub-02_T2star_gmseg-manual.nii",
+                                  "sub-02_T2star_label-GM_seg.nii"])
+def test_an_existing_manual_mask_opens_read_only_and_training_keeps_every_slice(site, name):
+    from sctgm.training.sources import from_bids
+
+    run, paths, tmp_path = site
+    eid = paths["sub-02"]["entry"].name
+    manual = paths["sub-02"]["label"].with_name(name)  # spine-generic's full manual mask, no sidecar
+    editing.save(manual, editing.phantom()[2], "LAS", np.uint8)
+    before = files_under(tmp_path / "ds")
+    view = slice_of(run, eid, 4)
+    assert view["target"] == str(manual) and not view["editable"]
+    assert "not written by sct-gm" in view["read_only_reason"] and view["saved_slices"] == []
+    r = post(run, eid, 4, mask_of(view).tobytes())
+    assert r.status_code == 400 and "not written by sct-gm" in r.json()["error"]
+    assert files_under(tmp_path / "ds") == before  # no _label-GM_seg.nii.gz beside it, nothing rewritten
+    items = {i.image.name: i for i in from_bids(tmp_path / "ds")}
+    assert items["sub-02_T2star.nii.gz"].masks == (manual,) and items["sub-02_T2star.nii.gz"].slices is None

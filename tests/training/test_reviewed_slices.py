@@ -65,3 +65,23 @@ def test_correction_path_bids_and_beside_the_image(tmp_path):
     with pytest.raises(sctgm.SctGmError, match="never overwrites"):
         labels.write_correction(load_image(paths["image"]), paths["auto"], np.zeros(editing.SHAPE, np.uint8), {0: 0},
                                 slice_axis=2, target=labels.CorrectionTarget(paths["auto"], paths["auto"], None))
+
+
+def test_write_correction_never_overwrites_a_label_it_did_not_write(tmp_path):
+    paths = editing.build(tmp_path, {"sub-01": "LAS"}, prob=False)["sub-01"]
+    image, auto = load_image(paths["image"]), np.asarray(nib.load(str(paths["auto"])).dataobj)
+    side = labels.sidecar_of(paths["label"])
+    side.parent.mkdir(parents=True, exist_ok=True)
+    side.write_text('{"Description": "rater notes"}')  # someone else's sidecar, the mask itself absent
+    with pytest.raises(sctgm.SctGmError, match="not written by sct-gm"):
+        labels.write_correction(image, paths["auto"], auto, {1: 0}, slice_axis=2)
+    assert side.read_text() == '{"Description": "rater notes"}' and not paths["label"].exists()
+    side.unlink()
+    full = editing.save(paths["label"].with_name("sub-01_T2star_gmseg-manual.nii.gz"), editing.phantom()[2], "LAS",
+                        np.uint8)
+    before = full.read_bytes()
+    assert labels.correction_path(paths["image"]).mask == full  # the mask training reads, not a new one
+    with pytest.raises(sctgm.SctGmError, match="not written by sct-gm"):
+        labels.write_correction(image, paths["auto"], auto, {1: 0}, slice_axis=2)
+    assert full.read_bytes() == before and not paths["label"].exists()
+    assert [(i.masks[0], i.slices) for i in from_bids(tmp_path / "ds")] == [(full, None)]

@@ -56,7 +56,7 @@ def load_segmenter(settings: BatchSettings, threads: int | None) -> Segmenter:
     from ...segment.pipeline import Segmenter
 
     return Segmenter.from_name(settings.model, device=settings.device, engine=settings.engine, threads=threads,
-                               mirror=settings.mirror, cache_dir=settings.cache_dir)
+                               mirror=settings.mirror, cache_dir=settings.cache_dir, precision=settings.precision)
 
 
 class WorkerSegmenter:

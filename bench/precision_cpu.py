@@ -1,0 +1,242 @@
+"""Cheaper arithmetic on the CPU (issue 24): every way tried to run the networks faster than ONNX
+Runtime's fp32, side by side in one run: ms per slice, and the masks against fp32's.
+
+    PYTHONPATH=. nice -n 10 python bench/precision_cpu.py            # challenge and large (~30 min on 2 busy cores)
+    PYTHONPATH=. python bench/precision_cpu.py --models challenge --quick   # clean cases only, 2 repetitions
+
+Candidates: the graph with its BatchNorms folded into the next convolutions (exactly, and with the
+zero-padded border left approximate), ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8
+activations) of the plain and of the folded graph, with the first and last layers kept in fp32 or
+only the ASPP branches quantised; OpenVINO in fp32, bf16 and on the int8 graph; PyTorch bf16.
+
+Timing: the 11 real 200x200 windows of t2s_uncropped, one slice a call, every candidate once per
+repetition, interleaved, minimum kept; ``--threads`` (default 1) for every engine. Masks: the whole
+pipeline on every labelled case in ../shared (t2s_uncropped, t2s, mt1) and its variants (Rician
+noise 1, 3, 5 % of the 99th percentile, a bias field; seeded, sctgm.segment.degrade), with each
+candidate swapped in for the network: min and mean Dice against fp32's mask, and the worst change of
+Dice against the manual mask. int8 calibration: windows of unlabelled scans only (the gm_challenge
+run-2 rescans and sct_tutorial_data mt1), listed with their sha256 in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cases import DATA, LABELLED, MODELS_DIR, T2S_UNCROPPED, dice, require_shared
+
+from sctgm.engines.fold import fold_batchnorms
+from sctgm.engines.hardware import cpu_flags
+from sctgm.engines.onnx import OnnxNetwork
+from sctgm.engines.quantise import quantise_int8
+from sctgm.io import load_image
+from sctgm.model.install import ensure_model
+from sctgm.model.weights import load_safetensors
+from sctgm.segment.degrade import add_rician_noise, smooth_bias_field
+from sctgm.segment.pipeline import Segmenter
+
+#: Unlabelled real scans whose windows calibrate int8 (none of them is a case measured on).
+CALIBRATION = [DATA / f"gm_challenge_2018/sub-{s}/anat/sub-{s}_run-2_T2starw.nii.gz"
+               for s in ("9669", "10062Ses1", "10062Ses2", "9584")] + [DATA / "sct_tutorial_data/mt/mt1.nii.gz"]
+VARIANTS = {"clean": (0.0, False), "noise 1%": (0.01, False), "noise 3%": (0.03, False), "noise 5%": (0.05, False),
+            "bias": (0.0, True)}
+TRUNK_AND_HEAD = ("conv2d_1/conv", "conv2d_2/conv", "rate2_1/conv", "rate2_2/conv", "amort/conv", "logits")
+INSTRUCTION_SETS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def captured_windows(seg: Segmenter, paths: list[Path]) -> np.ndarray:
+    """The standardised windows the pipeline feeds the network for these images, (N, 1, H, W)."""
+    seen: list[np.ndarray] = []
+    run = seg.network.runner.run
+    seg.network.runner.run = lambda batch: (seen.append(np.array(batch)), run(batch))[1]  # type: ignore[method-assign]
+    try:
+        for p in paths:
+            seg.segment_image(load_image(p))
+    finally:
+        seg.network.runner.run = run  # type: ignore[method-assign]
+    return np.concatenate(seen)
+
+
+class Runner:
+    """Any callable (N, 1, H, W) -> probabilities, as an engine the pipeline can use."""
+
+    preferred_batch_size = 1
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.run = fn
+
+
+def openvino_runner(graph: bytes, precision: str, threads: int) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(graph), "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY"})
+    req = compiled.create_infer_request()
+    return Runner(lambda b: np.array(req.infer({0: np.ascontiguousarray(b, np.float32)})[compiled.output(0)]))
+
+
+def torch_bf16_runner(sd: dict[str, np.ndarray], filters: int, threads: int) -> Runner:
+    import torch
+
+    from sctgm.networks.dilated import DilatedGMNet
+
+    net = DilatedGMNet(filters).eval()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    net = net.to(memory_format=torch.channels_last)
+
+    def run(b: np.ndarray) -> np.ndarray:
+        torch.set_num_threads(threads)
+        x = torch.from_numpy(np.ascontiguousarray(b, np.float32)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x).float().numpy()
+    return Runner(run)
+
+
+def candidates(model: str, cal: np.ndarray, threads: int, only: str) -> dict[str, Runner]:
+    import onnx
+
+    sd, filters = load_safetensors(ensure_model(model, mirror=str(MODELS_DIR)).weights_path)
+    from sctgm.networks.dilated import onnx_graph
+
+    plain = onnx.ModelProto.FromString(onnx_graph(sd, {"filters": filters}))
+    folded = fold_batchnorms(plain)
+
+    def ort(m: object) -> Runner:
+        return Runner(OnnxNetwork(m.SerializeToString(), threads=threads).run)  # type: ignore[attr-defined]
+
+    t0 = time.perf_counter()
+    recipes = {"int8 (ONNX Runtime QDQ), plain graph": (plain, ()),
+               "int8, folded graph": (folded, ()),
+               "int8, folded, first and last layers fp32": (folded, ("conv2d_1/conv", "amort/conv", "logits")),
+               "int8, folded, ASPP branches only": (folded, TRUNK_AND_HEAD)}
+    int8 = {k: quantise_int8(g, cal, exclude=ex) for k, (g, ex) in recipes.items()
+            if only == "all" or k == "int8 (ONNX Runtime QDQ), plain graph"}
+    print(f"  ({model}: {len(int8)} int8 graph(s) calibrated in {time.perf_counter() - t0:.0f} s)", flush=True)
+    out = {"fp32, ONNX Runtime (sct-gm default)": ort(plain)}
+    if only == "all":
+        out.update({"fp32, BatchNorms folded (exact border)": ort(folded),
+                    "fp32, BatchNorms folded (border approximate)": ort(fold_batchnorms(plain, exact_border=False))})
+    out.update({k: ort(v) for k, v in int8.items()})
+    try:
+        out["fp32, OpenVINO"] = openvino_runner(plain.SerializeToString(), "f32", threads)
+        out["bf16, OpenVINO (sct-gm --precision bf16)"] = openvino_runner(plain.SerializeToString(), "bf16", threads)
+        out["int8, OpenVINO on the plain QDQ graph"] = openvino_runner(
+            int8["int8 (ONNX Runtime QDQ), plain graph"].SerializeToString(), "f32", threads)
+    except ImportError:
+        print("  (openvino is not installed: its rows are left out)")
+    if only == "all":
+        out["bf16, PyTorch autocast (oneDNN)"] = torch_bf16_runner(sd, filters, threads)
+        return out
+    return {k: v for k, v in out.items() if "OpenVINO" not in k or "bf16" in k}
+
+
+def variant_files(folder: Path, quick: bool) -> list[tuple[str, str, Path, Path, Path | None]]:
+    """(case, variant, image, manual mask, cord mask) for every case and variant, written once."""
+    out = []
+    for i, (case, (image, manual, cord)) in enumerate(LABELLED.items()):
+        for j, (variant, (sigma, bias)) in enumerate(VARIANTS.items()):
+            if quick and variant != "clean":
+                continue
+            path = image
+            if variant != "clean":
+                img = nib.load(str(image))
+                data = np.asanyarray(img.dataobj).astype(np.float32)
+                rng = np.random.default_rng(1000 + 10 * i + j)
+                if bias:
+                    data = data * smooth_bias_field(data.shape, img.header.get_zooms()[:3], rng)
+                if sigma:
+                    data = add_rician_noise(data, sigma, rng)
+                path = folder / f"{case}_{j}.nii.gz"
+                nib.save(nib.Nifti1Image(data, img.affine, img.header), str(path))
+            out.append((case, variant, path, manual, cord))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["challenge", "large"])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="clean cases only, 2 repetitions")
+    ap.add_argument("--candidates", choices=["all", "main"], default="all",
+                    help="main: fp32, bf16 (OpenVINO) and the plain int8 graph only (a third of the time)")
+    args = ap.parse_args()
+    require_shared(*CALIBRATION)
+    if args.quick:
+        args.reps = 2
+    import onnxruntime
+
+    flags = cpu_flags()
+    print(f"# bench/precision_cpu.py, {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, {args.threads} thread(s) per engine, onnxruntime {onnxruntime.__version__}, "
+          f"openvino {_version('openvino')}, torch {_version('torch')}")
+    found = ", ".join(f for f in INSTRUCTION_SETS if f in flags)
+    print(f"# instruction sets: {found or 'none of ' + ', '.join(INSTRUCTION_SETS)}\n")
+    tmp = Path(tempfile.mkdtemp(prefix="sctgm-precision-"))
+    items = variant_files(tmp, args.quick)
+    for model in args.models:
+        seg = Segmenter.from_name(model, device="cpu", engine="onnxruntime", mirror=str(MODELS_DIR),
+                                  threads=args.threads)
+        cal_all = captured_windows(seg, CALIBRATION)
+        picked = np.random.default_rng(0).choice(len(cal_all), min(24, len(cal_all)), replace=False)
+        cal = cal_all[np.sort(picked)]
+        print(f"{model}: int8 calibration on {len(cal)} of the {len(cal_all)} windows of "
+              f"{', '.join(p.name for p in CALIBRATION)}; "
+              f"windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
+        x = captured_windows(seg, [T2S_UNCROPPED])
+        runners = candidates(model, cal, args.threads, args.candidates)
+        best = {k: float("inf") for k in runners}
+        for r in runners.values():  # warm-up
+            [r.run(w[None]) for w in x]
+        for _ in range(args.reps):
+            for k, r in runners.items():
+                t0 = time.perf_counter()
+                for w in x:
+                    r.run(w[None])
+                best[k] = min(best[k], time.perf_counter() - t0)
+        masks: dict[tuple[str, str, str], np.ndarray] = {}
+        for k, r in runners.items():
+            seg.network.runner = r  # type: ignore[assignment]
+            for case, variant, path, _, cord in items:
+                cord_image = load_image(cord, what="cord mask", allow_constant=True) if cord else None
+                masks[k, case, variant] = seg.segment_image(load_image(path), cord=cord_image).gm
+        ref_name = next(iter(runners))
+        print(f"\n## {model}: {len(x)} windows of t2s_uncropped, min of {args.reps}; masks on "
+              f"{len(items)} cases x variants\n")
+        print("| configuration | ms per slice | throughput vs fp32 | min Dice vs fp32 | mean Dice vs fp32 | "
+              "worst change of Dice vs manual | cases below 0.995 |")
+        print("|---|---|---|---|---|---|---|")
+        for k in runners:
+            vs = [dice(masks[k, c, v], masks[ref_name, c, v]) for c, v, *_ in items]
+            manual = [dice(masks[k, c, v], _mask(m)) - dice(masks[ref_name, c, v], _mask(m)) for c, v, _, m, _ in items]
+            below = sum(d < 0.995 for d in vs)
+            print(f"| {k} | {1000 * best[k] / len(x):.0f} | {best[ref_name] / best[k]:.2f}x | {min(vs):.4f} | "
+                  f"{np.mean(vs):.4f} | {min(manual):+.4f} | {below} of {len(vs)} |", flush=True)
+
+
+def _mask(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj) > 0.5
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The anatomical guard: GM lies inside the cord, and its position and area follow the neighbouring
+slices. Pure functions on canonical masks (LAS, axial slices along axis 2), no network.
+
+:func:`guard` checks each axial slice of a binary GM mask and returns the corrected mask with the
+slices it doubts (:class:`SliceDoubt`, canonical slice index, reasons, what was done):
+
+- ``outside_cord``: a GM component lies outside the cord. With a cord mask, "outside" means fewer
+  than half of its voxels inside the (1 mm dilated) cord; without one, its centroid lies farther than
+  :data:`JUMP_MM` (plus the centreline's own drift over that distance) from where the neighbouring
+  slices put the GM (the median of the centroids of up to :data:`NEIGHBOURS` GM slices each side).
+  Such components are removed (``re-placed`` when GM is left on the slice).
+- ``area_jump``: the slice's GM area differs from its neighbours' median by more than a factor
+  :data:`AREA_RATIO` (or the slice lost all its GM while its neighbours have some).
+- ``networks_disagree``: an ``alternative`` mask (another network) overlaps this slice's GM with a
+  Dice under :data:`DISAGREE_DICE`.
+
+Where a slice is left empty or its area jumps, the alternative's GM on that slice (its components
+inside the cord) replaces it if its own area agrees with the neighbours (``replaced``); otherwise an
+emptied slice stays empty (``dropped``) and a jumping one is kept (``kept``). Every doubted slice is
+reported, so a reviewer starts with them (sidecar, QC report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: GM farther than this (mm) from where its neighbours put it is outside the cord (half a cord's width).
+JUMP_MM = 5.0
+#: The cord's centreline may drift by this much (mm per mm along the cord) between slices.
+DRIFT_PER_MM = 0.3
+#: A slice's GM area outside [median / ratio, median x ratio] of its neighbours jumps.
+AREA_RATIO = 2.5
+#: Neighbouring GM slices looked at on each side.
+NEIGHBOURS = 2
+#: Below this slice Dice between the networks, the slice is doubtful.
+DISAGREE_DICE = 0.7
+#: Slices whose neighbours hold fewer GM voxels than this are not judged on area (cord ends).
+MIN_NEIGHBOUR_VOXELS = 10
+
+OUTSIDE_CORD = "outside_cord"
+AREA_JUMP = "area_jump"
+NETWORKS_DISAGREE = "networks_disagree"
+REASON_TEXT = {
+    OUTSIDE_CORD: "GM outside the cord (removed)",
+    AREA_JUMP: "GM area far from its neighbours'",
+    NETWORKS_DISAGREE: "the networks disagree",
+}
+
+
+@dataclass(frozen=True)
+class SliceDoubt:
+    """One doubtful slice: canonical index, reasons, and what the guard did (``kept``,
+    ``re-placed``: outside GM removed; ``replaced``: the alternative's GM used; ``dropped``: emptied)."""
+
+    slice: int
+    reasons: tuple[str, ...]
+    action: str
+    dice_between_networks: float | None = None
+
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _centroid_mm(sl: np.ndarray, zooms_mm: Sequence[float]) -> np.ndarray:
+    return np.asarray(ndimage.center_of_mass(sl)) * np.asarray(zooms_mm[:2], dtype=float)
+
+
+def _neighbours(k: int, has: np.ndarray) -> list[int]:
+    below = [j for j in range(k - 1, -1, -1) if has[j]][:NEIGHBOURS]
+    above = [j for j in range(k + 1, has.size) if has[j]][:NEIGHBOURS]
+    return below + above
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
+
+
+def _inside(sl: np.ndarray, zooms_mm: Sequence[float], cord_sl: np.ndarray | None,
+            expected_mm: np.ndarray | None, tolerance_mm: float) -> tuple[np.ndarray, bool]:
+    """``sl`` without its components outside the cord; and whether any was removed."""
+    labels, n = ndimage.label(sl, structure=_EIGHT)
+    if n == 0:
+        return sl, False
+    keep = np.zeros(n + 1, dtype=bool)
+    for c in range(1, n + 1):
+        comp = labels == c
+        if cord_sl is not None:
+            keep[c] = (comp & cord_sl).sum() >= 0.5 * comp.sum()
+        elif expected_mm is not None:
+            keep[c] = float(np.linalg.norm(_centroid_mm(comp, zooms_mm) - expected_mm)) <= tolerance_mm
+        else:
+            keep[c] = True
+    out = keep[labels]
+    return out, bool((~keep[1:]).any())
+
+
+def guard(gm: np.ndarray, zooms_mm: Sequence[float], *, cord: np.ndarray | None = None,
+          alternative: np.ndarray | None = None) -> tuple[np.ndarray, list[SliceDoubt]]:
+    """Check a canonical binary GM mask slice by slice (see the module docstring). ``cord``: a
+    canonical cord mask (slices with less than 1 mm2 of cord are judged as if it were absent);
+    ``alternative``: another network's canonical GM mask, consulted where a slice is doubtful.
+    Returns the corrected mask (bool) and the doubtful slices, by canonical index."""
+    gm = np.asarray(gm) > 0
+    out = gm.copy()
+    nz = gm.shape[2]
+    z_mm = float(zooms_mm[2])
+    px_mm2 = float(zooms_mm[0]) * float(zooms_mm[1])
+    cord_ok = None
+    if cord is not None:
+        cord = np.asarray(cord) > 0
+        grow = max(1, int(round(1.0 / min(float(zooms_mm[0]), float(zooms_mm[1])))))
+        cord_ok = [cord[:, :, k].sum() * px_mm2 >= 1.0 for k in range(nz)]
+        cord = np.stack([ndimage.binary_dilation(cord[:, :, k], _EIGHT, iterations=grow) for k in range(nz)],
+                        axis=2)
+    alt = None if alternative is None else np.asarray(alternative) > 0
+
+    # 1. the position rule, judged against the neighbours of the network's own mask
+    has = gm.reshape(-1, nz).sum(axis=0) >= MIN_NEIGHBOUR_VOXELS
+    cent = [(_centroid_mm(gm[:, :, k], zooms_mm) if has[k] else None) for k in range(nz)]
+    reasons: dict[int, list[str]] = {}
+    actions: dict[int, str] = {}
+
+    def expected(k: int, mask_has: np.ndarray) -> tuple[np.ndarray | None, float]:
+        nb = _neighbours(k, mask_has)
+        if len(nb) < 2:
+            return None, 0.0
+        far = max(abs(j - k) for j in nb) * z_mm
+        return np.median(np.stack([cent[j] for j in nb]), axis=0), JUMP_MM + DRIFT_PER_MM * far
+
+    for k in range(nz):
+        if not gm[:, :, k].any():
+            continue
+        cord_sl = cord[:, :, k] if cord is not None and cord_ok[k] else None  # type: ignore[index]
+        exp, tol = expected(k, has)
+        kept, removed = _inside(gm[:, :, k], zooms_mm, cord_sl, exp, tol)
+        if removed:
+            out[:, :, k] = kept
+            reasons.setdefault(k, []).append(OUTSIDE_CORD)
+            actions[k] = "re-placed" if kept.any() else "dropped"
+
+    # 2. the area rule, on the cleaned mask, against the cleaned neighbours
+    area = out.reshape(-1, nz).sum(axis=0).astype(float)
+    has_out = area >= MIN_NEIGHBOUR_VOXELS
+    for k in range(nz):
+        nb = _neighbours(k, has_out)
+        if len(nb) < 2 or not (area[k] > 0 or k in reasons or _between(k, has_out)):
+            continue
+        ref = float(np.median(area[nb]))
+        ratio_ok = ref > 0 and area[k] > 0 and 1.0 / AREA_RATIO <= area[k] / ref <= AREA_RATIO
+        if ratio_ok:
+            continue
+        reasons.setdefault(k, []).append(AREA_JUMP)
+        actions.setdefault(k, "kept")
+        if alt is not None:
+            cord_sl = cord[:, :, k] if cord is not None and cord_ok[k] else None  # type: ignore[index]
+            exp, tol = expected(k, has)
+            cand, _ = _inside(alt[:, :, k], zooms_mm, cord_sl, exp, tol)
+            a = float(cand.sum())
+            if a > 0 and 1.0 / AREA_RATIO <= a / ref <= AREA_RATIO:
+                out[:, :, k] = cand
+                actions[k] = "replaced"
+
+    # 3. agreement between the networks, on what is left
+    doubts: list[SliceDoubt] = []
+    for k in range(nz):
+        d = None
+        if alt is not None and (out[:, :, k].any() or alt[:, :, k].any()):
+            d = _dice(gm[:, :, k], alt[:, :, k])
+            if d < DISAGREE_DICE and (gm[:, :, k].sum() + alt[:, :, k].sum()) >= 2 * MIN_NEIGHBOUR_VOXELS:
+                reasons.setdefault(k, []).append(NETWORKS_DISAGREE)
+                actions.setdefault(k, "kept")
+        if k in reasons:
+            doubts.append(SliceDoubt(k, tuple(reasons[k]), actions[k],
+                                     None if d is None else round(d, 3)))
+    return out, doubts
+
+
+def _between(k: int, has: np.ndarray) -> bool:
+    """Slice ``k`` lies between slices that have GM."""
+    return bool(has[:k].any() and has[k + 1:].any())

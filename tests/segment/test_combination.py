@@ -1,0 +1,86 @@
+"""A segmenter that combines two networks (sctgm.segment.ensemble in the pipeline), on the tiny
+random-weight models: cases whose right answer is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import sctgm.io
+from sctgm.model.install import ensure_model
+from sctgm.segment.ensemble import logit_mean
+from sctgm.segment.pipeline import Segmenter
+from tests.conftest import cord_phantom_volume
+
+
+def test_a_network_combined_with_itself_gives_its_own_mask(tiny_model, make_nifti) -> None:
+    name = tiny_model()
+    image = sctgm.io.load_image(make_nifti(cord_phantom_volume()))
+    model = ensure_model(name)
+    seg = Segmenter(model, device="cpu", partner=model)
+    both = seg.segment_image(image, want_prob=True)
+    seg.partner = None
+    alone = seg.segment_image(image, want_prob=True)
+    assert np.array_equal(both.gm, alone.gm)
+    assert np.allclose(both.gm_prob, alone.gm_prob, atol=1e-5)
+    assert both.info["networks"] == [name, name]
+    assert both.info["networks_dice_per_slice"] == [1.0] * image.data.shape[2]
+    assert both.info["doubtful_slices"] == []
+    assert "doubtful_slices" not in alone.info
+
+
+def test_logit_mean_is_symmetric_and_keeps_agreement() -> None:
+    a = np.array([0.9999, 0.5, 0.2, 1e-9], dtype=np.float32)
+    b = np.array([0.9999, 0.5, 0.8, 1e-9], dtype=np.float32)
+    m = logit_mean([a, b])
+    assert np.allclose(m, logit_mean([b, a]))
+    assert np.allclose(m[[0, 1]], [0.9999, 0.5], atol=1e-6)
+    assert abs(float(m[2]) - 0.5) < 1e-6  # odds 1/4 and 4 average to even odds
+    assert m[3] < 1e-6
+
+
+def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_model, make_nifti, tmp_path,
+                                                                          monkeypatch) -> None:
+    """The first network sees GM at the centre of every slice; the second agrees except on slice 2,
+    where it puts GM 11 mm away: the guard removes it, the first network's GM is used, and the
+    sidecar and the QC report name slice 2 (file index) as doubtful."""
+    import json
+
+    from sctgm.naming import sct_outputs
+    from sctgm.qc import QcEntryWriter, read_entries
+    from sctgm.segment.outputs import segment_and_write
+
+    name = tiny_model()
+    model = ensure_model(name)
+    seg = Segmenter(model, device="cpu", partner=model, name="tiny-pair")
+    image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
+    x, y = np.mgrid[:80, :80]
+    centre = (np.hypot(x - 40, y - 40) <= 10).astype(np.float32)
+    away = (np.hypot(x - 8, y - 8) <= 10).astype(np.float32)
+
+    def fake(vol, windows, options, progress, network=None):
+        assert all(w.size == (80, 80) for w in windows)
+        p = np.stack([centre] * len(windows))
+        if network is not None:  # the second network
+            p[2] = away
+        return p
+
+    monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: fake(*a, **k))
+    out = sct_outputs(image.path, tmp_path / "gm.nii.gz")
+    result = segment_and_write(seg, image, out, entry=QcEntryWriter(tmp_path / "qc")).segmentation
+    assert result is not None
+    first = result.gm[:, :, 0]
+    assert first.sum() > 50 and all(np.array_equal(result.gm[:, :, k], first) for k in range(5))
+    doubt = result.info["doubtful_slices"]
+    assert [(d["slice"], d["action"]) for d in doubt] == [(2, "replaced")]
+    assert set(doubt[0]["reasons"]) == {"networks_disagree", "outside_cord", "area_jump"}
+    meta = json.loads(out["gm_sidecar"].read_text())
+    recorded = meta["GeneratedBy"][0]["Model"]
+    assert recorded["Name"] == "tiny-pair" and recorded["Sha256"] == seg.identity.sha256 != model.sha256
+    assert [n["Sha256"] for n in recorded["Networks"]] == [model.sha256, model.sha256]
+    side = meta["Result"]
+    assert side["doubtful_slices"] == doubt
+    assert side["networks_dice_per_slice"][2] == 0.0 and side["networks_dice_per_slice"][0] == 1.0
+    entry = read_entries(tmp_path / "qc")[0]
+    assert entry["model"] == "tiny-pair" and entry["model_sha256"] == seg.identity.sha256
+    flags = dict(zip(entry["slices"]["index"], entry["slices"]["flags"]))
+    assert "doubtful:networks_disagree" in flags[2] and not any(flags[k] for k in (0, 1, 3, 4))
