@@ -152,14 +152,14 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
     ``settings.metrics``, ``metrics_csv`` (per-slice morphometry of every image in one CSV). Output
     locations are checked and, on a local executor, the model is installed before any job starts."""
     from .executors import run_jobs
-    from ..metrics.table import check_table_path
+    from ..metrics.table import check_table_path, is_metrics_csv
 
     if settings.metrics and metrics_csv is None:
         raise OutputError("per-slice metrics need a CSV path for the whole batch (metrics_csv)",
                           parameter="metrics_csv")
-    for path, kind in ((summary, "tsv"), (metrics_csv, "csv")):
-        if path is not None:
-            check_table_path(path, kind)
+    for path, kind, ours in ((summary, "tsv", is_summary), (metrics_csv, "csv", is_metrics_csv)):
+        if path is not None:  # an existing table of sct-gm is merged with (written again), another file refused
+            check_table_path(path, kind, ours=ours, overwrite=settings.overwrite)
     if settings.qc_dir is not None:
         from ..qc.report import check_qc_dir
 
@@ -226,6 +226,13 @@ def _tsv_cell(value: Any) -> str:
     if isinstance(value, float):
         return format(value, ".10g")
     return " ".join(str(value).split()) or "n/a"  # no tab or newline inside a cell
+
+
+def is_summary(path: Path) -> bool:
+    """True when ``path`` is a summary table sct-gm wrote: its first line is :data:`SUMMARY_COLUMNS`."""
+    from ..metrics.table import table_header
+
+    return table_header(path, "\t") == SUMMARY_COLUMNS
 
 
 def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
