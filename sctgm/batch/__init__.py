@@ -220,19 +220,19 @@ def segment_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSetti
 
 # -------------------------------------------------------------------------------------- tables
 
+def is_summary(path: Path) -> bool:
+    """True when ``path`` is a summary table sct-gm wrote: its first line is :data:`SUMMARY_COLUMNS`."""
+    from ..metrics.table import table_header
+
+    return table_header(path, "\t") == SUMMARY_COLUMNS
+
+
 def _tsv_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
         return format(value, ".10g")
     return " ".join(str(value).split()) or "n/a"  # no tab or newline inside a cell
-
-
-def is_summary(path: Path) -> bool:
-    """True when ``path`` is a summary table sct-gm wrote: its first line is :data:`SUMMARY_COLUMNS`."""
-    from ..metrics.table import table_header
-
-    return table_header(path, "\t") == SUMMARY_COLUMNS
 
 
 def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:

@@ -94,6 +94,12 @@ def table_header(path: Path, delimiter: str) -> tuple[str, ...] | None:
     return tuple(line.rstrip("\r\n").split(delimiter))
 
 
+def is_metrics_csv(path: Path) -> bool:
+    """True when ``path`` is a metrics CSV sct-gm wrote (:func:`is_metrics_header`)."""
+    header = table_header(path, ",")
+    return header is not None and is_metrics_header(header)
+
+
 def check_table_path(path: PathLike, kind: str, *, ours: Callable[[Path], bool] | None = None,
                      overwrite: bool = False) -> Path:
     """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI
@@ -107,12 +113,6 @@ def check_table_path(path: PathLike, kind: str, *, ours: Callable[[Path], bool] 
         raise OutputError(f"{p}: exists and is not a {kind} table sct-gm wrote (not its header); move it away, or "
                           f"allow replacing it", parameter="overwrite")
     return p
-
-
-def is_metrics_csv(path: Path) -> bool:
-    """True when ``path`` is a metrics CSV sct-gm wrote (:func:`is_metrics_header`)."""
-    header = table_header(path, ",")
-    return header is not None and is_metrics_header(header)
 
 
 def _cell(v: Any) -> str:
