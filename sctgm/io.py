@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ import numpy as np
 
 from . import nifti_header
 from .exceptions import InputImageError, OrientationError, OutputError
+from .filesystem import umask
 from .naming import NIFTI_SUFFIXES, split_nifti_name  # noqa: F401 - re-exported for readers of io
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class StagedFiles:
 
     def commit(self, order: Iterable[str | os.PathLike[str]] = ()) -> None:
         """Rename every staged file onto its target: those in ``order`` first, then the others."""
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~umask()
         for target in [*map(Path, order), *self.temporary]:
             tmp = self.temporary.pop(target, None)
             if tmp is None:
@@ -348,43 +348,6 @@ class StagedFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
-
-
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """True when ``a`` and ``b`` name one file (links and relative paths resolved)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 (hex) of a file's bytes (inputs and outputs in sidecars, training records, labels)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def modes_from_umask(path: str | os.PathLike[str]) -> None:
-    """Give ``path`` (a file, or a folder and the files directly in it) the permissions a plain
-    ``open``/``mkdir`` would under the umask: ``tempfile.mkdtemp`` makes folders 0700 and safetensors
-    writes files 0600, which would make a cache shared by a lab (SCTGM_HOME) unreadable to colleagues."""
-    p, mask = Path(path), _umask()
-    if p.is_dir():
-        os.chmod(p, 0o777 & ~mask)
-        for f in p.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o666 & ~mask)
-    else:
-        os.chmod(p, 0o666 & ~mask)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike[str]) -> Path:

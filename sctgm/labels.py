@@ -37,7 +37,8 @@ import numpy as np
 
 from ._version import __version__
 from .exceptions import OutputError
-from .io import LoadedImage, file_sha256, like, same_file, save_json, save_nifti
+from .filesystem import file_sha256, same_file
+from .io import LoadedImage, like, save_json, save_nifti
 from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, NIFTI_SUFFIXES, split_nifti_name
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.

@@ -51,6 +51,18 @@ BIDS_MANUAL_GM_SUFFIX = "_label-GM_seg"
 _OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX})$")
 
 
+def is_manual_label_path(path: str | os.PathLike[str]) -> bool:
+    """True for a reviewer's GM mask name, which training reads as truth: ``*_gmseg-manual`` anywhere,
+    ``*_label-GM_seg`` inside a ``derivatives/labels`` folder (:mod:`sctgm.labels`)."""
+    p = Path(path)
+    stem = split_nifti_name(p.name)[0]
+    if stem.endswith(MANUAL_GM_SUFFIX):
+        return True
+    parts = p.absolute().parent.parts
+    in_labels = any(a == "derivatives" and b == "labels" for a, b in zip(parts, parts[1:]))
+    return in_labels and stem.endswith(BIDS_MANUAL_GM_SUFFIX)
+
+
 def split_nifti_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     """('dir/t2s', '.nii.gz') for 'dir/t2s.nii.gz'; the extension is '' when it is not a NIfTI one."""
     s = os.fspath(path)

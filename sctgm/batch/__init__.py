@@ -152,14 +152,14 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
     ``settings.metrics``, ``metrics_csv`` (per-slice morphometry of every image in one CSV). Output
     locations are checked and, on a local executor, the model is installed before any job starts."""
     from .executors import run_jobs
-    from ..metrics.table import check_table_path
+    from ..metrics.table import check_table_path, is_metrics_csv
 
     if settings.metrics and metrics_csv is None:
         raise OutputError("per-slice metrics need a CSV path for the whole batch (metrics_csv)",
                           parameter="metrics_csv")
-    for path, kind in ((summary, "tsv"), (metrics_csv, "csv")):
-        if path is not None:
-            check_table_path(path, kind)
+    for path, kind, ours in ((summary, "tsv", is_summary), (metrics_csv, "csv", is_metrics_csv)):
+        if path is not None:  # an existing table of sct-gm is merged with (written again), another file refused
+            check_table_path(path, kind, ours=ours, overwrite=settings.overwrite)
     if settings.qc_dir is not None:
         from ..qc.report import check_qc_dir
 
@@ -220,6 +220,13 @@ def segment_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSetti
 
 # -------------------------------------------------------------------------------------- tables
 
+def is_summary(path: Path) -> bool:
+    """True when ``path`` is a summary table sct-gm wrote: its first line is :data:`SUMMARY_COLUMNS`."""
+    from ..metrics.table import table_header
+
+    return table_header(path, "\t") == SUMMARY_COLUMNS
+
+
 def _tsv_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -234,6 +241,8 @@ def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str],
     Nothing when there is no such table, or it is not one of sct-gm's (no ``input`` column)."""
     import csv
 
+    from ..metrics.table import is_metrics_csv
+
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter=delimiter)
@@ -241,6 +250,8 @@ def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str],
             rows = [row for row in reader] if "input" in columns else []
     except (OSError, UnicodeDecodeError, csv.Error):
         return [], []
+    if not (is_summary(path) if delimiter == "\t" else is_metrics_csv(path)):
+        return [], []  # another file, replaced with --overwrite: nothing of it is kept
     return columns, [row for row in rows if row.get("input") not in inputs]
 
 

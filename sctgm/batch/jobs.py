@@ -34,7 +34,8 @@ import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..io import file_sha256, load_image, read_grid, read_nifti
+from ..filesystem import file_sha256
+from ..io import load_image, read_grid, read_nifti
 from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, OutputSet, output_kinds
 from ..segment.outputs import segment_and_write

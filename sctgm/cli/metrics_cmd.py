@@ -113,12 +113,14 @@ def _render(table: Any, console: Any) -> None:
 @click.option("-o", "--output", "csv_path", type=click.Path(dir_okay=False), help="Write the table as CSV.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the table as JSON ('-' for standard output, instead of the terminal table).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing -o/--json file that is not a metrics table of sct-gm.")
 @click.option("-q", "--quiet", is_flag=True, help="No terminal table.")
 @verbosity_option
 @click.pass_context
 def metrics(ctx: click.Context, inputs: tuple[str, ...], references: tuple[str, ...], cords: tuple[str, ...],
             levels: tuple[str, ...], soft: bool, csv_path: str | None, json_path: str | None,
-            quiet: bool, verbosity: int | None) -> None:
+            overwrite: bool, quiet: bool, verbosity: int | None) -> None:
     from rich.console import Console
 
     from ..metrics import compute_metrics
@@ -128,7 +130,8 @@ def metrics(ctx: click.Context, inputs: tuple[str, ...], references: tuple[str, 
 
     to_stdout = json_path == "-"
     table = compute_metrics(list(inputs), references=list(references), cords=list(cords), levels=list(levels),
-                            soft=soft, csv_path=csv_path, json_path=None if to_stdout else json_path)
+                            soft=soft, csv_path=csv_path, json_path=None if to_stdout else json_path,
+                            overwrite=overwrite)
     if to_stdout:
         click.echo(json.dumps(table.to_json(), indent=2))
     elif not (quiet or silent):

@@ -84,8 +84,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="CPU threads for the network per image [default: the cores, shared among -j workers; 1 per "
                    "image for --engine torch in a batch].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs that sct-gm did not write (a manual mask "
-                                                "at -o: refused without it; never an input); batch: also segment again "
-                                                "where valid outputs exist (one file is always segmented again).")
+                                                "at -o, a manual-label name, a --summary/--metrics file that is not "
+                                                "sct-gm's table: refused without it; never an input or a reviewer's "
+                                                "correction); batch: also segment again where valid outputs exist "
+                                                "(one file is always segmented again).")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Batch: write the summary table (TSV) here [default: DATASET/derivatives/sct-gm/summary.tsv "
                    "with --bids, none otherwise].")

@@ -11,6 +11,7 @@ Files are written atomically after every metric is computed, so a failure never 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -62,13 +63,55 @@ def _paired(option: str, values: Sequence[PathLike], n: int) -> list[PathLike | 
                        f"input) or once per input, in the same order")
 
 
-def check_table_path(path: PathLike, kind: str) -> Path:
+#: Columns a batch puts before the metrics (``sct-gm segment --metrics``, :func:`sctgm.batch.write_metrics`).
+BATCH_KEY_COLUMNS = ("subject", "session", "input")
+#: Every column name of a metrics CSV sct-gm writes: compare, measure (with cord and levels), batch keys.
+METRICS_COLUMNS = frozenset((*COMPARE_COLUMNS, *BATCH_KEY_COLUMNS, *MorphometryResult(
+    Path(), Path(), Path(), False, [], []).columns))
+
+
+def is_metrics_header(columns: Sequence[str]) -> bool:
+    """True for the header of a metrics CSV sct-gm wrote: ``sctgm_version`` and only its column names."""
+    return "sctgm_version" in columns and set(columns) <= METRICS_COLUMNS
+
+
+def is_metrics_json(path: Path) -> bool:
+    """True when ``path`` is a metrics JSON sct-gm wrote (:meth:`MetricsTable.to_json`'s keys)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and set(data) == {"sctgm_version", "mode", "columns", "rows"}
+
+
+def table_header(path: Path, delimiter: str) -> tuple[str, ...] | None:
+    """The first line of the text file ``path`` split at ``delimiter``, or None when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            line = fh.readline(65536)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return tuple(line.rstrip("\r\n").split(delimiter))
+
+
+def is_metrics_csv(path: Path) -> bool:
+    """True when ``path`` is a metrics CSV sct-gm wrote (:func:`is_metrics_header`)."""
+    header = table_header(path, ",")
+    return header is not None and is_metrics_header(header)
+
+
+def check_table_path(path: PathLike, kind: str, *, ours: Callable[[Path], bool] | None = None,
+                     overwrite: bool = False) -> Path:
     """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI
-    name)."""
+    name) and, when ``ours`` is given, when it exists, ``ours(path)`` says sct-gm did not write it and
+    ``overwrite`` is False (sct-gm never replaces a file it did not write)."""
     p = Path(path)
     if split_nifti_name(p)[1]:
         raise OutputError(f"{p}: is a NIfTI name; the {kind} output needs a name such as metrics.{kind}")
     check_writable(p, hint=f"give a file name such as metrics.{kind}")
+    if ours is not None and not overwrite and (p.exists() or p.is_symlink()) and not ours(p):
+        raise OutputError(f"{p}: exists and is not a {kind} table sct-gm wrote (not its header); move it away, or "
+                          f"allow replacing it", parameter="overwrite")
     return p
 
 
@@ -109,12 +152,13 @@ def write_rows_csv(columns: Sequence[str], rows: Iterable[dict[str, Any]], path:
 
 def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike] = (),
                     cords: Sequence[PathLike] = (), levels: Sequence[PathLike] = (), soft: bool = False,
-                    csv_path: PathLike | None = None, json_path: PathLike | None = None,
+                    csv_path: PathLike | None = None, json_path: PathLike | None = None, overwrite: bool = False,
                     progress: Callable[[int, int, Path], None] | None = None) -> MetricsTable:
     """Compare each of ``inputs`` with its reference (when ``references`` are given) or measure it
     (GM area; WM area and GM/cord ratio with ``cords``; per level with ``levels``). ``references``,
     ``cords`` and ``levels`` each hold one path (used for every input) or one per input. Writes the
-    CSV/JSON when asked, only once every file has been processed. ``progress(i, n, path)`` is called
+    CSV/JSON when asked, only once every file has been processed; an existing file there that is not
+    a metrics table of sct-gm is refused unless ``overwrite``. ``progress(i, n, path)`` is called
     before each input."""
     if not inputs:
         raise MetricsError("no input mask given")
@@ -124,9 +168,9 @@ def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike
     if references and soft:
         raise MetricsError("soft masks apply to measuring areas; a comparison binarises both masks at 0.5, "
                            "so compare without soft", parameter="soft")
-    for out, kind in ((csv_path, "csv"), (json_path, "json")):
+    for out, kind, ours in ((csv_path, "csv", is_metrics_csv), (json_path, "json", is_metrics_json)):
         if out is not None:
-            check_table_path(out, kind)
+            check_table_path(out, kind, ours=ours, overwrite=overwrite)
     n = len(inputs)
     results: list[Result] = []
     if references:

@@ -32,7 +32,7 @@ import platformdirs
 from .._version import __version__
 from .download import DownloadPolicy, Expected, ProgressCallback, fetch_from_sources
 from ..exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
-from ..io import modes_from_umask
+from ..filesystem import modes_from_umask
 from . import registry
 from ..recipe import Recipe
 from .registry import MANIFEST_FILE, WEIGHTS_FILE, InstalledModel, ModelStatus, unknown_model

@@ -50,9 +50,10 @@ import numpy as np
 from .._version import __version__
 from ..engines import ProgressCallback
 from ..exceptions import InvalidOptionError, OutputError
-from ..io import (LoadedImage, StagedFiles, check_writable, file_sha256, json_text, like, remove_leftover_parts,
-                  same_file)
-from ..naming import LAYOUTS, OutputSet
+from ..filesystem import file_sha256, same_file
+from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
+from ..labels import SLICES_KEY
+from ..naming import LAYOUTS, OutputSet, is_manual_label_path
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 
@@ -60,8 +61,8 @@ if TYPE_CHECKING:
     from ..model.registry import InstalledModel
     from .pipeline import Segmenter
 
-__all__ = ["LAYOUTS", "EntryWriter", "SegmentFileResult", "StagedOutputs", "check_outputs", "segment_and_write",
-           "sidecar", "written_by_sctgm"]
+__all__ = ["LAYOUTS", "EntryWriter", "SegmentFileResult", "StagedOutputs", "check_outputs", "is_correction",
+           "segment_and_write", "sidecar", "written_by_sctgm"]
 
 log = logging.getLogger(__name__)
 
@@ -156,23 +157,42 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(block, dict) and block.get("Name") == "sct-gm" else None
 
 
+def is_correction(data: dict[str, Any] | None) -> bool:
+    """True for the sidecar of a reviewer's corrected mask (the QC editor's: it lists ``LabelledSlices``,
+    :mod:`sctgm.labels`): human work, never a segmentation output, even though sct-gm wrote it."""
+    return isinstance(data, dict) and SLICES_KEY in data
+
+
 def written_by_sctgm(outputs: OutputSet, key: str) -> bool:
-    """True when output ``key`` of the set is sct-gm's: the sidecar describing it is an sct-gm sidecar."""
-    return read_sidecar(outputs[outputs.sidecar_of(key)]) is not None
+    """True when output ``key`` of the set is sct-gm's: the sidecar describing it is an sct-gm
+    segmentation sidecar (not a reviewer's correction, :func:`is_correction`)."""
+    data = read_sidecar(outputs[outputs.sidecar_of(key)])
+    return data is not None and not is_correction(data)
 
 
 def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite: bool = False) -> None:
     """Fail before any work when an output of the set cannot or must not be written: its folder is
-    missing or not writable, it is a folder, it is one of ``inputs`` (never, even with ``overwrite``),
-    or it exists and sct-gm did not write it (:func:`written_by_sctgm`) and ``overwrite`` is False."""
+    missing or not writable, it is a folder, it is one of ``inputs`` or a reviewer's correction
+    (:func:`is_correction`; never, even with ``overwrite``), or, unless ``overwrite``: it has a
+    manual-label name (:func:`~sctgm.naming.is_manual_label_path`, which training reads as truth) or it
+    exists and sct-gm did not write it (:func:`written_by_sctgm`)."""
     for path in outputs.values():
         check_writable(path)
         for src in inputs:
             if src is not None and same_file(path, src):
                 raise OutputError(f"{path}: is an input of this command; sct-gm never writes over its inputs: "
                                   f"give another output name")
+    for key in outputs.sidecars:
+        if is_correction(read_sidecar(outputs[key])):
+            mask = outputs[key[: -len("_sidecar")]]
+            raise OutputError(f"{mask}: holds a reviewer's corrections (its sidecar {outputs[key].name} lists "
+                              f"{SLICES_KEY}); sct-gm never writes over them: give another output name")
     if overwrite:
         return
+    for key in outputs.kinds:
+        if is_manual_label_path(outputs[key]):
+            raise OutputError(f"{outputs[key]}: is a manual label name, which training reads as a reviewer's mask; "
+                              f"give another output name, or allow it", parameter="overwrite")
     for key, path in outputs.items():
         if (path.exists() or path.is_symlink()) and not written_by_sctgm(outputs, key):
             raise OutputError(f"{path}: exists and sct-gm did not write it (no sct-gm sidecar describes it); move it "

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path, modes_from_umask
+from ..filesystem import modes_from_umask
+from ..io import atomic_path
 from ..model.registry import WEIGHTS_FILE
 from ..recipe import Preprocessing, Recipe
 from .data import LabelledVolume, sha256_of

@@ -226,3 +226,71 @@ def test_sctgm_qc_into_another_tools_folder_names_its_own_page(make_nifti, image
     assert res.exit_code == 0, res.output
     assert (qc / "index.html").read_text() == "<html>SCT QC</html>"
     assert f"Open: {(qc / 'sct-gm' / 'index.html').resolve().as_uri()}" in res.output
+
+
+def _correction(mask: pathlib.Path, image: pathlib.Path) -> dict[str, bytes]:
+    """A reviewer's correction as the QC editor saves it: a mask and a sidecar by sct-gm listing its slices."""
+    shutil.copy(image, mask)
+    mask.with_name(mask.name.replace(".nii.gz", ".json")).write_text(json.dumps(
+        {"GeneratedBy": [{"Name": "sct-gm", "Version": "0.3"}], "LabelledSlices": [2, 3]}))
+    return _files(mask.parent)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_reviewers_correction_is_never_replaced(tiny_model, image, overwrite):
+    manual = image.with_name("t2s_gmseg-manual.nii.gz")
+    before = _correction(manual, image)
+    flag = ("--overwrite",) if overwrite else ()
+    for out in (manual, image.with_name("t2s_gmseg-manual.nii")):  # and the same sidecar under the other extension
+        res = _segment("-i", str(image), "-o", str(out), "-m", tiny_model(), *flag)
+        assert res.exit_code == 3, res.output
+        (line,) = _lines(res.stderr)
+        assert str(out) in line and "reviewer's corrections" in line
+    assert _files(image.parent) == before
+
+
+def test_a_manual_label_name_needs_overwrite(tiny_model, image, tmp_path):
+    labels = tmp_path / "ds" / "derivatives" / "labels" / "sub-01" / "anat"
+    labels.mkdir(parents=True)
+    for out in (image.with_name("t2s_gmseg-manual.nii.gz"), labels / "sub-01_T2star_label-GM_seg.nii.gz"):
+        res = _segment("-i", str(image), "-o", str(out), "-m", tiny_model())
+        assert res.exit_code == 3 and not out.exists()
+        (line,) = _lines(res.stderr)
+        assert str(out) in line and "manual label" in line and "--overwrite" in line
+        assert _segment("-i", str(image), "-o", str(out), "-m", "tiny", "--overwrite").exit_code == 0
+        assert out.is_file()
+    other = tmp_path / "elsewhere_label-GM_seg.nii.gz"  # the BIDS name outside derivatives/labels: an ordinary name
+    assert _segment("-i", str(image), "-o", str(other), "-m", "tiny").exit_code == 0
+
+
+@pytest.mark.parametrize("option", ["--summary", "--metrics"])
+def test_batch_tables_never_replace_a_file_sctgm_did_not_write(tiny_model, image, tmp_path, option):
+    table = tmp_path / ("mydata.tsv" if option == "--summary" else "notes.csv")
+    table.write_text("precious,data\n")
+    args = ["-i", str(image), option, str(table), "-m", tiny_model()]
+    res = _segment(*args)
+    assert res.exit_code == 3 and table.read_text() == "precious,data\n"
+    (line,) = _lines(res.stderr)
+    assert str(table) in line and "--overwrite" in line
+    assert not image.with_name("t2s_gmseg.nii.gz").exists()  # refused before any work
+    assert _segment(*args, "--overwrite").exit_code == 0
+    first = table.read_text()
+    assert first != "precious,data\n" and str(image) in first
+    res = _segment(*args)  # sct-gm's own table: written again (merged), no --overwrite needed
+    assert res.exit_code == 0, res.output
+    assert table.read_text().splitlines()[0] == first.splitlines()[0] and str(image) in table.read_text()
+
+
+@pytest.mark.parametrize("option", ["-o", "--json"])
+def test_metrics_never_replaces_a_file_sctgm_did_not_write(image, tmp_path, option):
+    table = tmp_path / ("notes.csv" if option == "-o" else "notes.json")
+    table.write_text("precious,data\n")
+    args = ["metrics", "-i", str(image), option, str(table), "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 3 and table.read_text() == "precious,data\n"
+    (line,) = _lines(res.stderr)
+    assert str(table) in line and "--overwrite" in line
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+    mine = table.read_text()
+    assert mine != "precious,data\n"
+    assert CliRunner().invoke(main, args).exit_code == 0 and table.read_text() == mine  # its own: replaced

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from sctgm.exceptions import InvalidOptionError, QcError
-from sctgm.io import file_sha256
+from sctgm.filesystem import file_sha256
 from sctgm.qc import corrections
 from sctgm.qc.render import to_display
 from sctgm.qc.serve import start_server

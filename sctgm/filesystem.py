@@ -1,0 +1,47 @@
+"""Facts about files on disk, below every layer that reads or writes them: whether two paths name one
+file, a file's sha256 (inputs and outputs in sidecars, training records, labels), and the permissions
+the umask gives (so a cache shared by a lab stays readable)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when ``a`` and ``b`` name one file (links and relative paths resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's bytes (inputs and outputs in sidecars, training records, labels)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def modes_from_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or a folder and the files directly in it) the permissions a plain
+    ``open``/``mkdir`` would under the umask: ``tempfile.mkdtemp`` makes folders 0700 and safetensors
+    writes files 0600, which would make a cache shared by a lab (SCTGM_HOME) unreadable to colleagues."""
+    p, mask = Path(path), umask()
+    if p.is_dir():
+        os.chmod(p, 0o777 & ~mask)
+        for f in p.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~mask)
+    else:
+        os.chmod(p, 0o666 & ~mask)
+
+
+def umask() -> int:
+    """The process's umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
