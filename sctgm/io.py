@@ -367,6 +367,20 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def modes_from_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or a folder and the files directly in it) the permissions a plain
+    ``open``/``mkdir`` would under the umask: ``tempfile.mkdtemp`` makes folders 0700 and safetensors
+    writes files 0600, which would make a cache shared by a lab (SCTGM_HOME) unreadable to colleagues."""
+    p, mask = Path(path), _umask()
+    if p.is_dir():
+        os.chmod(p, 0o777 & ~mask)
+        for f in p.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~mask)
+    else:
+        os.chmod(p, 0o666 & ~mask)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

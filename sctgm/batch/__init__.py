@@ -231,17 +231,44 @@ def _tsv_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
-        return format(value, ".10g")
+        return format(value, ".7g")  # float32 voxel sizes: 7 significant digits (no 17.99999995)
     return " ".join(str(value).split()) or "n/a"  # no tab or newline inside a cell
 
 
+def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of a dataset table written before, without the rows of ``inputs`` (this run
+    writes those again): a run on a subset (``--participant-label``) keeps the other images' rows.
+    Nothing when there is no such table, or it is not one of sct-gm's (:func:`is_summary`,
+    :func:`sctgm.metrics.table.is_metrics_csv`: a file replaced with ``overwrite``)."""
+    import csv
+
+    from ..metrics.table import is_metrics_csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            columns = list(reader.fieldnames or [])
+            rows = [row for row in reader] if "input" in columns else []
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return [], []
+    if not (is_summary(path) if delimiter == "\t" else is_metrics_csv(path)):
+        return [], []  # another file, replaced with --overwrite: nothing of it is kept
+    return columns, [row for row in rows if row.get("input") not in inputs]
+
+
 def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
-    """``summary.tsv``: one row per job (:data:`SUMMARY_COLUMNS`), written atomically."""
+    """``summary.tsv``: one row per image (:data:`SUMMARY_COLUMNS`), written atomically; the rows of
+    images that this run did not plan are kept from the table before (merged by ``input``)."""
     p = Path(path)
     lines = ["\t".join(SUMMARY_COLUMNS)]
-    for r in records:
-        lines.append("\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
-                                                        r.gm_volume_mm3, r.seconds)))
+    new = {str(r.input): "\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
+                                                          r.gm_volume_mm3, r.seconds)) for r in records}
+    columns, kept = _kept_rows(p, "\t", set(new))
+    if tuple(columns) == SUMMARY_COLUMNS:
+        lines += ["\t".join(row[c] or "n/a" for c in SUMMARY_COLUMNS) for row in kept]
+    lines += list(new.values())
+    if kept:  # by input (as BIDS jobs are planned); a table of this run alone keeps the jobs' order
+        lines[1:] = sorted(lines[1:], key=lambda line: line.split("\t")[2])
     try:
         with atomic_path(p) as tmp:
             tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -260,4 +287,9 @@ def write_metrics(records: Sequence[JobRecord], path: str | os.PathLike[str]) ->
     for r in records:
         if len(r.metrics_columns) > len(columns):
             columns = r.metrics_columns
-    return write_rows_csv(columns, (row for r in records for row in r.metrics_rows), path)
+    old_columns, kept = _kept_rows(Path(path), ",", {str(r.input) for r in records})
+    columns = (*columns, *(c for c in old_columns if c not in columns))
+    rows = [*kept, *(row for r in records for row in r.metrics_rows)]
+    if kept:  # stable: each image's rows stay in their order
+        rows.sort(key=lambda row: str(row.get("input")))
+    return write_rows_csv(columns, rows, path)

@@ -19,6 +19,11 @@ def _shown(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def progress_lines_shown(quiet: bool) -> bool:
+    """Where a bar is not shown (stderr is a file or a pipe) and not -q: progress as plain lines."""
+    return not quiet and not sys.stderr.isatty()
+
+
 @contextlib.contextmanager
 def counting_bar(quiet: bool, label: str, unit: str,
                  describe: Callable[..., str] | None = None) -> Iterator[Optional[Callable[..., None]]]:

@@ -240,9 +240,17 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
                              qc_dataset=args.qc_dataset, metrics=args.metrics_csv is not None)
     metrics_path = Path(args.metrics_csv) if args.metrics_csv else None
     common = dict(n_jobs=args.n_jobs, scheduler=args.scheduler, summary=args.summary_path, metrics_csv=metrics_path)
+    finished: list[Any] = []  # records of the images finished before an interruption
+    planned: list[int] = []
     try:
         with download_progress(args.quiet) as fetching, \
-                counting_bar(args.quiet, "Segmenting", "images", describe_record) as progress:
+                counting_bar(args.quiet, "Segmenting", "images", describe_record) as bar:
+            def progress(done: int, total: int, record: Any) -> None:
+                finished.append(record)
+                planned[:] = [total]
+                if bar is not None:
+                    bar(done, total, record)
+
             if args.bids_root is not None:
                 result = segment_bids(args.bids_root, settings, derivatives=args.derivatives,
                                       suffixes=args.suffixes or DEFAULT_SUFFIXES, participants=args.participants,
@@ -252,9 +260,23 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
                 result = segment_files(args.inputs, settings, output=args.output, cord_masks=args.cord_masks,
                                        progress=progress, download_progress=fetching, **common)
     except KeyboardInterrupt:
-        click.echo("sct-gm: interrupted; finished images are complete and unfinished ones left nothing behind: "
-                   "run the same command again to resume", err=True)
+        click.echo(f"sct-gm: interrupted; {_resume_message(finished, planned[0] if planned else None, args.overwrite)}",
+                   err=True)
         ctx.exit(130)
     render_summary(result, args.quiet)
     if result.failed:
         ctx.exit(1)
+
+
+def _resume_message(finished: list[Any], total: int | None, overwrite: bool) -> str:
+    """What running the interrupted batch's command again does, exactly (the batch's resume rules:
+    docs/batch.md, "Resume")."""
+    done = sum(r.status == "ok" for r in finished)
+    of = f"{len(finished)} of {total}" if total is not None else f"{len(finished)}"
+    head = (f"{of} images finished ({done} segmented) and unfinished ones left nothing behind")
+    if not overwrite:
+        return (f"{head}: run the same command again to resume (valid outputs are skipped, the rest "
+                f"segmented)")
+    return (f"{head}: the same command (with --overwrite) segments every image again; without --overwrite it "
+            f"resumes: the {done} segmented now are kept, and of the others only those whose outputs are "
+            f"missing, invalid or made with other settings or another model are segmented again")

@@ -78,7 +78,7 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
     """
     from ..training.api import train as run_train
     from ..training.options import TrainOptions, TrainSources
-    from .progress import counting_bar
+    from .progress import counting_bar, progress_lines_shown
 
     verbose, quiet = resolve_verbosity(ctx, verbosity, quiet)
     setup_logging(verbose, quiet=quiet)
@@ -86,14 +86,14 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
         raise click.UsageError("give --max-steps or --epochs, not both")
 
     def describe(p: object) -> str:
-        v = getattr(p, "val_dice", None)
-        return f"loss {p.loss:.3f}" + (f"  val Dice {v:.3f}" if v is not None else "")  # type: ignore[attr-defined]
+        v, loss = getattr(p, "val_dice", None), getattr(p, "loss", None)
+        return ("init" if loss is None else f"loss {loss:.3f}") + (f"  val Dice {v:.3f}" if v is not None else "")
 
-    last_val: list[float] = []
+    lines = progress_lines_shown(quiet)  # off a terminal (a log file, a cluster job): a line per validation
     with counting_bar(quiet, "training", "steps", describe) as bar:
         def progress(p: object) -> None:
-            if getattr(p, "val_dice", None) is not None:
-                last_val.append(p.val_dice)  # type: ignore[attr-defined]
+            if lines and getattr(p, "val_dice", None) is not None:
+                click.echo(validation_line(p), err=True)
             if bar is not None:
                 bar(p.step, p.max_steps, p)  # type: ignore[attr-defined]
 
@@ -111,5 +111,24 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
                        f"command with --resume to continue", err=True)
             ctx.exit(130)
     dice = "no validation" if result.val_dice is None else (
-        f"validation Dice {result.val_dice:.3f} at threshold {result.threshold:g} (step {result.best_step})")
+        f"validation Dice {result.val_dice:.3f} at threshold {result.threshold:g} (step {result.best_step}; "
+        f"the init: {result.init_val_dice:.3f})")
     click.echo(f"{result.model_dir}: {result.steps} steps, {dice}; use it with: sct-gm segment -m {result.model_dir}")
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def validation_line(p: object) -> str:
+    """One line per validation (step, loss, validation Dice with the best and the init's, lr, elapsed,
+    ETA), the way nnU-Net and ivadomed log, for logs and cluster jobs."""
+    step, total, seconds = p.step, p.max_steps, p.seconds  # type: ignore[attr-defined]
+    loss = "loss      -" if p.loss is None else f"loss {p.loss:6.4f}"  # type: ignore[attr-defined]
+    lr = "lr       -" if p.lr is None else f"lr {p.lr:.2e}"  # type: ignore[attr-defined]
+    best = "" if p.best_dice is None else f" (best {p.best_dice:.4f} at {p.best_step})"  # type: ignore[attr-defined]
+    init = " (init)" if step == 0 else ""
+    eta = _duration(seconds / step * (total - step)) if step else "?"
+    return (f"sct-gm: step {step:>{len(str(total))}}/{total}  {loss}  val Dice {p.val_dice:.4f}{init}{best}  "  # type: ignore[attr-defined]
+            f"{lr}  elapsed {_duration(seconds)}  ETA {eta}")

@@ -115,13 +115,18 @@ def check_table_path(path: PathLike, kind: str, *, ours: Callable[[Path], bool] 
     return p
 
 
+#: Significant digits of a float cell: the voxel sizes behind every area and distance are float32 in the
+#: NIfTI header (about 7 digits), so more digits print their rounding (17.99999995 for 18 mm2).
+FLOAT_DIGITS = 7
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return "NaN" if math.isnan(v) else format(v, ".10g")
+        return "NaN" if math.isnan(v) else format(v, f".{FLOAT_DIGITS}g")
     return str(v)
 
 

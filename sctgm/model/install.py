@@ -32,6 +32,7 @@ import platformdirs
 from .._version import __version__
 from .download import DownloadPolicy, Expected, ProgressCallback, fetch_from_sources
 from ..exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
+from ..io import modes_from_umask
 from . import registry
 from ..recipe import Recipe
 from .registry import MANIFEST_FILE, WEIGHTS_FILE, InstalledModel, ModelStatus, unknown_model
@@ -200,6 +201,7 @@ def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
             "installed_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        modes_from_umask(tmp)  # readable by the group/others as the umask allows (a shared SCTGM_HOME)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=parent))

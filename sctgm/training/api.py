@@ -26,7 +26,7 @@ from ..io import save_json
 from ..engines.hardware import require_torch
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
-                       DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, DEFAULT_WARMUP_STEPS, VALIDATIONS_PER_RUN)
+                       DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, VALIDATIONS_PER_RUN, warmup_steps)
 from .options import TrainOptions, TrainSources
 from . import outputs, sources
 
@@ -53,6 +53,7 @@ class TrainOutcome:
     weights: Path
     threshold: float
     val_dice: float | None  # pooled window Dice at ``threshold`` (None without validation)
+    init_val_dice: float | None  # the same for the init, before any step (None without validation)
     validation: list[dict[str, Any]]  # validation.csv's rows
     steps: int
     best_step: int
@@ -251,7 +252,8 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
     pretrained = init != "none"
     cfg_kwargs: dict[str, Any] = {} if augment_cfg is None else {"augment": augment_cfg}
     cfg = TrainConfig(max_steps=max(1, int(max_steps)), batch_size=batch_size, crop_px=crop,
-                      lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH), warmup_steps=DEFAULT_WARMUP_STEPS,
+                      lr=lr or (DEFAULT_LR if pretrained else DEFAULT_LR_SCRATCH),
+                      warmup_steps=warmup_steps(max(1, int(max_steps))),
                       bn=bn or (DEFAULT_BN_FINETUNE if pretrained else "train"), val_every=val_every,
                       patience=patience if val_sets else 0,
                       checkpoint_every=val_every * CHECKPOINT_EVERY_VALIDATIONS, seed=seed,
@@ -286,7 +288,9 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
                 stale.unlink(missing_ok=True)
         save_json(signature, partial / RUN_FILE)
         result = train_loop(model, train_sets, val_sets, cfg, device=dev, pretrained=pretrained,
-                            checkpoint_path=checkpoint_path, resume=continuing, progress=progress, signature=sealed)
+                            checkpoint_path=checkpoint_path, resume=continuing, progress=progress, signature=sealed,
+                            on_validation=lambda log: (outputs.write_log(partial, log),
+                                                       outputs.write_curves(partial, log)))
         recipe_out = recipe.with_threshold(result.threshold)
         name = outputs.model_name(out)
         outputs.write_weights(partial, result.state_dict, int(n_filters or 0))
@@ -294,7 +298,8 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
             "data": data_record, "init": init_record, "seed": seed, "sctgm_version": __version__,
             "command_line": command_line or "sctgm.train()", "device": str(dev),
             "config": signature["config"], "validation_split": parts.how,
-            "metrics": {"val_window_dice": result.val_dice, "threshold": result.threshold, "steps": result.steps,
+            "metrics": {"val_window_dice": result.val_dice, "init_val_window_dice": result.init_dice,
+                        "threshold": result.threshold, "steps": result.steps,
                         "best_step": result.best_step, "stopped_early": result.stopped_early,
                         "seconds": round(result.seconds, 1), "data_seconds": round(result.data_seconds, 1)},
         }
@@ -325,7 +330,7 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
         torch.set_num_threads(threads_before)
     _publish(partial, out)
     return TrainOutcome(out, out / outputs.MODEL_JSON, out / "model.safetensors", result.threshold, result.val_dice,
-                        rows, result.steps, result.best_step, result.stopped_early, result.seconds, parts.how)
+                        result.init_dice, rows, result.steps, result.best_step, result.stopped_early, result.seconds, parts.how)
 
 
 def _publish(partial: Path, out: Path) -> None:

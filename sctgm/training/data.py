@@ -24,6 +24,7 @@ network is never taught that a slice without a label has no GM.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +38,8 @@ from ..segment import placement
 from ..segment.grid import Window
 from ..segment.preprocess import (PreparedVolume, Standardisation, canonical_mask, prepare, sample, sample_mask,
                                   windows_at)
+
+log = logging.getLogger(__name__)
 
 #: A slice is labelled when its GM mask has at least this many voxels.
 MIN_LABEL_VOXELS = 1
@@ -92,12 +95,19 @@ def _raw_mask_values(path: Path) -> np.ndarray:
 
 
 def check_binary_mask(path: Path, values: np.ndarray) -> None:
-    """Refuse masks with NaN, negative values or values above 1 (labels), all-zero or all-one masks."""
+    """Refuse masks with NaN, negative values or values above 1 (labels), all-zero or all-one masks.
+    A soft mask (values strictly between 0 and 1, e.g. a corrected mask resampled with linear
+    interpolation) is binarised at 0.5 like every mask sct-gm reads (metrics, QC), with one warning
+    naming the file (docs/train.md, "Soft masks")."""
     if np.isnan(values).any():
         raise TrainingDataError(f"{path}: the GM mask holds NaN values; expected 0 (background) and 1 (GM)")
     if values.min() < 0 or values.max() > 1:
         raise TrainingDataError(f"{path}: the GM mask holds values from {values.min():g} to {values.max():g}; "
                                 f"expected a binary mask (0 background, 1 GM), not a label map")
+    soft = int(np.count_nonzero((values > 0) & (values < 1)))
+    if soft:
+        log.warning("%s: a soft GM mask (%d voxels strictly between 0 and 1); binarised at 0.5 (GM: > 0.5)",
+                    path, soft, extra={"parameter": "masks"})
     gm = values > 0.5
     if not gm.any():
         raise TrainingDataError(f"{path}: the GM mask is empty (no voxel > 0.5): nothing to learn from")

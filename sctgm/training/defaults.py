@@ -23,6 +23,14 @@ DEFAULT_BATCH_SIZE = 4
 DEFAULT_LR = 1e-4
 DEFAULT_LR_SCRATCH = 1e-3  # --init none: random weights learn faster at a higher rate
 DEFAULT_WARMUP_STEPS = 10
+#: Warm-up is at most this share of the run (100 steps: 10; --max-steps 10: 1), so a short run leaves
+#: warm-up and decays like a long one instead of ending at a fraction of its learning rate.
+WARMUP_FRACTION = 0.1
+
+
+def warmup_steps(max_steps: int) -> int:
+    """Linear warm-up steps of a run of ``max_steps``: DEFAULT_WARMUP_STEPS, at most WARMUP_FRACTION of it."""
+    return min(DEFAULT_WARMUP_STEPS, int(WARMUP_FRACTION * max_steps))
 #: BatchNorm when fine-tuning: "frozen" (published statistics kept) or "train".
 DEFAULT_BN_FINETUNE = "train"
 #: Validation: share of subjects held out, validations per run, patience (validations without

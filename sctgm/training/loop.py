@@ -3,10 +3,11 @@
 Inputs are per-subject stacks of standardised fine-grid (0.25 mm) slices, window-sized or larger,
 with GM targets in [0, 1] (the caller builds them with segment's own window code). Each step draws
 ``batch_size`` (subject, slice) pairs, crops ``crop_px`` around the slice's GM (shifted, rotated,
-scaled, deformed: :mod:`sctgm.training.augment`), and takes one optimizer step on Dice + BCE. Every
-``val_every`` steps the network predicts the validation windows whole, without augmentation; the
-best model by validation Dice is kept, training stops early after ``patience`` validations without
-improvement, and the probability threshold is chosen on the validation slices at the end.
+scaled, deformed: :mod:`sctgm.training.augment`), and takes one optimizer step on Dice + BCE. The
+init is validated first (step 0), then every ``val_every`` steps the network predicts the validation
+windows whole, without augmentation; the best model by validation Dice is kept, training stops early
+after ``patience`` validations without improvement, and the probability threshold is chosen on the
+validation slices at the end (:func:`choose_threshold`).
 
 Every random draw comes from one ``torch.Generator`` seeded from ``seed`` and saved in checkpoints,
 so on a CPU a run is reproducible and a resumed run ends with exactly the weights of an
@@ -37,6 +38,13 @@ from .models import precision_context
 
 #: Probability thresholds tried on the validation slices (the published models use 0.999).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+#: The threshold choice (:func:`choose_threshold`), measured by bench/threshold_choice.py (docs/train.md,
+#: "Threshold"): fewer GM voxels than this on the validation windows (about 8 slices) keep the init's
+#: threshold (with 2-4 validation slices the best one jumped across 7-11 of the 12 thresholds for Dice
+#: differences < 0.001); the Dice curve is averaged over this many neighbouring thresholds before its
+#: best is taken (1: none; smoothing over 3 or 5 did not steady the choice).
+THRESHOLD_MIN_VOXELS = 2000
+THRESHOLD_SMOOTHING = 1
 
 
 @dataclass
@@ -95,13 +103,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """What the progress callback receives after each step; ``val_dice`` only on validation steps."""
+    """What the progress callback receives after each step (and at step 0, the init's validation:
+    ``loss`` and ``lr`` None); ``val_dice`` only on validation steps. ``seconds``: elapsed in the run
+    (resumed runs included); ``best_dice``/``best_step`` and ``init_dice``: validation so far."""
 
     step: int
     max_steps: int
-    loss: float
-    lr: float
+    loss: float | None
+    lr: float | None
     val_dice: float | None = None
+    seconds: float = 0.0
+    best_dice: float | None = None
+    best_step: int = 0
+    init_dice: float | None = None
 
 
 @dataclass
@@ -111,6 +125,7 @@ class TrainResult:
     state_dict: dict[str, np.ndarray]
     threshold: float
     val_dice: float | None
+    init_dice: float | None  # the init's validation Dice (step 0), None without validation
     best_step: int
     steps: int
     stopped_early: bool
@@ -121,6 +136,8 @@ class TrainResult:
 
 
 ProgressCallback = Callable[[TrainProgress], None]
+#: Called with the log so far after each validation (step 0 included): the run's files grow with it.
+LogCallback = Callable[[list[dict[str, Any]]], None]
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -177,6 +194,19 @@ def validation_dice(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
     return {float(th): pooled_dice(flat_p > th, flat_t) for th in thresholds}
 
 
+def choose_threshold(scores: dict[float, float], gm_voxels: int, default: float, *,
+                     min_voxels: int = THRESHOLD_MIN_VOXELS, smooth: int = THRESHOLD_SMOOTHING) -> float:
+    """The threshold kept for the model (docs/train.md, "Threshold"): ``default`` (the init's) when the
+    validation slices hold fewer than ``min_voxels`` GM voxels (pooled over slices), else the best of
+    the pooled Dice curve (averaged over ``smooth`` neighbouring thresholds; ties: nearest ``default``)."""
+    ths = sorted(scores)
+    if gm_voxels < min_voxels or not ths:
+        return default
+    half = smooth // 2
+    curve = {th: float(np.mean([scores[t] for t in ths[max(0, i - half):i + half + 1]])) for i, th in enumerate(ths)}
+    return max(ths, key=lambda th: (round(curve[th], 9), -abs(th - default)))
+
+
 class _Sampler:
     """Draws training crops: subject uniformly, then slice, centred on the slice's GM centroid."""
 
@@ -206,12 +236,14 @@ class _Sampler:
 
 def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceSet], cfg: TrainConfig, *,
                device: torch.device | str = "cpu", pretrained: bool = True, checkpoint_path: str | Path | None = None,
-               resume: bool = False, progress: ProgressCallback | None = None, signature: str = "") -> TrainResult:
+               resume: bool = False, progress: ProgressCallback | None = None, signature: str = "",
+               on_validation: LogCallback | None = None) -> TrainResult:
     """Train ``model`` (which has a ``logits`` method) on ``train``, validating on ``val`` (may be
     empty: then the last model is kept and ``cfg.default_threshold`` returned). ``pretrained``:
     the model holds published/trained weights (``bn='auto'`` then freezes BatchNorm).
     ``checkpoint_path`` with ``resume``: continue the run saved there. ``signature``: the run's data and
-    options, stored in every checkpoint (the caller compares it before resuming)."""
+    options, stored in every checkpoint (the caller compares it before resuming). ``on_validation``
+    receives the log after each validation (the init's, at step 0, first)."""
     if not any(len(s.images) for s in train):
         raise SctGmError("no training slice: every training subject is empty")
     device = torch.device(device)
@@ -225,9 +257,17 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
     sampler = _Sampler(train)
     val_images = [img for s in val for img in s.images]
     val_targets = [t for s in val for t in s.targets]
+    val_gm_voxels = int(sum(int((t >= 0.5).sum()) for t in val_targets))
+
+    def validate() -> float:
+        probs = predict_slices(model, val_images, device, batch_size=max(cfg.batch_size, 4),
+                              precision=cfg.precision)
+        scores = validation_dice(probs, val_targets, cfg.thresholds)
+        return scores[choose_threshold(scores, val_gm_voxels, cfg.default_threshold)]
 
     state: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": 0, "best_state": None, "bad_vals": 0,
-                             "log": [], "seconds": 0.0, "data_seconds": 0.0, "step_seconds": 0.0}
+                             "log": [], "seconds": 0.0, "data_seconds": 0.0, "step_seconds": 0.0,
+                             "init_dice": None}
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         ck = load_checkpoint(checkpoint_path)
         model.load_state_dict(ck["model"])
@@ -235,7 +275,7 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         g.set_state(ck["generator"])
-        state.update({k: ck[k] for k in state})
+        state.update({k: ck[k] for k in state if k in ck})
         resumed_stopped = bool(ck.get("stopped", False))
     else:
         resumed_stopped = False
@@ -244,6 +284,21 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def report(entry: dict[str, Any]) -> None:
+        if progress is not None:
+            best = state["best_dice"] if state["best_dice"] >= 0 else None
+            progress(TrainProgress(entry["step"], cfg.max_steps, entry["loss"], entry["lr"], entry["val_dice"],
+                                   state["seconds"], best, state["best_step"], state["init_dice"]))
+        if on_validation is not None and entry["val_dice"] is not None:
+            on_validation(state["log"])
+
+    if val_images and state["step"] == 0 and not state["log"]:  # the init, validated before any step
+        state["init_dice"] = validate()
+        state["seconds"] = time.perf_counter() - t_start
+        state["log"].append({"step": 0, "loss": None, "lr": None, "val_dice": state["init_dice"],
+                             "seconds": round(state["seconds"], 3)})
+        report(state["log"][-1])
 
     while state["step"] < cfg.max_steps and not stopped_early:
         step = state["step"]
@@ -268,9 +323,7 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
         state["step"] = step = step + 1
         entry: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "val_dice": None}
         if val_images and (step % cfg.val_every == 0 or step == cfg.max_steps):
-            probs = predict_slices(model, val_images, device, batch_size=max(cfg.batch_size, 4),
-                                   precision=cfg.precision)
-            dice = max(validation_dice(probs, val_targets, cfg.thresholds).values())
+            dice = validate()
             entry["val_dice"] = dice
             if dice > state["best_dice"] + 1e-6:
                 state.update(best_dice=dice, best_step=step, best_state=snapshot(), bad_vals=0)
@@ -279,8 +332,7 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
         state["seconds"] = time.perf_counter() - t_start
         entry["seconds"] = round(state["seconds"], 3)
         state["log"].append(entry)
-        if progress is not None:
-            progress(TrainProgress(step, cfg.max_steps, loss_value, lr, entry["val_dice"]))
+        report(entry)
         stop = bool(cfg.patience and state["bad_vals"] >= cfg.patience)
         if checkpoint_path is not None and cfg.checkpoint_every and (
                 step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stop):
@@ -298,12 +350,12 @@ def train_loop(model: nn.Module, train: Sequence[SliceSet], val: Sequence[SliceS
     if val_images:
         scores = validation_dice(predict_slices(model, val_images, device, precision=cfg.precision), val_targets,
                                  cfg.thresholds)
-        threshold = max(scores, key=lambda th: (scores[th], -abs(th - 0.5)))
+        threshold = choose_threshold(scores, val_gm_voxels, cfg.default_threshold)
         val_dice = scores[threshold]
     model.eval()
     return TrainResult(
         state_dict={k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
                     if not k.endswith("num_batches_tracked")},
-        threshold=threshold, val_dice=val_dice, best_step=state["best_step"] if val_images else state["step"],
+        threshold=threshold, val_dice=val_dice, init_dice=state["init_dice"], best_step=state["best_step"] if val_images else state["step"],
         steps=state["step"], stopped_early=stopped_early, log=state["log"], seconds=state["seconds"],
         data_seconds=state["data_seconds"], step_seconds=state["step_seconds"])

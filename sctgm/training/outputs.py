@@ -5,7 +5,8 @@ renamed to MODEL_DIR at the end, so MODEL_DIR never exists half-made):
 - ``model.json``: a registry file holding this one model (same schema as data_registry.json, so
   ``SCTGM_REGISTRY=MODEL_DIR/model.json`` and ``sct-gm segment -m MODEL_DIR`` use it), plus a
   ``training`` block (data and their sha256, init model, seed, version, command line, metrics);
-- ``training_log.csv``: step, loss, validation Dice, learning rate, seconds;
+- ``training_log.csv``: step, loss, validation Dice, learning rate, seconds (step 0: the init's
+  validation); written again, atomically, after every validation, as is
 - ``curves.png``: loss and validation Dice against steps (matplotlib, imported here only);
 - ``validation.csv``: the ten challenge metrics per validation subject (:mod:`sctgm.metrics`), of
   the trained model used as ``segment`` uses it, on the validation slices.
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io import atomic_path, modes_from_umask
 from ..model.registry import WEIGHTS_FILE
 from ..recipe import Preprocessing, Recipe
 from .data import LabelledVolume, sha256_of
@@ -60,6 +62,7 @@ def write_weights(folder: Path, state_dict: dict[str, np.ndarray], filters: int)
 
     path = folder / WEIGHTS_FILE
     save_safetensors({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, filters, path)
+    modes_from_umask(path)  # safetensors writes 0600
     return path
 
 
@@ -90,14 +93,37 @@ def _json(v: Any) -> Any:
 
 
 def write_log(folder: Path, log: Sequence[dict[str, Any]]) -> Path:
+    """training_log.csv (atomically: a reader never sees half a file); empty cells where a value does
+    not apply (no loss nor lr at step 0, no validation Dice between validations)."""
     path = folder / LOG_CSV
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+
+    def cell(v: Any, spec: str) -> str:
+        return "" if v is None else format(v, spec)
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["step", "loss", "val_dice", "lr", "seconds"])
         for e in log:
-            w.writerow([e["step"], f"{e['loss']:.6f}", "" if e.get("val_dice") is None else f"{e['val_dice']:.6f}",
-                        f"{e['lr']:.3e}", e.get("seconds", "")])
+            w.writerow([e["step"], cell(e.get("loss"), ".6f"), cell(e.get("val_dice"), ".6f"),
+                        cell(e.get("lr"), ".3e"), e.get("seconds", "")])
     return path
+
+
+#: The smallest span of curves.png's Dice axis: differences smaller than this (validation noise on a
+#: few slices, e.g. 0.8688-0.8700) are not drawn as swings across the whole plot.
+MIN_DICE_AXIS_SPAN = 0.1
+
+
+def dice_axis_limits(values: Sequence[float]) -> tuple[float, float]:
+    """(low, high) of the Dice axis: the values with a margin, at least MIN_DICE_AXIS_SPAN, within [0, 1]."""
+    lo, hi = min(values), max(values)
+    pad = max(0.0, MIN_DICE_AXIS_SPAN - (hi - lo)) / 2 + 0.01
+    lo, hi = lo - pad, hi + pad
+    if hi > 1.0:
+        lo, hi = max(0.0, lo - (hi - 1.0)), 1.0
+    if lo < 0.0:
+        lo, hi = 0.0, min(1.0, hi - lo)
+    return lo, hi
 
 
 def write_curves(folder: Path, log: Sequence[dict[str, Any]]) -> Path:
@@ -108,15 +134,24 @@ def write_curves(folder: Path, log: Sequence[dict[str, Any]]) -> Path:
 
     fig = Figure(figsize=(8, 3.5), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot([e["step"] for e in log], [e["loss"] for e in log], lw=1)
+    losses = [(e["step"], e["loss"]) for e in log if e.get("loss") is not None]
+    if losses:
+        ax1.plot(*zip(*losses), lw=1)
     ax1.set(xlabel="step", ylabel="loss (Dice + BCE)", title="training loss")
     val = [(e["step"], e["val_dice"]) for e in log if e.get("val_dice") is not None]
     if val:
-        ax2.plot(*zip(*val), marker="o", lw=1)
+        ax2.plot(*zip(*val), marker="o", lw=1, label="validation")
+        if val[0][0] == 0:
+            ax2.axhline(val[0][1], ls="--", lw=1, color="grey", label="init (step 0)")
+        best = max(val, key=lambda sv: sv[1])
+        ax2.plot(*best, marker="*", ms=12, ls="none", color="tab:red", label=f"best {best[1]:.3f} (step {best[0]})")
+        ax2.set_ylim(*dice_axis_limits([d for _, d in val]))
+        ax2.legend(loc="lower right", fontsize=8)
     ax2.set(xlabel="step", ylabel="Dice", title="validation Dice (windows)")
     fig.tight_layout()
     path = folder / CURVES_PNG
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

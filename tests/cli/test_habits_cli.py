@@ -96,3 +96,35 @@ def test_fetch_model_list_keeps_names_in_the_name_column(tmp_path):
 def test_group_level_verbosity_before_the_command(level, tmp_path):
     res = run("-v", level, "segment", "-i", str(tmp_path / "absent.nii.gz"))
     assert res.exit_code == 2 and res.stderr.splitlines()[-1].startswith("sct-gm: error: ")
+
+
+def test_csv_areas_print_the_digits_the_header_holds(tmp_path):
+    import csv
+
+    import nibabel as nib
+
+    mask = np.zeros((20, 20, 2), np.uint8)
+    mask[:10, :20, :] = 1  # 200 pixels of 0.3 x 0.3 mm (float32 in the header): 18 mm2
+    path = tmp_path / "gm.nii.gz"
+    nib.save(nib.Nifti1Image(mask, np.diag([0.3, 0.3, 5.0, 1.0])), str(path))
+    res = run("metrics", "-i", str(path), "-o", str(tmp_path / "areas.csv"), "-q")
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "areas.csv", newline="") as fh:
+        areas = [r["gm_area_mm2"] for r in csv.DictReader(fh) if r["scope"] == "slice"]
+    assert areas == ["18", "18"]
+
+
+def test_a_shared_cache_is_readable_by_the_group(tmp_path, shared_models, monkeypatch):
+    import os
+    import stat
+
+    old = os.umask(0o002)  # a lab's shared folder: group-writable
+    try:
+        res = run("fetch-model", "challenge", "--cache-dir", str(tmp_path / "cache"), "--mirror", str(shared_models))
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "cache").rglob("*")}
+    assert modes and all(m & 0o044 == 0o044 for m in modes.values()), modes  # group and others may read
+    dirs = [stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "cache").rglob("*") if p.is_dir()]
+    assert dirs and all(m & 0o055 == 0o055 for m in dirs)  # and enter the folders

@@ -255,3 +255,21 @@ def test_noisy_scans_stand_out(browser, tmp_path):
     assert "5.20 % of the 99th percentile" in viewer and "NOISY" in viewer and "denoised: nlm" in viewer
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1600])
+def test_the_index_shows_every_column_without_horizontal_scroll(report, browser, width):
+    """At 1280-1600 px the index shows the Noise and Version columns (no scroll inside the list)."""
+    browser.set_window_size(width, 900)
+    try:
+        open_report(browser, report)
+        box = browser.execute_script(
+            "var l = document.getElementById('list'), r = l.getBoundingClientRect();"
+            "var cols = Array.from(document.querySelectorAll('#entries thead th')).map(function (th) {"
+            "  var b = th.getBoundingClientRect(); return [th.textContent, b.right]; });"
+            "return {scroll: l.scrollWidth, client: l.clientWidth, right: r.right, cols: cols};")
+        assert box["scroll"] <= box["client"], box
+        assert {"Noise", "Version"} <= {name for name, _ in box["cols"]}
+        assert all(right <= box["right"] + 0.5 for _, right in box["cols"]), box
+    finally:
+        browser.set_window_size(1500, 1000)

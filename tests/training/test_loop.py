@@ -39,8 +39,10 @@ def test_learns_the_phantom_from_random_weights(phantom) -> None:
     result = train_loop(_net(filters=8), train, val, cfg, pretrained=False, progress=seen.append)
     assert result.val_dice is not None and result.val_dice >= 0.9
     assert result.threshold in cfg.thresholds
-    assert [p.step for p in seen] == list(range(1, 101))
-    assert sum(p.val_dice is not None for p in seen) == 5
+    assert [p.step for p in seen] == list(range(0, 101))  # step 0: the init's validation
+    assert sum(p.val_dice is not None for p in seen) == 6
+    assert seen[0].loss is None and seen[0].val_dice == result.init_dice < 0.5 < result.val_dice
+    assert seen[-1].best_dice == max(p.val_dice for p in seen[1:] if p.val_dice is not None)
     # the returned weights are the best model's
     assert result.best_step in (20, 40, 60, 80, 100)
 
@@ -129,3 +131,12 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
         save_checkpoint(path, {"step": 4, "bad": lambda: None})  # cannot be pickled
     assert load_checkpoint(path)["step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_the_threshold_is_the_inits_on_few_gm_voxels_else_the_best_nearest_the_inits() -> None:
+    from sctgm.training.loop import THRESHOLD_MIN_VOXELS, choose_threshold
+
+    scores = {0.3: 0.80, 0.5: 0.85, 0.9: 0.86, 0.999: 0.86}
+    assert choose_threshold(scores, THRESHOLD_MIN_VOXELS - 1, 0.5) == 0.5  # too few voxels: the init's
+    assert choose_threshold(scores, THRESHOLD_MIN_VOXELS, 0.5) == 0.9  # the best, the tie nearest 0.5
+    assert choose_threshold(scores, THRESHOLD_MIN_VOXELS, 0.999) == 0.999  # the tie nearest the init's

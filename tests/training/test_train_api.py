@@ -61,7 +61,8 @@ def test_model_dir_holds_the_documented_files(trained):
     assert [d["image"] for d in t["data"]] == images and all(len(d["image_sha256"]) == 64 for d in t["data"])
     assert t["seed"] == 0 and t["init"]["name"] == "none" and t["sctgm_version"] == sctgm.__version__
     log = (result.model_dir / "training_log.csv").read_text().splitlines()
-    assert log[0] == "step,loss,val_dice,lr,seconds" and len(log) == 61
+    assert log[0] == "step,loss,val_dice,lr,seconds" and len(log) == 62  # step 0 (the init) + 60 steps
+    assert log[1].startswith("0,,") and log[1].split(",")[2] != ""
     header = (result.model_dir / "validation.csv").read_text().splitlines()[0].split(",")
     assert header[2:12] == ["dice", "jaccard", "conformity", "sensitivity", "specificity", "precision",
                             "mean_surface_distance_mm", "hausdorff_mm", "skeleton_hausdorff_mm", "skeleton_median_mm"]

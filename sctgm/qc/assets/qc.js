@@ -135,7 +135,7 @@
         el("td", { "class": "name", title: e.dataset ? "dataset " + text(e.dataset) : "" },
            [(e.dataset ? text(e.dataset) + " / " : "") + text(e.subject)]),
         el("td", { "class": "name", title: text(e.image) }, [text(e.image_name)]),
-        el("td", {}, [shortDate(e)]),
+        el("td", { title: shortDate(e) }, [shortDate(e).slice(5)]),  // MM-DD hh:mm: the year is in the title
         el("td", { "class": "name" }, [text(e.model) || "\u2013"]),
         el("td", { "class": "num" }, [fmt(e.gm_volume_mm3, 1)]),
         el("td", { "class": "num" }, [fmt(e.gm_mean_area_mm2, 2)]),
