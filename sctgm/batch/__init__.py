@@ -238,7 +238,8 @@ def _tsv_cell(value: Any) -> str:
 def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str], list[dict[str, str]]]:
     """(columns, rows) of a dataset table written before, without the rows of ``inputs`` (this run
     writes those again): a run on a subset (``--participant-label``) keeps the other images' rows.
-    Nothing when there is no such table, or it is not one of sct-gm's (no ``input`` column)."""
+    Nothing when there is no such table, or it is not one of sct-gm's (:func:`is_summary`,
+    :func:`sctgm.metrics.table.is_metrics_csv`: a file replaced with ``overwrite``)."""
     import csv
 
     from ..metrics.table import is_metrics_csv
