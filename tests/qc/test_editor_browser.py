@@ -31,14 +31,6 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-@pytest.fixture
-def site(tmp_path):
-    paths = editing.build(tmp_path, {"sub-01": "RPI", "sub-02": "LAS"})
-    run = editing.Running(tmp_path / "qc")
-    yield run, paths, tmp_path
-    run.stop()
-
-
 def wait(driver, js: str, timeout_s: float = 10.0):
     from selenium.webdriver.support.ui import WebDriverWait
 

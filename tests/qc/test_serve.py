@@ -22,14 +22,6 @@ from sctgm.qc.serve import start_server
 from . import editing
 
 
-@pytest.fixture
-def site(tmp_path):
-    paths = editing.build(tmp_path, {"sub-01": "RPI", "sub-02": "LAS"})
-    run = editing.Running(tmp_path / "qc")
-    yield run, paths, tmp_path
-    run.stop()
-
-
 def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
             and not p.name.endswith(".lock")}
