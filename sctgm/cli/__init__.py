@@ -39,6 +39,9 @@ class _LazyGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `sct-gm` or `sct-gm metrics` alone: the help, as is
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:  # one line, like every other error (Click prints usage + hint + error)
             command = next((a for a in args if a in COMMANDS), None)  # the first command name given
             where = f"sct-gm {command}" if command else "sct-gm"
@@ -204,18 +207,15 @@ def _held_warnings(show: bool) -> None:
                 click.echo(line, err=True)
 
 
-#: SCT's verbosity levels (``-v 0|1|2``): errors only, the default, debug messages and tracebacks.
-VERBOSITY_LEVELS = ("0", "1", "2")
-
-
 def normalise_verbosity(args: list[str]) -> list[str]:
     """``-v`` (or ``--verbose``) without a level becomes ``--verbose=2`` so that the token after it (a
-    command name, a model name) is never taken as its value; ``-v 0|1|2`` stays. ``--`` ends the scan."""
+    command name, a model name) is never taken as its value; ``-v N`` stays (a level out of 0-2 is then
+    refused by the option itself, naming the range). ``--`` ends the scan."""
     out: list[str] = []
     for i, tok in enumerate(args):
         if tok == "--":
             return out + args[i:]
-        if tok in ("-v", "--verbose") and (i + 1 >= len(args) or args[i + 1] not in VERBOSITY_LEVELS):
+        if tok in ("-v", "--verbose") and (i + 1 >= len(args) or not args[i + 1].lstrip("-").isdigit()):
             tok = "--verbose=2"
         out.append(tok)
     return out

@@ -128,3 +128,18 @@ def test_a_shared_cache_is_readable_by_the_group(tmp_path, shared_models, monkey
     assert modes and all(m & 0o044 == 0o044 for m in modes.values()), modes  # group and others may read
     dirs = [stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "cache").rglob("*") if p.is_dir()]
     assert dirs and all(m & 0o055 == 0o055 for m in dirs)  # and enter the folders
+
+
+@pytest.mark.parametrize("args", [(), ("metrics",)])
+def test_no_arguments_print_the_help_not_one_squashed_line(args):
+    res = run(*args)
+    assert res.exit_code == 2  # Click's code for "no arguments, here is the help"
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("Usage: ") and "Options:" in lines and len(lines) > 5
+    assert not res.stderr.startswith("sct-gm: error:")
+
+
+def test_a_verbosity_out_of_range_names_the_range():
+    res = run("-v", "3", "segment")
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and "3 is not in the range 0<=x<=2" in res.stderr
