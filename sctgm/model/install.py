@@ -106,8 +106,26 @@ def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel
 
 # ------------------------------------------------------------------------------------- downloading
 
-def _sources(entry: dict[str, Any], mirror: str | None) -> list[dict[str, Any]]:
-    """Registry-style sources ({kind, url, origin, optional size/sha256}) in the order they are tried."""
+def _installed_copies(entry: dict[str, Any], models: Path) -> list[dict[str, Any]]:
+    """Install folders of other models in this cache that hold every file of ``entry`` at its
+    registered size (the same published weights under another name: ``large`` for the default
+    ``large-ensemble``), as ``files`` sources: an offline cache that has ``large`` installs the
+    default from it. The transfer verifies each file's sha256 as for any source."""
+    wanted = {f["name"]: f["size"] for f in entry["files"]}
+    found = []
+    for folder in sorted(models.glob("*/*/")):
+        if folder.name.startswith(".tmp-") or not (folder / MANIFEST_FILE).is_file():
+            continue
+        if all((folder / n).is_file() and (folder / n).stat().st_size == size for n, size in wanted.items()):
+            found.append({"kind": "files", "url": str(folder), "origin": "cache"})
+    return found
+
+
+def _sources(entry: dict[str, Any], mirror: str | None,
+             cached: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Registry-style sources ({kind, url, origin, optional size/sha256}) in the order they are tried:
+    folders on this disk (``cached`` copies in this cache, a shipped or trained model's folder), then
+    the mirrors, then the registry's addresses."""
     out: list[dict[str, Any]] = []
     for address, origin in ((mirror, "mirror"), (os.environ.get(MIRROR_ENV), MIRROR_ENV)):
         if address:
@@ -117,7 +135,7 @@ def _sources(entry: dict[str, Any], mirror: str | None) -> list[dict[str, Any]]:
     # a folder already on this disk (weights shipped in the package, a trained model's own folder)
     # comes before any mirror: nothing to transfer, and no mirror is expected to hold those files
     on_disk = [s for s in registry if s["kind"] == "files" and "://" not in s["url"] and Path(s["url"]).is_dir()]
-    out = on_disk + out + [s for s in registry if s not in on_disk]
+    out = list(cached) + on_disk + out + [s for s in registry if s not in on_disk]
     unique: list[dict[str, Any]] = []
     for source in out:
         if all((source["kind"], source["url"]) != (u["kind"], u["url"]) for u in unique):
@@ -129,7 +147,8 @@ def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
               progress: ProgressCallback | None, policy: DownloadPolicy) -> list[str]:
     """Fill ``tmp`` with the registered files, verified; returns the addresses used."""
     wanted = [Expected(f["name"], f["size"], f["sha256"]) for f in entry["files"]]
-    used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror), tmp,
+    cached = _installed_copies(entry, tmp.parent.parent)  # tmp: <cache>/models/<name>/.tmp-*
+    used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror, cached), tmp,
                                                  label=f"model '{name}'", policy=policy, progress=progress)
     if missing:
         tried = "; ".join(failures) if failures else "no source is configured"

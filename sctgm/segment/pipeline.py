@@ -354,4 +354,10 @@ def _partner_of(model: InstalledModel, *, mirror: str | None = None, cache_dir: 
     if partner.recipe.combine is not None:
         raise ModelError(f"model '{model.name}' combines '{partner.name}', which itself combines "
                          f"'{partner.recipe.combine.with_model}': a combination takes a single network")
+    if partner.recipe.preprocessing != model.recipe.preprocessing:
+        # the partner predicts the first model's windows, on its grid and enhancement, and is cut at
+        # its threshold: a partner that expects other settings would give silently wrong masks
+        raise ModelError(f"model '{model.name}' combines '{partner.name}', whose preprocessing (spacing, "
+                         f"crop, standardisation, threshold, enhancement) differs from its own: a "
+                         f"combination needs networks that see the same windows")
     return partner

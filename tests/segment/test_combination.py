@@ -84,3 +84,24 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     assert entry["model"] == "tiny-pair" and entry["model_sha256"] == seg.identity.sha256
     flags = dict(zip(entry["slices"]["index"], entry["slices"]["flags"]))
     assert "doubtful:networks_disagree" in flags[2] and not any(flags[k] for k in (0, 1, 3, 4))
+
+
+def test_a_partner_that_expects_other_windows_is_refused(tiny_model) -> None:
+    """The partner predicts the first model's windows and is cut at its threshold: a partner
+    registered with another threshold (here 0.9 against 0.5) is refused in one line, not run."""
+    import json
+    import os
+
+    import pytest
+
+    from sctgm.exceptions import ModelError
+
+    tiny_model("tiny-other", threshold=0.9)
+    tiny_model("tiny-pair")
+    path = os.environ["SCTGM_REGISTRY"]
+    registry = json.loads(open(path).read())
+    registry["models"]["tiny-pair"]["combine"] = {"with": "tiny-other"}
+    with open(path, "w") as fh:
+        json.dump(registry, fh)
+    with pytest.raises(ModelError, match="preprocessing .* differs"):
+        Segmenter.from_name("tiny-pair", device="cpu")
