@@ -106,7 +106,7 @@ def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel
 
 # ------------------------------------------------------------------------------------- downloading
 
-def _installed_copies(entry: dict[str, Any], models: Path) -> list[dict[str, Any]]:
+def _installed_copies(name: str, entry: dict[str, Any], models: Path) -> list[dict[str, Any]]:
     """Install folders of other models in this cache that hold every file of ``entry`` at its
     registered size (the same published weights under another name: ``large`` for the default
     ``large-ensemble``), as ``files`` sources: an offline cache that has ``large`` installs the
@@ -114,8 +114,8 @@ def _installed_copies(entry: dict[str, Any], models: Path) -> list[dict[str, Any
     wanted = {f["name"]: f["size"] for f in entry["files"]}
     found = []
     for folder in sorted(models.glob("*/*/")):
-        if folder.name.startswith(".tmp-") or not (folder / MANIFEST_FILE).is_file():
-            continue
+        if folder.parent.name == name or folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
+            continue  # never its own folder (--force downloads again), nor an install under way
         if all((folder / n).is_file() and (folder / n).stat().st_size == size for n, size in wanted.items()):
             found.append({"kind": "files", "url": str(folder), "origin": "cache"})
     return found
@@ -147,7 +147,7 @@ def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
               progress: ProgressCallback | None, policy: DownloadPolicy) -> list[str]:
     """Fill ``tmp`` with the registered files, verified; returns the addresses used."""
     wanted = [Expected(f["name"], f["size"], f["sha256"]) for f in entry["files"]]
-    cached = _installed_copies(entry, tmp.parent.parent)  # tmp: <cache>/models/<name>/.tmp-*
+    cached = _installed_copies(name, entry, tmp.parent.parent)  # tmp: <cache>/models/<name>/.tmp-*
     used, failures, missing = fetch_from_sources(wanted, _sources(entry, mirror, cached), tmp,
                                                  label=f"model '{name}'", policy=policy, progress=progress)
     if missing:
