@@ -29,14 +29,7 @@
       resetWindow = C.resetWindow, toggleView = C.toggleView, toggleHint = C.toggleHint;
   C.onDraw = function () { header(); };
 
-  function el(tag, attrs, children) {
-    var node = document.createElement(tag);
-    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
-    (children || []).forEach(function (c) {
-      node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
-    });
-    return node;
-  }
+  var el = window.sctgmQc.el;  // the report's DOM helper (qc.js, loaded first)
   function b64bytes(s) {
     var bin = atob(s), out = new Uint8Array(bin.length);
     for (var i = 0; i < bin.length; i++) { out[i] = bin.charCodeAt(i); }

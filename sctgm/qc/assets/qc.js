@@ -487,6 +487,6 @@
 
   // For tests and scripting: no data leaves the page.
   window.sctgmQc = { exportText: exportText, importText: importText, select: select, ratingOf: ratingOf,
-                     state: state, storeKey: STORE_KEY };
+                     state: state, storeKey: STORE_KEY, el: el };  // el: the editor builds its DOM with it
   init();
 }());
