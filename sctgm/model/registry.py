@@ -214,3 +214,17 @@ def registered_names() -> tuple[list[str], str]:
     """(sorted registered model names, the default name)."""
     reg = load_registry()
     return sorted(reg["models"]), reg["default"]
+
+
+def network_name(model: InstalledModel) -> str:
+    """The name a sidecar gives the network ``model`` runs: its own, or for a combination's first
+    network (``large-ensemble`` runs `large`'s weights) the registered single-network model with the
+    same weights file and network, so that a reader is not told of a network that does not exist."""
+    if model.recipe.combine is None:
+        return model.name
+    for name, entry in load_registry()["models"].items():
+        weights = [f.get("sha256") for f in entry.get("files", []) if f.get("role") == "weights"]
+        if entry.get("combine") is None and weights == [model.sha256] \
+                and entry.get("architecture") == model.recipe.network:
+            return str(name)
+    return model.name

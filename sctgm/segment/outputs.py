@@ -54,6 +54,7 @@ from ..filesystem import file_sha256, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, OutputSet, is_manual_label_path
+from ..model.registry import network_name
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 
@@ -130,7 +131,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     }]
     if segmenter.partner is not None:  # a combination: each network it ran
         out["GeneratedBy"][0]["Model"]["Networks"] = [
-            {"Name": n.model.name, "Version": n.model.version, "Sha256": n.model.sha256,
+            {"Name": network_name(n.model), "Version": n.model.version, "Sha256": n.model.sha256,
              "Filters": n.model.filters}
             for n in (segmenter.network, segmenter.partner)]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
