@@ -29,7 +29,7 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 and for a model that combines networks (sctgm.segment.ensemble): networks (their names),
                 networks_dice_per_slice (slice Dice between them, by the file's S-I slice index),
                 doubtful_slices ([{slice: file index, reasons: [networks_disagree | outside_cord |
-                area_jump], action: kept | second_network | re-placed | replaced | dropped,
+                area_jump], action: kept | first_network | second_network | re-placed | replaced | dropped,
                 networks_dice}])},
      "Sha256": {"Sources": [sha256 of each source file, in the order of "Sources"],
                 "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set}}}
