@@ -7,7 +7,8 @@ Runtime's fp32, side by side in one run: ms per slice, and the masks against fp3
 Candidates: the graph with its BatchNorms folded into the next convolutions (exactly, and with the
 zero-padded border left approximate), ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8
 activations) of the plain and of the folded graph, with the first and last layers kept in fp32 or
-only the ASPP branches quantised; OpenVINO in fp32, bf16 and on the int8 graph; PyTorch bf16.
+only the ASPP branches quantised; OpenVINO in fp32, in bf16 (every layer, and with the layers the
+network keeps in fp32 under bf16: sct-gm's ``--precision bf16``) and on the int8 graph; PyTorch bf16.
 
 Timing: the 11 real 200x200 windows of t2s_uncropped, one slice a call, every candidate once per
 repetition, interleaved, minimum kept; ``--threads`` (default 1) for every engine. Masks: the whole
@@ -41,6 +42,7 @@ from sctgm.engines.quantise import quantise_int8
 from sctgm.io import load_image
 from sctgm.model.install import ensure_model
 from sctgm.model.weights import load_safetensors
+from sctgm.networks.dilated import NETWORK
 from sctgm.segment.degrade import add_rician_noise, smooth_bias_field
 from sctgm.segment.pipeline import Segmenter
 
@@ -49,6 +51,7 @@ CALIBRATION = [DATA / f"gm_challenge_2018/sub-{s}/anat/sub-{s}_run-2_T2starw.nii
                for s in ("9669", "10062Ses1", "10062Ses2", "9584")] + [DATA / "sct_tutorial_data/mt/mt1.nii.gz"]
 VARIANTS = {"clean": (0.0, False), "noise 1%": (0.01, False), "noise 3%": (0.03, False), "noise 5%": (0.05, False),
             "bias": (0.0, True)}
+PLAIN_INT8 = "int8 (ONNX Runtime QDQ), plain graph"
 TRUNK_AND_HEAD = ("conv2d_1/conv", "conv2d_2/conv", "rate2_1/conv", "rate2_2/conv", "amort/conv", "logits")
 INSTRUCTION_SETS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -75,15 +78,11 @@ class Runner:
         self.run = fn
 
 
-def openvino_runner(graph: bytes, precision: str, threads: int) -> Runner:
-    import openvino as ov
+def openvino_runner(graph: bytes, precision: str, threads: int, fp32_nodes: tuple[str, ...] = ()) -> Runner:
+    """sct-gm's OpenVINO engine (``precision`` 'fp32' or 'bf16', ``fp32_nodes`` kept fp32 under bf16)."""
+    from sctgm.engines.openvino import OpenVinoNetwork
 
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(graph), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY"})
-    req = compiled.create_infer_request()
-    return Runner(lambda b: np.array(req.infer({0: np.ascontiguousarray(b, np.float32)})[compiled.output(0)]))
+    return Runner(OpenVinoNetwork(graph, precision=precision, threads=threads, fp32_nodes=fp32_nodes).run)
 
 
 def torch_bf16_runner(sd: dict[str, np.ndarray], filters: int, threads: int) -> Runner:
@@ -116,23 +115,28 @@ def candidates(model: str, cal: np.ndarray, threads: int, only: str) -> dict[str
         return Runner(OnnxNetwork(m.SerializeToString(), threads=threads).run)  # type: ignore[attr-defined]
 
     t0 = time.perf_counter()
-    recipes = {"int8 (ONNX Runtime QDQ), plain graph": (plain, ()),
+    recipes = {PLAIN_INT8: (plain, ()),
                "int8, folded graph": (folded, ()),
                "int8, folded, first and last layers fp32": (folded, ("conv2d_1/conv", "amort/conv", "logits")),
                "int8, folded, ASPP branches only": (folded, TRUNK_AND_HEAD)}
-    int8 = {k: quantise_int8(g, cal, exclude=ex) for k, (g, ex) in recipes.items()
-            if only == "all" or k == "int8 (ONNX Runtime QDQ), plain graph"}
-    print(f"  ({model}: {len(int8)} int8 graph(s) calibrated in {time.perf_counter() - t0:.0f} s)", flush=True)
+    wanted = {"all": tuple(recipes), "main": (PLAIN_INT8,), "bf16": ()}[only]
+    int8 = {k: quantise_int8(g, cal, exclude=ex) for k, (g, ex) in recipes.items() if k in wanted}
+    if int8:
+        print(f"  ({model}: {len(int8)} int8 graph(s) calibrated in {time.perf_counter() - t0:.0f} s)", flush=True)
     out = {"fp32, ONNX Runtime (sct-gm default)": ort(plain)}
     if only == "all":
         out.update({"fp32, BatchNorms folded (exact border)": ort(folded),
                     "fp32, BatchNorms folded (border approximate)": ort(fold_batchnorms(plain, exact_border=False))})
     out.update({k: ort(v) for k, v in int8.items()})
     try:
-        out["fp32, OpenVINO"] = openvino_runner(plain.SerializeToString(), "f32", threads)
-        out["bf16, OpenVINO (sct-gm --precision bf16)"] = openvino_runner(plain.SerializeToString(), "bf16", threads)
-        out["int8, OpenVINO on the plain QDQ graph"] = openvino_runner(
-            int8["int8 (ONNX Runtime QDQ), plain graph"].SerializeToString(), "f32", threads)
+        out["fp32, OpenVINO"] = openvino_runner(plain.SerializeToString(), "fp32", threads)
+        out["bf16, OpenVINO, every layer"] = openvino_runner(plain.SerializeToString(), "bf16", threads)
+        kept = ", ".join(NETWORK.bf16_fp32_nodes)
+        out[f"bf16, OpenVINO, {kept} in fp32 (sct-gm --precision bf16)"] = openvino_runner(
+            plain.SerializeToString(), "bf16", threads, NETWORK.bf16_fp32_nodes)
+        if PLAIN_INT8 in int8:
+            out["int8, OpenVINO on the plain QDQ graph"] = openvino_runner(int8[PLAIN_INT8].SerializeToString(),
+                                                                           "fp32", threads)
     except ImportError:
         print("  (openvino is not installed: its rows are left out)")
     if only == "all":
@@ -169,8 +173,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="clean cases only, 2 repetitions")
-    ap.add_argument("--candidates", choices=["all", "main"], default="all",
-                    help="main: fp32, bf16 (OpenVINO) and the plain int8 graph only (a third of the time)")
+    ap.add_argument("--candidates", choices=["all", "main", "bf16"], default="all",
+                    help="main: fp32, the two bf16 (OpenVINO) and the plain int8 graph only (a third of the "
+                         "time); bf16: fp32 and the two bf16 only (no int8 calibration)")
     args = ap.parse_args()
     require_shared(*CALIBRATION)
     if args.quick:
@@ -188,12 +193,14 @@ def main() -> None:
     for model in args.models:
         seg = Segmenter.from_name(model, device="cpu", engine="onnxruntime", mirror=str(MODELS_DIR),
                                   threads=args.threads)
-        cal_all = captured_windows(seg, CALIBRATION)
-        picked = np.random.default_rng(0).choice(len(cal_all), min(24, len(cal_all)), replace=False)
-        cal = cal_all[np.sort(picked)]
-        print(f"{model}: int8 calibration on {len(cal)} of the {len(cal_all)} windows of "
-              f"{', '.join(p.name for p in CALIBRATION)}; "
-              f"windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
+        cal = np.empty((0, 1, 1, 1), np.float32)
+        if args.candidates != "bf16":  # the bf16 lines need no calibration
+            cal_all = captured_windows(seg, CALIBRATION)
+            picked = np.random.default_rng(0).choice(len(cal_all), min(24, len(cal_all)), replace=False)
+            cal = cal_all[np.sort(picked)]
+            print(f"{model}: int8 calibration on {len(cal)} of the {len(cal_all)} windows of "
+                  f"{', '.join(p.name for p in CALIBRATION)}; "
+                  f"windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
         x = captured_windows(seg, [T2S_UNCROPPED])
         runners = candidates(model, cal, args.threads, args.candidates)
         best = {k: float("inf") for k in runners}

@@ -82,8 +82,7 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
         "ONNX Runtime, plain session, one call": lambda: plain.run(None, {"x": x}),
         "sct-gm default: onnxruntime, batch 1": lambda: predict(ours, x[:, 0]),
         "sct-gm --engine torch (CPU, channels-last, batch 1)": lambda: predict(ours_torch, x[:, 0]),
-        f"{BF16}{'' if ours_bf16.precision == 'bf16' else ' (fell back to fp32 here)'}":
-            lambda: predict(ours_bf16, x[:, 0]),
+        f"{BF16}{bf16_path(ours_bf16)}": lambda: predict(ours_bf16, x[:, 0]),
         "PyTorch eager, NCHW, one call": eager_batch,
     }
     if device.startswith("cuda"):
@@ -94,6 +93,14 @@ def network_configs(model: str, x: np.ndarray, device: str) -> dict[str, Callabl
 
 #: The bf16 row's label (issue 24): OpenVINO's bf16 on CPUs with bf16 instructions.
 BF16 = "sct-gm --precision bf16 (OpenVINO, batch 1)"
+
+
+def bf16_path(loaded: object) -> str:
+    """What the bf16 row ran: the layers it kept in fp32, or the fallback to fp32."""
+    if getattr(loaded, "precision", "fp32") != "bf16":
+        return " (fell back to fp32 here)"
+    kept = getattr(getattr(loaded, "runner", None), "fp32_nodes", ())
+    return f", {', '.join(kept)} in fp32" if kept else ", every layer bf16"
 #: The instruction sets printed in the header: what the fp32, int8 and bf16 kernels can use.
 INSTRUCTION_SETS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 

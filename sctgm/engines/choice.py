@@ -32,7 +32,7 @@ ProgressCallback = Callable[[int, int], None]
 
 ENGINES = ("auto", "onnxruntime", "torch")
 #: The precisions a network can run at on the CPU engines: fp32 (ONNX Runtime, the default) and bf16
-#: (OpenVINO, on CPUs with bf16 instructions; docs/speed.md).
+#: (OpenVINO, on CPUs with bf16 instructions, the network's ``bf16_fp32_nodes`` kept in fp32; docs/speed.md).
 CPU_PRECISIONS = ("fp32", "bf16")
 
 
@@ -155,7 +155,7 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
             from .openvino import OpenVinoNetwork
 
             runner: Engine = OpenVinoNetwork(graph, precision="bf16", threads=threads, cache_dir=cache_dir,
-                                             origin=str(cache_file or origin))
+                                             origin=str(cache_file or origin), fp32_nodes=network.bf16_fp32_nodes)
         else:
             runner = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
     else:

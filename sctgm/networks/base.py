@@ -24,7 +24,10 @@ class Network:
     - ``torch_module(architecture) -> torch.nn.Module``: untrained, with the state-dict keys of the
       weight file, a ``logits(x)`` method and ``forward(x)`` = sigmoid of it (torch imported on call);
     - ``onnx_graph(state_dict, architecture, name) -> bytes``: the ONNX graph with those weights (input
-      ``x``, output ``prob``, both N x 1 x H x W float32), computing what the torch module computes.
+      ``x``, output ``prob``, both N x 1 x H x W float32), computing what the torch module computes;
+    - ``bf16_fp32_nodes``: the nodes of that graph kept in fp32 when the CPU engine runs it in bf16
+      (``--precision bf16``: the layers whose rounding moves masks most, chosen by measurement;
+      empty: all of it in bf16).
     """
 
     name: str
@@ -33,6 +36,7 @@ class Network:
     recognise: Callable[[Mapping[str, Any]], dict[str, Any] | None]
     torch_module: Callable[[Mapping[str, Any]], nn.Module]
     onnx_graph: Callable[[dict[str, np.ndarray], Mapping[str, Any], str], bytes]
+    bf16_fp32_nodes: tuple[str, ...] = ()
 
     def architecture(self, **sizes: Any) -> dict[str, Any]:
         """The registry ``architecture`` of one of these networks: the defaults, ``sizes`` on top

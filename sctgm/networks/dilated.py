@@ -199,4 +199,11 @@ def onnx_graph(state_dict: dict[str, np.ndarray], architecture: Mapping[str, Any
     return g.finish(name, f"deepseg_gm dilated network, {filters} filters")
 
 
-NETWORK = Network(NAME, "dilated", DEFAULTS, recognise, torch_module, onnx_graph)
+#: Kept in fp32 when the CPU engine runs the network in bf16 (``--precision bf16``): the first
+#: convolution, whose input is the image itself (bf16's 8 significant bits round the standardised
+#: intensities; every later layer rounds features). Measured one layer at a time (bench/bf16_layers.py,
+#: large, 15 volumes): this one alone takes the logit error near the threshold from 3.0 to 0.23 RMS and
+#: the masks from 9 voxels off fp32's to 1, for ~0.1 % of the network's arithmetic (docs/speed.md).
+BF16_FP32_NODES = ("conv2d_1/conv",)
+
+NETWORK = Network(NAME, "dilated", DEFAULTS, recognise, torch_module, onnx_graph, BF16_FP32_NODES)

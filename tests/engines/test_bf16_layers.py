@@ -1,0 +1,118 @@
+"""bf16 with chosen layers kept in fp32 (OpenVINO on the CPU, ``--precision bf16``): the marked
+layers carry OpenVINO's keep-precision attribute, really run in fp32, the compile cache keeps the
+mixed graph apart from the plain one, and the shipped path runs the network's chosen layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sctgm.engines import hardware
+from sctgm.networks.dilated import NETWORK, onnx_graph
+from sctgm.segment.pipeline import Segmenter
+
+from ..conftest import random_state_dict
+
+needs_openvino = pytest.mark.skipif(not hardware.openvino_available(), reason="OpenVINO is not installed")
+needs_bf16 = pytest.mark.skipif(not (hardware.cpu_has_bf16() and hardware.openvino_available()),
+                                reason="this CPU has no bf16 instructions, or OpenVINO is absent")
+KEEP = "DisablePrecisionConversion_0"  # the attribute's key in a node's runtime info
+
+
+def _logits_graph(filters: int = 8, seed: int = 1) -> tuple[bytes, list[str]]:
+    """The dilated network with random weights, its logits as output (probabilities saturate), and
+    the names of its convolutions."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(onnx_graph(random_state_dict(filters, seed=seed), {"filters": filters}))
+    sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid")
+    model.graph.node.remove(sigmoid)
+    model.graph.output[0].name = sigmoid.input[0]
+    return model.SerializeToString(), [n.name for n in model.graph.node if n.op_type == "Conv"]
+
+
+def _x() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
+
+
+@needs_openvino
+def test_the_named_nodes_and_only_they_carry_the_keep_precision_attribute():
+    import openvino as ov
+
+    from sctgm.engines.openvino import read_model
+
+    graph, _ = _logits_graph()
+    core = ov.Core()
+    marked = read_model(core, graph, ["conv2d_2", "logits"])
+    names = {op.get_friendly_name() for op in marked.get_ordered_ops() if KEEP in op.get_rt_info().keys()}
+    # a prefix takes the block (conv, its bias, ReLU, BatchNorm); 'logits' is not 'logits_x'
+    assert names == {"conv2d_2/conv/WithoutBiases", "conv2d_2/conv", "conv2d_2/relu", "conv2d_2/bn",
+                     "logits/WithoutBiases", "logits"}
+    assert not [op for op in read_model(core, graph).get_ordered_ops() if KEEP in op.get_rt_info().keys()]
+    # the same function otherwise: in fp32 both compile to the same numbers
+    plain = core.compile_model(read_model(core, graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    kept = core.compile_model(marked, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_array_equal(kept(_x())[0], plain(_x())[0])
+
+
+def _runtime_precisions(net) -> dict[str, str]:
+    """Compiled layer (its original ONNX-derived names) -> the precision it runs in."""
+    out = {}
+    for op in net.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info.keys() and "originalLayersNames" in info.keys():
+            out[info["originalLayersNames"].astype(str)] = info["runtimePrecision"].astype(str)
+    return out
+
+
+@needs_bf16
+def test_layers_kept_in_fp32_run_in_fp32_and_bring_the_output_to_fp32s():
+    from sctgm.engines.openvino import OpenVinoNetwork
+
+    graph, convs = _logits_graph()
+    f32 = OpenVinoNetwork(graph, precision="fp32", threads=1).run(_x())
+    plain = OpenVinoNetwork(graph, threads=1)
+    mixed = OpenVinoNetwork(graph, threads=1, fp32_nodes=convs)
+    conv_layers = lambda net: {k: v for k, v in _runtime_precisions(net).items() if "/WithoutBiases" in k}  # noqa: E731
+    assert set(conv_layers(plain).values()) == {"bf16"} and len(conv_layers(plain)) == len(convs)
+    assert set(conv_layers(mixed).values()) == {"f32"} and len(conv_layers(mixed)) == len(convs)
+    rms = lambda a: float(np.sqrt(np.mean((a - f32) ** 2)))  # noqa: E731
+    b, m = plain.run(_x()), mixed.run(_x())
+    assert rms(b) > 0.01  # bf16 moves these logits (else the comparison says nothing)
+    assert rms(m) < 0.5 * rms(b)  # the convolutions' rounding is most of it (concat_bn and the pool stay bf16)
+    one = OpenVinoNetwork(graph, threads=1, fp32_nodes=["logits"])
+    assert conv_layers(one)["logits/WithoutBiases,logits"] == "f32"
+    assert sum(v == "f32" for v in conv_layers(one).values()) == 1
+
+
+@needs_bf16
+def test_the_compile_cache_keeps_the_mixed_graph_apart_from_the_plain_one(tmp_path):
+    from sctgm.engines.openvino import OpenVinoNetwork
+
+    graph, convs = _logits_graph()
+    plain = OpenVinoNetwork(graph, threads=1, cache_dir=tmp_path).run(_x())
+    mixed_cached = OpenVinoNetwork(graph, threads=1, cache_dir=tmp_path, fp32_nodes=convs).run(_x())
+    mixed = OpenVinoNetwork(graph, threads=1, fp32_nodes=convs).run(_x())
+    assert len(list((tmp_path / "openvino").iterdir())) == 2  # one compiled form each
+    np.testing.assert_array_equal(mixed_cached, mixed)
+    assert np.abs(mixed_cached - plain).max() > 0
+    again = OpenVinoNetwork(graph, threads=1, cache_dir=tmp_path, fp32_nodes=convs).run(_x())  # from the cache
+    np.testing.assert_array_equal(again, mixed)
+
+
+def test_the_dilated_network_names_layers_of_its_graph():
+    import onnx
+
+    graph = onnx.ModelProto.FromString(onnx_graph(random_state_dict(4, seed=0), {"filters": 4}))
+    nodes = {n.name for n in graph.graph.node}
+    assert NETWORK.bf16_fp32_nodes  # chosen by bench/bf16_layers.py (docs/speed.md)
+    assert all(any(n == k or n.startswith(k + "/") for n in nodes) for k in NETWORK.bf16_fp32_nodes)
+
+
+@needs_bf16
+def test_precision_bf16_keeps_the_networks_chosen_layers_in_fp32(tiny_model):
+    seg = Segmenter.from_name(tiny_model(), device="cpu", precision="bf16")
+    assert (seg.network.engine, seg.network.precision) == ("openvino", "bf16")
+    assert seg.network.runner.fp32_nodes == NETWORK.bf16_fp32_nodes
+    kept = {k for k, v in _runtime_precisions(seg.network.runner).items() if v == "f32" and "/WithoutBiases" in k}
+    assert {k.split("/")[0] for k in kept} == {k.split("/")[0] for k in NETWORK.bf16_fp32_nodes}
