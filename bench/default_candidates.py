@@ -98,9 +98,11 @@ def candidates(case: Case, d: dict) -> dict[str, np.ndarray]:
     out["large+guard"] = guard(L, case.zooms, alternative=R)[0]
     out["logit+guard"] = guard(E, case.zooms, alternative=L)[0]
     out["logit+R where disagree"] = prefer_where_disagreeing(E, L, R)[0]
-    out["auto (logit, R where disagree, guard)"] = combine(E, L, R, case.zooms)[0]
+    out["v1 (logit, R where disagree, guard)"] = guard(prefer_where_disagreeing(E, L, R)[0], case.zooms,
+                                                      alternative=L)[0]
+    out["default v2 (logit, consistent network where disagree, guard)"] = combine(E, L, R, case.zooms)[0]
     if case.cord is not None:
-        out["auto + cord mask"] = combine(E, L, R, case.zooms, cord=case.cord)[0]
+        out["default v2 + cord mask"] = combine(E, L, R, case.zooms, cord=case.cord)[0]
     return out
 
 

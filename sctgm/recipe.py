@@ -14,9 +14,8 @@ install and the CLI all read:
 - ``combine`` (:class:`Combination`, optional): a second registered model run on the same windows,
   combined with this one's and checked by the anatomical guard (``large-ensemble``, the default).
 
-Plain data at the bottom layer (no numpy-heavy or torch import): the model layer above reads entries
-into it, the layers above that follow it. Adding a preprocessing setting is one field of
-:class:`Preprocessing` plus its row in :data:`PREPROCESSING_RULES`.
+Plain data at the bottom layer (no torch import): the model layer reads entries into it, the layers
+above follow it. A new preprocessing setting is a field of :class:`Preprocessing` + its :data:`PREPROCESSING_RULES` row.
 """
 
 from __future__ import annotations
@@ -300,15 +299,18 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 # -- combination -----------------------------------------------------------------------------------
+DISAGREE_DICE = 0.8  #: default ``disagree_dice`` (docs/robustness.md, "The default")
+
+
 @dataclass(frozen=True)
 class Combination:
-    """A second model run with this one on the same windows, and the anatomical guard
-    (:mod:`sctgm.segment.ensemble`): the entry's ``combine``, ``{"with": "large-robust", "disagree_dice":
-    0.8, "guard": true}``: ``with_model`` (not a combination itself); below ``disagree_dice`` (slice Dice
-    of the two masks) the second network's slice is used; ``guard``: GM inside the cord, area continuous."""
+    """The entry's ``combine`` (:mod:`sctgm.segment.ensemble`), ``{"with": "large-robust", "disagree_dice":
+    0.8, "guard": true}``: ``with_model`` run on the same windows (not a combination itself); below
+    ``disagree_dice`` (slice Dice of the two masks) the slice of the network that agrees better with
+    its neighbours is used; ``guard``: GM inside the cord, area continuous."""
 
     with_model: str
-    disagree_dice: float = 0.8
+    disagree_dice: float = DISAGREE_DICE
     guard: bool = True
 
     def __post_init__(self) -> None:
@@ -328,7 +330,7 @@ class Combination:
             raise ModelError(f"model '{model}': 'combine' must be an object with 'with' (a registered "
                              f"model) and optionally 'disagree_dice', 'guard'; got {block!r}")
         try:
-            return cls(block["with"], block.get("disagree_dice", 0.8), block.get("guard", True))
+            return cls(block["with"], block.get("disagree_dice", DISAGREE_DICE), block.get("guard", True))
         except ModelError as exc:
             raise ModelError(f"model '{model}': {exc}") from None
 

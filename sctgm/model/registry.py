@@ -128,11 +128,26 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
             raise bad(f"source {s!r} needs kind 'files' or 'zip' and a 'url'")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (json keeps the last of a repeated key silently: a
+    model defined twice in a registry would be half-edited without a word)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"'{key}' is defined twice")
+        seen[key] = value
+    return seen
+
+
+def _read_json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The packaged data_registry.json, plus the models of ``extra`` (default: ``$SCTGM_REGISTRY``),
     each entry validated. A user file may set ``default`` but not redefine a packaged model."""
     packaged = resources.files("sctgm").joinpath("data_registry.json")
-    reg = json.loads(packaged.read_text())
+    reg = _read_json(packaged.read_text())
     for name, entry in list(reg["models"].items()):
         _check_entry(name, entry, "data_registry.json")
         # weights shipped inside the package (large-robust): a relative folder, as in a model.json
@@ -140,7 +155,7 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
     extra = extra or os.environ.get(REGISTRY_ENV) or None
     if extra:
         try:
-            user = json.loads(Path(extra).expanduser().read_text())
+            user = _read_json(Path(extra).expanduser().read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"{REGISTRY_ENV}={extra}: not a readable JSON registry ({exc})") from exc
         for name, entry in user.get("models", {}).items():
@@ -176,7 +191,7 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     ``sct-gm train`` writes), validated; relative sources resolved against its folder."""
     path = Path(path).expanduser()
     try:
-        doc = json.loads(path.read_text())
+        doc = _read_json(path.read_text())
         models = doc["models"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: not a readable model file (a registry JSON with one model: {exc})") from None
@@ -214,3 +229,17 @@ def registered_names() -> tuple[list[str], str]:
     """(sorted registered model names, the default name)."""
     reg = load_registry()
     return sorted(reg["models"]), reg["default"]
+
+
+def network_name(model: InstalledModel) -> str:
+    """The name a sidecar gives the network ``model`` runs: its own, or for a combination's first
+    network (``large-ensemble`` runs `large`'s weights) the registered single-network model with the
+    same weights file and network, so that a reader is not told of a network that does not exist."""
+    if model.recipe.combine is None:
+        return model.name
+    for name, entry in load_registry()["models"].items():
+        weights = [f.get("sha256") for f in entry.get("files", []) if f.get("role") == "weights"]
+        if entry.get("combine") is None and weights == [model.sha256] \
+                and entry.get("architecture") == model.recipe.network:
+            return str(name)
+    return model.name

@@ -4,9 +4,11 @@ The measured combination (bench/default_candidates.py, docs/robustness.md) is:
 
 1. :func:`logit_mean` of the two networks' probabilities on the fine grid (the mean of their log-odds,
    i.e. the geometric mean of the odds), thresholded as one network's would be;
-2. :func:`prefer_where_disagreeing`: on the slices where the two networks' masks disagree (slice Dice
-   under :data:`DISAGREE_DICE`), the second ("robust") network's slice instead: where `large`
-   collapses under noise, the network trained for it holds;
+2. :func:`choose_where_disagreeing`: on the slices where the two networks' masks disagree (slice Dice
+   under :data:`DISAGREE_DICE`), the slice of the network whose GM agrees better with the neighbouring
+   slices of the combined mask (area and position, :func:`.guard.neighbour_consistency`), the second
+   ("robust") network's on a tie: where `large` collapses under noise, the network trained for it
+   holds; where the robust network strays onto another structure, `large`'s slice is kept;
 3. the anatomical guard (:mod:`.guard`), with the first network as the alternative, removes GM that
    either network put outside the cord and re-fills slices whose area jumps.
 """
@@ -17,12 +19,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .guard import NETWORKS_DISAGREE, SliceDoubt, guard
+from ..recipe import DISAGREE_DICE
+from .guard import NETWORKS_DISAGREE, SliceDoubt, guard, neighbour_consistency
 
 #: The combination rule's name and version (part of a combination's identity: change it with the rule).
-RULE = "logit-mean/second-where-disagree/guard v1"
-#: Below this slice Dice between the two networks' masks, the second network's slice is used.
-DISAGREE_DICE = 0.8
+RULE = "logit-mean/consistent-network-where-disagree/guard v2"
+#: The action recorded for a disagreeing slice, by the network whose slice was used.
+CHOSE = {"first": "first_network", "second": "second_network"}
 #: Slices where both networks together hold fewer voxels than this are not judged (cord ends).
 MIN_VOXELS = 20
 
@@ -71,20 +74,44 @@ def prefer_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np
     return out, slices
 
 
+def choose_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np.ndarray,
+                             zooms_mm: Sequence[float], *, min_dice: float = DISAGREE_DICE
+                             ) -> tuple[np.ndarray, dict[int, str]]:
+    """``combined`` with, on each slice where ``first`` and ``second`` disagree
+    (:func:`disagreeing_slices`), the slice of the network that agrees better with the neighbouring
+    slices of ``combined`` that are not themselves disagreeing (:func:`.guard.neighbour_consistency`;
+    ``second`` on a tie, e.g. when too few neighbours agree to judge). Returns the mask (bool) and
+    ``{slice: 'first' | 'second'}``."""
+    out = np.asarray(combined) > 0
+    slices = disagreeing_slices(first, second, min_dice=min_dice)
+    chosen: dict[int, str] = {}
+    if not slices:
+        return out, chosen
+    reference, out = out, out.copy()
+    a, b = np.asarray(first) > 0, np.asarray(second) > 0
+    for k in slices:
+        score_a = neighbour_consistency(a[:, :, k], k, reference, zooms_mm, skip=slices)
+        score_b = neighbour_consistency(b[:, :, k], k, reference, zooms_mm, skip=slices)
+        chosen[k] = "second" if score_b <= score_a else "first"
+        out[:, :, k] = (b if chosen[k] == "second" else a)[:, :, k]
+    return out, chosen
+
+
 def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
             cord: np.ndarray | None = None, min_dice: float = DISAGREE_DICE,
             use_guard: bool = True) -> tuple[np.ndarray, list[SliceDoubt]]:
     """Steps 2 and 3 of the module docstring on canonical binary masks: ``combined`` (the thresholded
     :func:`logit_mean`), ``first`` and ``second`` (each network alone, same windows). Returns the
     final mask and the doubtful slices; a slice where the networks disagree and the guard kept the
-    second network's GM says action ``second_network``. ``use_guard`` False skips step 3."""
-    preferred, slices = prefer_where_disagreeing(combined, first, second, min_dice=min_dice)
-    out, doubts = guard(preferred, zooms_mm, cord=cord, alternative=first) if use_guard else (preferred, [])
+    network's slice that the guard kept says action ``first_network`` or ``second_network``.
+    ``use_guard`` False skips step 3."""
+    chosen_mask, chosen = choose_where_disagreeing(combined, first, second, zooms_mm, min_dice=min_dice)
+    out, doubts = guard(chosen_mask, zooms_mm, cord=cord, alternative=first) if use_guard else (chosen_mask, [])
     d = slice_dice(first, second)
     by_slice = {x.slice: x for x in doubts}
-    for k in slices:
+    for k, which in chosen.items():
         old = by_slice.get(k)
         reasons = tuple(dict.fromkeys((old.reasons if old else ()) + (NETWORKS_DISAGREE,)))
-        action = old.action if old is not None and old.action != "kept" else "second_network"
+        action = old.action if old is not None and old.action != "kept" else CHOSE[which]
         by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3))
     return out, [by_slice[k] for k in sorted(by_slice)]

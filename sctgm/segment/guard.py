@@ -180,6 +180,36 @@ def guard(gm: np.ndarray, zooms_mm: Sequence[float], *, cord: np.ndarray | None 
     return out, doubts
 
 
+def neighbour_consistency(candidate: np.ndarray, k: int, reference: np.ndarray, zooms_mm: Sequence[float], *,
+                          skip: Sequence[int] = ()) -> float:
+    """How far ``candidate`` (a 2D GM mask for slice ``k``) lies from what the neighbouring slices of
+    ``reference`` (a 3D canonical GM mask) lead one to expect: ``|log(area / their median area)| /
+    log(AREA_RATIO)`` plus the distance of its centroid from their median centroid over the position
+    rule's tolerance (JUMP_MM + drift): each term reaches 1 where :func:`guard` starts doubting. The
+    neighbours are up to :data:`NEIGHBOURS` slices each side holding at least
+    :data:`MIN_NEIGHBOUR_VOXELS` voxels, not in ``skip``. Returns 0.0 when fewer than two neighbours
+    can be judged (nothing to compare with), ``inf`` for an empty candidate that has them."""
+    ref = np.asarray(reference) > 0
+    nz = ref.shape[2]
+    area = ref.reshape(-1, nz).sum(axis=0)
+    has = area >= MIN_NEIGHBOUR_VOXELS
+    has[k] = False
+    for j in skip:
+        has[j] = False
+    nb = _neighbours(k, has)
+    if len(nb) < 2:
+        return 0.0
+    cand = np.asarray(candidate) > 0
+    n = int(cand.sum())
+    if n == 0:
+        return float("inf")
+    ref_area = float(np.median(area[nb]))
+    ref_centre = np.median(np.stack([_centroid_mm(ref[:, :, j], zooms_mm) for j in nb]), axis=0)
+    tolerance_mm = JUMP_MM + DRIFT_PER_MM * max(abs(j - k) for j in nb) * float(zooms_mm[2])
+    off_mm = float(np.linalg.norm(_centroid_mm(cand, zooms_mm) - ref_centre))
+    return abs(float(np.log(n / ref_area))) / float(np.log(AREA_RATIO)) + off_mm / tolerance_mm
+
+
 def _between(k: int, has: np.ndarray) -> bool:
     """Slice ``k`` lies between slices that have GM."""
     return bool(has[:k].any() and has[k + 1:].any())

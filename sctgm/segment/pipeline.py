@@ -22,7 +22,7 @@ from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import InvalidOptionError, ModelError
 from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
-from ..model.registry import InstalledModel
+from ..model.registry import InstalledModel, network_name
 from ..recipe import Combination, Preprocessing
 from . import enhance, ensemble, guard, placement, postprocess
 from .grid import Window, overlap, window_to_native
@@ -200,10 +200,10 @@ class Segmenter:
             mask_c, n_raw = _native_mask(vol, windows, prob, threshold, options)
         else:  # a combination of two networks (the first placed the windows; ensemble.py)
             prob2 = self._predict_windows(vol, windows, options, None, network=self.partner)
-            first, n_raw = _native_mask(vol, windows, prob, threshold, options)
+            first, _ = _native_mask(vol, windows, prob, threshold, options)
             second, _ = _native_mask(vol, windows, prob2, threshold, options)
             prob = ensemble.logit_mean([prob, prob2])
-            both, _ = _native_mask(vol, windows, prob, threshold, options)
+            both, n_raw = _native_mask(vol, windows, prob, threshold, options)  # what was post-processed
             comb = self.combination or Combination(self.partner.model.name)
             mask_c, doubts = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c,
                                               min_dice=comb.disagree_dice, use_guard=comb.guard)
@@ -231,7 +231,7 @@ class Segmenter:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if doubts is not None and agreement is not None:
-            info["networks"] = [self.model.name, self.partner.model.name]  # type: ignore[union-attr]
+            info["networks"] = [network_name(self.model), self.partner.model.name]  # type: ignore[union-attr]
             info.update(_confidence_in_file_order(doubts, agreement, reo))
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 

@@ -84,6 +84,21 @@ def test_user_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_m
     user.write_text(json.dumps({"models": {"mine": entry}}))
     with pytest.raises(ModelError, match="plain file name"):
         registry.load_registry()
+    # a model defined twice in one file is refused, not silently half-overridden by json
+    text = json.dumps(entry)
+    user.write_text('{"models": {"mine": %s, "mine": %s}}' % (text, text))
+    with pytest.raises(ModelError, match="'mine' is defined twice"):
+        registry.load_registry()
+
+
+def test_the_packaged_registry_defines_each_model_once() -> None:
+    """json.loads keeps the last of a repeated key: a merge once left `large-ensemble` in the file
+    twice. The loader refuses duplicates, so the packaged file loading at all proves it has none."""
+    text = (REPO.parent / "data_registry.json").read_text()
+    names = list(REAL_LOAD()["models"])
+    assert sorted(names) == sorted(set(names))
+    for name in names:
+        assert text.count(f'"{name}": {{') == 1, name
 
 
 def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path) -> None:

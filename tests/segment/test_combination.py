@@ -41,8 +41,8 @@ def test_logit_mean_is_symmetric_and_keeps_agreement() -> None:
 def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_model, make_nifti, tmp_path,
                                                                           monkeypatch) -> None:
     """The first network sees GM at the centre of every slice; the second agrees except on slice 2,
-    where it puts GM 11 mm away: the guard removes it, the first network's GM is used, and the
-    sidecar and the QC report name slice 2 (file index) as doubtful."""
+    where it puts GM 11 mm away: the first network's slice, the one that agrees with its neighbours,
+    is used, and the sidecar and the QC report name slice 2 (file index) as doubtful."""
     import json
 
     from sctgm.naming import sct_outputs
@@ -71,8 +71,8 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     first = result.gm[:, :, 0]
     assert first.sum() > 50 and all(np.array_equal(result.gm[:, :, k], first) for k in range(5))
     doubt = result.info["doubtful_slices"]
-    assert [(d["slice"], d["action"]) for d in doubt] == [(2, "replaced")]
-    assert set(doubt[0]["reasons"]) == {"networks_disagree", "outside_cord", "area_jump"}
+    assert [(d["slice"], d["action"]) for d in doubt] == [(2, "first_network")]
+    assert doubt[0]["reasons"] == ["networks_disagree"]
     meta = json.loads(out["gm_sidecar"].read_text())
     recorded = meta["GeneratedBy"][0]["Model"]
     assert recorded["Name"] == "tiny-pair" and recorded["Sha256"] == seg.identity.sha256 != model.sha256
@@ -105,3 +105,50 @@ def test_a_partner_that_expects_other_windows_is_refused(tiny_model) -> None:
         json.dump(registry, fh)
     with pytest.raises(ModelError, match="preprocessing .* differs"):
         Segmenter.from_name("tiny-pair", device="cpu")
+
+
+def _gm_column(nz: int = 9) -> np.ndarray:
+    """GM ellipses (4 x 8 px at 0.5 mm) along a cord drifting 1 px per slice."""
+    x, y = np.mgrid[:80, :80]
+    gm = np.zeros((80, 80, nz), dtype=bool)
+    for k in range(nz):
+        gm[:, :, k] = ((x - 40 - k) / 4.0) ** 2 + ((y - 38 - 0.5 * k) / 8.0) ** 2 <= 1.0
+    return gm
+
+
+ZOOMS = (0.5, 0.5, 5.0)
+
+
+def test_where_the_networks_disagree_the_slice_that_agrees_with_its_neighbours_is_used() -> None:
+    """Slice 4: the second network strays onto a larger structure 3 mm away (inside the guard's 5 mm
+    tolerance, so only the choice can catch it): the first network's slice is used. Slice 6: the
+    first network collapses to a few voxels, as `large` does under noise: the second's is used."""
+    from sctgm.segment.ensemble import choose_where_disagreeing, combine
+
+    right = _gm_column()
+    first, second = right.copy(), right.copy()
+    x, y = np.mgrid[:80, :80]
+    second[:, :, 4] = ((x - 50) / 6.0) ** 2 + ((y - 40) / 9.0) ** 2 <= 1.0  # 3 mm off, 1.7x the area
+    first[:, :, 6] = False
+    first[44:47, 40:43, 6] = True  # 9 voxels of GM left
+    mask, chosen = choose_where_disagreeing(right, first, second, ZOOMS)
+    assert chosen == {4: "first", 6: "second"}
+    assert np.array_equal(mask, right)
+    out, doubts = combine(right, first, second, ZOOMS)
+    assert np.array_equal(out, right)
+    assert [(d.slice, d.action) for d in doubts] == [(4, "first_network"), (6, "second_network")]
+    # the old rule (the second network wherever they disagree) would have kept the stray slice
+    from sctgm.segment.ensemble import prefer_where_disagreeing
+    assert not np.array_equal(prefer_where_disagreeing(right, first, second)[0][:, :, 4], right[:, :, 4])
+
+
+def test_when_every_slice_disagrees_the_second_network_is_used() -> None:
+    """No slice agrees, so no neighbour can be trusted to judge: the robust (second) network wins
+    every tie, as it does where `large` collapses on a whole noisy volume."""
+    from sctgm.segment.ensemble import choose_where_disagreeing
+
+    second = _gm_column()
+    first = np.roll(second, 12, axis=0)  # 6 mm off everywhere: slice Dice 0
+    mask, chosen = choose_where_disagreeing(first | second, first, second, ZOOMS)
+    assert chosen == {k: "second" for k in range(9)}
+    assert np.array_equal(mask, second)
