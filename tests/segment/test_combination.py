@@ -152,3 +152,20 @@ def test_when_every_slice_disagrees_the_second_network_is_used() -> None:
     mask, chosen = choose_where_disagreeing(first | second, first, second, ZOOMS)
     assert chosen == {k: "second" for k in range(9)}
     assert np.array_equal(mask, second)
+
+
+def test_a_doubt_of_the_guard_reports_the_dice_between_the_two_networks() -> None:
+    """Slice 3 of the combination lost its GM (both networks agree it has little): the guard re-fills
+    or reports it, and the Dice it reports is the two networks' on that slice, not the combination's
+    against the first network's."""
+    from sctgm.segment.ensemble import combine, slice_dice
+
+    right = _gm_column()
+    first, second = right.copy(), right.copy()
+    second[:, :, 3] = np.roll(right[:, :, 3], 1, axis=1)  # a slightly different, agreeing slice
+    combined = right.copy()
+    combined[:, :, 3] = False
+    out, doubts = combine(combined, first, second, ZOOMS)
+    assert [d.slice for d in doubts] == [3] and doubts[0].reasons == ("area_jump",)
+    assert doubts[0].dice_between_networks == round(float(slice_dice(first, second)[3]), 3) > 0.8
+    assert np.array_equal(out[:, :, 3], first[:, :, 3])  # re-filled from the first network
