@@ -119,3 +119,23 @@ def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_m
         action = old.action if old is not None and old.action != "kept" else CHOSE[which]
         by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3))
     return out, [by_slice[k] for k in sorted(by_slice)]
+
+
+#: Where a slice's GM came from one network alone (by the action recorded for it), its probability map
+#: is that network's: "replaced" is the guard re-filling a slice from the first network.
+_SOURCE = {"first_network": 0, "replaced": 0, "second_network": 1}
+
+
+def chosen_probability(mean: np.ndarray, first: np.ndarray, second: np.ndarray,
+                       doubts: Sequence[SliceDoubt]) -> np.ndarray:
+    """The probability map that goes with :func:`combine`'s mask (window k = slice k, as the pipeline
+    predicts them): the :func:`logit_mean` ``mean``, but on a slice whose GM was taken from one
+    network, that network's probabilities, so that ``--prob`` thresholded gives the mask there too."""
+    out = mean
+    for x in doubts:
+        source = _SOURCE.get(x.action)
+        if source is not None:
+            if out is mean:
+                out = mean.copy()
+            out[x.slice] = (first, second)[source][x.slice]
+    return out

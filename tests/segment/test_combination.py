@@ -169,3 +169,30 @@ def test_a_doubt_of_the_guard_reports_the_dice_between_the_two_networks() -> Non
     assert [d.slice for d in doubts] == [3] and doubts[0].reasons == ("area_jump",)
     assert doubts[0].dice_between_networks == round(float(slice_dice(first, second)[3]), 3) > 0.8
     assert np.array_equal(out[:, :, 3], first[:, :, 3])  # re-filled from the first network
+
+
+def test_the_probability_map_of_a_chosen_slice_is_that_networks(tiny_model, make_nifti, monkeypatch) -> None:
+    """The first network loses slice 2's GM (a few pixels left), the second keeps it: the mask takes
+    the second network's slice, and so does `--prob`, so thresholding the map gives the mask there
+    (the log-odds mean of 0 and 1 is 0.5, which would not)."""
+    name = tiny_model()
+    model = ensure_model(name)
+    seg = Segmenter(model, device="cpu", partner=model, name="tiny-pair")
+    image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
+    x, y = np.mgrid[:80, :80]
+    centre = (np.hypot(x - 40, y - 40) <= 10).astype(np.float32)
+    stub = (np.hypot(x - 40, y - 40) <= 1.5).astype(np.float32)
+
+    def fake(vol, windows, options, progress, network=None):
+        p = np.stack([centre] * len(windows))
+        if network is None:  # the first network
+            p[2] = stub
+        return p
+
+    monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: fake(*a, **k))
+    result = seg.segment_image(image, want_prob=True)
+    assert [(d["slice"], d["action"]) for d in result.info["doubtful_slices"]] == [(2, "second_network")]
+    threshold = result.info["threshold"]
+    assert result.gm[:, :, 2].sum() > 50
+    for k in range(5):
+        assert np.array_equal(result.gm_prob[:, :, k] > threshold, result.gm[:, :, k] > 0), k
