@@ -3,6 +3,7 @@ Runtime's fp32, side by side in one run: ms per slice, and the masks against fp3
 
     PYTHONPATH=. nice -n 10 python bench/precision_cpu.py            # challenge and large (~30 min on 2 busy cores)
     PYTHONPATH=. python bench/precision_cpu.py --models challenge --quick   # clean cases only, 2 repetitions
+    PYTHONPATH=. python bench/precision_cpu.py --models --whole large-ensemble  # a model as sct-gm runs it
 
 Candidates: the graph with its BatchNorms folded into the next convolutions (exactly, and with the
 zero-padded border left approximate), ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8
@@ -169,13 +170,16 @@ def variant_files(folder: Path, quick: bool) -> list[tuple[str, str, Path, Path,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["challenge", "large"])
+    ap.add_argument("--models", nargs="*", default=["challenge", "large"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="clean cases only, 2 repetitions")
     ap.add_argument("--candidates", choices=["all", "main", "bf16"], default="all",
                     help="main: fp32, the two bf16 (OpenVINO) and the plain int8 graph only (a third of the "
                          "time); bf16: fp32 and the two bf16 only (no int8 calibration)")
+    ap.add_argument("--whole", nargs="*", default=[], metavar="MODEL",
+                    help="also models as sct-gm runs them, e.g. large-ensemble (two networks): "
+                         "--precision bf16 against fp32 on the same volumes")
     args = ap.parse_args()
     require_shared(*CALIBRATION)
     if args.quick:
@@ -212,12 +216,10 @@ def main() -> None:
                 for w in x:
                     r.run(w[None])
                 best[k] = min(best[k], time.perf_counter() - t0)
-        masks: dict[tuple[str, str, str], np.ndarray] = {}
+        masks: dict[str, dict[tuple[str, str], np.ndarray]] = {}
         for k, r in runners.items():
             seg.network.runner = r  # type: ignore[assignment]
-            for case, variant, path, _, cord in items:
-                cord_image = load_image(cord, what="cord mask", allow_constant=True) if cord else None
-                masks[k, case, variant] = seg.segment_image(load_image(path), cord=cord_image).gm
+            masks[k] = {(case, variant): segment(seg, path, cord) for case, variant, path, _, cord in items}
         ref_name = next(iter(runners))
         print(f"\n## {model}: {len(x)} windows of t2s_uncropped, min of {args.reps}; masks on "
               f"{len(items)} cases x variants\n")
@@ -225,11 +227,46 @@ def main() -> None:
               "worst change of Dice vs manual | cases below 0.995 |")
         print("|---|---|---|---|---|---|---|")
         for k in runners:
-            vs = [dice(masks[k, c, v], masks[ref_name, c, v]) for c, v, *_ in items]
-            manual = [dice(masks[k, c, v], _mask(m)) - dice(masks[ref_name, c, v], _mask(m)) for c, v, _, m, _ in items]
-            below = sum(d < 0.995 for d in vs)
-            print(f"| {k} | {1000 * best[k] / len(x):.0f} | {best[ref_name] / best[k]:.2f}x | {min(vs):.4f} | "
-                  f"{np.mean(vs):.4f} | {min(manual):+.4f} | {below} of {len(vs)} |", flush=True)
+            print(f"| {k} | {1000 * best[k] / len(x):.0f} | {best[ref_name] / best[k]:.2f}x | "
+                  f"{mask_figures(masks[k], masks[ref_name], items)} |", flush=True)
+    if args.whole:
+        whole_models(args.whole, items, args.threads)
+
+
+def segment(seg: Segmenter, path: Path, cord: Path | None) -> np.ndarray:
+    cord_image = load_image(cord, what="cord mask", allow_constant=True) if cord else None
+    return seg.segment_image(load_image(path), cord=cord_image).gm
+
+
+def mask_figures(got: dict[tuple[str, str], np.ndarray], want: dict[tuple[str, str], np.ndarray],
+                 items: list[tuple[str, str, Path, Path, Path | None]]) -> str:
+    """min and mean Dice against ``want`` | worst change of Dice against the manual masks | volumes below 0.995."""
+    vs = [dice(got[c, v], want[c, v]) for c, v, *_ in items]
+    manual = [dice(got[c, v], _mask(m)) - dice(want[c, v], _mask(m)) for c, v, _, m, _ in items]
+    return f"{min(vs):.4f} | {np.mean(vs):.4f} | {min(manual):+.4f} | {sum(d < 0.995 for d in vs)} of {len(vs)}"
+
+
+def whole_models(models: list[str], items: list[tuple[str, str, Path, Path, Path | None]], threads: int) -> None:
+    """Models as sct-gm runs them (a combination's two networks included): ``--precision bf16`` against
+    fp32, the whole pipeline on every volume, fp32 and bf16 alternating volume by volume."""
+    print(f"\n## whole models, fp32 (ONNX Runtime) against --precision bf16, {len(items)} volumes, "
+          f"the two alternating\n")
+    print("| model | pipeline s, fp32 | pipeline s, bf16 | throughput vs fp32 | min Dice vs fp32 | mean Dice vs fp32 | "
+          "worst change of Dice vs manual | volumes below 0.995 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model in models:
+        segs = {p: Segmenter.from_name(model, device="cpu", mirror=str(MODELS_DIR), threads=threads, precision=p)
+                for p in ("fp32", "bf16")}
+        masks: dict[str, dict[tuple[str, str], np.ndarray]] = {"fp32": {}, "bf16": {}}
+        secs = {"fp32": 0.0, "bf16": 0.0}
+        segment(segs["bf16"], items[0][2], items[0][4])  # warm-up (OpenVINO's first call)
+        for case, variant, path, _, cord in items:
+            for p, seg in segs.items():
+                t0 = time.perf_counter()
+                masks[p][case, variant] = segment(seg, path, cord)
+                secs[p] += time.perf_counter() - t0
+        print(f"| {model} | {secs['fp32']:.1f} | {secs['bf16']:.1f} | {secs['fp32'] / secs['bf16']:.2f}x | "
+              f"{mask_figures(masks['bf16'], masks['fp32'], items)} |", flush=True)
 
 
 def _mask(path: Path) -> np.ndarray:

@@ -73,10 +73,12 @@ class OpenVinoNetwork:
         return np.array(self.request.infer({0: x})[self.output], dtype=np.float32)
 
 
-#: The runtime attribute that keeps a node in its original precision under a lower inference
-#: precision (OpenVINO's ``ov::DisablePrecisionConversion``; the CPU plugin keeps a node whose
-#: conversion to f16 is disabled in fp32 under bf16 too), as it is written in OpenVINO's IR.
-KEEP_PRECISION = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
+#: The runtime attributes that keep a node in its original precision under a lower inference
+#: precision, as OpenVINO's IR writes them: ``ov::DisablePrecisionConversion`` (OpenVINO 2026; the CPU
+#: plugin keeps a node whose conversion to f16 is disabled in fp32 under bf16 too) and the
+#: ``disable_fp16_compression`` it replaced (earlier releases); a reader ignores the one it lacks.
+KEEP_PRECISION = ({"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"},
+                  {"name": "disable_fp16_compression", "version": "0"})
 
 
 def read_model(core: Any, graph: bytes, fp32_nodes: Collection[str] = ()) -> Any:
@@ -87,7 +89,7 @@ def read_model(core: Any, graph: bytes, fp32_nodes: Collection[str] = ()) -> Any
     Why through the IR's XML: OpenVINO's Python API stores only strings in a node's runtime info, and
     the CPU plugin reads the attribute as its C++ type (a string there fails the compilation); its IR
     reader builds that type from the XML. Measured: the marked convolutions report ``runtimePrecision``
-    f32 in the compiled model, and their outputs differ from plain bf16's (tests/engines/test_mixed.py)."""
+    f32 in the compiled model, and their outputs differ from plain bf16's (tests/engines/test_bf16_layers.py)."""
     model = core.read_model(graph)
     if not fp32_nodes:
         return model
@@ -101,8 +103,10 @@ def read_model(core: Any, graph: bytes, fp32_nodes: Collection[str] = ()) -> Any
         weights = np.fromfile(xml_path.with_suffix(".bin"), dtype=np.uint8)
     for layer in root.iter("layer"):
         name = layer.get("name", "")
-        if layer.get("type") not in ("Const", "Parameter", "Result") and name.startswith(names) and \
+        if layer.get("type") not in ("Const", "Parameter", "Result") and \
                 any(name == n or name.startswith(n + "/") for n in names):
             info = layer.find("rt_info")
-            ET.SubElement(ET.SubElement(layer, "rt_info") if info is None else info, "attribute", KEEP_PRECISION)
+            info = ET.SubElement(layer, "rt_info") if info is None else info
+            for attribute in KEEP_PRECISION:
+                ET.SubElement(info, "attribute", attribute)
     return core.read_model(ET.tostring(root, encoding="unicode"), ov.Tensor(weights))
