@@ -289,7 +289,7 @@ DEFAULT_NETWORK = "perone2018-dilated"
 PRECISIONS: dict[str, str] = {
     "fp32": "float32 throughout; TF32 off on CUDA (the policy for every model)",
     "tf32": "float32 with TF32 matrix products on CUDA (Ampere and later); as fp32 elsewhere",
-    "bf16": "bfloat16 (CUDA autocast; on bf16 CPUs OpenVINO, the network's bf16_fp32_nodes kept in fp32)",
+    "bf16": "bfloat16: CUDA autocast; CPU: OpenVINO, the network's bf16_fp32_nodes kept in fp32",
     "fp16": "float16 autocast (CUDA only)",
 }
 DEFAULT_PRECISION = "fp32"

@@ -10,7 +10,8 @@ from typing import Optional
 
 import click
 
-from ..training.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION
+from ..training.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION,
+                                 VALIDATIONS_PER_RUN)
 from . import resolve_verbosity, setup_logging, verbosity_option
 from ..networks import BUILTIN, network_named
 from .options import greedy_command
@@ -90,9 +91,13 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
         return ("init" if loss is None else f"loss {loss:.3f}") + (f"  val Dice {v:.3f}" if v is not None else "")
 
     lines = progress_lines_shown(quiet)  # off a terminal (a log file, a cluster job): a line per validation
+    unvalidated = val_fraction == 0 and not val_subjects  # then a line as often as validations would come
     with counting_bar(quiet, "training", "steps", describe) as bar:
         def progress(p: object) -> None:
-            if lines and getattr(p, "val_dice", None) is not None:
+            step, total = p.step, p.max_steps  # type: ignore[attr-defined]
+            every = max(1, total // VALIDATIONS_PER_RUN)
+            if lines and (getattr(p, "val_dice", None) is not None
+                          or (unvalidated and (step % every == 0 or step == total))):
                 click.echo(validation_line(p), err=True)
             if bar is not None:
                 bar(p.step, p.max_steps, p)  # type: ignore[attr-defined]
@@ -130,5 +135,6 @@ def validation_line(p: object) -> str:
     best = "" if p.best_dice is None else f" (best {p.best_dice:.4f} at {p.best_step})"  # type: ignore[attr-defined]
     init = " (init)" if step == 0 else ""
     eta = _duration(seconds / step * (total - step)) if step else "?"
-    return (f"sct-gm: step {step:>{len(str(total))}}/{total}  {loss}  val Dice {p.val_dice:.4f}{init}{best}  "  # type: ignore[attr-defined]
+    val = "no validation" if p.val_dice is None else f"val Dice {p.val_dice:.4f}"  # type: ignore[attr-defined]
+    return (f"sct-gm: step {step:>{len(str(total))}}/{total}  {loss}  {val}{init}{best}  "
             f"{lr}  elapsed {_duration(seconds)}  ETA {eta}")

@@ -12,11 +12,14 @@ axis, the number printed on the report's tiles.
 from __future__ import annotations
 
 import base64
+import hashlib
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from .. import geometry, labels
 from ..exceptions import GridMismatchError, InputImageError, QcError
@@ -27,6 +30,15 @@ from . import render
 
 #: Mask voxels at or above this value are GM (as in the report: sctgm.qc.entry.MASK_THRESHOLD).
 MASK_THRESHOLD = 0.5
+#: Seconds a save waits for another process saving into the same corrected mask.
+SAVE_LOCK_TIMEOUT_S = 60.0
+
+
+def _save_lock(target: labels.CorrectionTarget) -> FileLock:
+    """A lock on one corrected mask across processes (two review servers on different QC folders may
+    show the same image), kept in the temporary folder so the labels folder holds only labels."""
+    key = hashlib.sha256(str(target.mask.resolve()).encode()).hexdigest()[:24]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"sctgm-correction-{key}.lock"), timeout=SAVE_LOCK_TIMEOUT_S)
 
 
 def from_display(d: np.ndarray) -> np.ndarray:
@@ -188,15 +200,28 @@ def save_slice(vol: EntryVolume, file_slice: int, display_mask: np.ndarray) -> d
     c = from_display(display_mask)
     if c.shape != vol.current.shape[:2]:
         raise QcError(f"mask of {display_mask.shape}; expected {render.to_display(vol.current[:, :, k]).shape}")
-    current = vol.current.copy()
-    current[:, :, k] = c
-    changed = int((c != vol.automatic[:, :, k]).sum())
-    side = labels.write_correction(vol.image, vol.automatic_path, vol.reo.undo(current), {file_slice: changed},
-                                   slice_axis=geometry.slice_axis(vol.reo), target=vol.target)
+    with _save_lock(vol.target):
+        # the file as it is now, not as this editor opened it: another review server may have saved
+        # other slices of it since (their work is kept, and its sidecar lists them)
+        current = _saved_on_disk(vol) if vol.target.mask.exists() else vol.current.copy()
+        current[:, :, k] = c
+        changed = int((c != vol.automatic[:, :, k]).sum())
+        side = labels.write_correction(vol.image, vol.automatic_path, vol.reo.undo(current), {file_slice: changed},
+                                       slice_axis=geometry.slice_axis(vol.reo), target=vol.target)
     vol.current = current
     vol.saved = list(side[labels.SLICES_KEY])
     return {"slice": int(file_slice), "changed_from_automatic": changed, "saved_slices": vol.saved,
             "target": str(vol.target.mask)}
+
+
+def _saved_on_disk(vol: EntryVolume) -> np.ndarray:
+    """The corrected mask on disk now (canonical, uint8 0/1); write_correction refuses it afterwards if
+    it is no longer the editor's."""
+    try:
+        done = _mask(vol.target.mask, "corrected GM mask", vol.image)
+    except (GridMismatchError, InputImageError) as exc:
+        raise QcError(f"{vol.target.mask}: changed on disk and unreadable ({exc}); not saved") from None
+    return (vol.reo.apply(done.data) >= MASK_THRESHOLD).astype(np.uint8)
 
 
 def index_info(entry: dict[str, Any]) -> dict[str, Any]:

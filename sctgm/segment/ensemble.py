@@ -102,16 +102,40 @@ def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_m
             use_guard: bool = True) -> tuple[np.ndarray, list[SliceDoubt]]:
     """Steps 2 and 3 of the module docstring on canonical binary masks: ``combined`` (the thresholded
     :func:`logit_mean`), ``first`` and ``second`` (each network alone, same windows). Returns the
-    final mask and the doubtful slices; a slice where the networks disagree and the guard kept the
-    network's slice that the guard kept says action ``first_network`` or ``second_network``.
-    ``use_guard`` False skips step 3."""
+    final mask and the doubtful slices, each with the two networks' slice Dice; a slice where the
+    networks disagree whose chosen GM the guard kept says action ``first_network`` or
+    ``second_network``. ``use_guard`` False skips step 3."""
     chosen_mask, chosen = choose_where_disagreeing(combined, first, second, zooms_mm, min_dice=min_dice)
     out, doubts = guard(chosen_mask, zooms_mm, cord=cord, alternative=first) if use_guard else (chosen_mask, [])
     d = slice_dice(first, second)
-    by_slice = {x.slice: x for x in doubts}
+    by_slice: dict[int, SliceDoubt] = {}
+    for x in doubts:  # "the networks disagree" is this module's judgement (first vs second), not the guard's
+        reasons = tuple(r for r in x.reasons if r != NETWORKS_DISAGREE)
+        if reasons:
+            by_slice[x.slice] = SliceDoubt(x.slice, reasons, x.action, round(float(d[x.slice]), 3))
     for k, which in chosen.items():
         old = by_slice.get(k)
         reasons = tuple(dict.fromkeys((old.reasons if old else ()) + (NETWORKS_DISAGREE,)))
         action = old.action if old is not None and old.action != "kept" else CHOSE[which]
         by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3))
     return out, [by_slice[k] for k in sorted(by_slice)]
+
+
+#: Where a slice's GM came from one network alone (by the action recorded for it), its probability map
+#: is that network's: "replaced" is the guard re-filling a slice from the first network.
+_SOURCE = {"first_network": 0, "replaced": 0, "second_network": 1}
+
+
+def chosen_probability(mean: np.ndarray, first: np.ndarray, second: np.ndarray,
+                       doubts: Sequence[SliceDoubt]) -> np.ndarray:
+    """The probability map that goes with :func:`combine`'s mask (window k = slice k, as the pipeline
+    predicts them): the :func:`logit_mean` ``mean``, but on a slice whose GM was taken from one
+    network, that network's probabilities, so that ``--prob`` thresholded gives the mask there too."""
+    out = mean
+    for x in doubts:
+        source = _SOURCE.get(x.action)
+        if source is not None:
+            if out is mean:
+                out = mean.copy()
+            out[x.slice] = (first, second)[source][x.slice]
+    return out

@@ -202,11 +202,12 @@ class Segmenter:
             prob2 = self._predict_windows(vol, windows, options, None, network=self.partner)
             first, _ = _native_mask(vol, windows, prob, threshold, options)
             second, _ = _native_mask(vol, windows, prob2, threshold, options)
-            prob = ensemble.logit_mean([prob, prob2])
-            both, n_raw = _native_mask(vol, windows, prob, threshold, options)  # what was post-processed
+            mean = ensemble.logit_mean([prob, prob2])
+            both, n_raw = _native_mask(vol, windows, mean, threshold, options)  # what was post-processed
             comb = self.combination or Combination(self.partner.model.name)
             mask_c, doubts = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c,
                                               min_dice=comb.disagree_dice, use_guard=comb.guard)
+            prob = ensemble.chosen_probability(mean, prob, prob2, doubts)
             agreement = ensemble.slice_dice(first, second)
         prob_c = None
         if want_prob:

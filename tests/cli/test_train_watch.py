@@ -58,6 +58,18 @@ def test_a_line_per_validation_on_stderr_with_the_init_first(subjects, tmp_path)
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
 
+def test_without_validation_a_line_still_comes_as_often_as_validations_would(subjects, tmp_path):
+    """--val-fraction 0 (e.g. large-robust's recipe): no validation Dice to print, but a log or a
+    cluster job must still see the run move, 10 lines a run, the last at the last step."""
+    res = _run(*subjects, "--max-steps", "20", "--val-fraction", "0", "-o", str(tmp_path / "m"))
+    assert res.exit_code == 0, res.output
+    unvalidated = re.compile(r"^sct-gm: step +(\d+)/20  loss \d\.\d{4}  no validation  lr \d\.\d\de[-+]\d\d  "
+                             r"elapsed \d+m\d\ds  ETA \d+m\d\ds$")
+    parsed = [unvalidated.match(line) for line in res.stderr.splitlines()]
+    assert all(parsed), res.stderr
+    assert [int(m.group(1)) for m in parsed] == list(range(2, 21, 2))
+
+
 def test_log_and_curves_exist_while_training_runs(subjects, tmp_path, monkeypatch):
     interrupt_training_at(monkeypatch, 3)
     res = _run(*subjects, "--val", "sub-02", "--max-steps", "10", "-o", str(tmp_path / "m"))
@@ -101,7 +113,8 @@ def test_a_soft_mask_is_binarised_with_one_warning(tmp_path):
                *TINY)
     assert res.exit_code == 0, res.output
     n = int(np.count_nonzero(soft))
-    assert res.stderr.splitlines() == [f"sct-gm: warning: {path}: a soft GM mask ({n} voxels strictly between 0 and "
-                                       f"1); binarised at 0.5 (GM: > 0.5) (option -r/--ref)"]
+    warnings = [line for line in res.stderr.splitlines() if "warning" in line]  # beside the progress lines
+    assert warnings == [f"sct-gm: warning: {path}: a soft GM mask ({n} voxels strictly between 0 and "
+                        f"1); binarised at 0.5 (GM: > 0.5) (option -r/--ref)"]
     entry = next(iter(json.loads((tmp_path / "m" / "model.json").read_text())["models"].values()))
     assert entry["training"]["data"][0]["train_slices"] == [1, 2, 3]  # slice 0 (0.45) holds no GM

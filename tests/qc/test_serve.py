@@ -116,6 +116,27 @@ def test_concurrent_saves_of_one_file_are_serialised(site):
     assert not [p for p in paths["sub-01"]["label"].parent.iterdir() if ".part" in p.name]
 
 
+
+def test_two_editors_of_one_image_keep_each_others_slices(tmp_path):
+    """Two review servers (here two opened entries, as two processes hold them) show the same image:
+    one saves slice 0, then the other, opened before that save, saves slice 2. Both corrections are
+    in the file and the sidecar, instead of the second writing the automatic slice 0 back over the
+    first reviewer's while its sidecar still calls slice 0 manually labelled."""
+    from sctgm.qc import report
+
+    paths = editing.build(tmp_path, {"sub-01": "RPI"}, prob=False)
+    entry = report.read_entries(tmp_path / "qc")[0]
+    first, second = corrections.open_entry(entry), corrections.open_entry(entry)
+    for vol, k in ((first, 0), (second, 2)):
+        m = to_display(vol.current[:, :, vol.canonical_index(k)]).copy()
+        m[k, k] = 1 - m[k, k]
+        corrections.save_slice(vol, k, m)
+    got = np.asarray(nib.load(str(paths["sub-01"]["label"])).dataobj)
+    auto = np.asarray(nib.load(str(paths["sub-01"]["auto"])).dataobj)
+    assert {tuple(v) for v in np.argwhere(got != auto)} == {editing.file_voxel("RPI", k, k, k) for k in (0, 2)}
+    assert corrections.labels.labelled_slices_of(paths["sub-01"]["label"]) == (0, 2)
+    assert second.saved == [0, 2]
+
 def test_refusals_write_nothing(site):
     run, paths, root = site
     eid = paths["sub-01"]["entry"].name

@@ -38,6 +38,30 @@ def test_logit_mean_is_symmetric_and_keeps_agreement() -> None:
     assert m[3] < 1e-6
 
 
+def _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, *, first=None, second=None):
+    """A tiny model combined with itself on a 5-slice phantom, its predictions replaced: GM a disc of
+    radius 10 px at the window's centre on every slice, except slice 2 of the first (``first``) or
+    second (``second``) network: a disc at (c, c) of radius r, given as (c, r)."""
+    model = ensure_model(tiny_model())
+    seg = Segmenter(model, device="cpu", partner=model, name="tiny-pair")
+    image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
+    x, y = np.mgrid[:80, :80]
+
+    def disc(c: float, r: float) -> np.ndarray:
+        return (np.hypot(x - c, y - c) <= r).astype(np.float32)
+
+    def fake(vol, windows, options, progress, network=None):
+        assert all(w.size == (80, 80) for w in windows)
+        p = np.stack([disc(40, 10)] * len(windows))
+        swap = first if network is None else second
+        if swap is not None:
+            p[2] = disc(*swap)
+        return p
+
+    monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: fake(*a, **k))
+    return model, seg, image
+
+
 def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_model, make_nifti, tmp_path,
                                                                           monkeypatch) -> None:
     """The first network sees GM at the centre of every slice; the second agrees except on slice 2,
@@ -49,22 +73,7 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     from sctgm.qc import QcEntryWriter, read_entries
     from sctgm.segment.outputs import segment_and_write
 
-    name = tiny_model()
-    model = ensure_model(name)
-    seg = Segmenter(model, device="cpu", partner=model, name="tiny-pair")
-    image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
-    x, y = np.mgrid[:80, :80]
-    centre = (np.hypot(x - 40, y - 40) <= 10).astype(np.float32)
-    away = (np.hypot(x - 8, y - 8) <= 10).astype(np.float32)
-
-    def fake(vol, windows, options, progress, network=None):
-        assert all(w.size == (80, 80) for w in windows)
-        p = np.stack([centre] * len(windows))
-        if network is not None:  # the second network
-            p[2] = away
-        return p
-
-    monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: fake(*a, **k))
+    model, seg, image = _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, second=(8, 10.0))
     out = sct_outputs(image.path, tmp_path / "gm.nii.gz")
     result = segment_and_write(seg, image, out, entry=QcEntryWriter(tmp_path / "qc")).segmentation
     assert result is not None
@@ -152,3 +161,33 @@ def test_when_every_slice_disagrees_the_second_network_is_used() -> None:
     mask, chosen = choose_where_disagreeing(first | second, first, second, ZOOMS)
     assert chosen == {k: "second" for k in range(9)}
     assert np.array_equal(mask, second)
+
+
+def test_a_doubt_of_the_guard_reports_the_dice_between_the_two_networks() -> None:
+    """Slice 3 of the combination lost its GM (both networks agree it has little): the guard re-fills
+    or reports it, and the Dice it reports is the two networks' on that slice, not the combination's
+    against the first network's."""
+    from sctgm.segment.ensemble import combine, slice_dice
+
+    right = _gm_column()
+    first, second = right.copy(), right.copy()
+    second[:, :, 3] = np.roll(right[:, :, 3], 1, axis=1)  # a slightly different, agreeing slice
+    combined = right.copy()
+    combined[:, :, 3] = False
+    out, doubts = combine(combined, first, second, ZOOMS)
+    assert [d.slice for d in doubts] == [3] and doubts[0].reasons == ("area_jump",)
+    assert doubts[0].dice_between_networks == round(float(slice_dice(first, second)[3]), 3) > 0.8
+    assert np.array_equal(out[:, :, 3], first[:, :, 3])  # re-filled from the first network
+
+
+def test_the_probability_map_of_a_chosen_slice_is_that_networks(tiny_model, make_nifti, monkeypatch) -> None:
+    """The first network loses slice 2's GM (a few pixels left), the second keeps it: the mask takes
+    the second network's slice, and so does `--prob`, so thresholding the map gives the mask there
+    (the log-odds mean of 0 and 1 is 0.5, which would not)."""
+    _, seg, image = _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, first=(40, 1.5))
+    result = seg.segment_image(image, want_prob=True)
+    assert [(d["slice"], d["action"]) for d in result.info["doubtful_slices"]] == [(2, "second_network")]
+    threshold = result.info["threshold"]
+    assert result.gm[:, :, 2].sum() > 50
+    for k in range(5):
+        assert np.array_equal(result.gm_prob[:, :, k] > threshold, result.gm[:, :, k] > 0), k
