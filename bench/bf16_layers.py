@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from cases import MODELS_DIR, T2S_UNCROPPED, dice, require_shared
-from precision_cpu import Runner, _mask, captured_windows, variant_files
+from precision_cpu import Runner, _mask, captured_windows, time_windows, variant_files
 
 from sctgm.engines.openvino import OpenVinoNetwork
 from sctgm.io import load_image
@@ -66,13 +65,7 @@ def main() -> None:
         runners = {"fp32, OpenVINO": OpenVinoNetwork(graph, precision="fp32", threads=args.threads)}
         for s in sets:
             runners[" ".join(s) or "(none: plain bf16)"] = OpenVinoNetwork(graph, threads=args.threads, fp32_nodes=s)
-        best = {k: float("inf") for k in runners}
-        for _ in range(args.reps):
-            for k, r in runners.items():
-                t0 = time.perf_counter()
-                for w in x:
-                    r.run(w[None])
-                best[k] = min(best[k], time.perf_counter() - t0)
+        best = time_windows(runners, x, args.reps)
         print(f"\n## {model}: {len(x)} windows of t2s_uncropped, min of {args.reps}, {args.threads} thread(s); "
               f"masks on {len(items)} volumes\n")
         print("| kept in fp32 | ms per slice | throughput vs OpenVINO fp32 | min Dice vs fp32 | volumes below 0.995 "

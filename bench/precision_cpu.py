@@ -4,6 +4,7 @@ Runtime's fp32, side by side in one run: ms per slice, and the masks against fp3
     PYTHONPATH=. nice -n 10 python bench/precision_cpu.py            # challenge and large (~30 min on 2 busy cores)
     PYTHONPATH=. python bench/precision_cpu.py --models challenge --quick   # clean cases only, 2 repetitions
     PYTHONPATH=. python bench/precision_cpu.py --models --whole large-ensemble  # a model as sct-gm runs it
+    PYTHONPATH=. python bench/precision_cpu.py --candidates bf16 --cases all   # + the 4 gm_challenge volumes
 
 Candidates: the graph with its BatchNorms folded into the next convolutions (exactly, and with the
 zero-padded border left approximate), ONNX Runtime static int8 (QDQ, per-channel int8 weights, uint8
@@ -13,7 +14,8 @@ network keeps in fp32 under bf16: sct-gm's ``--precision bf16``) and on the int8
 
 Timing: the 11 real 200x200 windows of t2s_uncropped, one slice a call, every candidate once per
 repetition, interleaved, minimum kept; ``--threads`` (default 1) for every engine. Masks: the whole
-pipeline on every labelled case in ../shared (t2s_uncropped, t2s, mt1) and its variants (Rician
+pipeline on the held-out labelled cases in ../shared (t2s_uncropped, t2s, mt1; ``--cases all`` adds
+the 4 gm_challenge_2018 run-1 volumes) and their variants (Rician
 noise 1, 3, 5 % of the 99th percentile, a bias field; seeded, sctgm.segment.degrade), with each
 candidate swapped in for the network: min and mean Dice against fp32's mask, and the worst change of
 Dice against the manual mask. int8 calibration: windows of unlabelled scans only (the gm_challenge
@@ -29,12 +31,13 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from cases import DATA, LABELLED, MODELS_DIR, T2S_UNCROPPED, dice, require_shared
+from cases import ALL_LABELLED, DATA, LABELLED, MODELS_DIR, T2S_UNCROPPED, dice, require_shared
 
 from sctgm.engines.fold import fold_batchnorms
 from sctgm.engines.hardware import cpu_flags
@@ -146,10 +149,27 @@ def candidates(model: str, cal: np.ndarray, threads: int, only: str) -> dict[str
     return {k: v for k, v in out.items() if "OpenVINO" not in k or "bf16" in k}
 
 
-def variant_files(folder: Path, quick: bool) -> list[tuple[str, str, Path, Path, Path | None]]:
-    """(case, variant, image, manual mask, cord mask) for every case and variant, written once."""
+def time_windows(runners: dict[str, Any], x: np.ndarray, reps: int) -> dict[str, float]:
+    """Seconds each runner takes over the windows ``x``, one slice a call: every runner once per
+    repetition, interleaved, after one warm-up pass; the minimum kept."""
+    best = {k: float("inf") for k in runners}
+    for r in runners.values():
+        [r.run(w[None]) for w in x]
+    for _ in range(reps):
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            for w in x:
+                r.run(w[None])
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def variant_files(folder: Path, quick: bool, cases: dict[str, tuple[Path, Path, Path | None]] | None = None
+                  ) -> list[tuple[str, str, Path, Path, Path | None]]:
+    """(case, variant, image, manual mask, cord mask) for every case (default: the 3 held-out ones)
+    and variant, written once; a case's seeds depend on its position only."""
     out = []
-    for i, (case, (image, manual, cord)) in enumerate(LABELLED.items()):
+    for i, (case, (image, manual, cord)) in enumerate((cases or LABELLED).items()):
         for j, (variant, (sigma, bias)) in enumerate(VARIANTS.items()):
             if quick and variant != "clean":
                 continue
@@ -177,6 +197,9 @@ def main() -> None:
     ap.add_argument("--candidates", choices=["all", "main", "bf16"], default="all",
                     help="main: fp32, the two bf16 (OpenVINO) and the plain int8 graph only (a third of the "
                          "time); bf16: fp32 and the two bf16 only (no int8 calibration)")
+    ap.add_argument("--cases", choices=["held-out", "all"], default="held-out",
+                    help="the masks' cases: the 3 held-out labelled cases (default), or all 7 labelled cases of "
+                         "../shared (+ the 4 gm_challenge_2018 run-1 volumes, large-robust's training data)")
     ap.add_argument("--whole", nargs="*", default=[], metavar="MODEL",
                     help="also models as sct-gm runs them, e.g. large-ensemble (two networks): "
                          "--precision bf16 against fp32 on the same volumes")
@@ -193,7 +216,7 @@ def main() -> None:
     found = ", ".join(f for f in INSTRUCTION_SETS if f in flags)
     print(f"# instruction sets: {found or 'none of ' + ', '.join(INSTRUCTION_SETS)}\n")
     tmp = Path(tempfile.mkdtemp(prefix="sctgm-precision-"))
-    items = variant_files(tmp, args.quick)
+    items = variant_files(tmp, args.quick, ALL_LABELLED if args.cases == "all" else LABELLED)
     for model in args.models:
         seg = Segmenter.from_name(model, device="cpu", engine="onnxruntime", mirror=str(MODELS_DIR),
                                   threads=args.threads)
@@ -207,15 +230,7 @@ def main() -> None:
                   f"windows sha256 {hashlib.sha256(cal.tobytes()).hexdigest()[:16]}")
         x = captured_windows(seg, [T2S_UNCROPPED])
         runners = candidates(model, cal, args.threads, args.candidates)
-        best = {k: float("inf") for k in runners}
-        for r in runners.values():  # warm-up
-            [r.run(w[None]) for w in x]
-        for _ in range(args.reps):
-            for k, r in runners.items():
-                t0 = time.perf_counter()
-                for w in x:
-                    r.run(w[None])
-                best[k] = min(best[k], time.perf_counter() - t0)
+        best = time_windows(runners, x, args.reps)
         masks: dict[str, dict[tuple[str, str], np.ndarray]] = {}
         for k, r in runners.items():
             seg.network.runner = r  # type: ignore[assignment]
