@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import MODELS_DIR, T2S_UNCROPPED, dice, require_shared
+from cases import ALL_LABELLED, LABELLED, MODELS_DIR, T2S_UNCROPPED, dice, require_shared
 from precision_cpu import Runner, _mask, captured_windows, time_windows, variant_files
 
 from sctgm.engines.openvino import OpenVinoNetwork
@@ -46,10 +46,13 @@ def main() -> None:
     ap.add_argument("--sets", nargs="*", default=None,
                     help="candidates, each a space-separated list of ONNX node names kept fp32 "
                          "(default: none, then every convolution alone)")
+    ap.add_argument("--cases", choices=["held-out", "all"], default="held-out",
+                    help="as bench/precision_cpu.py: all adds the 4 gm_challenge_2018 run-1 volumes")
     args = ap.parse_args()
     require_shared()
     sets = [s.split() for s in args.sets] if args.sets is not None else [[]] + [[c] for c in CONVS]
-    items = variant_files(Path(tempfile.mkdtemp(prefix="sctgm-bf16-layers-")), quick=False)
+    items = variant_files(Path(tempfile.mkdtemp(prefix="sctgm-bf16-layers-")), quick=False,
+                          cases=ALL_LABELLED if args.cases == "all" else LABELLED)
     for model in args.models:
         sd, filters = load_safetensors(ensure_model(model, mirror=str(MODELS_DIR)).weights_path)
         graph = onnx_graph(sd, {"filters": filters})
@@ -69,8 +72,8 @@ def main() -> None:
         print(f"\n## {model}: {len(x)} windows of t2s_uncropped, min of {args.reps}, {args.threads} thread(s); "
               f"masks on {len(items)} volumes\n")
         print("| kept in fp32 | ms per slice | throughput vs OpenVINO fp32 | min Dice vs fp32 | volumes below 0.995 "
-              "| worst change of Dice vs manual | voxels that differ | logit RMS error near the threshold |")
-        print("|---|---|---|---|---|---|---|---|", flush=True)
+              "| worst change of Dice vs manual | voxels that differ | logit RMS error near the threshold | worst volume vs manual |")
+        print("|---|---|---|---|---|---|---|---|---|", flush=True)
         for k, r in runners.items():
             probs: list[np.ndarray] = []
             seg.network.runner = recording(r.run, probs)  # type: ignore[assignment]
@@ -84,7 +87,8 @@ def main() -> None:
                 differ += int(np.count_nonzero(got != want))
             print(f"| {k} | {1000 * best[k] / len(x):.0f} | {best['fp32, OpenVINO'] / best[k]:.2f}x | {min(vs):.4f} | "
                   f"{sum(d < 0.995 for d in vs)} of {len(vs)} | {min(manual):+.4f} | {differ} | "
-                  f"{logit_rms(flat(probs), flat(ref_probs), band):.3f} |", flush=True)
+                  f"{logit_rms(flat(probs), flat(ref_probs), band):.3f} | "
+                  f"{' '.join(items[int(np.argmin(manual))][:2])} |", flush=True)
 
 
 def recording(run: Callable[[np.ndarray], np.ndarray], into: list[np.ndarray]) -> Runner:

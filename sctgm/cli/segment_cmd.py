@@ -55,7 +55,7 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="Network engine: auto = ONNX Runtime on a CPU (fastest there), PyTorch on a GPU.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="Network arithmetic: bf16 runs ~2x faster on CPUs with bf16 instructions (AVX-512 BF16, AMX) "
-                   "with OpenVINO installed (pip install 'sctgm[openvino]'), masks at Dice >= 0.999 vs fp32 "
+                   "with OpenVINO installed (pip install 'sctgm[openvino]'), masks at Dice >= 0.998 vs fp32 "
                    "(docs/speed.md); elsewhere fp32, with a warning [default: the model's, fp32].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
               help="Slices per network call [default: 1 on a CPU, 32 on a GPU].")
