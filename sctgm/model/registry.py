@@ -147,7 +147,10 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
     """The packaged data_registry.json, plus the models of ``extra`` (default: ``$SCTGM_REGISTRY``),
     each entry validated. A user file may set ``default`` but not redefine a packaged model."""
     packaged = resources.files("sctgm").joinpath("data_registry.json")
-    reg = _read_json(packaged.read_text())
+    try:
+        reg = _read_json(packaged.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{packaged}: the packaged registry is not valid ({exc}); reinstall sct-gm") from None
     for name, entry in list(reg["models"].items()):
         _check_entry(name, entry, "data_registry.json")
         # weights shipped inside the package (large-robust): a relative folder, as in a model.json
@@ -231,15 +234,16 @@ def registered_names() -> tuple[list[str], str]:
     return sorted(reg["models"]), reg["default"]
 
 
-def network_name(model: InstalledModel) -> str:
-    """The name a sidecar gives the network ``model`` runs: its own, or for a combination's first
-    network (``large-ensemble`` runs `large`'s weights) the registered single-network model with the
-    same weights file and network, so that a reader is not told of a network that does not exist."""
+def network_record(model: InstalledModel) -> tuple[str, str]:
+    """The name and version a sidecar gives the network ``model`` runs: its own, or for a
+    combination's first network (``large-ensemble`` runs `large`'s weights) those of the registered
+    single-network model with the same weights file and network, so that a reader is not told of a
+    network that does not exist."""
     if model.recipe.combine is None:
-        return model.name
+        return model.name, model.version
     for name, entry in load_registry()["models"].items():
         weights = [f.get("sha256") for f in entry.get("files", []) if f.get("role") == "weights"]
         if entry.get("combine") is None and weights == [model.sha256] \
                 and entry.get("architecture") == model.recipe.network:
-            return str(name)
-    return model.name
+            return str(name), str(entry.get("version", model.version))
+    return model.name, model.version

@@ -12,14 +12,16 @@ axis, the number printed on the report's tiles.
 from __future__ import annotations
 
 import base64
-import hashlib
-import tempfile
+import contextlib
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .. import geometry, labels
 from ..exceptions import GridMismatchError, InputImageError, QcError
@@ -30,15 +32,50 @@ from . import render
 
 #: Mask voxels at or above this value are GM (as in the report: sctgm.qc.entry.MASK_THRESHOLD).
 MASK_THRESHOLD = 0.5
-#: Seconds a save waits for another process saving into the same corrected mask.
+#: Seconds a save waits for another process saving into the same labels folder.
 SAVE_LOCK_TIMEOUT_S = 60.0
 
 
-def _save_lock(target: labels.CorrectionTarget) -> FileLock:
-    """A lock on one corrected mask across processes (two review servers on different QC folders may
-    show the same image), kept in the temporary folder so the labels folder holds only labels."""
-    key = hashlib.sha256(str(target.mask.resolve()).encode()).hexdigest()[:24]
-    return FileLock(str(Path(tempfile.gettempdir()) / f"sctgm-correction-{key}.lock"), timeout=SAVE_LOCK_TIMEOUT_S)
+@contextlib.contextmanager
+def save_lock(target: labels.CorrectionTarget) -> Iterator[None]:
+    """Hold the corrected mask's folder against every other save into it, across processes and users
+    (two review servers on different QC folders may show the same image). On POSIX an advisory
+    ``flock`` on the folder itself: it creates no file (a lock file would be one more file in a
+    labels folder, owned by the first user who saved, which the next user could not open); elsewhere
+    a hidden lock file in the folder. Raises QcError after :data:`SAVE_LOCK_TIMEOUT_S`."""
+    folder = target.mask.parent
+    busy = QcError(f"{target.mask}: another save into {folder} held it for {SAVE_LOCK_TIMEOUT_S:.0f} s; not saved, "
+                   "try again")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QcError(f"{folder}: cannot create the labels folder ({exc.strerror or exc})") from None
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        try:
+            with FileLock(str(folder / ".sctgm-save.lock"), timeout=SAVE_LOCK_TIMEOUT_S):
+                yield
+        except Timeout:
+            raise busy from None
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise QcError(f"{folder}: cannot open the labels folder to lock it ({exc.strerror or exc})") from None
+    try:
+        deadline = time.monotonic() + SAVE_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise busy from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def from_display(d: np.ndarray) -> np.ndarray:
@@ -200,7 +237,7 @@ def save_slice(vol: EntryVolume, file_slice: int, display_mask: np.ndarray) -> d
     c = from_display(display_mask)
     if c.shape != vol.current.shape[:2]:
         raise QcError(f"mask of {display_mask.shape}; expected {render.to_display(vol.current[:, :, k]).shape}")
-    with _save_lock(vol.target):
+    with save_lock(vol.target):
         # the file as it is now, not as this editor opened it: another review server may have saved
         # other slices of it since (their work is kept, and its sidecar lists them)
         current = _saved_on_disk(vol) if vol.target.mask.exists() else vol.current.copy()

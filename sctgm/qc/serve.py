@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from ..exceptions import InvalidOptionError, QcError, SctGmError
 from . import corrections, report
@@ -102,12 +102,16 @@ class ReviewServer(ThreadingHTTPServer):
 
     def save(self, entry_id: str, file_slice: int, body: bytes) -> dict[str, Any]:
         """Check the payload, then (serialised) reload the entry's masks and save the slice."""
-        with self.save_lock, FileLock(str(self.root / report.LOCK_NAME), timeout=report.LOCK_TIMEOUT_S):
-            vol = self.volume(entry_id, fresh=True)  # another process may have saved since
-            shape = corrections.slice_view_shape(vol)
-            mask = corrections.parse_mask(body, *shape)
-            result = corrections.save_slice(vol, file_slice, mask)
-            report.rebuild_index(self.root)  # the report lists the corrected slices, served or not
+        try:
+            with self.save_lock, FileLock(str(self.root / report.LOCK_NAME), timeout=report.LOCK_TIMEOUT_S):
+                vol = self.volume(entry_id, fresh=True)  # another process may have saved since
+                shape = corrections.slice_view_shape(vol)
+                mask = corrections.parse_mask(body, *shape)
+                result = corrections.save_slice(vol, file_slice, mask)
+                report.rebuild_index(self.root)  # the report lists the corrected slices, served or not
+        except Timeout:
+            raise QcError(f"{self.root}: another sct-gm process held the QC folder for {report.LOCK_TIMEOUT_S:.0f} s; "
+                          "not saved, try again") from None
         return result
 
 

@@ -112,30 +112,28 @@ def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_m
     for x in doubts:  # "the networks disagree" is this module's judgement (first vs second), not the guard's
         reasons = tuple(r for r in x.reasons if r != NETWORKS_DISAGREE)
         if reasons:
-            by_slice[x.slice] = SliceDoubt(x.slice, reasons, x.action, round(float(d[x.slice]), 3))
+            by_slice[x.slice] = SliceDoubt(x.slice, reasons, x.action, round(float(d[x.slice]), 3),
+                                           0 if x.action == "replaced" else None)
     for k, which in chosen.items():
         old = by_slice.get(k)
         reasons = tuple(dict.fromkeys((old.reasons if old else ()) + (NETWORKS_DISAGREE,)))
         action = old.action if old is not None and old.action != "kept" else CHOSE[which]
-        by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3))
+        network = {"replaced": 0, "dropped": None}.get(action, 0 if which == "first" else 1)
+        by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3), network)
     return out, [by_slice[k] for k in sorted(by_slice)]
-
-
-#: Where a slice's GM came from one network alone (by the action recorded for it), its probability map
-#: is that network's: "replaced" is the guard re-filling a slice from the first network.
-_SOURCE = {"first_network": 0, "replaced": 0, "second_network": 1}
 
 
 def chosen_probability(mean: np.ndarray, first: np.ndarray, second: np.ndarray,
                        doubts: Sequence[SliceDoubt]) -> np.ndarray:
     """The probability map that goes with :func:`combine`'s mask (window k = slice k, as the pipeline
     predicts them): the :func:`logit_mean` ``mean``, but on a slice whose GM was taken from one
-    network, that network's probabilities, so that ``--prob`` thresholded gives the mask there too."""
-    out = mean
+    network (``SliceDoubt.network``) that network's probabilities, and 0 on a slice the guard emptied,
+    so that ``--prob`` thresholded gives that network's mask there before the per-slice clean-up
+    (largest components, holes) and the guard's removal of GM outside the cord."""
+    out = mean.copy()
     for x in doubts:
-        source = _SOURCE.get(x.action)
-        if source is not None:
-            if out is mean:
-                out = mean.copy()
-            out[x.slice] = (first, second)[source][x.slice]
+        if x.action == "dropped":
+            out[x.slice] = 0.0
+        elif x.network is not None:
+            out[x.slice] = (first, second)[x.network][x.slice]
     return out

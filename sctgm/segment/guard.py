@@ -54,12 +54,15 @@ REASON_TEXT = {
 @dataclass(frozen=True)
 class SliceDoubt:
     """One doubtful slice: canonical index, reasons, and what the guard did (``kept``,
-    ``re-placed``: outside GM removed; ``replaced``: the alternative's GM used; ``dropped``: emptied)."""
+    ``re-placed``: outside GM removed; ``replaced``: the alternative's GM used; ``dropped``: emptied).
+    A combination (:mod:`.ensemble`) adds the networks' slice Dice and ``network``: whose GM the slice
+    holds (0 the first network, 1 the second; None: the combination's, or none)."""
 
     slice: int
     reasons: tuple[str, ...]
     action: str
     dice_between_networks: float | None = None
+    network: int | None = None
 
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -188,7 +191,8 @@ def neighbour_consistency(candidate: np.ndarray, k: int, reference: np.ndarray, 
     rule's tolerance (JUMP_MM + drift): each term reaches 1 where :func:`guard` starts doubting. The
     neighbours are up to :data:`NEIGHBOURS` slices each side holding at least
     :data:`MIN_NEIGHBOUR_VOXELS` voxels, not in ``skip``. Returns 0.0 when fewer than two neighbours
-    can be judged (nothing to compare with), ``inf`` for an empty candidate that has them."""
+    can be judged (nothing to compare with); for an empty candidate, ``inf`` between GM slices and 1.0
+    (the guard's doubt level) where the GM ends."""
     ref = np.asarray(reference) > 0
     nz = ref.shape[2]
     area = ref.reshape(-1, nz).sum(axis=0)
@@ -201,8 +205,8 @@ def neighbour_consistency(candidate: np.ndarray, k: int, reference: np.ndarray, 
         return 0.0
     cand = np.asarray(candidate) > 0
     n = int(cand.sum())
-    if n == 0:
-        return float("inf")
+    if n == 0:  # a gap between GM slices is not anatomy; an end of the GM (cord end, cut) may be
+        return float("inf") if _between(k, has) else 1.0
     ref_area = float(np.median(area[nb]))
     ref_centre = np.median(np.stack([_centroid_mm(ref[:, :, j], zooms_mm) for j in nb]), axis=0)
     tolerance_mm = JUMP_MM + DRIFT_PER_MM * max(abs(j - k) for j in nb) * float(zooms_mm[2])

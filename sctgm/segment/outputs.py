@@ -30,7 +30,7 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 networks_dice_per_slice (slice Dice between them, by the file's S-I slice index),
                 doubtful_slices ([{slice: file index, reasons: [networks_disagree | outside_cord |
                 area_jump], action: kept | first_network | second_network | re-placed | replaced | dropped,
-                networks_dice}])},
+                networks_dice, network: whose GM the slice holds, or null}])},
      "Sha256": {"Sources": [sha256 of each source file, in the order of "Sources"],
                 "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set}}}
 """
@@ -54,7 +54,7 @@ from ..filesystem import file_sha256, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, OutputSet, is_manual_label_path
-from ..model.registry import network_name
+from ..model.registry import network_record
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 
@@ -131,8 +131,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     }]
     if segmenter.partner is not None:  # a combination: each network it ran
         out["GeneratedBy"][0]["Model"]["Networks"] = [
-            {"Name": network_name(n.model), "Version": n.model.version, "Sha256": n.model.sha256,
-             "Filters": n.model.filters}
+            dict(zip(("Name", "Version"), network_record(n.model)), Sha256=n.model.sha256, Filters=n.model.filters)
             for n in (segmenter.network, segmenter.partner)]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_keys(info.get("enhancement", {})))

@@ -22,7 +22,7 @@ from ..engines import LoadedNetwork, ProgressCallback, load_network, predict
 from ..exceptions import InvalidOptionError, ModelError
 from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
-from ..model.registry import InstalledModel, network_name
+from ..model.registry import InstalledModel, network_record
 from ..recipe import Combination, Preprocessing
 from . import enhance, ensemble, guard, placement, postprocess
 from .grid import Window, overlap, window_to_native
@@ -232,8 +232,8 @@ class Segmenter:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if doubts is not None and agreement is not None:
-            info["networks"] = [network_name(self.model), self.partner.model.name]  # type: ignore[union-attr]
-            info.update(_confidence_in_file_order(doubts, agreement, reo))
+            info["networks"] = [network_record(self.model)[0], self.partner.model.name]  # type: ignore[union-attr]
+            info.update(_confidence_in_file_order(doubts, agreement, reo, info["networks"]))
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 
     # -- network passes -----------------------------------------------------------------------
@@ -330,15 +330,17 @@ def _native_mask(vol: PreparedVolume, windows: list[Window], prob: np.ndarray, t
 
 
 def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndarray,
-                              reo: Reorientation) -> dict[str, Any]:
+                              reo: Reorientation, names: list[str]) -> dict[str, Any]:
     """The per-slice confidence of a combination, by the file's own S-I slice index: the slice Dice
-    between the two networks, and the doubtful slices (reasons, what the guard did)."""
+    between the two networks, and the doubtful slices (reasons, what was done, whose GM the slice
+    holds: one of ``names``, or null for the combination's own or none)."""
     n = len(agreement)
     by_file = [0.0] * n
     for k in range(n):
         by_file[file_slice_index(reo, k)] = round(float(agreement[k]), 3)
     listed = [{"slice": file_slice_index(reo, d.slice), "reasons": list(d.reasons), "action": d.action,
-               "networks_dice": d.dice_between_networks} for d in doubts]
+               "networks_dice": d.dice_between_networks,
+               "network": None if d.network is None else names[d.network]} for d in doubts]
     return {"networks_dice_per_slice": by_file, "doubtful_slices": sorted(listed, key=lambda d: d["slice"])}
 
 

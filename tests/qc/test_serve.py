@@ -137,6 +137,36 @@ def test_two_editors_of_one_image_keep_each_others_slices(tmp_path):
     assert corrections.labels.labelled_slices_of(paths["sub-01"]["label"]) == (0, 2)
     assert second.saved == [0, 2]
 
+
+def test_a_save_waits_for_another_process_saving_into_the_folder(tmp_path, monkeypatch):
+    """While another save holds the labels folder (another review server, here the lock taken by the
+    test), a save waits, then lands; past the timeout it is refused in one line, nothing written.
+    The lock leaves no file behind in the labels folder."""
+    import time
+
+    from sctgm.qc import report
+
+    paths = editing.build(tmp_path, {"sub-01": "LAS"}, prob=False)
+    vol = corrections.open_entry(report.read_entries(tmp_path / "qc")[0])
+    m = to_display(vol.current[:, :, vol.canonical_index(1)]).copy()
+    m[1, 1] = 1 - m[1, 1]
+    label = paths["sub-01"]["label"]
+    before = sorted(p.name for p in label.parent.iterdir()) if label.parent.exists() else []
+    with corrections.save_lock(vol.target):
+        saver = threading.Thread(target=corrections.save_slice, args=(vol, 1, m))
+        saver.start()
+        time.sleep(0.5)
+        assert saver.is_alive() and not label.exists()  # waiting
+    saver.join(timeout=30)
+    assert not saver.is_alive() and corrections.labels.labelled_slices_of(label) == (1,)
+    assert sorted(p.name for p in label.parent.iterdir()) == sorted(before + [label.name, corrections.labels.sidecar_of(label).name])
+    monkeypatch.setattr(corrections, "SAVE_LOCK_TIMEOUT_S", 0.2)
+    written = label.read_bytes()
+    with corrections.save_lock(vol.target):
+        with pytest.raises(QcError, match="another save into .* not saved"):
+            corrections.save_slice(vol, 2, m)
+    assert label.read_bytes() == written
+
 def test_refusals_write_nothing(site):
     run, paths, root = site
     eid = paths["sub-01"]["entry"].name

@@ -79,6 +79,9 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     assert result is not None
     first = result.gm[:, :, 0]
     assert first.sum() > 50 and all(np.array_equal(result.gm[:, :, k], first) for k in range(5))
+    # before post-processing: the combined mask (slice 2's log-odds mean of GM and no GM is 0.5: not
+    # GM), not the first network's 5 slices
+    assert result.info["gm_voxels_before_postprocessing"] == 4 * int(first.sum())
     doubt = result.info["doubtful_slices"]
     assert [(d["slice"], d["action"]) for d in doubt] == [(2, "first_network")]
     assert doubt[0]["reasons"] == ["networks_disagree"]
@@ -191,3 +194,49 @@ def test_the_probability_map_of_a_chosen_slice_is_that_networks(tiny_model, make
     assert result.gm[:, :, 2].sum() > 50
     for k in range(5):
         assert np.array_equal(result.gm_prob[:, :, k] > threshold, result.gm[:, :, k] > 0), k
+
+
+def test_where_the_gm_ends_an_empty_slice_can_win_but_never_inside_the_run() -> None:
+    """Slice 8, the last with GM: the first network sees none there, the second a blob 4x the
+    neighbours' area (another structure, at the GM's position, so the guard's position rule keeps
+    it): "the GM ends here" agrees better, and the slice stays empty. Slice 4, inside the run: an
+    empty slice is a gap, never anatomy, so the second network's GM is used."""
+    from sctgm.segment.ensemble import choose_where_disagreeing, combine
+
+    right = _gm_column()
+    first, second = right.copy(), right.copy()
+    first[:, :, 8] = False
+    x, y = np.mgrid[:80, :80]
+    second[:, :, 8] = ((x - 48) / 8.0) ** 2 + ((y - 42) / 16.0) ** 2 <= 1.0  # 4x the area, same centre
+    first[:, :, 4] = False
+    combined = first & second
+    mask, chosen = choose_where_disagreeing(combined, first, second, ZOOMS)
+    assert chosen == {4: "second", 8: "first"}
+    assert not mask[:, :, 8].any() and np.array_equal(mask[:, :, 4], right[:, :, 4])
+    out, doubts = combine(combined, first, second, ZOOMS)
+    assert not out[:, :, 8].any()
+    assert {(d.slice, d.action, d.network) for d in doubts} == {(4, "second_network", 1), (8, "first_network", 0)}
+
+
+def test_the_probabilities_follow_whose_gm_a_slice_holds_also_after_the_guard() -> None:
+    """The first network collapses on slice 3; the second has the GM there plus a blob outside the
+    cord. The second's slice is chosen, the guard removes the blob (re-placed): the slice still holds
+    the second network's GM, and the probability map there is the second's; a slice the guard
+    empties gets 0."""
+    from sctgm.segment.ensemble import chosen_probability, combine
+    from sctgm.segment.guard import SliceDoubt
+
+    right = _gm_column()
+    first, second = right.copy(), right.copy()
+    first[:, :, 3] = False
+    first[44:46, 40:42, 3] = True
+    second[2:8, 2:8, 3] = True  # 19 mm from the GM
+    out, doubts = combine(first & second, first, second, ZOOMS)
+    assert np.array_equal(out, right)
+    (d,) = doubts
+    assert (d.slice, d.action, d.network) == (3, "re-placed", 1) and "outside_cord" in d.reasons
+    mean, p1, p2 = (np.full((9, 4, 4), v, dtype=np.float32) for v in (0.5, 0.1, 0.9))
+    prob = chosen_probability(mean, p1, p2, doubts)
+    assert (prob[3] == 0.9).all() and (np.delete(prob, 3, axis=0) == 0.5).all()
+    dropped = chosen_probability(mean, p1, p2, [SliceDoubt(5, ("outside_cord",), "dropped")])
+    assert (dropped[5] == 0).all() and (dropped[4] == 0.5).all()

@@ -53,13 +53,13 @@ def test_the_default_is_the_combination_and_its_recipe_names_both_networks() -> 
     assert entry["preprocessing"] == large["preprocessing"]
     assert Recipe.from_entry(large, "large").combine is None
     # so a sidecar names its first network `large`, the network it runs, not the combination
-    from sctgm.model.registry import InstalledModel, network_name
+    from sctgm.model.registry import InstalledModel, network_record
     first = InstalledModel("large-ensemble", "v", Path("w"), "safetensors", large["files"][0]["sha256"], recipe)
-    assert network_name(first) == "large"
-    assert network_name(InstalledModel("large", "v", Path("w"), "safetensors", "x",
-                                       Recipe.from_entry(large, "large"))) == "large"
-    assert network_name(InstalledModel("large-ensemble", "v", Path("w"), "safetensors", "0" * 64, recipe)) \
-        == "large-ensemble"  # weights of no registered single network: its own name
+    assert network_record(first) == ("large", large["version"]) and large["version"] != entry["version"]
+    assert network_record(InstalledModel("large", "v", Path("w"), "safetensors", "x",
+                                         Recipe.from_entry(large, "large"))) == ("large", "v")
+    assert network_record(InstalledModel("large-ensemble", "v", Path("w"), "safetensors", "0" * 64, recipe)) \
+        == ("large-ensemble", "v")  # weights of no registered single network: its own
     card = Path(sctgm.__file__).parent / "model" / "cards" / "large-ensemble.md"
     text = card.read_text()
     assert "`large`" in text and "`large-robust`" in text and "docs/robustness.md" in text
