@@ -286,9 +286,12 @@ def test_cli_serves_until_interrupted(tmp_path):
     import sys
 
     editing.build(tmp_path, {"sub-01": "LAS"}, prob=False)
+    # a suite started in the background (`pytest &`, nohup) inherits SIGINT ignored, and so would the
+    # server: give it Ctrl-C as a terminal would
     proc = subprocess.Popen([sys.executable, "-m", "sctgm", "qc", "--serve", str(tmp_path / "qc")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(corrections.__file__).parents[2])})
+                            env={**os.environ, "PYTHONPATH": str(Path(corrections.__file__).parents[2])},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.stdout.readline()
         url = proc.stdout.readline().strip()
@@ -297,7 +300,11 @@ def test_cli_serves_until_interrupted(tmp_path):
         assert requests.get(url.rsplit("/", 2)[0] + "/index.html", timeout=10).status_code == 403
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a server behind
+            out, err = proc.communicate()
     assert proc.returncode == 0 and "Stopped." in out, err
 
 
