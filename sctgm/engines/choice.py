@@ -156,6 +156,13 @@ def load_network(model: InstalledModel, device: str = "auto", *, engine: str = "
 
             runner: Engine = OpenVinoNetwork(graph, precision="bf16", threads=threads, cache_dir=cache_dir,
                                              origin=str(cache_file or origin), fp32_nodes=network.bf16_fp32_nodes)
+            if not runner.fp32_nodes_honoured():  # type: ignore[attr-defined]
+                import openvino
+
+                log.warning("precision bf16: OpenVINO %s runs %s in bf16, which the masks need in fp32 "
+                            "(2026.3 or later keeps them); running in fp32", openvino.__version__,
+                            ", ".join(network.bf16_fp32_nodes))
+                runner = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
         else:
             runner = OnnxNetwork(graph, threads=threads, origin=str(cache_file or origin))
     else:

@@ -9,6 +9,7 @@ import pytest
 
 from sctgm.engines import hardware
 from sctgm.networks.dilated import NETWORK, onnx_graph
+from sctgm.exceptions import ModelError
 from sctgm.segment.pipeline import Segmenter
 
 from ..conftest import random_state_dict
@@ -76,6 +77,9 @@ def test_layers_kept_in_fp32_run_in_fp32_and_bring_the_output_to_fp32s():
     conv_layers = lambda net: {k: v for k, v in _runtime_precisions(net).items() if "/WithoutBiases" in k}  # noqa: E731
     assert set(conv_layers(plain).values()) == {"bf16"} and len(conv_layers(plain)) == len(convs)
     assert set(conv_layers(mixed).values()) == {"f32"} and len(conv_layers(mixed)) == len(convs)
+    assert mixed.fp32_nodes_honoured()
+    plain.fp32_nodes = tuple(convs)  # what an OpenVINO that drops the marks would compile: caught
+    assert not plain.fp32_nodes_honoured()
     rms = lambda a: float(np.sqrt(np.mean((a - f32) ** 2)))  # noqa: E731
     b, m = plain.run(_x()), mixed.run(_x())
     assert rms(b) > 0.01  # bf16 moves these logits (else the comparison says nothing)
@@ -116,3 +120,12 @@ def test_precision_bf16_keeps_the_networks_chosen_layers_in_fp32(tiny_model):
     assert seg.network.runner.fp32_nodes == NETWORK.bf16_fp32_nodes
     kept = {k for k, v in _runtime_precisions(seg.network.runner).items() if v == "f32" and "/WithoutBiases" in k}
     assert {k.split("/")[0] for k in kept} == {k.split("/")[0] for k in NETWORK.bf16_fp32_nodes}
+
+
+def test_a_node_name_the_graph_lacks_is_refused_in_one_line():
+    pytest.importorskip("openvino")
+    from sctgm.engines.openvino import OpenVinoNetwork
+
+    graph, _ = _logits_graph()
+    with pytest.raises(ModelError, match=r"\['conv2d_1/typo'\] name no layer"):
+        OpenVinoNetwork(graph, threads=1, fp32_nodes=["conv2d_1/typo"])

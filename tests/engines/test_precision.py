@@ -16,6 +16,7 @@ from sctgm.engines.onnx import OnnxNetwork
 from sctgm.networks.dilated import onnx_graph
 from sctgm.exceptions import InvalidOptionError
 from sctgm.io import load_image
+from sctgm.model.install import ensure_model
 from sctgm.segment.pipeline import Segmenter
 
 from ..conftest import LABELLED, MODELS_DIR, cord_phantom_volume, dice, random_state_dict
@@ -119,6 +120,27 @@ def test_without_bf16_the_network_runs_fp32_with_one_warning(probe, tiny_model, 
     fp32 = Segmenter.from_name(name, device="cpu")
     x = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
     np.testing.assert_array_equal(seg.network.runner.run(x), fp32.network.runner.run(x))
+
+
+def test_an_openvino_that_ignores_the_fp32_layers_runs_fp32_with_one_warning(tiny_model, make_nifti, monkeypatch,
+                                                                               caplog):
+    """OpenVINO before 2026.3 drops the marks that keep the first convolution in fp32, silently, and
+    bf16's masks then miss the bar (docs/speed.md): the engine checks the compiled layers and falls
+    back to fp32, once, for both networks of the default."""
+    pytest.importorskip("openvino")
+    from sctgm.engines.openvino import OpenVinoNetwork
+
+    monkeypatch.setattr("sctgm.engines.choice.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(OpenVinoNetwork, "fp32_nodes_honoured", lambda self: False)
+    name = tiny_model()
+    model = ensure_model(name)
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        seg = Segmenter(model, device="cpu", precision="bf16", partner=ensure_model(tiny_model("tiny-b")))
+        seg.segment_image(_phantom(make_nifti))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2026.3" in warnings[0] and "running in fp32" in warnings[0], warnings
+    assert (seg.network.engine, seg.network.precision) == ("onnxruntime", "fp32")
+    assert (seg.partner.engine, seg.partner.precision) == ("onnxruntime", "fp32")
 
 
 def test_an_unknown_precision_is_refused(tiny_model):
