@@ -235,8 +235,9 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
         return "made with another model"
     if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter):
         return "made with other parameters"
-    if params.get("precision", "fp32") != segmenter.network.precision:  # sidecars before 'precision': fp32
-        return "made at another precision"
+    if params.get("precision", "fp32") != segmenter.network.precision \
+            or params.get("precision_fp32_layers", []) != list(segmenter.network.fp32_layers):
+        return "made at another precision"  # sidecars before 'precision': fp32; before the fp32 layers: none
     names = [job.input.name] + ([job.cord.name] if job.cord is not None else [])
     if sources != names:
         return "made from other source files"

@@ -70,6 +70,11 @@ class LoadedNetwork:
         """The arithmetic the network runs in ('fp32', 'bf16'), after any fallback."""
         return getattr(self.runner, "precision", "fp32")
 
+    @property
+    def fp32_layers(self) -> tuple[str, ...]:
+        """The layers kept in fp32 under bf16 (the network's ``bf16_fp32_nodes`` on OpenVINO; else none)."""
+        return tuple(getattr(self.runner, "fp32_nodes", ()))
+
 
 def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]:
     """Resolve (engine, device) requests into what will run, e.g. ('auto', 'auto') ->

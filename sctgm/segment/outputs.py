@@ -127,6 +127,8 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
                        "precision": segmenter.network.precision,
+                       **({"precision_fp32_layers": list(segmenter.network.fp32_layers)}
+                          if segmenter.network.fp32_layers else {}),
                        "enhancement": options.enhancement(m.preprocessing).to_dict()},
     }]
     if segmenter.partner is not None:  # a combination: each network it ran

@@ -129,3 +129,29 @@ def test_a_node_name_the_graph_lacks_is_refused_in_one_line():
     graph, _ = _logits_graph()
     with pytest.raises(ModelError, match=r"\['conv2d_1/typo'\] name no layer"):
         OpenVinoNetwork(graph, threads=1, fp32_nodes=["conv2d_1/typo"])
+
+
+@needs_bf16
+def test_the_sidecar_records_the_fp32_layers_and_a_resume_redoes_outputs_made_without_them(tiny_model, make_nifti):
+    """bf16 outputs of the path that ran every layer in bf16 recorded only `precision: bf16`: a batch
+    resumed now must redo them, not keep them as this path's."""
+    import json
+
+    from sctgm.batch import BatchSettings, segment_files
+
+    from ..conftest import cord_phantom_volume
+
+    image = make_nifti(cord_phantom_volume(seed=1), name="sub-01_T2star.nii.gz")
+    settings = BatchSettings(model=tiny_model(), device="cpu", precision="bf16")
+    assert [r.status for r in segment_files([str(image)], settings).records] == ["ok"]
+    sidecar = image.with_name("sub-01_T2star_gmseg.json")
+    meta = json.loads(sidecar.read_text())
+    params = meta["GeneratedBy"][0]["Parameters"]
+    assert params["precision"] == "bf16" and params["precision_fp32_layers"] == list(NETWORK.bf16_fp32_nodes)
+    assert [r.status for r in segment_files([str(image)], settings).records] == ["skipped"]
+    del params["precision_fp32_layers"]  # as the earlier path wrote it
+    sidecar.write_text(json.dumps(meta))
+    assert [r.status for r in segment_files([str(image)], settings).records] == ["ok"]
+    fp32 = BatchSettings(model="tiny", device="cpu")
+    assert [r.status for r in segment_files([str(image)], fp32).records] == ["ok"]
+    assert "precision_fp32_layers" not in json.loads(sidecar.read_text())["GeneratedBy"][0]["Parameters"]
