@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from ..training.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION,
-                                 VALIDATIONS_PER_RUN)
+                                 validation_interval)
 from . import resolve_verbosity, setup_logging, verbosity_option
 from ..networks import BUILTIN, network_named
 from .options import greedy_command
@@ -95,7 +95,7 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
     with counting_bar(quiet, "training", "steps", describe) as bar:
         def progress(p: object) -> None:
             step, total = p.step, p.max_steps  # type: ignore[attr-defined]
-            every = max(1, total // VALIDATIONS_PER_RUN)
+            every = validation_interval(total)
             if lines and (getattr(p, "val_dice", None) is not None
                           or (unvalidated and (step % every == 0 or step == total))):
                 click.echo(validation_line(p), err=True)

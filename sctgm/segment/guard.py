@@ -132,8 +132,7 @@ def guard(gm: np.ndarray, zooms_mm: Sequence[float], *, cord: np.ndarray | None 
         nb = _neighbours(k, mask_has)
         if len(nb) < 2:
             return None, 0.0
-        far = max(abs(j - k) for j in nb) * z_mm
-        return np.median(np.stack([cent[j] for j in nb]), axis=0), JUMP_MM + DRIFT_PER_MM * far
+        return _expected_position(k, nb, [cent[j] for j in nb], z_mm)  # type: ignore[misc]
 
     for k in range(nz):
         if not gm[:, :, k].any():
@@ -208,10 +207,18 @@ def neighbour_consistency(candidate: np.ndarray, k: int, reference: np.ndarray, 
     if n == 0:  # a gap between GM slices is not anatomy; an end of the GM (cord end, cut) may be
         return float("inf") if _between(k, has) else 1.0
     ref_area = float(np.median(area[nb]))
-    ref_centre = np.median(np.stack([_centroid_mm(ref[:, :, j], zooms_mm) for j in nb]), axis=0)
-    tolerance_mm = JUMP_MM + DRIFT_PER_MM * max(abs(j - k) for j in nb) * float(zooms_mm[2])
+    ref_centre, tolerance_mm = _expected_position(k, nb, [_centroid_mm(ref[:, :, j], zooms_mm) for j in nb],
+                                                  float(zooms_mm[2]))
     off_mm = float(np.linalg.norm(_centroid_mm(cand, zooms_mm) - ref_centre))
     return abs(float(np.log(n / ref_area))) / float(np.log(AREA_RATIO)) + off_mm / tolerance_mm
+
+
+def _expected_position(k: int, nb: Sequence[int], centroids_mm: Sequence[np.ndarray],
+                       z_mm: float) -> tuple[np.ndarray, float]:
+    """Where the neighbouring slices ``nb`` (their GM centroids) put slice ``k``'s GM, and how far from
+    it GM may lie: :data:`JUMP_MM` plus the centreline's drift over the farthest neighbour."""
+    far_mm = max(abs(j - k) for j in nb) * z_mm
+    return np.median(np.stack(list(centroids_mm)), axis=0), JUMP_MM + DRIFT_PER_MM * far_mm
 
 
 def _between(k: int, has: np.ndarray) -> bool:

@@ -54,7 +54,6 @@ from ..filesystem import file_sha256, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, OutputSet, is_manual_label_path
-from ..model.registry import network_record
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 
@@ -133,8 +132,8 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     }]
     if segmenter.partner is not None:  # a combination: each network it ran
         out["GeneratedBy"][0]["Model"]["Networks"] = [
-            dict(zip(("Name", "Version"), network_record(n.model)), Sha256=n.model.sha256, Filters=n.model.filters)
-            for n in (segmenter.network, segmenter.partner)]
+            {"Name": name, "Version": version, "Sha256": n.model.sha256, "Filters": n.model.filters}
+            for (name, version), n in zip(segmenter.network_records, (segmenter.network, segmenter.partner))]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_keys(info.get("enhancement", {})))
     for k in ("networks", "networks_dice_per_slice", "doubtful_slices"):  # a combination of networks

@@ -132,6 +132,9 @@ class Segmenter:
             # at the precision the first one runs (after any fallback: one warning, not two)
             self.partner = load_network(partner, device, engine=engine, threads=threads,
                                         cache_dir=resolve_cache_dir(cache_dir), precision=self.network.precision)
+        #: (name, version) of each network a combination runs, as sidecars name them (read once)
+        self.network_records: list[tuple[str, str]] = [] if self.partner is None else [
+            network_record(n.model) for n in (self.network, self.partner)]
 
     @classmethod
     def from_name(cls, model: str | None = None, *, device: str = "auto", engine: str = "auto",
@@ -232,7 +235,7 @@ class Segmenter:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if doubts is not None and agreement is not None:
-            info["networks"] = [network_record(self.model)[0], self.partner.model.name]  # type: ignore[union-attr]
+            info["networks"] = [name for name, _ in self.network_records]
             info.update(_confidence_in_file_order(doubts, agreement, reo, info["networks"]))
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 

@@ -26,7 +26,7 @@ from ..io import save_json
 from ..engines.hardware import require_torch
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
-                       DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, VALIDATIONS_PER_RUN, warmup_steps)
+                       DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, validation_interval, warmup_steps)
 from .options import TrainOptions, TrainSources
 from . import outputs, sources
 
@@ -247,7 +247,7 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
     n_train = sum(len(s.images) for s in train_sets)
     if max_steps is None:
         max_steps = (math.ceil(epochs * math.ceil(n_train / batch_size)) if epochs else DEFAULT_MAX_STEPS)
-    val_every = max(1, max_steps // VALIDATIONS_PER_RUN)
+    val_every = validation_interval(max_steps)
     crop = min([prep.crop_px] + [min(v.prepared.window_px) for v in volumes])
     pretrained = init != "none"
     cfg_kwargs: dict[str, Any] = {} if augment_cfg is None else {"augment": augment_cfg}

@@ -37,6 +37,11 @@ DEFAULT_BN_FINETUNE = "train"
 #: improvement before stopping early).
 DEFAULT_VAL_FRACTION = 0.2
 VALIDATIONS_PER_RUN = 10
+
+
+def validation_interval(max_steps: int) -> int:
+    """Steps between validations (and between progress lines of a run without validation)."""
+    return max(1, max_steps // VALIDATIONS_PER_RUN)
 DEFAULT_PATIENCE = 5
 #: Checkpoint every this many validations.
 CHECKPOINT_EVERY_VALIDATIONS = 1

@@ -32,7 +32,7 @@ from ..recipe import DEFAULT_PRECISION
 from .augment import AugmentConfig, augment_crops
 from .checkpoint import load_checkpoint, save_checkpoint
 from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BN_FINETUNE, DEFAULT_LR, DEFAULT_MAX_STEPS, DEFAULT_PATIENCE,
-                       DEFAULT_WARMUP_STEPS, VALIDATIONS_PER_RUN)
+                       DEFAULT_WARMUP_STEPS, validation_interval)
 from .losses import dice_bce_loss
 from .models import precision_context
 
@@ -83,7 +83,7 @@ class TrainConfig:
     warmup_steps: int = DEFAULT_WARMUP_STEPS
     min_lr_fraction: float = 0.05
     bn: str = DEFAULT_BN_FINETUNE
-    val_every: int = max(1, DEFAULT_MAX_STEPS // VALIDATIONS_PER_RUN)
+    val_every: int = validation_interval(DEFAULT_MAX_STEPS)
     patience: int = DEFAULT_PATIENCE
     checkpoint_every: int = 0
     seed: int = 0
