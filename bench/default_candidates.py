@@ -22,7 +22,8 @@ import sctgm.io
 from sctgm.model.registry import Preprocessing, load_registry
 from sctgm.segment import postprocess
 from sctgm.segment.enhance import AUTO_THRESHOLD_REL
-from sctgm.segment.grid import Window, window_to_native
+from sctgm.segment.grid import Window
+from sctgm.segment.grid import to_native as grid_to_native
 from sctgm.segment.ensemble import combine, logit_mean, prefer_where_disagreeing
 from sctgm.segment.guard import guard
 from sctgm.segment.preprocess import prepare
@@ -65,11 +66,13 @@ class Case:
         return d
 
 
-def to_native(prob: np.ndarray, windows: list[Window], vol, threshold: float = 0.999) -> np.ndarray:
-    """What segment_image does after the network (canonical layout; all cases are LAS)."""
+def to_native(prob: np.ndarray, windows: list[Window], vol, threshold: float = 0.999,
+              rule: str = "linear") -> np.ndarray:
+    """What segment_image does after the network (canonical layout; all cases are LAS); ``rule``: the
+    rule back to the native grid (``Preprocessing.to_native``)."""
     mask = np.zeros(vol.data.shape, dtype=bool)
     for k, w in enumerate(windows):
-        box, v = window_to_native((prob[k] > threshold).astype(np.float32), vol.grid, w)
+        box, v = grid_to_native((prob[k] > threshold).astype(np.float32), vol.grid, w, rule)
         mask[box[0], box[1], k] = v >= 0.5
     return postprocess.fill_holes(postprocess.keep_largest_components(mask))
 
@@ -100,9 +103,16 @@ def candidates(case: Case, d: dict) -> dict[str, np.ndarray]:
     out["logit+R where disagree"] = prefer_where_disagreeing(E, L, R)[0]
     out["v1 (logit, R where disagree, guard)"] = guard(prefer_where_disagreeing(E, L, R)[0], case.zooms,
                                                       alternative=L)[0]
-    out["default v2 (logit, consistent network where disagree, guard)"] = combine(E, L, R, case.zooms)[0]
+    out["v2 (logit, consistent network where disagree, guard)"] = combine(E, L, R, case.zooms)[0]
     if case.cord is not None:
-        out["default v2 + cord mask"] = combine(E, L, R, case.zooms, cord=case.cord)[0]
+        out["v2 + cord mask"] = combine(E, L, R, case.zooms, cord=case.cord)[0]
+    # the rule back to the native grid: the fraction of each voxel's footprint that is GM (grid.py)
+    La, Ra = to_native(pl, wl, vol, rule="area"), to_native(prl, wl, vol, rule="area")
+    out["large, area"] = La
+    out["large-robust, area"] = to_native(pr, wr, vol, rule="area")
+    Ea = to_native(logit_mean([pl, prl]), wl, vol, rule="area")
+    out["logit@.999, area"] = Ea
+    out["default v3 (v2, back to the native grid by area)"] = combine(Ea, La, Ra, case.zooms)[0]
     return out
 
 

@@ -7,7 +7,8 @@ install and the CLI all read:
 - ``network``: which network and its sizes (the entry's ``architecture``: ``{"name": ..., "filters":
   ..., ...}``; the name is a module of :mod:`sctgm.networks`, which builds it for each engine);
 - ``preprocessing`` (:class:`Preprocessing`): orientation, fine-grid spacing, window size,
-  standardisation, the probability ``threshold`` and the ``enhancement`` (:class:`Enhancement`);
+  standardisation, the probability ``threshold``, the rule back to the native grid ``to_native`` and the
+  ``enhancement`` (:class:`~sctgm.enhancement.Enhancement`);
 - ``contrast``: the image contrast the model was trained for (``T2star`` for the published models);
 - ``precision``: the arithmetic the network runs in (:data:`PRECISIONS`; the policy is ``fp32``
   everywhere, inference and training's validation alike: docs/architecture.md, ``bench/precision.py``);
@@ -23,141 +24,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-import numpy as np
-
+from .enhancement import Enhancement
 from .exceptions import ModelError, SctGmError
-
-# -- enhancement constants (the steps themselves: sctgm.segment.enhance) -----------------------
-DENOISERS = ("off", "auto", "nlm", "tv", "wavelet", "bilateral")
-BIAS_METHODS = ("off", "n4", "smooth")
-
-#: ``denoise="auto"`` denoises (with :data:`AUTO_METHOD`) when the estimated noise, relative to the
-#: 99th percentile, exceeds this (chosen by measurement: see bench/robustness.py, docs/robustness.md;
-#: the unmodified labelled scans read 2.4-3.1 %, so they are left byte-identical).
-AUTO_THRESHOLD_REL = 0.035
-AUTO_METHOD = "nlm"
-#: Denoisers remove only the noise above this level (relative to the 99th percentile): their sigma is
-#: sqrt(sigma^2 - floor^2). The published networks were trained on scans about this noisy; removing all
-#: of it smooths away texture they rely on (measured: full NLM on clean mt1 costs `challenge` 0.06 Dice).
-NOISE_FLOOR_REL = 0.03
-
-
-# -- enhancement ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Enhancement:
-    """Which enhancement steps run before segmentation (stored in a model's preprocessing block and
-    in the sidecar). The default is today's behaviour: nothing runs.
-
-    ``denoise``: 'off', 'auto' (``auto_method`` when the estimated relative noise exceeds
-    ``auto_threshold_rel``), 'nlm' (non-local means), 'tv' (total variation), 'wavelet' or
-    'bilateral'; ``strength`` scales the denoiser's smoothing (1 = tuned default); ``noise_floor_rel``:
-    the noise left in, relative to the 99th percentile (0: remove all the estimated noise);
-    ``bias``: 'off', 'n4' (SimpleITK N4, 3D) or 'smooth' (in-plane division by a heavily smoothed
-    foreground, slice scaling to the volume's median); ``clahe``: contrast-limited adaptive histogram
-    equalisation per slice; ``clip_percentiles``: clip intensities to these percentiles (None: no);
-    ``min_removed_fraction``: the denoiser removes at least this fraction of the estimated noise
-    sigma even under the floor (``--denoise on`` sets :data:`ON_MIN_REMOVED_FRACTION`, so that asking
-    for denoising always denoises; 0, the default, is not written by :meth:`to_dict`).
-    """
-
-    denoise: str = "off"
-    strength: float = 1.0
-    noise_floor_rel: float = NOISE_FLOOR_REL
-    auto_threshold_rel: float = AUTO_THRESHOLD_REL
-    auto_method: str = AUTO_METHOD
-    bias: str = "off"
-    clahe: bool = False
-    clip_percentiles: tuple[float, float] | None = None
-    min_removed_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.min_removed_fraction) and 0.0 <= self.min_removed_fraction <= 1.0):
-            raise SctGmError(f"min_removed_fraction {self.min_removed_fraction}: expected a fraction "
-                             "in [0, 1]")
-        if self.denoise not in DENOISERS:
-            raise SctGmError(f"denoise {self.denoise!r}: expected one of {', '.join(DENOISERS)}")
-        if self.auto_method not in DENOISERS[2:]:
-            raise SctGmError(f"auto denoiser {self.auto_method!r}: expected one of "
-                             f"{', '.join(DENOISERS[2:])}")
-        if self.bias not in BIAS_METHODS:
-            raise SctGmError(f"bias correction {self.bias!r}: expected one of {', '.join(BIAS_METHODS)}")
-        if not (np.isfinite(self.strength) and self.strength > 0):
-            raise SctGmError(f"denoising strength {self.strength}: expected a positive number "
-                             "(1 is the default)")
-        if not (np.isfinite(self.noise_floor_rel) and self.noise_floor_rel >= 0):
-            raise SctGmError(f"noise floor {self.noise_floor_rel}: expected a relative noise >= 0 "
-                             "(e.g. 0.03)")
-        if not (np.isfinite(self.auto_threshold_rel) and self.auto_threshold_rel >= 0):
-            raise SctGmError(f"auto threshold {self.auto_threshold_rel}: expected a relative noise >= 0 "
-                             "(e.g. 0.035)")
-        if self.clip_percentiles is not None:
-            lo, hi = (float(x) for x in self.clip_percentiles)
-            if not 0.0 <= lo < hi <= 100.0:
-                raise SctGmError(f"clip percentiles {self.clip_percentiles}: expected 0 <= low < high <= 100")
-            object.__setattr__(self, "clip_percentiles", (lo, hi))
-
-    @property
-    def is_off(self) -> bool:
-        return (self.denoise == "off" and self.bias == "off" and not self.clahe
-                and self.clip_percentiles is None)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["clip_percentiles"] = None if self.clip_percentiles is None else list(self.clip_percentiles)
-        if not self.min_removed_fraction:  # records written before the key existed read the same
-            del d["min_removed_fraction"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Enhancement:
-        """The record from :meth:`to_dict`'s output; missing keys take their defaults, unknown keys
-        are refused (a model or sidecar from a newer sct-gm would otherwise be misread)."""
-        if not d:
-            return cls()
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SctGmError(f"enhancement settings: unknown key(s) {', '.join(unknown)}; "
-                             f"expected {', '.join(sorted(known))}")
-        d = dict(d)
-        if d.get("clip_percentiles") is not None:
-            d["clip_percentiles"] = tuple(d["clip_percentiles"])
-        return cls(**d)
-
-
-#: ``--denoise on`` removes at least this fraction of the estimated noise sigma, also from an image that
-#: reads under the floor (issue 20: 'on' changed nothing there). Half: the floor's own effect at the
-#: auto threshold (sqrt(3.5^2 - 3^2) / 3.5 = 0.52), so 'on' is never milder than 'auto' is when it fires.
-ON_MIN_REMOVED_FRACTION = 0.5
-
-#: ``denoise`` values of a run's options (:func:`with_options`): the record's, plus 'on'.
-DENOISE_OPTIONS = ("auto", "on", "off") + DENOISERS[2:]
-
-
-def with_options(base: Enhancement, *, denoise: str | None = None, bias: str | None = None,
-                 clahe: bool | None = None) -> Enhancement:
-    """``base`` (a model's enhancement) with a run's explicit options on top (None: the model's).
-    ``denoise='on'``: the model's denoiser always (its ``auto_method`` when the model says 'auto' or
-    'off'), removing at least :data:`ON_MIN_REMOVED_FRACTION` of the noise sigma; 'off': never;
-    'auto' or a method name: that."""
-    changes: dict[str, Any] = {}
-    if denoise is not None:
-        if denoise not in DENOISE_OPTIONS:
-            raise SctGmError(f"denoise {denoise!r}: expected one of {', '.join(DENOISE_OPTIONS)}")
-        changes["denoise"] = (base.denoise if base.denoise not in ("off", "auto") else base.auto_method) \
-            if denoise == "on" else denoise
-        if denoise == "on":  # asked for: it removes something even from an image under the floor
-            changes["min_removed_fraction"] = max(base.min_removed_fraction, ON_MIN_REMOVED_FRACTION)
-    if bias is not None:
-        changes["bias"] = bias
-    if clahe is not None:
-        changes["clahe"] = bool(clahe)
-    return replace(base, **changes) if changes else base
-
-
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
@@ -203,6 +74,10 @@ class Preprocessing:
     - ``standardisation``: ``"volume"``: (x - mean) / std with the mean and std of the whole window
       stack of a volume.
     - ``threshold``: GM probability above which a pixel is GM, strictly between 0 and 1.
+    - ``to_native``: how the thresholded fine mask goes back to the native grid (:data:`TO_NATIVE_RULES`;
+      a native voxel is GM where the result is >= 0.5): ``"linear"`` (the reference's: interpolated at
+      the voxel's centre) or ``"area"`` (the fraction of the voxel's footprint that is GM;
+      docs/robustness.md). Written in an entry only when not ``"linear"``, so older readers read it.
     - ``enhancement``: the image enhancement run on the canonical volume before anything else
       (:class:`Enhancement` as a JSON object, e.g. ``{"denoise": "auto"}``;
       missing keys take that record's defaults). Default :data:`DEFAULT_ENHANCEMENT`: denoise 'auto'
@@ -218,6 +93,7 @@ class Preprocessing:
     standardisation: str = "volume"
     threshold: float = 0.999
     enhancement: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENHANCEMENT))
+    to_native: str = "linear"
 
     @classmethod
     def from_entry(cls, block: Any, model: str = "?") -> Preprocessing:
@@ -246,8 +122,14 @@ class Preprocessing:
 
     def to_entry(self) -> dict[str, Any]:
         """The registry ``preprocessing`` block of this record (``from_entry(to_entry())`` == self)."""
-        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)}
+        entry = {f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)}
+        if self.to_native == "linear":
+            del entry["to_native"]
+        return entry
 
+
+#: ``Preprocessing.to_native``: the rules back to the native grid (:mod:`sctgm.segment.grid`).
+TO_NATIVE_RULES = ("linear", "area")
 
 #: A model's enhancement when its entry names none (chosen by measurement, docs/robustness.md).
 DEFAULT_ENHANCEMENT: dict[str, Any] = {"denoise": "auto"}
@@ -276,6 +158,8 @@ PREPROCESSING_RULES: dict[str, _Rule] = {
     "enhancement": _Rule(_enhancement, lambda v: True,
                          'an object of enhancement settings, e.g. {"denoise": "auto", "bias": "off", "clahe": false} '
                          "(docs/robustness.md)"),
+    "to_native": _Rule(_text, lambda v: v in TO_NATIVE_RULES,
+                       '"linear" (interpolated at the voxel centre, the reference) or "area" (footprint mean)'),
 }
 assert set(PREPROCESSING_RULES) == {f.name for f in fields(Preprocessing)}  # the table covers the record
 

@@ -233,8 +233,9 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     sha, params, sources = provenance(sidecar if isinstance(sidecar, dict) else {})
     if sha != segmenter.identity.sha256:
         return "made with another model"
-    if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter):
-        return "made with other parameters"
+    if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter) \
+            or params.get("to_native", "linear") != segmenter.model.preprocessing.to_native:
+        return "made with other parameters"  # sidecars before 'to_native': linear
     if params.get("precision", "fp32") != segmenter.network.precision \
             or params.get("precision_fp32_layers", []) != list(segmenter.network.fp32_layers):
         return "made at another precision"  # sidecars before 'precision': fp32; before the fp32 layers: none

@@ -21,9 +21,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..exceptions import SctGmError
-# the record and its constants live at the bottom layer, with the model recipe that stores them
-from ..recipe import (AUTO_METHOD, AUTO_THRESHOLD_REL, BIAS_METHODS, DENOISE_OPTIONS, DENOISERS,  # noqa: F401
-                      NOISE_FLOOR_REL, Enhancement, with_options)
+# the record and its constants live at the bottom layer, beside the model recipe that stores them
+from ..enhancement import (AUTO_METHOD, AUTO_THRESHOLD_REL, BIAS_METHODS, DENOISE_OPTIONS, DENOISERS,  # noqa: F401
+                           NOISE_FLOOR_REL, Enhancement, with_options)
 
 #: MAD -> standard deviation for Gaussian data.
 _MAD_TO_SIGMA = 1.0 / 0.6745

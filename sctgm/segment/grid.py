@@ -7,6 +7,11 @@ fine size is ``m = round(n * zoom_mm / spacing_mm)`` and fine voxel ``j`` sits w
 interpolations with edge replication outside the image (``mode='nearest'``). The slice axis is
 never resampled.
 
+Back to the native grid, two rules (the model's ``Preprocessing.to_native``): ``"linear"`` (the reference's:
+linear interpolation at each native voxel's centre, :func:`window_to_native`) and ``"area"`` (the mean
+over each native voxel's footprint, :func:`window_area_to_native`: of a thresholded mask, the fraction
+of the voxel the network's GM covers).
+
 Only the windows the network needs are computed, with ``scipy.ndimage.affine_transform`` and a
 diagonal matrix, so the whole fine volume (4x the native pixels) is never held in memory, and going
 back touches only the native voxels a window can reach.
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from ..recipe import TO_NATIVE_RULES
 
 @dataclass(frozen=True)
 class FineGrid:
@@ -90,6 +97,51 @@ def window_to_native(values: np.ndarray, grid: FineGrid, window: Window) -> tupl
         order=1, mode="nearest", prefilter=False,
     )
     return (box[0], box[1]), out
+
+
+def _footprint_weights(origin: int, size: int, n_fine: int, n_native: int) -> tuple[slice, np.ndarray]:
+    """Along one in-plane axis: the native voxels whose footprint meets a window of ``size`` fine
+    pixels at ``origin``, and the (voxels x window pixels) weights that average a fine slice (zero
+    outside the window) over each voxel's footprint. Native voxel ``i`` covers the fine interval
+    ``[(i - 1/2) r, (i + 1/2) r]``, ``r = n_fine / n_native`` (the grid convention above), clipped to
+    the fine slice; fine pixel ``j`` covers ``[j - 1/2, j + 1/2]``."""
+    r = n_fine / n_native
+    lo = max(0, int(np.floor((origin - 0.5) / r - 0.5)))
+    hi = min(n_native, int(np.ceil((origin + size - 0.5) / r + 0.5)) + 1)
+    i = np.arange(lo, hi, dtype=np.float64)[:, None]
+    a = np.clip((i - 0.5) * r, -0.5, n_fine - 0.5)
+    b = np.clip((i + 0.5) * r, -0.5, n_fine - 0.5)
+    j = np.arange(origin, origin + size, dtype=np.float64)[None, :]
+    covered = np.clip(np.minimum(b, j + 0.5) - np.maximum(a, j - 0.5), 0.0, None)
+    return slice(lo, hi), covered / (b - a)
+
+
+def window_area_to_native(values: np.ndarray, grid: FineGrid,
+                          window: Window) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Fine-grid ``values`` covering ``window`` (zero elsewhere on the fine grid) averaged over each
+    native voxel's footprint (the ``"area"`` rule); same return as :func:`window_to_native`.
+
+    Of a thresholded mask this is the fraction of each native voxel the GM covers, so ``>= 0.5`` keeps
+    the voxels mostly GM, as a rater marks a coarse voxel. Linear interpolation at the voxel centre
+    samples only +-1 fine pixel of it, which misses most of a coarse voxel (an 0.84 mm voxel spans 3.4
+    pixels of 0.25 mm). Written here because the footprints fall on fractional pixels, which scipy's and
+    scikit-image's resamplers (point samples, Gaussian anti-aliasing, integer block means) do not
+    average exactly; it is two small matrix products per window.
+    """
+    (box0, w0), (box1, w1) = (_footprint_weights(window.origin[ax], window.size[ax], grid.fine_shape[ax],
+                                                 grid.native_shape[ax]) for ax in range(2))
+    out = w0 @ np.asarray(values, dtype=np.float64) @ w1.T
+    return (box0, box1), out.astype(np.float32)
+
+
+def to_native(values: np.ndarray, grid: FineGrid, window: Window,
+              rule: str = "linear") -> tuple[tuple[slice, slice], np.ndarray]:
+    """``values`` of ``window`` back on the native slice by ``rule`` (:data:`TO_NATIVE_RULES`)."""
+    if rule == "area":
+        return window_area_to_native(values, grid, window)
+    if rule != "linear":
+        raise ValueError(f"rule back to the native grid {rule!r}: expected one of {', '.join(TO_NATIVE_RULES)}")
+    return window_to_native(values, grid, window)
 
 
 def overlap(reference: Window, other: Window) -> tuple[tuple[slice, slice], tuple[slice, slice]]:

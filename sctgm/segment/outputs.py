@@ -18,7 +18,8 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                                                                   (+ Networks: [{Name, Version, Sha256,
                                                                   Filters}] for a combination, whose
                                                                   Sha256 covers both networks and the rule)},
-                      "Parameters": {threshold, keep_largest, fill_holes, tta, batch_size, crop_px,
+                      "Parameters": {threshold, to_native (linear | area: the rule back to the native
+                                     grid), keep_largest, fill_holes, tta, batch_size, crop_px,
                                      denoise, bias, clahe, device, engine,
                                      enhancement: {the resolved enhancement settings}}}],
      "Result": {gm_voxels, network_passes, window_px, input_orientation,
@@ -124,6 +125,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Version": __version__,
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
+                       "to_native": info.get("to_native", "linear"),
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
                        "precision": segmenter.network.precision,
                        **({"precision_fp32_layers": list(segmenter.network.fp32_layers)}

@@ -25,7 +25,7 @@ from ..io import LoadedImage
 from ..model.registry import InstalledModel, network_record
 from ..recipe import Combination, Preprocessing
 from . import enhance, ensemble, guard, placement, postprocess
-from .grid import Window, overlap, window_to_native
+from .grid import Window, overlap, to_native
 from .noise import in_file_order
 from .preprocess import PreparedVolume, Standardisation, canonical_mask, prepare, sample, windows_at
 
@@ -164,6 +164,8 @@ class Segmenter:
             return self.model
         parts = [self.model.sha256, self.partner.model.sha256, ensemble.RULE,
                  self.combination.to_entry() if self.combination is not None else None]
+        if self.model.preprocessing.to_native != "linear":  # (the identity of earlier combinations unchanged)
+            parts.append(self.model.preprocessing.to_native)
         return replace(self.model, name=self.name or f"{self.model.name}+{self.partner.model.name}",
                        sha256=hashlib.sha256(json.dumps(parts).encode()).hexdigest())
 
@@ -216,7 +218,7 @@ class Segmenter:
         if want_prob:
             prob_c = np.zeros(vol.data.shape, dtype=np.float32)
             for k, w in enumerate(windows):
-                box, v = window_to_native(prob[k], vol.grid, w)
+                box, v = to_native(prob[k], vol.grid, w, vol.preprocessing.to_native)
                 prob_c[box[0], box[1], k] = np.clip(v, 0.0, 1.0)
         reo = vol.reorientation
         wm = None if cord_c is None else reo.undo((cord_c & ~mask_c).astype(np.uint8), copy=False)
@@ -229,6 +231,7 @@ class Segmenter:
             "window_origins": [list(w.origin) for w in windows],
             "network_passes": passes,
             "threshold": threshold,
+            "to_native": vol.preprocessing.to_native,
             "gm_voxels_before_postprocessing": n_raw,
             "gm_voxels": int(gm.sum()),
             "enhancement": in_file_order(vol.enhancement, reo),
@@ -322,7 +325,8 @@ def _native_mask(vol: PreparedVolume, windows: list[Window], prob: np.ndarray, t
     and the GM voxel count before post-processing."""
     mask_c = np.zeros(vol.data.shape, dtype=bool)
     for k, w in enumerate(windows):
-        box, v = window_to_native((prob[k] > threshold).astype(np.float32), vol.grid, w)
+        # the rule back to the native grid is the model's (Preprocessing.to_native; grid.py)
+        box, v = to_native((prob[k] > threshold).astype(np.float32), vol.grid, w, vol.preprocessing.to_native)
         mask_c[box[0], box[1], k] = v >= 0.5
     n_raw = int(mask_c.sum())
     if options.keep_largest:
@@ -360,7 +364,9 @@ def _partner_of(model: InstalledModel, *, mirror: str | None = None, cache_dir: 
     if partner.recipe.combine is not None:
         raise ModelError(f"model '{model.name}' combines '{partner.name}', which itself combines "
                          f"'{partner.recipe.combine.with_model}': a combination takes a single network")
-    if partner.recipe.preprocessing != model.recipe.preprocessing:
+    # the combination's rule back to the native grid applies to both networks' masks
+    if replace(partner.recipe.preprocessing, to_native=model.recipe.preprocessing.to_native) \
+            != model.recipe.preprocessing:
         # the partner predicts the first model's windows, on its grid and enhancement, and is cut at
         # its threshold: a partner that expects other settings would give silently wrong masks
         raise ModelError(f"model '{model.name}' combines '{partner.name}', whose preprocessing (spacing, "

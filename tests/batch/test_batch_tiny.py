@@ -155,3 +155,25 @@ def test_a_killed_worker_is_replaced_and_only_its_image_fails(tiny_model, images
     assert failed.error_type == "WorkerDiedError" and "died 2 times while it ran alone" in failed.message
     assert not list(crash.parent.glob("crash_gmseg*"))  # nothing written for it
     assert once.with_name("once_gmseg.nii.gz").is_file() and once.with_name("once.nii.gz.died").is_file()
+
+
+def test_a_model_whose_rule_back_to_the_native_grid_changed_is_redone(tiny_model, images):
+    """Same weights, same options, but the model's rule back to the native grid went from linear to
+    area (as the default's did): the masks can differ, so a resumed batch redoes them, and the sidecar
+    records the rule (sidecars before it, which have none, read as linear)."""
+    tiny_model("tiny")
+    files = [str(p) for p in images]
+    assert [r.status for r in segment_files(files, BatchSettings(model="tiny", device="cpu")).records] == ["ok", "ok"]
+    sidecar = images[0].with_name("sub-01_T2star_gmseg.json")
+    assert json.loads(sidecar.read_text())["GeneratedBy"][0]["Parameters"]["to_native"] == "linear"
+    old = json.loads(sidecar.read_text())
+    del old["GeneratedBy"][0]["Parameters"]["to_native"]  # as sct-gm wrote it before the rule existed
+    sidecar.write_text(json.dumps(old))
+    assert [r.status for r in segment_files(files, BatchSettings(model="tiny", device="cpu")).records] \
+        == ["skipped", "skipped"]
+    tiny_model("tiny", to_native="area")
+    redone = segment_files(files, BatchSettings(model="tiny", device="cpu")).records
+    assert [r.status for r in redone] == ["ok", "ok"]
+    assert json.loads(sidecar.read_text())["GeneratedBy"][0]["Parameters"]["to_native"] == "area"
+    assert [r.status for r in segment_files(files, BatchSettings(model="tiny", device="cpu")).records] \
+        == ["skipped", "skipped"]

@@ -47,10 +47,14 @@ def test_the_default_is_the_combination_and_its_recipe_names_both_networks() -> 
     recipe = Recipe.from_entry(entry, "large-ensemble")
     assert recipe.combine == Combination("large-robust", 0.8, True)
     assert Recipe.from_entry(recipe.to_entry(), "x") == recipe  # the record round-trips
-    # its first network is large itself: same files, same network, same preprocessing
+    # its first network is large itself: same files, same network, same preprocessing but for the
+    # rule back to the native grid (the footprint area: docs/robustness.md), which `large` keeps linear
     large = reg["models"]["large"]
     assert entry["files"] == large["files"] and entry["architecture"] == large["architecture"]
-    assert entry["preprocessing"] == large["preprocessing"]
+    assert entry["preprocessing"] == {**large["preprocessing"], "to_native": "area"}
+    assert recipe.preprocessing.to_native == "area"
+    assert Recipe.from_entry(large, "large").preprocessing.to_native == "linear"
+    assert Recipe.from_entry(reg["models"]["large-robust"], "large-robust").preprocessing.to_native == "linear"
     assert Recipe.from_entry(large, "large").combine is None
     # so a sidecar names its first network `large`, the network it runs, not the combination
     from sctgm.model.registry import InstalledModel, network_record
@@ -107,3 +111,44 @@ def test_a_bare_weight_file_is_one_network_even_though_the_default_combines(tiny
 
     model = ensure_model(str(tiny_weights))
     assert model.recipe.combine is None
+
+
+def test_to_native_is_written_only_where_it_is_not_linear_and_an_unknown_rule_is_refused() -> None:
+    """Entries of sct-gm before the rule (and every single published model) read as 'linear', and a
+    'linear' record writes no key, so older readers still read the models sct-gm trains."""
+    from sctgm.exceptions import ModelError
+    from sctgm.recipe import Preprocessing
+
+    assert Preprocessing.from_entry({}).to_native == "linear"
+    assert "to_native" not in Preprocessing().to_entry()
+    area = Preprocessing.from_entry({"to_native": "area"})
+    assert area.to_entry()["to_native"] == "area" and Preprocessing.from_entry(area.to_entry()) == area
+    with pytest.raises(ModelError, match="to_native = 'nearest'.*mine|mine.*to_native = 'nearest'"):
+        Preprocessing.from_entry({"to_native": "nearest"}, "mine")
+
+
+def test_a_partner_may_differ_from_the_combination_only_in_the_rule_back_to_the_native_grid(tiny_model) -> None:
+    """The combination's rule applies to both networks' masks, so a partner whose own rule is linear is
+    accepted; one that expects another threshold (or grid) is still refused."""
+    import json
+    import os
+
+    from sctgm.exceptions import ModelError
+
+    tiny_model("tiny-a")
+    tiny_model("tiny-b")
+    path = Path(os.environ["SCTGM_REGISTRY"])
+    reg = json.loads(path.read_text())
+    reg["models"]["tiny-b"]["combine"] = {"with": "tiny-a"}
+    reg["models"]["tiny-b"]["preprocessing"] = {**reg["models"]["tiny-b"].get("preprocessing", {}), "to_native": "area"}
+    path.write_text(json.dumps(reg))
+    seg = Segmenter.from_name("tiny-b", device="cpu")
+    assert seg.partner is not None and seg.model.preprocessing.to_native == "area"
+    identity_area = seg.identity.sha256
+    reg["models"]["tiny-b"]["preprocessing"]["to_native"] = "linear"
+    path.write_text(json.dumps(reg))
+    assert Segmenter.from_name("tiny-b", device="cpu").identity.sha256 != identity_area  # outputs are redone
+    reg["models"]["tiny-b"]["preprocessing"] = {**reg["models"]["tiny-b"]["preprocessing"], "threshold": 0.3}
+    path.write_text(json.dumps(reg))
+    with pytest.raises(ModelError, match="preprocessing"):
+        Segmenter.from_name("tiny-b", device="cpu")

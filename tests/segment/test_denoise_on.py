@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sctgm.recipe import ON_MIN_REMOVED_FRACTION, Enhancement, with_options
+from sctgm.enhancement import ON_MIN_REMOVED_FRACTION, Enhancement, with_options
 from sctgm.segment import enhance
 from sctgm.segment.degrade import add_rician_noise
 
