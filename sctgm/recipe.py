@@ -33,6 +33,12 @@ from .exceptions import ModelError, SctGmError
 
 # -- preprocessing ---------------------------------------------------------------------------------
 
+#: ``Preprocessing.to_native``: the rules back to the native grid (:mod:`sctgm.segment.grid`), and the
+#: default (the reference's; every single published or trained model's).
+TO_NATIVE_RULES = ("linear", "area")
+DEFAULT_TO_NATIVE = "linear"
+
+
 @dataclass(frozen=True)
 class _Rule:
     """How one preprocessing field is read from a registry entry: ``parse`` converts the JSON value
@@ -93,7 +99,7 @@ class Preprocessing:
     standardisation: str = "volume"
     threshold: float = 0.999
     enhancement: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENHANCEMENT))
-    to_native: str = "linear"
+    to_native: str = DEFAULT_TO_NATIVE
 
     @classmethod
     def from_entry(cls, block: Any, model: str = "?") -> Preprocessing:
@@ -123,13 +129,10 @@ class Preprocessing:
     def to_entry(self) -> dict[str, Any]:
         """The registry ``preprocessing`` block of this record (``from_entry(to_entry())`` == self)."""
         entry = {f.name: (dict(v) if isinstance(v := getattr(self, f.name), dict) else v) for f in fields(self)}
-        if self.to_native == "linear":
+        if self.to_native == DEFAULT_TO_NATIVE:
             del entry["to_native"]
         return entry
 
-
-#: ``Preprocessing.to_native``: the rules back to the native grid (:mod:`sctgm.segment.grid`).
-TO_NATIVE_RULES = ("linear", "area")
 
 #: A model's enhancement when its entry names none (chosen by measurement, docs/robustness.md).
 DEFAULT_ENHANCEMENT: dict[str, Any] = {"denoise": "auto"}
@@ -279,6 +282,12 @@ class Recipe:
         if self.combine is not None:
             entry["combine"] = self.combine.to_entry()
         return entry
+
+    def one_network(self) -> Recipe:
+        """This recipe as a single network (a bare weight file, a trained model): no combination, and
+        the reference's rule back to the native grid (a combination's rule is its own), so that the
+        weights of `large` give `large`'s masks however they are named."""
+        return replace(self, combine=None, preprocessing=replace(self.preprocessing, to_native=DEFAULT_TO_NATIVE))
 
     def with_threshold(self, threshold: float) -> Recipe:
         return replace(self, preprocessing=replace(self.preprocessing, threshold=threshold))

@@ -35,6 +35,7 @@ import numpy as np
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
 from ..filesystem import file_sha256
+from ..recipe import DEFAULT_TO_NATIVE
 from ..io import load_image, read_grid, read_nifti
 from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, OutputSet, output_kinds
@@ -234,8 +235,8 @@ def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> s
     if sha != segmenter.identity.sha256:
         return "made with another model"
     if {k: params.get(k) for k in COMPARED_PARAMETERS} != expected_parameters(settings.options, segmenter) \
-            or params.get("to_native", "linear") != segmenter.model.preprocessing.to_native:
-        return "made with other parameters"  # sidecars before 'to_native': linear
+            or params.get("to_native", DEFAULT_TO_NATIVE) != segmenter.model.preprocessing.to_native:
+        return "made with other parameters"  # sidecars before 'to_native': the reference's rule
     if params.get("precision", "fp32") != segmenter.network.precision \
             or params.get("precision_fp32_layers", []) != list(segmenter.network.fp32_layers):
         return "made at another precision"  # sidecars before 'precision': fp32; before the fp32 layers: none

@@ -113,9 +113,11 @@ def _installed_copies(name: str, entry: dict[str, Any], models: Path) -> list[di
     default from it. The transfer verifies each file's sha256 as for any source."""
     wanted = {f["name"]: f["size"] for f in entry["files"]}
     found = []
+    own = models / name / str(entry["version"])
     for folder in sorted(models.glob("*/*/")):
-        if folder.parent.name == name or folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
-            continue  # never its own folder (--force downloads again), nor an install under way
+        if folder == own or folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
+            continue  # never its own folder (--force downloads again), nor an install under way; an
+            # earlier version of the same model is a copy like any other
         if all((folder / n).is_file() and (folder / n).stat().st_size == size for n, size in wanted.items()):
             found.append({"kind": "files", "url": str(folder), "origin": "cache"})
     return found
@@ -286,8 +288,9 @@ def _from_path(path: Path, reg: dict[str, Any]) -> InstalledModel:
         sd, _ = weights.state_dict_from_keras(path)
         fmt = "keras-hdf5"
     network = recognise(sd, str(path))
-    # a bare file is one network: it takes the default's preprocessing, never its combination
-    return InstalledModel(path.stem, "user", path, fmt, sha256_of(path), replace(default, network=network, combine=None))
+    # a bare file is one network: the default's preprocessing, never its combination nor its rule back
+    # to the native grid (the weights of `large` give `large`'s masks)
+    return InstalledModel(path.stem, "user", path, fmt, sha256_of(path), replace(default.one_network(), network=network))
 
 
 def _from_model_file(path: Path) -> InstalledModel:

@@ -128,8 +128,8 @@ def chosen_probability(mean: np.ndarray, first: np.ndarray, second: np.ndarray,
     """The probability map that goes with :func:`combine`'s mask (window k = slice k, as the pipeline
     predicts them): the :func:`logit_mean` ``mean``, but on a slice whose GM was taken from one
     network (``SliceDoubt.network``) that network's probabilities, and 0 on a slice the guard emptied,
-    so that ``--prob`` thresholded gives that network's mask there before the per-slice clean-up
-    (largest components, holes) and the guard's removal of GM outside the cord."""
+    so that ``--prob`` thresholded on the fine grid gives that network's mask there before the
+    per-slice clean-up (largest components, holes) and the guard's removal of GM outside the cord."""
     out = mean.copy()
     for x in doubts:
         if x.action == "dropped":

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..recipe import TO_NATIVE_RULES
+from ..recipe import DEFAULT_TO_NATIVE, TO_NATIVE_RULES
 
 @dataclass(frozen=True)
 class FineGrid:
@@ -103,17 +103,21 @@ def _footprint_weights(origin: int, size: int, n_fine: int, n_native: int) -> tu
     """Along one in-plane axis: the native voxels whose footprint meets a window of ``size`` fine
     pixels at ``origin``, and the (voxels x window pixels) weights that average a fine slice (zero
     outside the window) over each voxel's footprint. Native voxel ``i`` covers the fine interval
-    ``[(i - 1/2) r, (i + 1/2) r]``, ``r = n_fine / n_native`` (the grid convention above), clipped to
-    the fine slice; fine pixel ``j`` covers ``[j - 1/2, j + 1/2]``."""
+    ``[(i - 1/2) r, (i + 1/2) r]``, ``r = n_fine / n_native`` (the grid convention above); fine pixel
+    ``j`` covers ``[j - 1/2, j + 1/2]``; what lies beyond the fine slice counts as its edge pixel (the
+    linear rule's edge replication)."""
     r = n_fine / n_native
-    lo = max(0, int(np.floor((origin - 0.5) / r - 0.5)))
-    hi = min(n_native, int(np.ceil((origin + size - 0.5) / r + 0.5)) + 1)
+    lo = 0 if origin == 0 else max(0, int(np.floor((origin - 0.5) / r - 0.5)))
+    hi = n_native if origin + size >= n_fine else min(n_native, int(np.ceil((origin + size - 0.5) / r + 0.5)) + 1)
     i = np.arange(lo, hi, dtype=np.float64)[:, None]
-    a = np.clip((i - 0.5) * r, -0.5, n_fine - 0.5)
-    b = np.clip((i + 0.5) * r, -0.5, n_fine - 0.5)
+    a, b = (i - 0.5) * r, (i + 0.5) * r
     j = np.arange(origin, origin + size, dtype=np.float64)[None, :]
     covered = np.clip(np.minimum(b, j + 0.5) - np.maximum(a, j - 0.5), 0.0, None)
-    return slice(lo, hi), covered / (b - a)
+    if origin == 0:
+        covered[:, 0] += np.clip(np.minimum(b, -0.5) - a, 0.0, None)[:, 0]
+    if origin + size >= n_fine:
+        covered[:, -1] += np.clip(b - np.maximum(a, n_fine - 0.5), 0.0, None)[:, 0]
+    return slice(lo, hi), covered / r
 
 
 def window_area_to_native(values: np.ndarray, grid: FineGrid,
@@ -135,7 +139,7 @@ def window_area_to_native(values: np.ndarray, grid: FineGrid,
 
 
 def to_native(values: np.ndarray, grid: FineGrid, window: Window,
-              rule: str = "linear") -> tuple[tuple[slice, slice], np.ndarray]:
+              rule: str = DEFAULT_TO_NATIVE) -> tuple[tuple[slice, slice], np.ndarray]:
     """``values`` of ``window`` back on the native slice by ``rule`` (:data:`TO_NATIVE_RULES`)."""
     if rule == "area":
         return window_area_to_native(values, grid, window)

@@ -55,6 +55,7 @@ from ..filesystem import file_sha256, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, OutputSet, is_manual_label_path
+from ..recipe import DEFAULT_TO_NATIVE
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 
@@ -125,7 +126,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
         "Version": __version__,
         "Model": {"Name": m.name, "Version": m.version, "Sha256": m.sha256, "Filters": m.filters},
         "Parameters": {**asdict(options.effective(m.preprocessing)), "threshold": info["threshold"],
-                       "to_native": info.get("to_native", "linear"),
+                       "to_native": info.get("to_native", DEFAULT_TO_NATIVE),
                        "device": segmenter.network.device, "engine": segmenter.network.engine,
                        "precision": segmenter.network.precision,
                        **({"precision_fp32_layers": list(segmenter.network.fp32_layers)}

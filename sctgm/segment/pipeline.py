@@ -23,7 +23,7 @@ from ..exceptions import InvalidOptionError, ModelError
 from ..geometry import Reorientation, file_slice_index
 from ..io import LoadedImage
 from ..model.registry import InstalledModel, network_record
-from ..recipe import Combination, Preprocessing
+from ..recipe import DEFAULT_TO_NATIVE, Combination, Preprocessing
 from . import enhance, ensemble, guard, placement, postprocess
 from .grid import Window, overlap, to_native
 from .noise import in_file_order
@@ -164,7 +164,7 @@ class Segmenter:
             return self.model
         parts = [self.model.sha256, self.partner.model.sha256, ensemble.RULE,
                  self.combination.to_entry() if self.combination is not None else None]
-        if self.model.preprocessing.to_native != "linear":  # (the identity of earlier combinations unchanged)
+        if self.model.preprocessing.to_native != DEFAULT_TO_NATIVE:  # (earlier combinations' identity unchanged)
             parts.append(self.model.preprocessing.to_native)
         return replace(self.model, name=self.name or f"{self.model.name}+{self.partner.model.name}",
                        sha256=hashlib.sha256(json.dumps(parts).encode()).hexdigest())

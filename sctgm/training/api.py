@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,7 @@ def _init_model(init: str, arch: str | None, filters: int | None, seed: int):  #
         raise TrainingDataError(f"init model {init!r} has {architecture.get('filters')} filters; {filters} filters "
                                 f"do not fit it", parameter="filters")
     # a combination's first network is what is trained: the trained model is one network
-    recipe = replace(installed.recipe, combine=None)
+    recipe = installed.recipe.one_network()
     return model, recipe, {"name": installed.name, "version": installed.version, "sha256": installed.sha256}
 
 

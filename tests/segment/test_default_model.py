@@ -111,6 +111,15 @@ def test_a_bare_weight_file_is_one_network_even_though_the_default_combines(tiny
 
     model = ensure_model(str(tiny_weights))
     assert model.recipe.combine is None
+    # nor the combination's rule back to the native grid: `large`'s weights in a file give `large`'s masks
+    assert model.recipe.preprocessing.to_native == "linear"
+    from sctgm.model.registry import load_registry
+    from sctgm.recipe import Recipe
+
+    reg = load_registry()
+    default = Recipe.from_entry(reg["models"][reg["default"]], reg["default"])
+    assert default.preprocessing.to_native == "area"
+    assert default.one_network().preprocessing == Recipe.from_entry(reg["models"]["large"], "large").preprocessing
 
 
 def test_to_native_is_written_only_where_it_is_not_linear_and_an_unknown_rule_is_refused() -> None:

@@ -97,11 +97,27 @@ def test_area_rule_is_the_mean_over_each_native_voxel_footprint(native, zoom):
     np.testing.assert_array_equal(v_l, window_to_native(mask, grid, w)[1])
 
 
+@pytest.mark.parametrize("native,zoom", [((40, 36), (0.2, 0.2)), ((12, 12), (0.08, 0.08)), ((30, 31), (0.84, 0.3))])
+def test_area_rule_on_native_grids_finer_than_the_network_s(native, zoom):
+    """Native voxels smaller than the 0.25 mm pixels (down to a third of one, where the last voxels'
+    footprints lie beyond the fine slice): the footprint mean still matches dense sampling, with the
+    slice's edge replicated as the linear rule does, and no voxel is left undefined."""
+    grid = fine_grid(native + (1,), zoom + (5.0,), 0.25)
+    w = Window((0, 0), grid.fine_shape)
+    values = np.random.default_rng(5).uniform(size=grid.fine_shape).astype(np.float32)
+    box, v = to_native(values, grid, w, "area")
+    assert (box[0].start, box[0].stop, box[1].start, box[1].stop) == (0, native[0], 0, native[1])
+    assert np.isfinite(v).all()
+    np.testing.assert_allclose(v, _footprint_mean_by_sampling(values, native), atol=0.03)
+    _, ones = to_native(np.ones(grid.fine_shape, np.float32), grid, w, "area")
+    np.testing.assert_allclose(ones, 1.0, atol=1e-6)
+
+
 def test_area_rule_keeps_a_voxel_that_is_mostly_gm_and_drops_one_that_is_not():
     """At 1 mm native voxels (4 fine pixels each), native voxel i covers fine [4i - 2, 4i + 2]: half of
-    pixels 4i - 2 and 4i + 2, all of 4i - 1 .. 4i + 1. GM over 3 of its 4 pixel widths gives 0.75 (kept
-    at >= 0.5); GM over 1 width gives 0.25 (dropped), although that GM lies on the voxel's centre,
-    where the linear rule samples (and keeps it)."""
+    pixels 4i - 2 and 4i + 2, all of 4i - 1 .. 4i + 1. GM over 2.5 of its 4 pixel widths gives 0.625
+    (kept at >= 0.5); GM over 1 width gives 0.25 (dropped), although that GM lies on the voxel's
+    centre, where the linear rule samples (and keeps it)."""
     grid = fine_grid((10, 10, 1), (1.0, 1.0, 5.0), 0.25)
     assert grid.fine_shape == (40, 40)
     w = Window((0, 0), (40, 40))
@@ -119,3 +135,25 @@ def test_unknown_rule_back_to_the_native_grid_is_refused():
     grid = fine_grid((10, 10, 1), (0.5, 0.5, 5.0), 0.25)
     with pytest.raises(ValueError, match="nearest"):
         to_native(np.zeros((20, 20), np.float32), grid, Window((0, 0), (20, 20)), "nearest")
+
+
+@pytest.mark.parametrize("native,zoom", [((30, 33), (0.84, 0.84)), ((12, 14), (0.08, 0.1)), ((37, 29), (0.7, 0.42))])
+def test_area_rule_of_a_window_equals_the_whole_slice_with_the_window_pasted(native, zoom):
+    """A window anywhere (touching the slice's edges or not) gives what the whole fine slice, zero
+    outside the window, gives: the box it returns holds every voxel the window reaches."""
+    rng = np.random.default_rng(7)
+    grid = fine_grid(native + (1,), zoom + (5.0,), 0.25)
+    whole = Window((0, 0), grid.fine_shape)
+    for _ in range(20):
+        o = (int(rng.integers(0, grid.fine_shape[0])), int(rng.integers(0, grid.fine_shape[1])))
+        size = (int(rng.integers(1, grid.fine_shape[0] - o[0] + 1)), int(rng.integers(1, grid.fine_shape[1] - o[1] + 1)))
+        values = rng.uniform(size=size).astype(np.float32)
+        pasted = np.zeros(grid.fine_shape, np.float32)
+        pasted[o[0]:o[0] + size[0], o[1]:o[1] + size[1]] = values
+        ref = np.zeros(native)
+        box, v = to_native(pasted, grid, whole, "area")
+        ref[box] = v
+        got = np.zeros(native)
+        box, v = to_native(values, grid, Window(o, size), "area")
+        got[box] = v
+        np.testing.assert_allclose(got, ref, atol=1e-6)
