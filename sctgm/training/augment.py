@@ -39,7 +39,10 @@ class AugmentConfig:
     crop), ``bias_p`` with ``bias_strength`` (log-gain s.d. of a smooth field), ``blur_p`` with
     ``blur_sigma_px`` (max), ``lowres_p`` with ``lowres_factor`` (max down-sampling factor),
     ``noise_p`` with ``noise_std`` (max, in standardised units), ``rician`` (magnitude noise instead
-    of Gaussian), ``contrast`` / ``brightness`` (multiplicative +-, additive +-).
+    of Gaussian), ``noise_grain_px`` (max grain: the noise is drawn on a grid up to this many fine
+    pixels apart and interpolated, as a scan's own noise is when the pipeline resamples a 0.5-0.9 mm
+    image to 0.25 mm; 1: white per fine pixel), ``contrast`` / ``brightness`` (multiplicative +-,
+    additive +-).
     Validation: ``val_noise_std`` adds, for each value, a copy of every validation window with Rician
     noise of that s.d. (standardised units, seeded), so that the best model and the threshold are
     chosen on clean and noisy slices alike (the robust recipe; clean-only validation would stop it
@@ -64,6 +67,7 @@ class AugmentConfig:
     noise_p: float = 0.3
     noise_std: float = 0.1
     rician: bool = True
+    noise_grain_px: float = 1.0
     contrast: float = 0.1
     brightness: float = 0.1
     val_noise_std: tuple[float, ...] = ()
@@ -162,6 +166,18 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
 
 
+def _grained(noise: torch.Tensor, grain_px: float) -> torch.Tensor:
+    """(1, c, h, w) unit-variance white noise made ``grain_px`` fine pixels coarse: its first values
+    laid on a grid that many pixels apart, interpolated bilinearly and scaled back to unit variance
+    (the noise of a coarser scan after the in-plane resampling); unchanged at 1."""
+    if grain_px <= 1.01:
+        return noise
+    h, w = noise.shape[-2:]
+    coarse = noise[..., :max(2, round(h / grain_px)), :max(2, round(w / grain_px))]
+    fine = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return fine / fine.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+
+
 def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """The intensity augmentations of (B, 1, h, w) standardised crops (a new tensor). Every
     parameter is drawn for every crop whether used or not, so the random stream is fixed."""
@@ -181,8 +197,11 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
     noise = torch.randn(b, 2, h, w, generator=g)
     contrast = 1 + _uniform(b, -cfg.contrast, cfg.contrast, g)
     brightness = _uniform(b, -cfg.brightness, cfg.brightness, g)
+    # drawn only when asked for, so that the random stream of every other recipe is unchanged
+    grain = _uniform(b, 1.0, cfg.noise_grain_px, g) if cfg.noise_grain_px > 1.0 else torch.ones(b, dtype=torch.float64)
     for k in range(b):
         x = out[k:k + 1]
+        nk = _grained(noise[k:k + 1], float(grain[k]))
         lo, hi = x.min(), x.max()
         span = torch.clamp(hi - lo, min=1e-6)
         if do_gamma[k] or do_bias[k] or (do_noise[k] and cfg.rician):
@@ -193,7 +212,7 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
                 u = u * torch.exp(F.interpolate(bias_ctrl[k:k + 1], size=(h, w), mode="bicubic", align_corners=True))
             if do_noise[k] and cfg.rician:
                 sd = float(noise_sd[k]) / float(span)  # standardised units -> [0, 1] units
-                u = torch.sqrt((u + sd * noise[k:k + 1, 0:1]) ** 2 + (sd * noise[k:k + 1, 1:2]) ** 2)
+                u = torch.sqrt((u + sd * nk[:, 0:1]) ** 2 + (sd * nk[:, 1:2]) ** 2)
             x = u * span + lo
         if do_blur[k]:
             x = _blur(x, float(sigma[k]))
@@ -202,7 +221,7 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
             x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="bilinear",
                               align_corners=False)
         if do_noise[k] and not cfg.rician:
-            x = x + float(noise_sd[k]) * noise[k:k + 1, 0:1]
+            x = x + float(noise_sd[k]) * nk[:, 0:1]
         out[k:k + 1] = x * float(contrast[k]) + float(brightness[k])
     return out
 

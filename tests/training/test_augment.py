@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from sctgm.training.augment import AugmentConfig, augment_crops
@@ -97,3 +98,38 @@ def test_rician_copies_add_noise_of_the_asked_sigma_and_are_seeded():
     assert abs(float((noisy - base)[:, 20:].mean())) < 0.02  # no Rician bias at high signal
     assert np.array_equal(rician_copies([base], 0.2, seed=3)[0], noisy)
     assert not np.array_equal(rician_copies([base], 0.2, seed=4)[0], noisy)
+
+
+def _lag1_correlation(field: torch.Tensor) -> float:
+    """Correlation of a (h, w) field with itself shifted by one pixel along each axis (mean of the two)."""
+    f = field - field.mean()
+    a = float((f[1:, :] * f[:-1, :]).mean() / f.var(unbiased=False))
+    b = float((f[:, 1:] * f[:, :-1]).mean() / f.var(unbiased=False))
+    return (a + b) / 2
+
+
+def test_noise_grain_makes_the_noise_of_a_coarser_scan_and_leaves_other_recipes_unchanged() -> None:
+    """With ``noise_grain_px`` the noise is what a 0.5-0.9 mm scan's own noise looks like on the 0.25 mm
+    grid (neighbouring pixels correlated), at the same s.d.; without it, white, and the random stream of
+    a recipe without grain is the one it always was (large-robust's training stays reproducible)."""
+    from sctgm.training.augment import intensity
+
+    flat = torch.zeros(4, 1, 96, 96)
+    only_noise = dataclasses.replace(AugmentConfig.none(), noise_p=1.0, noise_std=0.3, rician=False)
+    white = intensity(flat, only_noise, torch.Generator().manual_seed(3))
+    grained = intensity(flat, dataclasses.replace(only_noise, noise_grain_px=4.0), torch.Generator().manual_seed(3))
+    for k in range(4):
+        assert abs(_lag1_correlation(white[k, 0])) < 0.1
+        assert _lag1_correlation(grained[k, 0]) > 0.5
+        # same s.d. per crop: the drawn noise_sd, white or grained
+        assert float(grained[k, 0].std()) == pytest.approx(float(white[k, 0].std()), rel=0.02)
+    # a recipe without grain draws exactly what it drew before the option existed
+    g_plain, g_one = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = intensity(flat + 1.0, only_noise, g_plain)
+    b = intensity(flat + 1.0, dataclasses.replace(only_noise, noise_grain_px=1.0), g_one)
+    assert torch.equal(a, b) and torch.equal(g_plain.get_state(), g_one.get_state())
+    draws_without_grain = torch.Generator().manual_seed(5)
+    intensity(flat + 1.0, only_noise, draws_without_grain)
+    draws_with_grain = torch.Generator().manual_seed(5)
+    intensity(flat + 1.0, dataclasses.replace(only_noise, noise_grain_px=2.0), draws_with_grain)
+    assert not torch.equal(draws_without_grain.get_state(), draws_with_grain.get_state())  # grain: one more draw
