@@ -20,6 +20,7 @@ import numpy as np
 
 import sctgm.io
 from sctgm.model.registry import Preprocessing, load_registry
+from sctgm.recipe import DEFAULT_TO_NATIVE
 from sctgm.segment import postprocess
 from sctgm.segment.enhance import AUTO_THRESHOLD_REL
 from sctgm.segment.grid import Window
@@ -67,7 +68,7 @@ class Case:
 
 
 def to_native(prob: np.ndarray, windows: list[Window], vol, threshold: float = 0.999,
-              rule: str = "linear") -> np.ndarray:
+              rule: str = DEFAULT_TO_NATIVE) -> np.ndarray:
     """What segment_image does after the network (canonical layout; all cases are LAS); ``rule``: the
     rule back to the native grid (``Preprocessing.to_native``)."""
     mask = np.zeros(vol.data.shape, dtype=bool)

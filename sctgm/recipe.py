@@ -285,8 +285,11 @@ class Recipe:
 
     def one_network(self) -> Recipe:
         """This recipe as a single network (a bare weight file, a trained model): no combination, and
-        the reference's rule back to the native grid (a combination's rule is its own), so that the
-        weights of `large` give `large`'s masks however they are named."""
+        for a combination the reference's rule back to the native grid (the rule is the combination's
+        own), so that the weights of `large` give `large`'s masks however they are named; a single
+        network's recipe is returned as it is."""
+        if self.combine is None:
+            return self
         return replace(self, combine=None, preprocessing=replace(self.preprocessing, to_native=DEFAULT_TO_NATIVE))
 
     def with_threshold(self, threshold: float) -> Recipe:

@@ -170,7 +170,7 @@ def _grained(noise: torch.Tensor, grain_px: float) -> torch.Tensor:
     """(1, c, h, w) unit-variance white noise made ``grain_px`` fine pixels coarse: its first values
     laid on a grid that many pixels apart, interpolated bilinearly and scaled back to unit variance
     (the noise of a coarser scan after the in-plane resampling); unchanged at 1."""
-    if grain_px <= 1.01:
+    if grain_px <= 1.0:
         return noise
     h, w = noise.shape[-2:]
     coarse = noise[..., :max(2, round(h / grain_px)), :max(2, round(w / grain_px))]
@@ -201,7 +201,7 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
     grain = _uniform(b, 1.0, cfg.noise_grain_px, g) if cfg.noise_grain_px > 1.0 else torch.ones(b, dtype=torch.float64)
     for k in range(b):
         x = out[k:k + 1]
-        nk = _grained(noise[k:k + 1], float(grain[k]))
+        nk = _grained(noise[k:k + 1], float(grain[k])) if do_noise[k] else noise[k:k + 1]
         lo, hi = x.min(), x.max()
         span = torch.clamp(hi - lo, min=1e-6)
         if do_gamma[k] or do_bias[k] or (do_noise[k] and cfg.rician):

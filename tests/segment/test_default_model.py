@@ -120,6 +120,8 @@ def test_a_bare_weight_file_is_one_network_even_though_the_default_combines(tiny
     default = Recipe.from_entry(reg["models"][reg["default"]], reg["default"])
     assert default.preprocessing.to_native == "area"
     assert default.one_network().preprocessing == Recipe.from_entry(reg["models"]["large"], "large").preprocessing
+    single_area = Recipe.from_entry({**reg["models"]["large"], "preprocessing": {"to_native": "area"}}, "mine")
+    assert single_area.one_network() == single_area  # a single network's own rule is kept (train --init mine)
 
 
 def test_to_native_is_written_only_where_it_is_not_linear_and_an_unknown_rule_is_refused() -> None:
