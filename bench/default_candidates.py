@@ -104,16 +104,18 @@ def candidates(case: Case, d: dict) -> dict[str, np.ndarray]:
     out["logit+R where disagree"] = prefer_where_disagreeing(E, L, R)[0]
     out["v1 (logit, R where disagree, guard)"] = guard(prefer_where_disagreeing(E, L, R)[0], case.zooms,
                                                       alternative=L)[0]
-    out["v2 (logit, consistent network where disagree, guard)"] = combine(E, L, R, case.zooms)[0]
+    out["v2 (logit, consistent network where disagree, guard)"] = combine(E, L, R, case.zooms, whole_volume=False).mask
     if case.cord is not None:
-        out["v2 + cord mask"] = combine(E, L, R, case.zooms, cord=case.cord)[0]
+        out["v2 + cord mask"] = combine(E, L, R, case.zooms, cord=case.cord, whole_volume=False).mask
     # the rule back to the native grid: the fraction of each voxel's footprint that is GM (grid.py)
     La, Ra = to_native(pl, wl, vol, rule="area"), to_native(prl, wl, vol, rule="area")
     out["large, area"] = La
     out["large-robust, area"] = to_native(pr, wr, vol, rule="area")
     Ea = to_native(logit_mean([pl, prl]), wl, vol, rule="area")
     out["logit@.999, area"] = Ea
-    out["default v3 (v2, back to the native grid by area)"] = combine(Ea, La, Ra, case.zooms)[0]
+    out["v3 (v2, back to the native grid by area)"] = combine(Ea, La, Ra, case.zooms, whole_volume=False).mask
+    # where the networks disagree on most slices, the one whose mask follows the cord better (ensemble.py)
+    out["default v4 (v3, one network where most slices disagree)"] = combine(Ea, La, Ra, case.zooms).mask
     return out
 
 

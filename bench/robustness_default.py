@@ -7,6 +7,7 @@ default options, so `--denoise auto` and the model's own recipe).
     python bench/robustness_default.py                    # every case and variant (~10 min quiet, 2 cores)
     python bench/robustness_default.py --cases t2s,mt1 --variants clean,"noise 2%"
     python bench/robustness_default.py --models large-ensemble --draws 6   # the 2 % loss over 6 noise draws
+    python bench/robustness_default.py --denoise off --variants "clean,noise 4%,noise 5%,noise 7%"  # one network breaks
 
 Noise draws are seeded by (case, variant) exactly as in bench/robustness.py (same figures for the
 three sct_testing_data cases). One draw of 2 % noise moves a case's Dice by up to ~0.02 (mt1, 99 GM
@@ -29,7 +30,7 @@ import numpy as np
 import sctgm
 import sctgm.io
 from cases import ALL_LABELLED, MODELS_DIR, dice, outlier_slices, require_shared
-from robustness import VARIANTS, degraded
+from robustness import HEAVY_VARIANTS, VARIANTS, degraded
 from sctgm.model.registry import load_registry
 
 #: issue 20's goals on ../shared: clean Dice per case, and the largest loss with 2 % noise
@@ -41,7 +42,7 @@ DRAW_SEED_STEP = 7919
 
 def seed_of(case: str, variant: str) -> int:
     """bench/robustness.py's seed: its three cases come first in ALL_LABELLED, in its order."""
-    return 1000 * list(ALL_LABELLED).index(case) + list(VARIANTS).index(variant)
+    return 1000 * list(ALL_LABELLED).index(case) + [*VARIANTS, *HEAVY_VARIANTS].index(variant)
 
 
 def main() -> None:
@@ -52,6 +53,9 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--draws", type=int, default=1, help="noise draws of the 2 %% variant (the loss: their mean)")
+    ap.add_argument("--denoise", default="auto", choices=("auto", "off"),
+                    help="off: no enhancement, the regime of a very clean scan whose added noise reads under the "
+                         "denoiser's threshold (with --variants from " + ",".join(HEAVY_VARIANTS).replace("%", "%%") + ")")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
     require_shared()
@@ -78,17 +82,19 @@ def main() -> None:
             image = sctgm.io.image_from_nifti(nib.Nifti1Image(vol, img.affine, header))
             for m, seg in segs.items():
                 t0 = time.perf_counter()
-                result = seg.segment_image(image)
+                result = seg.segment_image(image, options=sctgm.SegmentOptions(denoise=args.denoise))
                 seconds[m] += time.perf_counter() - t0
                 rows[(m, case, variant)] = {
                     "dice": dice(result.gm, manual), "outliers": outlier_slices(result.gm, manual),
                     "denoised_with": result.info.get("enhancement", {}).get("denoise"),
-                    "doubtful": [d["slice"] for d in result.info.get("doubtful_slices", [])]}
+                    "doubtful": [d["slice"] for d in result.info.get("doubtful_slices", [])],
+                    "whole_volume_network": result.info.get("whole_volume_network")}
             print(f"# {case} {variant}: " + ", ".join(f"{m} {rows[(m, case, variant)]['dice']:.3f}" for m in models),
                   file=sys.stderr, flush=True)
 
-    print("3D Dice against the manual GM (default options: `--denoise auto`); [n]: n outlier slices "
-          "(slice Dice < 0.5 where the manual mask has >= 20 voxels); d: slices the model doubted\n")
+    print(f"3D Dice against the manual GM (default options but `--denoise {args.denoise}`); [n]: n outlier slices "
+          "(slice Dice < 0.5 where the manual mask has >= 20 voxels); d: slices the model doubted; w: the networks "
+          "disagreed on most slices and one network's mask stood for the whole volume\n")
     print("| case | model | " + " | ".join(variants) + f" | 2 % loss{' (mean of %d draws)' % args.draws if args.draws > 1 else ''} |"
           "\n|---|---|" + "---|" * (len(variants) + 1))
     for case in cases:
@@ -97,7 +103,8 @@ def main() -> None:
             for v in variants:
                 r = rows[(m, case, v)]
                 cell = f"{r['dice']:.3f}" + (f" [{len(r['outliers'])}]" if r["outliers"] else "")
-                cells.append(cell + (f" d{len(r['doubtful'])}" if r["doubtful"] else ""))
+                cell += f" d{len(r['doubtful'])}" if r["doubtful"] else ""
+                cells.append(cell + (" w" if r.get("whole_volume_network") else ""))
             loss = "-"
             if (m, case, "clean") in rows and (m, case, "noise 2%") in rows:
                 ls = losses_2pc(rows, m, case)

@@ -9,21 +9,27 @@ The measured combination (bench/default_candidates.py, docs/robustness.md) is:
    slices of the combined mask (area and position, :func:`.guard.neighbour_consistency`), the second
    ("robust") network's on a tie: where `large` collapses under noise, the network trained for it
    holds; where the robust network strays onto another structure, `large`'s slice is kept;
-3. the anatomical guard (:mod:`.guard`), with the first network as the alternative, removes GM that
+   but where they disagree on most slices (:func:`whole_volume_network`), one network has broken
+   down over the volume (`large` under noise it never saw) and the few agreeing slices are no
+   reference: the network whose own mask follows the cord better (:func:`.guard.doubt_along_cord`)
+   stands for the whole volume instead of steps 1-2;
+3. the anatomical guard (:mod:`.guard`), with the first network as the alternative (the other one
+   where one network stands for the volume), removes GM that
    either network put outside the cord and re-fills slices whose area jumps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from ..recipe import DISAGREE_DICE
-from .guard import NETWORKS_DISAGREE, SliceDoubt, guard, neighbour_consistency
+from .guard import NETWORKS_DISAGREE, SliceDoubt, doubt_along_cord, guard, neighbour_consistency
 
 #: The combination rule's name and version (part of a combination's identity: change it with the rule).
-RULE = "logit-mean/consistent-network-where-disagree/guard v2"
+RULE = "logit-mean/consistent-network-where-disagree/one-network-where-most-disagree/guard v3"
 #: The action recorded for a disagreeing slice, by the network whose slice was used.
 CHOSE = {"first": "first_network", "second": "second_network"}
 #: Slices where both networks together hold fewer voxels than this are not judged (cord ends).
@@ -97,40 +103,78 @@ def choose_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np
     return out, chosen
 
 
+def whole_volume_network(first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
+                         min_dice: float = DISAGREE_DICE, min_voxels: int = MIN_VOXELS) -> str | None:
+    """``'first'`` or ``'second'`` when the two binary masks disagree (:func:`disagreeing_slices`) on
+    more than half of the slices judged (those holding at least ``min_voxels`` voxels between them):
+    the network whose own mask follows the cord better (:func:`.guard.doubt_along_cord`; ``'second'``
+    on a tie), which then stands for the whole volume; None otherwise."""
+    a, b = np.asarray(first) > 0, np.asarray(second) > 0
+    n = a.reshape(-1, a.shape[2]).sum(axis=0) + b.reshape(-1, b.shape[2]).sum(axis=0)
+    judged = int((n >= min_voxels).sum())
+    if 2 * len(disagreeing_slices(a, b, min_dice=min_dice, min_voxels=min_voxels)) <= judged:
+        return None
+    return "second" if doubt_along_cord(b, zooms_mm) <= doubt_along_cord(a, zooms_mm) else "first"
+
+
+class Combined(NamedTuple):
+    """What :func:`combine` returns: the final canonical mask (bool), the doubtful slices, and the
+    network that stood for the whole volume (``'first'``, ``'second'``; None: the combination's)."""
+
+    mask: np.ndarray
+    doubts: list[SliceDoubt]
+    whole_volume: str | None
+
+
 def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
             cord: np.ndarray | None = None, min_dice: float = DISAGREE_DICE,
-            use_guard: bool = True) -> tuple[np.ndarray, list[SliceDoubt]]:
+            use_guard: bool = True, whole_volume: bool = True) -> Combined:
     """Steps 2 and 3 of the module docstring on canonical binary masks: ``combined`` (the thresholded
-    :func:`logit_mean`), ``first`` and ``second`` (each network alone, same windows). Returns the
-    final mask and the doubtful slices, each with the two networks' slice Dice; a slice where the
-    networks disagree whose chosen GM the guard kept says action ``first_network`` or
-    ``second_network``. ``use_guard`` False skips step 3."""
-    chosen_mask, chosen = choose_where_disagreeing(combined, first, second, zooms_mm, min_dice=min_dice)
-    out, doubts = guard(chosen_mask, zooms_mm, cord=cord, alternative=first) if use_guard else (chosen_mask, [])
+    :func:`logit_mean`), ``first`` and ``second`` (each network alone, same windows). Where the
+    networks disagree on most slices (:func:`whole_volume_network`), one of them has broken down over
+    the volume and too few agreeing slices are left to judge slices by: that network's mask, the
+    better-following one, replaces ``combined`` and all the disagreeing slices, and the guard consults
+    the other. Returns the final mask, the doubtful slices, each with the two networks' slice Dice (a
+    slice where the networks disagree whose chosen GM the guard kept says action ``first_network`` or
+    ``second_network``), and the whole-volume network. ``use_guard`` False skips step 3;
+    ``whole_volume`` False never lets one network stand for the volume (rule v2, for comparison)."""
+    whole = whole_volume_network(first, second, zooms_mm, min_dice=min_dice) if whole_volume else None
+    if whole is None:
+        chosen_mask, chosen = choose_where_disagreeing(combined, first, second, zooms_mm, min_dice=min_dice)
+        base, alt_index = None, 0
+    else:
+        chosen_mask = np.asarray(first if whole == "first" else second) > 0
+        chosen = {k: whole for k in disagreeing_slices(first, second, min_dice=min_dice)}
+        base, alt_index = (0, 1) if whole == "first" else (1, 0)
+    alternative = (first, second)[alt_index]
+    out, doubts = guard(chosen_mask, zooms_mm, cord=cord, alternative=alternative) if use_guard \
+        else (chosen_mask, [])
     d = slice_dice(first, second)
     by_slice: dict[int, SliceDoubt] = {}
     for x in doubts:  # "the networks disagree" is this module's judgement (first vs second), not the guard's
         reasons = tuple(r for r in x.reasons if r != NETWORKS_DISAGREE)
         if reasons:
             by_slice[x.slice] = SliceDoubt(x.slice, reasons, x.action, round(float(d[x.slice]), 3),
-                                           0 if x.action == "replaced" else None)
+                                           {"replaced": alt_index, "dropped": None}.get(x.action, base))
     for k, which in chosen.items():
         old = by_slice.get(k)
         reasons = tuple(dict.fromkeys((old.reasons if old else ()) + (NETWORKS_DISAGREE,)))
         action = old.action if old is not None and old.action != "kept" else CHOSE[which]
-        network = {"replaced": 0, "dropped": None}.get(action, 0 if which == "first" else 1)
+        network = {"replaced": alt_index, "dropped": None}.get(action, 0 if which == "first" else 1)
         by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3), network)
-    return out, [by_slice[k] for k in sorted(by_slice)]
+    return Combined(out, [by_slice[k] for k in sorted(by_slice)], whole)
 
 
 def chosen_probability(mean: np.ndarray, first: np.ndarray, second: np.ndarray,
-                       doubts: Sequence[SliceDoubt]) -> np.ndarray:
+                       doubts: Sequence[SliceDoubt], whole_volume: str | None = None) -> np.ndarray:
     """The probability map that goes with :func:`combine`'s mask (window k = slice k, as the pipeline
-    predicts them): the :func:`logit_mean` ``mean``, but on a slice whose GM was taken from one
-    network (``SliceDoubt.network``) that network's probabilities, and 0 on a slice the guard emptied,
-    so that ``--prob`` thresholded on the fine grid gives that network's mask there before the
+    predicts them): the :func:`logit_mean` ``mean`` (the ``whole_volume`` network's probabilities
+    when one stood for the volume), but on a slice whose GM was taken from one network
+    (``SliceDoubt.network``) that network's probabilities, and 0 on a slice the guard emptied, so
+    that ``--prob`` thresholded on the fine grid gives that network's mask there before the
     per-slice clean-up (largest components, holes) and the guard's removal of GM outside the cord."""
-    out = mean.copy()
+    out = mean.copy() if whole_volume is None else np.array(first if whole_volume == "first" else second,
+                                                            dtype=mean.dtype)
     for x in doubts:
         if x.action == "dropped":
             out[x.slice] = 0.0

@@ -213,6 +213,15 @@ def neighbour_consistency(candidate: np.ndarray, k: int, reference: np.ndarray, 
     return abs(float(np.log(n / ref_area))) / float(np.log(AREA_RATIO)) + off_mm / tolerance_mm
 
 
+def doubt_along_cord(gm: np.ndarray, zooms_mm: Sequence[float]) -> float:
+    """How far a whole canonical GM mask is from following the cord: the sum over its slices of
+    :func:`neighbour_consistency` of each slice against the mask's own neighbouring slices, each capped
+    at 1 (the level where :func:`guard` starts doubting), so a slice counts between 0 (as its
+    neighbours lead one to expect) and 1 (doubtful), however far it strays or wherever it lost its GM."""
+    gm = np.asarray(gm) > 0
+    return float(sum(min(1.0, neighbour_consistency(gm[:, :, k], k, gm, zooms_mm)) for k in range(gm.shape[2])))
+
+
 def _expected_position(k: int, nb: Sequence[int], centroids_mm: Sequence[np.ndarray],
                        z_mm: float) -> tuple[np.ndarray, float]:
     """Where the neighbouring slices ``nb`` (their GM centroids) put slice ``k``'s GM, and how far from

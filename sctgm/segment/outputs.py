@@ -31,7 +31,9 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 networks_dice_per_slice (slice Dice between them, by the file's S-I slice index),
                 doubtful_slices ([{slice: file index, reasons: [networks_disagree | outside_cord |
                 area_jump], action: kept | first_network | second_network | re-placed | replaced | dropped,
-                networks_dice, network: whose GM the slice holds, or null}])},
+                networks_dice, network: whose GM the slice holds, or null}]),
+                whole_volume_network (the network whose mask stood for the whole volume because the
+                two disagreed on most slices, or null)},
      "Sha256": {"Sources": [sha256 of each source file, in the order of "Sources"],
                 "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set}}}
 """
@@ -139,7 +141,7 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
             for (name, version), n in zip(segmenter.network_records, (segmenter.network, segmenter.partner))]
     out["Result"] = {k: info[k] for k in ("gm_voxels", "network_passes", "window_px", "input_orientation")}
     out["Result"].update(noise_keys(info.get("enhancement", {})))
-    for k in ("networks", "networks_dice_per_slice", "doubtful_slices"):  # a combination of networks
+    for k in ("networks", "networks_dice_per_slice", "doubtful_slices", "whole_volume_network"):  # a combination
         if k in info:
             out["Result"][k] = info[k]
     if hashes is not None:

@@ -201,6 +201,7 @@ class Segmenter:
         windows, prob, passes = self._locate_and_predict(vol, centres, options, progress)
         doubts: list[guard.SliceDoubt] | None = None
         agreement = None
+        whole: str | None = None
         if self.partner is None:
             mask_c, n_raw = _native_mask(vol, windows, prob, threshold, options)
         else:  # a combination of two networks (the first placed the windows; ensemble.py)
@@ -210,9 +211,9 @@ class Segmenter:
             mean = ensemble.logit_mean([prob, prob2])
             both, n_raw = _native_mask(vol, windows, mean, threshold, options)  # what was post-processed
             comb = self.combination or Combination(self.partner.model.name)
-            mask_c, doubts = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c,
-                                              min_dice=comb.disagree_dice, use_guard=comb.guard)
-            prob = ensemble.chosen_probability(mean, prob, prob2, doubts)
+            mask_c, doubts, whole = ensemble.combine(both, first, second, vol.zooms_mm, cord=cord_c,
+                                                     min_dice=comb.disagree_dice, use_guard=comb.guard)
+            prob = ensemble.chosen_probability(mean, prob, prob2, doubts, whole)
             agreement = ensemble.slice_dice(first, second)
         prob_c = None
         if want_prob:
@@ -239,7 +240,7 @@ class Segmenter:
         }
         if doubts is not None and agreement is not None:
             info["networks"] = [name for name, _ in self.network_records]
-            info.update(_confidence_in_file_order(doubts, agreement, reo, info["networks"]))
+            info.update(_confidence_in_file_order(doubts, agreement, reo, info["networks"], whole))
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 
     # -- network passes -----------------------------------------------------------------------
@@ -337,10 +338,11 @@ def _native_mask(vol: PreparedVolume, windows: list[Window], prob: np.ndarray, t
 
 
 def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndarray,
-                              reo: Reorientation, names: list[str]) -> dict[str, Any]:
+                              reo: Reorientation, names: list[str], whole: str | None = None) -> dict[str, Any]:
     """The per-slice confidence of a combination, by the file's own S-I slice index: the slice Dice
-    between the two networks, and the doubtful slices (reasons, what was done, whose GM the slice
-    holds: one of ``names``, or null for the combination's own or none)."""
+    between the two networks, the doubtful slices (reasons, what was done, whose GM the slice
+    holds: one of ``names``, or null for the combination's own or none), and the network that stood
+    for the whole volume because the two disagreed on most slices (one of ``names``, or null)."""
     n = len(agreement)
     by_file = [0.0] * n
     for k in range(n):
@@ -348,7 +350,8 @@ def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndar
     listed = [{"slice": file_slice_index(reo, d.slice), "reasons": list(d.reasons), "action": d.action,
                "networks_dice": d.dice_between_networks,
                "network": None if d.network is None else names[d.network]} for d in doubts]
-    return {"networks_dice_per_slice": by_file, "doubtful_slices": sorted(listed, key=lambda d: d["slice"])}
+    return {"networks_dice_per_slice": by_file, "doubtful_slices": sorted(listed, key=lambda d: d["slice"]),
+            "whole_volume_network": None if whole is None else names[0 if whole == "first" else 1]}
 
 
 

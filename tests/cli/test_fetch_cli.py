@@ -61,15 +61,15 @@ def test_list_then_fetch_then_list(tmp_path: Path, shared_models: Path) -> None:
     rows = [line.split("\t") for line in lines[1:]]
     assert [tuple(r[:4]) + (r[6],) for r in rows] == [("challenge", "r20180205", "639742", "missing", "no"),
                                                       ("large", "r20180205", "2041326", "missing", "no"),
-                                                      ("large-ensemble", "r20261205", "2041326", "missing", "yes"),
+                                                      ("large-ensemble", "r20261205.1", "2041326", "missing", "yes"),
                                                       ("large-robust", "r20261201", "1928001", "missing", "no")]
-    assert rows[2][4] == str(tmp_path.resolve() / "models" / "large-ensemble" / "r20261205")
+    assert rows[2][4] == str(tmp_path.resolve() / "models" / "large-ensemble" / "r20261205.1")
     assert "232 subjects" in rows[1][5] and "large-robust" in rows[2][5]
     fetched = run("--cache-dir", str(tmp_path))  # the default model, from SCTGM_MIRROR (conftest)
     assert fetched.exit_code == 0 and fetched.stderr == ""  # no progress bars off a terminal
     # the default combines two networks: both are installed
     assert fetched.stdout.strip().splitlines() == [
-        f"large-ensemble r20261205: {rows[2][4]}/model.safetensors",
+        f"large-ensemble r20261205.1: {rows[2][4]}/model.safetensors",
         f"large-robust r20261201: {rows[3][4]}/model.safetensors"]
     after = run("--list", "large-ensemble", "large-robust", "--cache-dir", str(tmp_path))
     assert [line.split("\t")[3] for line in after.stdout.splitlines()[1:]] == ["installed", "installed"]

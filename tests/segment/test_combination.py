@@ -24,7 +24,7 @@ def test_a_network_combined_with_itself_gives_its_own_mask(tiny_model, make_nift
     assert np.allclose(both.gm_prob, alone.gm_prob, atol=1e-5)
     assert both.info["networks"] == [name, name]
     assert both.info["networks_dice_per_slice"] == [1.0] * image.data.shape[2]
-    assert both.info["doubtful_slices"] == []
+    assert both.info["doubtful_slices"] == [] and both.info["whole_volume_network"] is None
     assert "doubtful_slices" not in alone.info
 
 
@@ -38,10 +38,10 @@ def test_logit_mean_is_symmetric_and_keeps_agreement() -> None:
     assert m[3] < 1e-6
 
 
-def _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, *, first=None, second=None):
+def _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, *, first=None, second=None, slices=(2,)):
     """A tiny model combined with itself on a 5-slice phantom, its predictions replaced: GM a disc of
-    radius 10 px at the window's centre on every slice, except slice 2 of the first (``first``) or
-    second (``second``) network: a disc at (c, c) of radius r, given as (c, r)."""
+    radius 10 px at the window's centre on every slice, except slice 2 (or ``slices``) of the first
+    (``first``) or second (``second``) network: a disc at (c, c) of radius r, given as (c, r)."""
     model = ensure_model(tiny_model())
     seg = Segmenter(model, device="cpu", partner=model, name="tiny-pair")
     image = sctgm.io.load_image(make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz"))
@@ -55,7 +55,8 @@ def _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, *, first=Non
         p = np.stack([disc(40, 10)] * len(windows))
         swap = first if network is None else second
         if swap is not None:
-            p[2] = disc(*swap)
+            for k in slices:
+                p[k] = disc(*swap)
         return p
 
     monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: fake(*a, **k))
@@ -96,6 +97,33 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
     assert entry["model"] == "tiny-pair" and entry["model_sha256"] == seg.identity.sha256
     flags = dict(zip(entry["slices"]["index"], entry["slices"]["flags"]))
     assert "doubtful:networks_disagree" in flags[2] and not any(flags[k] for k in (0, 1, 3, 4))
+
+
+def test_a_partner_that_strays_on_most_slices_leaves_the_volume_to_the_first(tiny_model, make_nifti, tmp_path,
+                                                                             monkeypatch) -> None:
+    """The second network puts GM 11 mm away on 3 of the 5 slices: the first network's mask stands for
+    the whole volume, the sidecar names it (`whole_volume_network`) and lists the 3 slices, and
+    `--prob` is the first network's, so thresholding it gives the mask on every slice."""
+    import json
+
+    from sctgm.naming import sct_outputs
+    from sctgm.segment.outputs import segment_and_write
+
+    model, seg, image = _pair_with_slice_2_swapped(tiny_model, make_nifti, monkeypatch, second=(8, 10.0),
+                                                   slices=(0, 2, 4))
+    out = sct_outputs(image.path, tmp_path / "gm.nii.gz")
+    written = segment_and_write(seg, image, out).segmentation
+    result = seg.segment_image(image, want_prob=True)
+    assert written is not None and np.array_equal(written.gm, result.gm)
+    first = result.gm[:, :, 1]
+    assert first.sum() > 50 and all(np.array_equal(result.gm[:, :, k], first) for k in range(5))
+    assert result.info["whole_volume_network"] == model.name
+    assert [(d["slice"], d["action"]) for d in result.info["doubtful_slices"]] == [
+        (0, "first_network"), (2, "first_network"), (4, "first_network")]
+    side = json.loads(out["gm_sidecar"].read_text())["Result"]
+    assert side["whole_volume_network"] == model.name
+    for k in range(5):
+        assert np.array_equal(result.gm_prob[:, :, k] > result.info["threshold"], result.gm[:, :, k] > 0), k
 
 
 def test_a_partner_that_expects_other_windows_is_refused(tiny_model) -> None:
@@ -146,7 +174,8 @@ def test_where_the_networks_disagree_the_slice_that_agrees_with_its_neighbours_i
     mask, chosen = choose_where_disagreeing(right, first, second, ZOOMS)
     assert chosen == {4: "first", 6: "second"}
     assert np.array_equal(mask, right)
-    out, doubts = combine(right, first, second, ZOOMS)
+    out, doubts, whole = combine(right, first, second, ZOOMS)
+    assert whole is None
     assert np.array_equal(out, right)
     assert [(d.slice, d.action) for d in doubts] == [(4, "first_network"), (6, "second_network")]
     # the old rule (the second network wherever they disagree) would have kept the stray slice
@@ -164,6 +193,88 @@ def test_when_every_slice_disagrees_the_second_network_is_used() -> None:
     mask, chosen = choose_where_disagreeing(first | second, first, second, ZOOMS)
     assert chosen == {k: "second" for k in range(9)}
     assert np.array_equal(mask, second)
+    # both columns follow a cord equally well: the second network also stands for the whole volume
+    from sctgm.segment.ensemble import combine, whole_volume_network
+
+    assert whole_volume_network(first, second, ZOOMS) == "second"
+    out, doubts, whole = combine(first & second, first, second, ZOOMS)
+    assert whole == "second" and np.array_equal(out, second)
+    assert [(d.slice, d.action, d.network) for d in doubts] == [(k, "second_network", 1) for k in range(9)]
+
+
+def _shrunk(gm: np.ndarray, k: int, keep_rows: int) -> np.ndarray:
+    """Slice ``k`` of ``gm`` cut to its first ``keep_rows`` rows of GM (a network losing GM)."""
+    out = gm.copy()
+    rows = np.flatnonzero(gm[:, :, k].any(axis=1))
+    out[rows[keep_rows:], :, k] = False
+    return out
+
+
+def test_when_the_first_network_breaks_down_on_most_slices_the_second_stands_for_the_volume() -> None:
+    """`large` under noise it never saw: it loses GM on every slice, badly on 5 of 9 (slice Dice
+    under 0.8), mildly on the other 4 (Dice above 0.8, so they count as agreeing), and its areas jump
+    from slice to slice. The agreeing slices are no reference: the second network's mask stands for
+    the volume, including where the two agree (the log-odds mean there follows the first's loss)."""
+    from sctgm.segment.ensemble import combine, disagreeing_slices, slice_dice, whole_volume_network
+    from sctgm.segment.guard import doubt_along_cord
+
+    right = _gm_column()
+    first = right.copy()
+    for k, rows in zip(range(9), (3, 6, 2, 6, 3, 6, 2, 6, 3)):  # of its 7 rows
+        first = _shrunk(first, k, rows)
+    assert disagreeing_slices(first, right) == [0, 2, 4, 6, 8]
+    assert (slice_dice(first, right)[[1, 3, 5, 7]] > 0.8).all()
+    assert doubt_along_cord(first, ZOOMS) > doubt_along_cord(right, ZOOMS)
+    assert whole_volume_network(first, right, ZOOMS) == "second"
+    combined = first & right  # what the log-odds mean of a lost and a kept pixel gives at 0.999
+    out, doubts, whole = combine(combined, first, right, ZOOMS)
+    assert whole == "second" and np.array_equal(out, right)
+    assert [(d.slice, d.action, d.network) for d in doubts] == [(k, "second_network", 1) for k in (0, 2, 4, 6, 8)]
+    # rule v2 kept the combined (shrunk) GM on the four agreeing slices
+    v2, _, none = combine(combined, first, right, ZOOMS, whole_volume=False)
+    assert none is None and not np.array_equal(v2[:, :, 1], right[:, :, 1])
+
+
+def test_when_the_second_network_strays_on_most_slices_the_first_stands_for_the_volume() -> None:
+    """The robust network on a contrast it never saw: on 5 of 9 slices it segments another structure,
+    zig-zagging 3 mm either side of the GM (inside the guard's 5 mm tolerance) at 1.7x its area; the
+    first network follows the cord, so its mask stands for the volume and the guard consults the
+    second only where the first's slice is in doubt (nowhere here)."""
+    from sctgm.segment.ensemble import chosen_probability, combine, whole_volume_network
+
+    right = _gm_column()
+    second = right.copy()
+    x, y = np.mgrid[:80, :80]
+    for k in (0, 2, 4, 6, 8):
+        side = 1 if k % 4 == 0 else -1
+        second[:, :, k] = ((x - 40 - k - 6 * side) / 6.0) ** 2 + ((y - 38 - 0.5 * k) / 9.0) ** 2 <= 1.0
+    assert whole_volume_network(right, second, ZOOMS) == "first"
+    out, doubts, whole = combine(right & second, right, second, ZOOMS)
+    assert whole == "first" and np.array_equal(out, right)
+    assert {(d.slice, d.action, d.network) for d in doubts} == {(k, "first_network", 0) for k in (0, 2, 4, 6, 8)}
+    # --prob: the first network's probabilities on every slice, not the log-odds mean
+    mean, p1, p2 = (np.full((9, 4, 4), v, dtype=np.float32) for v in (0.5, 0.1, 0.9))
+    assert (chosen_probability(mean, p1, p2, doubts, whole) == 0.1).all()
+
+
+def test_half_the_slices_disagreeing_is_not_most() -> None:
+    """4 of 8 judged slices disagree: no network stands for the volume; 5 of 9 do: one does. Slices
+    with fewer than 20 voxels between the two networks are not judged (cord ends)."""
+    from sctgm.segment.ensemble import whole_volume_network
+
+    right = _gm_column(8)
+    first = right.copy()
+    for k in (0, 2, 4, 6):
+        first = _shrunk(first, k, 2)
+    assert whole_volume_network(first, right, ZOOMS) is None
+    first9, right9 = np.concatenate([first, first[:, :, :1]], axis=2), _gm_column(9)
+    first9[:, :, 8] = _shrunk(right9, 8, 2)[:, :, 8]
+    assert whole_volume_network(first9, right9, ZOOMS) == "second"
+    tiny = right9.copy()
+    tiny[:, :, 8] = False
+    tiny[40:42, 42:44, 8] = True  # 4 + 4 voxels: not judged, so 4 of 8 again
+    first9[:, :, 8] = tiny[:, :, 8]
+    assert whole_volume_network(first9, tiny, ZOOMS) is None
 
 
 def test_a_doubt_of_the_guard_reports_the_dice_between_the_two_networks() -> None:
@@ -177,7 +288,7 @@ def test_a_doubt_of_the_guard_reports_the_dice_between_the_two_networks() -> Non
     second[:, :, 3] = np.roll(right[:, :, 3], 1, axis=1)  # a slightly different, agreeing slice
     combined = right.copy()
     combined[:, :, 3] = False
-    out, doubts = combine(combined, first, second, ZOOMS)
+    out, doubts, _ = combine(combined, first, second, ZOOMS)
     assert [d.slice for d in doubts] == [3] and doubts[0].reasons == ("area_jump",)
     assert doubts[0].dice_between_networks == round(float(slice_dice(first, second)[3]), 3) > 0.8
     assert np.array_equal(out[:, :, 3], first[:, :, 3])  # re-filled from the first network
@@ -213,7 +324,7 @@ def test_where_the_gm_ends_an_empty_slice_can_win_but_never_inside_the_run() -> 
     mask, chosen = choose_where_disagreeing(combined, first, second, ZOOMS)
     assert chosen == {4: "second", 8: "first"}
     assert not mask[:, :, 8].any() and np.array_equal(mask[:, :, 4], right[:, :, 4])
-    out, doubts = combine(combined, first, second, ZOOMS)
+    out, doubts, _ = combine(combined, first, second, ZOOMS)
     assert not out[:, :, 8].any()
     assert {(d.slice, d.action, d.network) for d in doubts} == {(4, "second_network", 1), (8, "first_network", 0)}
 
@@ -231,7 +342,7 @@ def test_the_probabilities_follow_whose_gm_a_slice_holds_also_after_the_guard() 
     first[:, :, 3] = False
     first[44:46, 40:42, 3] = True
     second[2:8, 2:8, 3] = True  # 19 mm from the GM
-    out, doubts = combine(first & second, first, second, ZOOMS)
+    out, doubts, _ = combine(first & second, first, second, ZOOMS)
     assert np.array_equal(out, right)
     (d,) = doubts
     assert (d.slice, d.action, d.network) == (3, "re-placed", 1) and "outside_cord" in d.reasons
