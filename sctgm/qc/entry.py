@@ -49,6 +49,7 @@ def add_entry(
     dataset: str | None = None,
     read_from: Mapping[str, Path] | None = None,
     doubtful: list[dict[str, Any]] | None = None,
+    whole_volume: str | None = None,
 ) -> Path:
     """Add one entry (image, GM mask, optional cord and WM masks) to the HTML QC report in ``qc_dir``.
 
@@ -64,12 +65,15 @@ def add_entry(
     A ``qc_dir`` that holds another tool's QC report gets the entry in a sub-folder
     (:func:`sctgm.qc.report.check_qc_dir`).
     ``doubtful``: the sidecar's ``doubtful_slices`` (a combination of networks): those slices are
-    flagged, so a reviewer starts with them.
+    flagged, so a reviewer starts with them. ``whole_volume``: the sidecar's ``whole_volume_network``
+    (the network whose mask stood for the whole volume because the two disagreed on most slices),
+    shown in the entry's details.
     """
     report.check_qc_dir(qc_dir)
     entry, files = build_entry(image_path, gmseg_path, cord_path=cord_path, wmseg_path=wmseg_path, model=model,
                                model_sha256=model_sha256, subject=subject, extra=extra, noise=noise,
-                               dataset=dataset, read_from=read_from, doubtful=doubtful)
+                               dataset=dataset, read_from=read_from, doubtful=doubtful,
+                               whole_volume=whole_volume)
     return report.write_entry(qc_dir, entry, files)
 
 
@@ -95,6 +99,7 @@ class QcEntryWriter:
                   model_sha256=staged.model.sha256, subject=self.subject, dataset=self.dataset,
                   noise=noise_keys(staged.segmentation.info.get("enhancement", {})),
                   doubtful=staged.segmentation.info.get("doubtful_slices"),
+                  whole_volume=staged.segmentation.info.get("whole_volume_network"),
                   read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
 
@@ -127,6 +132,7 @@ def build_entry(
     dataset: str | None = None,
     read_from: Mapping[str, Path] | None = None,
     doubtful: list[dict[str, Any]] | None = None,
+    whole_volume: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The entry record (JSON-able) and its files (name -> PNG bytes), computed in memory."""
     def source(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
@@ -204,6 +210,7 @@ def build_entry(
         "noise": noise if noise is not None else estimate_keys(data, reo),
         "n_flagged": len(flagged),
         "doubtful_slices": _jsonable(doubtful) if doubtful else [],
+        "whole_volume_network": whole_volume,
         "flag_counts": flag_counts,
         "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
         "slices": {

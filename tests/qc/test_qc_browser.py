@@ -257,6 +257,35 @@ def test_noisy_scans_stand_out(browser, tmp_path):
     assert not errors, errors
 
 
+def test_a_volume_left_to_one_network_says_so_in_the_details(browser, tmp_path):
+    """A combination whose networks disagreed on most slices: the entry's details name the network
+    whose mask stood for the whole volume (the text is escaped, as every field); an entry without it
+    has no such line."""
+    import nibabel as nib
+
+    img, cord, gm = cord_phantom(shape=(40, 40, 5))
+    paths = {}
+    for name, a in (("img", img), ("gm", gm), ("gm2", gm)):
+        paths[name] = tmp_path / f"sub-04_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(paths[name]))
+    qc = tmp_path / "qc"
+    doubts = [{"slice": k, "reasons": ["networks_disagree"], "action": "second_network", "networks_dice": 0.3,
+               "network": "<b>robust</b>"} for k in (0, 1, 3)]
+    add_entry(qc, paths["img"], paths["gm"], model="pair", doubtful=doubts, whole_volume="<b>robust</b>")
+    time.sleep(0.01)
+    add_entry(qc, paths["img"], paths["gm2"], model="pair")
+    open_report(browser, qc)
+    rows = browser.find_elements("css selector", "#entries tbody tr")  # newest first
+    rows[1].click()
+    viewer = browser.find_element("id", "viewer").text
+    assert "<b>robust</b>'s mask stood for the whole volume" in viewer
+    assert "3 flagged slice(s)" in viewer
+    rows[0].click()
+    assert "stood for the whole volume" not in browser.find_element("id", "viewer").text
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+
+
 @pytest.mark.parametrize("width", [1280, 1440, 1600])
 def test_the_index_shows_every_column_without_horizontal_scroll(report, browser, width):
     """At 1280-1600 px the index shows the Noise and Version columns (no scroll inside the list)."""

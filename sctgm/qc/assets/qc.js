@@ -212,6 +212,8 @@
     row("GM volume", fmt(e.gm_volume_mm3, 1) + " mm\u00b3, mean area " + fmt(e.gm_mean_area_mm2, 2) + " mm\u00b2/slice");
     row("Noise", noiseText(e));
     row("Noise per slice (%)", noiseSlicesText(e));
+    row("Networks", e.whole_volume_network ? "they disagreed on most slices: " + text(e.whole_volume_network) +
+        "'s mask stood for the whole volume (review it whole)" : "");
     if (e.wm_mean_area_mm2 !== null && e.wm_mean_area_mm2 !== undefined) { row("WM", "mean area " + fmt(e.wm_mean_area_mm2, 2) + " mm\u00b2/slice"); }
     Object.keys(e.extra || {}).forEach(function (k) { row(k, typeof e.extra[k] === "object" ? JSON.stringify(e.extra[k]) : e.extra[k]); });
     view.appendChild(meta);
