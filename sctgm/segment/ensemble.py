@@ -28,8 +28,9 @@ import numpy as np
 from ..recipe import DISAGREE_DICE
 from .guard import NETWORKS_DISAGREE, SliceDoubt, doubt_along_cord, guard, neighbour_consistency
 
-#: The combination rule's name and version (part of a combination's identity: change it with the rule).
-RULE = "logit-mean/consistent-network-where-disagree/one-network-where-most-disagree/guard v3"
+#: The combination rule's name and version (part of a combination's identity: change it with the rule),
+#: numbered as in docs/robustness.md (v3, the rule back to the native grid, is recorded apart: to_native).
+RULE = "logit-mean/consistent-network-where-disagree/one-network-where-most-disagree/guard v4"
 #: The action recorded for a disagreeing slice, by the network whose slice was used.
 CHOSE = {"first": "first_network", "second": "second_network"}
 #: Slices where both networks together hold fewer voxels than this are not judged (cord ends).
@@ -107,14 +108,16 @@ def whole_volume_network(first: np.ndarray, second: np.ndarray, zooms_mm: Sequen
                          min_dice: float = DISAGREE_DICE, min_voxels: int = MIN_VOXELS) -> str | None:
     """``'first'`` or ``'second'`` when the two binary masks disagree (:func:`disagreeing_slices`) on
     more than half of the slices judged (those holding at least ``min_voxels`` voxels between them):
-    the network whose own mask follows the cord better (:func:`.guard.doubt_along_cord`; ``'second'``
-    on a tie), which then stands for the whole volume; None otherwise."""
+    the network whose own mask follows the cord better on those slices (:func:`.guard.doubt_along_cord`:
+    a network that lost its GM on a slice counts it as doubtful; ``'second'`` on a tie), which then
+    stands for the whole volume; None otherwise."""
     a, b = np.asarray(first) > 0, np.asarray(second) > 0
     n = a.reshape(-1, a.shape[2]).sum(axis=0) + b.reshape(-1, b.shape[2]).sum(axis=0)
-    judged = int((n >= min_voxels).sum())
-    if 2 * len(disagreeing_slices(a, b, min_dice=min_dice, min_voxels=min_voxels)) <= judged:
+    judged = [int(k) for k in np.flatnonzero(n >= min_voxels)]
+    if 2 * len(disagreeing_slices(a, b, min_dice=min_dice, min_voxels=min_voxels)) <= len(judged):
         return None
-    return "second" if doubt_along_cord(b, zooms_mm) <= doubt_along_cord(a, zooms_mm) else "first"
+    # judged on the same slices, so a network that lost its GM there counts as doubtful, not as quiet
+    return "second" if doubt_along_cord(b, zooms_mm, judged) <= doubt_along_cord(a, zooms_mm, judged) else "first"
 
 
 class Combined(NamedTuple):
@@ -137,7 +140,8 @@ def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_m
     the other. Returns the final mask, the doubtful slices, each with the two networks' slice Dice (a
     slice where the networks disagree whose chosen GM the guard kept says action ``first_network`` or
     ``second_network``), and the whole-volume network. ``use_guard`` False skips step 3;
-    ``whole_volume`` False never lets one network stand for the volume (rule v2, for comparison)."""
+    ``whole_volume`` False never lets one network stand for the volume (the rule before v4, for
+    comparison)."""
     whole = whole_volume_network(first, second, zooms_mm, min_dice=min_dice) if whole_volume else None
     if whole is None:
         chosen_mask, chosen = choose_where_disagreeing(combined, first, second, zooms_mm, min_dice=min_dice)

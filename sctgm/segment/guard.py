@@ -22,7 +22,7 @@ reported, so a reviewer starts with them (sidecar, QC report).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,20 +206,47 @@ def neighbour_consistency(candidate: np.ndarray, k: int, reference: np.ndarray, 
     n = int(cand.sum())
     if n == 0:  # a gap between GM slices is not anatomy; an end of the GM (cord end, cut) may be
         return float("inf") if _between(k, has) else 1.0
-    ref_area = float(np.median(area[nb]))
-    ref_centre, tolerance_mm = _expected_position(k, nb, [_centroid_mm(ref[:, :, j], zooms_mm) for j in nb],
-                                                  float(zooms_mm[2]))
-    off_mm = float(np.linalg.norm(_centroid_mm(cand, zooms_mm) - ref_centre))
-    return abs(float(np.log(n / ref_area))) / float(np.log(AREA_RATIO)) + off_mm / tolerance_mm
+    return _score(n, _centroid_mm(cand, zooms_mm), k, nb, area, lambda j: _centroid_mm(ref[:, :, j], zooms_mm),
+                  zooms_mm)
 
 
-def doubt_along_cord(gm: np.ndarray, zooms_mm: Sequence[float]) -> float:
-    """How far a whole canonical GM mask is from following the cord: the sum over its slices of
-    :func:`neighbour_consistency` of each slice against the mask's own neighbouring slices, each capped
-    at 1 (the level where :func:`guard` starts doubting), so a slice counts between 0 (as its
-    neighbours lead one to expect) and 1 (doubtful), however far it strays or wherever it lost its GM."""
+def _score(n: int, centre_mm: np.ndarray, k: int, nb: Sequence[int], area: np.ndarray,
+           centroid_of: Callable[[int], np.ndarray], zooms_mm: Sequence[float]) -> float:
+    """:func:`neighbour_consistency` of a slice ``k`` of ``n`` voxels centred at ``centre_mm``, against
+    the neighbouring slices ``nb`` (their areas ``area[nb]``, their centroids ``centroid_of(j)``)."""
+    ref_centre, tolerance_mm = _expected_position(k, nb, [centroid_of(j) for j in nb], float(zooms_mm[2]))
+    off_mm = float(np.linalg.norm(centre_mm - ref_centre))
+    return abs(float(np.log(n / float(np.median(area[nb]))))) / float(np.log(AREA_RATIO)) + off_mm / tolerance_mm
+
+
+def doubt_along_cord(gm: np.ndarray, zooms_mm: Sequence[float], slices: Sequence[int] | None = None) -> float:
+    """How far a whole canonical GM mask is from following the cord: the sum over ``slices`` (default:
+    all) of :func:`neighbour_consistency` of each slice against the mask's own neighbouring slices,
+    each capped at 1 (the level where :func:`guard` starts doubting), so a slice counts between 0 (as
+    its neighbours lead one to expect) and 1 (doubtful), however far it strays. A slice holding fewer
+    than :data:`MIN_NEIGHBOUR_VOXELS` voxels counts 1: given the slices where GM is expected (e.g.
+    where another network found it), a mask that lost its GM there is doubtful, not "without
+    neighbours to judge". Each slice's area and centroid are computed once (linear in the slices)."""
     gm = np.asarray(gm) > 0
-    return float(sum(min(1.0, neighbour_consistency(gm[:, :, k], k, gm, zooms_mm)) for k in range(gm.shape[2])))
+    nz = gm.shape[2]
+    area = gm.reshape(-1, nz).sum(axis=0)
+    has = area >= MIN_NEIGHBOUR_VOXELS
+    centroids: dict[int, np.ndarray] = {}
+
+    def centroid_of(j: int) -> np.ndarray:
+        if j not in centroids:
+            centroids[j] = _centroid_mm(gm[:, :, j], zooms_mm)
+        return centroids[j]
+
+    total = 0.0
+    for k in range(nz) if slices is None else slices:
+        if area[k] < MIN_NEIGHBOUR_VOXELS:
+            total += 1.0
+            continue
+        nb = _neighbours(k, has)  # never k itself
+        if len(nb) >= 2:
+            total += min(1.0, _score(int(area[k]), centroid_of(k), k, nb, area, centroid_of, zooms_mm))
+    return total
 
 
 def _expected_position(k: int, nb: Sequence[int], centroids_mm: Sequence[np.ndarray],

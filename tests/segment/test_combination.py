@@ -354,3 +354,27 @@ def test_the_probabilities_follow_whose_gm_a_slice_holds_also_after_the_guard() 
     assert (prob[3] == 0.9).all() and (np.delete(prob, 3, axis=0) == 0.5).all()
     dropped = chosen_probability(mean, p1, p2, [SliceDoubt(5, ("outside_cord",), "dropped")])
     assert (dropped[5] == 0).all() and (dropped[4] == 0.5).all()
+
+
+def test_a_network_that_lost_its_gm_never_stands_for_the_volume() -> None:
+    """`large` at heavy noise: no GM at all, or a few voxels on each slice, or GM on one slice only.
+    Its own slices have no neighbours to be judged against, yet on the slices where GM is expected it
+    is the doubtful one: the second network stands for the volume, and the output keeps its GM."""
+    from sctgm.segment.ensemble import combine, whole_volume_network
+    from sctgm.segment.guard import doubt_along_cord
+
+    right = _gm_column()
+    empty = np.zeros_like(right)
+    few = np.zeros_like(right)
+    few[40:43, 38:41, :] = True  # 9 voxels per slice
+    one = np.zeros_like(right)
+    one[:, :, 4] = right[:, :, 4]
+    judged = list(range(9))
+    assert doubt_along_cord(empty, ZOOMS, judged) == doubt_along_cord(few, ZOOMS, judged) == 9.0
+    assert doubt_along_cord(right, ZOOMS, judged) < 1.0
+    for lost in (empty, few, one):
+        assert whole_volume_network(lost, right, ZOOMS) == "second"
+        out, _, whole = combine(lost & right, lost, right, ZOOMS)
+        assert whole == "second" and np.array_equal(out, right)
+        # and symmetrically, the robust network losing its GM leaves the volume to the first
+        assert whole_volume_network(right, lost, ZOOMS) == "first"
