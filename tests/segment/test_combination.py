@@ -100,10 +100,10 @@ def test_a_slice_where_the_second_network_strays_is_repaired_and_reported(tiny_m
 
 
 def test_a_partner_that_strays_on_most_slices_leaves_the_volume_to_the_first(tiny_model, make_nifti, tmp_path,
-                                                                             monkeypatch) -> None:
+                                                                             monkeypatch, caplog) -> None:
     """The second network puts GM 11 mm away on 3 of the 5 slices: the first network's mask stands for
-    the whole volume, the sidecar and the QC entry name it (`whole_volume_network`) and the sidecar
-    lists the 3 slices, and `--prob` is the first network's, so thresholding it gives the mask on
+    the whole volume, a warning says so, the sidecar and the QC entry name it (`whole_volume_network`)
+    and the sidecar lists the 3 slices, and `--prob` is the first network's, so thresholding it gives the mask on
     every slice."""
     import json
 
@@ -116,6 +116,8 @@ def test_a_partner_that_strays_on_most_slices_leaves_the_volume_to_the_first(tin
     out = sct_outputs(image.path, tmp_path / "gm.nii.gz")
     written = segment_and_write(seg, image, out, entry=QcEntryWriter(tmp_path / "qc")).segmentation
     assert read_entries(tmp_path / "qc")[0]["whole_volume_network"] == model.name
+    said = [r.getMessage() for r in caplog.records if "disagree on most slices" in r.getMessage()]
+    assert said and "(3 of 5)" in said[0] and f"{model.name}'s mask stands for all of it" in said[0]
     result = seg.segment_image(image, want_prob=True)
     assert written is not None and np.array_equal(written.gm, result.gm)
     first = result.gm[:, :, 1]
