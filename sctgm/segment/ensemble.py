@@ -104,6 +104,14 @@ def choose_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np
     return out, chosen
 
 
+def judged_slices(first: np.ndarray, second: np.ndarray, *, min_voxels: int = MIN_VOXELS) -> list[int]:
+    """The slices (axis 2) where two binary masks hold at least ``min_voxels`` voxels between them:
+    those whose agreement is judged (cord ends and empty slices are not)."""
+    a, b = np.asarray(first) > 0, np.asarray(second) > 0
+    n = a.reshape(-1, a.shape[2]).sum(axis=0) + b.reshape(-1, b.shape[2]).sum(axis=0)
+    return [int(k) for k in np.flatnonzero(n >= min_voxels)]
+
+
 def whole_volume_network(first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
                          min_dice: float = DISAGREE_DICE, min_voxels: int = MIN_VOXELS) -> str | None:
     """``'first'`` or ``'second'`` when the two binary masks disagree (:func:`disagreeing_slices`) on
@@ -112,8 +120,7 @@ def whole_volume_network(first: np.ndarray, second: np.ndarray, zooms_mm: Sequen
     a network that lost its GM on a slice counts it as doubtful; ``'second'`` on a tie), which then
     stands for the whole volume; None otherwise."""
     a, b = np.asarray(first) > 0, np.asarray(second) > 0
-    n = a.reshape(-1, a.shape[2]).sum(axis=0) + b.reshape(-1, b.shape[2]).sum(axis=0)
-    judged = [int(k) for k in np.flatnonzero(n >= min_voxels)]
+    judged = judged_slices(a, b, min_voxels=min_voxels)
     if 2 * len(disagreeing_slices(a, b, min_dice=min_dice, min_voxels=min_voxels)) <= len(judged):
         return None
     # judged on the same slices, so a network that lost its GM there counts as doubtful, not as quiet

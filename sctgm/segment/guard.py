@@ -219,9 +219,9 @@ def _score(n: int, centre_mm: np.ndarray, k: int, nb: Sequence[int], area: np.nd
     return abs(float(np.log(n / float(np.median(area[nb]))))) / float(np.log(AREA_RATIO)) + off_mm / tolerance_mm
 
 
-def doubt_along_cord(gm: np.ndarray, zooms_mm: Sequence[float], slices: Sequence[int] | None = None) -> float:
-    """How far a whole canonical GM mask is from following the cord: the sum over ``slices`` (default:
-    all) of :func:`neighbour_consistency` of each slice against the mask's own neighbouring slices,
+def doubt_along_cord(gm: np.ndarray, zooms_mm: Sequence[float], slices: Sequence[int]) -> float:
+    """How far a whole canonical GM mask is from following the cord: the sum over ``slices`` (those
+    where GM is expected, e.g. where either of two networks found it) of :func:`neighbour_consistency` of each slice against the mask's own neighbouring slices,
     each capped at 1 (the level where :func:`guard` starts doubting), so a slice counts between 0 (as
     its neighbours lead one to expect) and 1 (doubtful), however far it strays. A slice holding fewer
     than :data:`MIN_NEIGHBOUR_VOXELS` voxels counts 1: given the slices where GM is expected (e.g.
@@ -239,7 +239,7 @@ def doubt_along_cord(gm: np.ndarray, zooms_mm: Sequence[float], slices: Sequence
         return centroids[j]
 
     total = 0.0
-    for k in range(nz) if slices is None else slices:
+    for k in slices:
         if area[k] < MIN_NEIGHBOUR_VOXELS:
             total += 1.0
             continue

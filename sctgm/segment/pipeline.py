@@ -217,9 +217,10 @@ class Segmenter:
             agreement = ensemble.slice_dice(first, second)
             if whole is not None:
                 n_dis = sum(guard.NETWORKS_DISAGREE in d.reasons for d in doubts)
-                log.warning("%s: the two networks disagree on most slices (%d of %d): one broke down over the "
-                            "volume, and %s's mask stands for all of it; review this one whole (its sidecar "
-                            "names the slices)", image.path, n_dis, vol.n_slices,
+                log.warning("%s: the two networks disagree on most slices with GM (%d of %d): one broke down "
+                            "over the volume, and %s's mask stands for all of it (review this one whole: its "
+                            "sidecar names the slices)", image.path, n_dis,
+                            len(ensemble.judged_slices(first, second)),
                             self.network_records[0 if whole == "first" else 1][0])
         prob_c = None
         if want_prob:

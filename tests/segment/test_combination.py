@@ -118,6 +118,7 @@ def test_a_partner_that_strays_on_most_slices_leaves_the_volume_to_the_first(tin
     assert read_entries(tmp_path / "qc")[0]["whole_volume_network"] == model.name
     said = [r.getMessage() for r in caplog.records if "disagree on most slices" in r.getMessage()]
     assert said and "(3 of 5)" in said[0] and f"{model.name}'s mask stands for all of it" in said[0]
+    assert ";" not in said[0]  # a batch joins a job's warnings with "; "
     result = seg.segment_image(image, want_prob=True)
     assert written is not None and np.array_equal(written.gm, result.gm)
     first = result.gm[:, :, 1]
@@ -229,7 +230,7 @@ def test_when_the_first_network_breaks_down_on_most_slices_the_second_stands_for
         first = _shrunk(first, k, rows)
     assert disagreeing_slices(first, right) == [0, 2, 4, 6, 8]
     assert (slice_dice(first, right)[[1, 3, 5, 7]] > 0.8).all()
-    assert doubt_along_cord(first, ZOOMS) > doubt_along_cord(right, ZOOMS)
+    assert doubt_along_cord(first, ZOOMS, range(9)) > doubt_along_cord(right, ZOOMS, range(9))
     assert whole_volume_network(first, right, ZOOMS) == "second"
     combined = first & right  # what the log-odds mean of a lost and a kept pixel gives at 0.999
     out, doubts, whole = combine(combined, first, right, ZOOMS)
@@ -265,7 +266,7 @@ def test_when_the_second_network_strays_on_most_slices_the_first_stands_for_the_
 def test_half_the_slices_disagreeing_is_not_most() -> None:
     """4 of 8 judged slices disagree: no network stands for the volume; 5 of 9 do: one does. Slices
     with fewer than 20 voxels between the two networks are not judged (cord ends)."""
-    from sctgm.segment.ensemble import whole_volume_network
+    from sctgm.segment.ensemble import judged_slices, whole_volume_network
 
     right = _gm_column(8)
     first = right.copy()
@@ -280,6 +281,7 @@ def test_half_the_slices_disagreeing_is_not_most() -> None:
     tiny[40:42, 42:44, 8] = True  # 4 + 4 voxels: not judged, so 4 of 8 again
     first9[:, :, 8] = tiny[:, :, 8]
     assert whole_volume_network(first9, tiny, ZOOMS) is None
+    assert judged_slices(first9, tiny) == list(range(8))  # what the warning counts "of"
 
 
 def test_a_doubt_of_the_guard_reports_the_dice_between_the_two_networks() -> None:
