@@ -103,6 +103,33 @@ class QcEntryWriter:
                   read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
 
+def segmentation_facts(gmseg_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What the sidecar sct-gm wrote beside a GM mask says of the segmentation that made it, as
+    :func:`add_entry`'s keyword arguments (``model``, ``model_sha256``, ``noise``, ``doubtful``,
+    ``whole_volume``); empty when there is no such sidecar, when it is a reviewer's correction, or when
+    the GM hash it records is not this file's (a mask edited since: the doubts were of another mask)."""
+    from ..filesystem import file_sha256
+    from ..segment.outputs import is_correction, read_sidecar
+
+    side = read_sidecar(Path(split_nifti_name(gmseg_path)[0] + ".json"))
+    if side is None or is_correction(side):
+        return {}
+    hashes = side.get("Sha256")
+    recorded = hashes.get("Outputs", {}).get("gm") if isinstance(hashes, dict) else None
+    try:
+        if recorded is None or recorded != file_sha256(gmseg_path):
+            return {}
+    except OSError:
+        return {}
+    result = side.get("Result") if isinstance(side.get("Result"), dict) else {}
+    gen = side["GeneratedBy"][0] if isinstance(side["GeneratedBy"], list) else side["GeneratedBy"]
+    model = gen.get("Model") if isinstance(gen.get("Model"), dict) else {}
+    noise = {k: result[k] for k in noise_keys({}) if k in result}
+    return {"model": model.get("Name"), "model_sha256": model.get("Sha256"),
+            "noise": noise if len(noise) == len(noise_keys({})) else None,
+            "doubtful": result.get("doubtful_slices") or None, "whole_volume": result.get("whole_volume_network")}
+
+
 def guess_subject(path: str | os.PathLike[str]) -> str:
     """The BIDS subject (``sub-XX``) found in ``path``, else the file name without extension."""
     for part in reversed(Path(path).parts):
