@@ -125,9 +125,20 @@ def segmentation_facts(gmseg_path: str | os.PathLike[str]) -> dict[str, Any]:
     gen = side["GeneratedBy"][0] if isinstance(side["GeneratedBy"], list) else side["GeneratedBy"]
     model = gen.get("Model") if isinstance(gen.get("Model"), dict) else {}
     noise = {k: result[k] for k in noise_keys({}) if k in result}
-    return {"model": model.get("Name"), "model_sha256": model.get("Sha256"),
+    doubtful = result.get("doubtful_slices")
+    # a sidecar is a file like any other: what is not of the shape sct-gm writes is left out, never trusted
+    if not (isinstance(doubtful, list) and all(
+            isinstance(d, dict) and isinstance(d.get("slice"), int) and not isinstance(d["slice"], bool)
+            and isinstance(d.get("reasons"), list) and all(isinstance(r, str) for r in d["reasons"])
+            for d in doubtful)):
+        doubtful = None
+
+    def text(v: Any) -> str | None:
+        return v if isinstance(v, str) else None
+
+    return {"model": text(model.get("Name")), "model_sha256": text(model.get("Sha256")),
             "noise": noise if len(noise) == len(noise_keys({})) else None,
-            "doubtful": result.get("doubtful_slices") or None, "whole_volume": result.get("whole_volume_network")}
+            "doubtful": doubtful or None, "whole_volume": text(result.get("whole_volume_network"))}
 
 
 def guess_subject(path: str | os.PathLike[str]) -> str:

@@ -41,3 +41,30 @@ def test_sct_gm_qc_beside_the_outputs_reads_their_sidecar(tiny_model, make_nifti
     assert res.exit_code == 0, res.output
     entry = read_entries(tmp_path / "qc2")[0]
     assert entry["model"] is None and entry["whole_volume_network"] is None and entry["doubtful_slices"] == []
+
+
+def test_a_hostile_sidecar_with_the_masks_hash_is_not_trusted(tmp_path, make_nifti) -> None:
+    """A sidecar that records the mask's hash (anyone can) but holds values of the wrong shape: the
+    entry is added, without them, and `sct-gm qc` exits 0 with no traceback."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sctgm.cli import main
+    from sctgm.filesystem import file_sha256
+    from sctgm.qc import read_entries
+    from tests.conftest import cord_phantom_volume
+
+    image = make_nifti(cord_phantom_volume((40, 40, 5)), name="img.nii.gz")
+    gm = make_nifti((cord_phantom_volume((40, 40, 5)) > 0.6).astype(np.uint8), name="img_gmseg.nii.gz")
+    side = {"GeneratedBy": [{"Name": "sct-gm", "Model": {"Name": ["x"], "Sha256": 7}}],
+            "Result": {"doubtful_slices": [{"slice": "0; rm -rf", "reasons": "all"}, 3],
+                       "whole_volume_network": {"a": 1}},
+            "Sha256": {"Outputs": {"gm": file_sha256(gm)}}}
+    (tmp_path / "img_gmseg.json").write_text(json.dumps(side))
+    assert gm.parent == tmp_path
+    res = CliRunner().invoke(main, ["qc", "-i", str(image), "-s", str(gm), "-o", str(tmp_path / "qc")])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    entry = read_entries(tmp_path / "qc")[0]
+    assert entry["model"] is None and entry["model_sha256"] is None
+    assert entry["doubtful_slices"] == [] and entry["whole_volume_network"] is None
