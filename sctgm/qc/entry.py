@@ -136,8 +136,19 @@ def segmentation_facts(gmseg_path: str | os.PathLike[str]) -> dict[str, Any]:
     def text(v: Any) -> str | None:
         return v if isinstance(v, str) else None
 
+    def number(v: Any) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    per_slice = noise.get("noise_sigma_rel_p99_per_slice")
+    steps = noise.get("enhancement_steps")
+    noise_ok = (len(noise) == len(noise_keys({})) and all(number(noise[k]) for k in (
+        "noise_sigma", "noise_sigma_rel_p99", "noise_auto_threshold_rel_p99"))
+        and (per_slice is None or isinstance(per_slice, list) and all(number(v) for v in per_slice))
+        and isinstance(noise["noise_above_auto_threshold"], (bool, type(None)))
+        and isinstance(noise["denoised_with"], str)
+        and isinstance(steps, list) and all(isinstance(v, str) for v in steps))
     return {"model": text(model.get("Name")), "model_sha256": text(model.get("Sha256")),
-            "noise": noise if len(noise) == len(noise_keys({})) else None,
+            "noise": noise if noise_ok else None,
             "doubtful": doubtful or None, "whole_volume": text(result.get("whole_volume_network"))}
 
 

@@ -59,7 +59,9 @@ def test_a_hostile_sidecar_with_the_masks_hash_is_not_trusted(tmp_path, make_nif
     gm = make_nifti((cord_phantom_volume((40, 40, 5)) > 0.6).astype(np.uint8), name="img_gmseg.nii.gz")
     side = {"GeneratedBy": [{"Name": "sct-gm", "Model": {"Name": ["x"], "Sha256": 7}}],
             "Result": {"doubtful_slices": [{"slice": "0; rm -rf", "reasons": "all"}, 3],
-                       "whole_volume_network": {"a": 1}},
+                       "whole_volume_network": {"a": 1}, "noise_sigma": "<script>", "noise_sigma_rel_p99": 0.02,
+                       "noise_sigma_rel_p99_per_slice": [0.02, "x"], "noise_auto_threshold_rel_p99": 0.035,
+                       "noise_above_auto_threshold": "yes", "denoised_with": 3, "enhancement_steps": [None]},
             "Sha256": {"Outputs": {"gm": file_sha256(gm)}}}
     (tmp_path / "img_gmseg.json").write_text(json.dumps(side))
     assert gm.parent == tmp_path
@@ -68,3 +70,4 @@ def test_a_hostile_sidecar_with_the_masks_hash_is_not_trusted(tmp_path, make_nif
     entry = read_entries(tmp_path / "qc")[0]
     assert entry["model"] is None and entry["model_sha256"] is None
     assert entry["doubtful_slices"] == [] and entry["whole_volume_network"] is None
+    assert isinstance(entry["noise"]["noise_sigma"], float)  # estimated from the image instead
