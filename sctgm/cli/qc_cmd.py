@@ -40,7 +40,7 @@ def qc(ctx: click.Context, image: Path | None, gmseg: Path | None, qc_dir: Path 
     """Add IMAGE with its GM mask to the QC report in QC_DIR (axial mosaic, overlay, flags), or
     serve a report with the slice editor on (--serve QC_DIR)."""
     from ..qc import add_entry
-    from ..qc.entry import segmentation_facts
+    from ..qc.sidecar_facts import segmentation_facts
 
     verbose, silent = resolve_verbosity(ctx, verbosity)  # -q: no message; -v 0: no warning either
     setup_logging(verbose, silent)
@@ -54,7 +54,7 @@ def qc(ctx: click.Context, image: Path | None, gmseg: Path | None, qc_dir: Path 
 
     # beside sct-gm's own outputs, its sidecar (when it is this mask's) gives the model, the noise and the
     # default model's doubtful slices, as `sct-gm segment --qc` would have
-    facts = segmentation_facts(gmseg)
+    facts = segmentation_facts(gmseg, image)
     if model is not None:
         facts.update(model=model, model_sha256=None)
     entry = add_entry(qc_dir, image, gmseg, cord_path=cord, wmseg_path=wmseg, subject=subject, dataset=dataset,

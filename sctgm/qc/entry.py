@@ -103,55 +103,6 @@ class QcEntryWriter:
                   read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
 
-def segmentation_facts(gmseg_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What the sidecar sct-gm wrote beside a GM mask says of the segmentation that made it, as
-    :func:`add_entry`'s keyword arguments (``model``, ``model_sha256``, ``noise``, ``doubtful``,
-    ``whole_volume``); empty when there is no such sidecar, when it is a reviewer's correction, or when
-    the GM hash it records is not this file's (a mask edited since: the doubts were of another mask)."""
-    from ..filesystem import file_sha256
-    from ..segment.outputs import is_correction, read_sidecar
-
-    side = read_sidecar(Path(split_nifti_name(gmseg_path)[0] + ".json"))
-    if side is None or is_correction(side):
-        return {}
-    hashes = side.get("Sha256")
-    recorded = hashes.get("Outputs", {}).get("gm") if isinstance(hashes, dict) else None
-    try:
-        if recorded is None or recorded != file_sha256(gmseg_path):
-            return {}
-    except OSError:
-        return {}
-    result = side.get("Result") if isinstance(side.get("Result"), dict) else {}
-    gen = side["GeneratedBy"][0] if isinstance(side["GeneratedBy"], list) else side["GeneratedBy"]
-    model = gen.get("Model") if isinstance(gen.get("Model"), dict) else {}
-    noise = {k: result[k] for k in noise_keys({}) if k in result}
-    doubtful = result.get("doubtful_slices")
-    # a sidecar is a file like any other: what is not of the shape sct-gm writes is left out, never trusted
-    if not (isinstance(doubtful, list) and all(
-            isinstance(d, dict) and isinstance(d.get("slice"), int) and not isinstance(d["slice"], bool)
-            and isinstance(d.get("reasons"), list) and all(isinstance(r, str) for r in d["reasons"])
-            for d in doubtful)):
-        doubtful = None
-
-    def text(v: Any) -> str | None:
-        return v if isinstance(v, str) else None
-
-    def number(v: Any) -> bool:
-        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-    per_slice = noise.get("noise_sigma_rel_p99_per_slice")
-    steps = noise.get("enhancement_steps")
-    noise_ok = (len(noise) == len(noise_keys({})) and all(number(noise[k]) for k in (
-        "noise_sigma", "noise_sigma_rel_p99", "noise_auto_threshold_rel_p99"))
-        and (per_slice is None or isinstance(per_slice, list) and all(number(v) for v in per_slice))
-        and isinstance(noise["noise_above_auto_threshold"], (bool, type(None)))
-        and isinstance(noise["denoised_with"], str)
-        and isinstance(steps, list) and all(isinstance(v, str) for v in steps))
-    return {"model": text(model.get("Name")), "model_sha256": text(model.get("Sha256")),
-            "noise": noise if noise_ok else None,
-            "doubtful": doubtful or None, "whole_volume": text(result.get("whole_volume_network"))}
-
-
 def guess_subject(path: str | os.PathLike[str]) -> str:
     """The BIDS subject (``sub-XX``) found in ``path``, else the file name without extension."""
     for part in reversed(Path(path).parts):
@@ -215,6 +166,7 @@ def build_entry(
     per_slice = _flags.slice_flags(gm_area, cord_area, edge)
     if doubtful:
         to_canonical = {geometry.file_slice_index(reo, k): k for k in range(nz)}
+        doubtful = [d for d in doubtful if d.get("slice") in to_canonical]  # the image's own slices only
         own = _flags.doubtful_flags(doubtful, to_canonical, nz)
         per_slice = [own[k] + per_slice[k] for k in range(nz)]
 
@@ -261,7 +213,7 @@ def build_entry(
         "doubtful_slices": _jsonable(doubtful) if doubtful else [],
         "whole_volume_network": whole_volume,
         "flag_counts": flag_counts,
-        "flag_text": {k: _flags.FLAG_TEXT[k] for k in flag_counts},
+        "flag_text": {k: _flags.FLAG_TEXT.get(k, k) for k in flag_counts},
         "slices": {
             "index": [file_index[k] for k in span],
             "gm_mm2": [round(gm_area[k], 2) for k in span],

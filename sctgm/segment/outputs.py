@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,12 +152,29 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     return out
 
 
+#: A sidecar larger than this is not one sct-gm wrote (its largest are a few kB per hundred slices).
+MAX_SIDECAR_BYTES = 16 << 20
+
+
 def read_sidecar(path: Path) -> dict[str, Any] | None:
-    """The sidecar at ``path`` when it is one sct-gm wrote (any version's schema), else None."""
+    """The sidecar at ``path`` when it is one sct-gm wrote (any version's schema), else None. Only a
+    regular file of at most :data:`MAX_SIDECAR_BYTES` is read, opened without blocking (a FIFO or a
+    device under a sidecar's name is not read, nor waited on)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDECAR_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_SIDECAR_BYTES + 1)
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_SIDECAR_BYTES else None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
     if not isinstance(data, dict):
         return None
     gen = data.get("GeneratedBy")
