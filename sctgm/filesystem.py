@@ -1,12 +1,19 @@
 """Facts about files on disk, below every layer that reads or writes them: whether two paths name one
-file, a file's sha256 (inputs and outputs in sidecars, training records, labels), and the permissions
-the umask gives (so a cache shared by a lab stays readable)."""
+file, a file's sha256 (inputs and outputs in sidecars, training records, labels), a small JSON file
+read safely (sidecars), and the permissions the umask gives (so a cache shared by a lab stays
+readable)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 from pathlib import Path
+from typing import Any
+
+#: A JSON sidecar larger than this is not one sct-gm wrote (its largest are a few kB per hundred slices).
+MAX_JSON_BYTES = 16 << 20
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -24,6 +31,27 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_small_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in ``path``, or None when it cannot be one sct-gm wrote: not a regular file (a
+    FIFO or a device is neither read nor waited on: it is opened without blocking), larger than
+    ``max_bytes``, unreadable, not UTF-8, not JSON, or nested too deep to parse."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(max_bytes + 1)
+        return json.loads(raw.decode("utf-8")) if len(raw) <= max_bytes else None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def modes_from_umask(path: str | os.PathLike[str]) -> None:

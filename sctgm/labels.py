@@ -24,7 +24,6 @@ serialise concurrent writers of one file (:mod:`sctgm.qc.serve` holds a lock).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -37,7 +36,7 @@ import numpy as np
 
 from ._version import __version__
 from .exceptions import OutputError
-from .filesystem import file_sha256, same_file
+from .filesystem import file_sha256, read_small_json, same_file
 from .io import LoadedImage, like, save_json, save_nifti
 from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, NIFTI_SUFFIXES, split_nifti_name
 
@@ -110,11 +109,9 @@ def sidecar_of(mask: str | os.PathLike[str]) -> Path:
 
 
 def read_sidecar(mask: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The mask's JSON sidecar, or None when it has none (or an unreadable one)."""
-    try:
-        obj = json.loads(sidecar_of(mask).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The mask's JSON sidecar, or None when it has none (or an unreadable one, or something other
+    than a regular file of bounded size: :func:`sctgm.filesystem.read_small_json`)."""
+    obj = read_small_json(sidecar_of(mask))
     return obj if isinstance(obj, dict) else None
 
 

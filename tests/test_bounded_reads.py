@@ -121,3 +121,34 @@ def test_a_gzip_within_the_slack_still_reads(make_nifti, tmp_path, extra_bytes):
     raw = gzip.decompress(path.read_bytes()) + bytes(extra_bytes)  # trailing bytes inside the stream
     path.write_bytes(gzip.compress(raw))
     assert load_image(path).data.shape == (20, 20, 3)
+
+
+def test_a_sidecar_is_read_only_as_a_small_regular_file(tmp_path):
+    """read_small_json (every sidecar sct-gm reads: batch resume, labels, `sct-gm qc`): a FIFO is not
+    waited on, a device not read, an oversized or too deeply nested file refused; a real one read."""
+    import json
+    import threading
+
+    from sctgm.filesystem import read_small_json
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"a": [1, 2]}))
+    assert read_small_json(good) == {"a": [1, 2]}
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    done = []
+    t = threading.Thread(target=lambda: done.append(read_small_json(fifo)), daemon=True)
+    t.start()
+    t.join(5)
+    assert done == [None]  # returned at once, without a writer
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    assert read_small_json(zero) is None
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"a": "x" * 2000}))
+    assert read_small_json(big, max_bytes=1000) is None and read_small_json(big) is not None
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert read_small_json(deep) is None
+    (tmp_path / "dir.json").mkdir()
+    assert read_small_json(tmp_path / "dir.json") is None and read_small_json(tmp_path / "missing.json") is None

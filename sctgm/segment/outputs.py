@@ -40,10 +40,7 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +52,7 @@ import numpy as np
 from .._version import __version__
 from ..engines import ProgressCallback
 from ..exceptions import InvalidOptionError, OutputError
-from ..filesystem import file_sha256, same_file
+from ..filesystem import file_sha256, read_small_json, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, OutputSet, is_manual_label_path
@@ -152,29 +149,10 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     return out
 
 
-#: A sidecar larger than this is not one sct-gm wrote (its largest are a few kB per hundred slices).
-MAX_SIDECAR_BYTES = 16 << 20
-
-
 def read_sidecar(path: Path) -> dict[str, Any] | None:
-    """The sidecar at ``path`` when it is one sct-gm wrote (any version's schema), else None. Only a
-    regular file of at most :data:`MAX_SIDECAR_BYTES` is read, opened without blocking (a FIFO or a
-    device under a sidecar's name is not read, nor waited on)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDECAR_BYTES:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_SIDECAR_BYTES + 1)
-        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_SIDECAR_BYTES else None
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
+    """The sidecar at ``path`` when it is one sct-gm wrote (any version's schema), else None; read by
+    :func:`sctgm.filesystem.read_small_json` (regular files of bounded size only, never blocking)."""
+    data = read_small_json(path)
     if not isinstance(data, dict):
         return None
     gen = data.get("GeneratedBy")
