@@ -12,8 +12,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-#: A JSON sidecar larger than this is not one sct-gm wrote (its largest are a few kB per hundred slices).
-MAX_JSON_BYTES = 16 << 20
+#: A JSON sidecar larger than this is not one sct-gm wrote (about 0.3 kB per slice: 1000 slices, 300 kB).
+MAX_JSON_BYTES = 4 << 20
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -37,11 +37,13 @@ def read_small_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTE
     """The JSON value in ``path``, or None when it cannot be one sct-gm wrote: not a regular file (a
     FIFO or a device is neither read nor waited on: it is opened without blocking), larger than
     ``max_bytes``, unreadable, not UTF-8, not JSON, or nested too deep to parse."""
-    try:
+    try:  # a device or FIFO is not even opened (opening some has effects) ...
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
-    try:
+    try:  # ... and what was opened is checked again (the name may have been swapped in between)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
             return None

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
-from ..filesystem import file_sha256
+from ..filesystem import file_sha256, read_small_json
 from ..recipe import DEFAULT_TO_NATIVE
 from ..io import load_image, read_grid, read_nifti
 from ..nifti_header import nibabel_messages
@@ -210,7 +210,8 @@ def provenance(sidecar: dict[str, Any]) -> tuple[str | None, dict[str, Any], lis
     block = gen[0] if isinstance(gen, list) and gen and isinstance(gen[0], dict) else sidecar
     model = block.get("Model") or {}
     params = block.get("Parameters") or {}
-    names = [re.split(r"[/\\:]", str(s))[-1] for s in sidecar.get("Sources") or []]
+    listed = sidecar.get("Sources")
+    names = [re.split(r"[/\\:]", str(s))[-1] for s in (listed if isinstance(listed, list) else [])]
     return (model.get("Sha256") if isinstance(model, dict) else None,
             params if isinstance(params, dict) else {}, names)
 
@@ -225,12 +226,12 @@ def expected_parameters(options: SegmentOptions, segmenter: Segmenter) -> dict[s
 def invalid_reason(job: Job, settings: BatchSettings, segmenter: Segmenter) -> str | None:
     """Why the outputs of ``job`` must be (re)made, or None when they are all present and valid."""
     out = job.outputs
-    try:
-        sidecar = json.loads(out["gm_sidecar"].read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    path = out["gm_sidecar"]
+    if not path.exists() and not path.is_symlink():
         return "not segmented yet"
-    except (OSError, ValueError) as exc:
-        return f"unreadable sidecar ({exc})"
+    sidecar = read_small_json(path)  # a regular file of bounded size, never waited on (a FIFO)
+    if sidecar is None:
+        return "unreadable sidecar (not a regular JSON file of at most a few MiB)"
     sha, params, sources = provenance(sidecar if isinstance(sidecar, dict) else {})
     if sha != segmenter.identity.sha256:
         return "made with another model"

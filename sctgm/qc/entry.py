@@ -103,6 +103,14 @@ class QcEntryWriter:
                   read_from={str(out[k]): tmp for k, tmp in staged.staged.items()})
 
 
+def _own_slices(noise: dict[str, Any], nz: int) -> dict[str, Any]:
+    """``noise`` without its per-slice figures unless there is one per slice of the image."""
+    per_slice = noise.get("noise_sigma_rel_p99_per_slice")
+    if per_slice is None or (isinstance(per_slice, list) and len(per_slice) == nz):
+        return noise
+    return {**noise, "noise_sigma_rel_p99_per_slice": None}
+
+
 def guess_subject(path: str | os.PathLike[str]) -> str:
     """The BIDS subject (``sub-XX``) found in ``path``, else the file name without extension."""
     for part in reversed(Path(path).parts):
@@ -208,7 +216,7 @@ def build_entry(
         "gm_mean_area_mm2": round(float(np.mean(gm_slices)), 2) if gm_slices else 0.0,
         "wm_mean_area_mm2": (round(float(np.mean([wm_area[k] for k in range(nz) if gm_area[k] > 0 or wm_area[k] > 0]
                                                  or [0.0])), 2) if wm_area is not None else None),
-        "noise": noise if noise is not None else estimate_keys(data, reo),
+        "noise": _own_slices(noise, nz) if noise is not None else estimate_keys(data, reo),
         "n_flagged": len(flagged),
         "doubtful_slices": _jsonable(doubtful) if doubtful else [],
         "whole_volume_network": whole_volume,

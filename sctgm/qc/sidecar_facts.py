@@ -25,6 +25,8 @@ from ..segment.outputs import is_correction, read_sidecar
 MAX_NAME_CHARS = 200
 #: Highest slice index taken from a sidecar (the entry keeps only the image's own slices).
 MAX_SLICE = 1_000_000
+#: Most enhancement steps taken from a sidecar (sct-gm records at most three: denoise, bias, CLAHE).
+MAX_STEPS = 16
 
 
 def segmentation_facts(gmseg_path: str | os.PathLike[str], image_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -112,5 +114,5 @@ def _noise(result: dict[str, Any]) -> dict[str, Any] | None:
           and (per_slice is None or isinstance(per_slice, list) and all(_number(x) for x in per_slice))
           and isinstance(n["noise_above_auto_threshold"], (bool, type(None)))
           and _name(n["denoised_with"]) is not None
-          and isinstance(steps, list) and all(_name(x) is not None for x in steps))
+          and isinstance(steps, list) and len(steps) <= MAX_STEPS and all(_name(x) is not None for x in steps))
     return n if ok else None

@@ -177,3 +177,30 @@ def test_a_model_whose_rule_back_to_the_native_grid_changed_is_redone(tiny_model
     assert json.loads(sidecar.read_text())["GeneratedBy"][0]["Parameters"]["to_native"] == "area"
     assert [r.status for r in segment_files(files, BatchSettings(model="tiny", device="cpu")).records] \
         == ["skipped", "skipped"]
+
+
+def test_a_resumed_batch_is_not_stopped_by_what_lies_under_a_sidecars_name(tiny_model, images):
+    """Resume reads each output's sidecar: a FIFO there is not waited on (the batch went on forever),
+    and a sidecar whose `Sources` is not a list is redone, not an internal error."""
+    import json
+    import os
+    import threading
+
+    settings = BatchSettings(model=tiny_model(), device="cpu")
+    assert [r.status for r in segment_files([str(p) for p in images], settings).records] == ["ok", "ok"]
+    fifo = images[0].with_name("sub-01_T2star_gmseg.json")
+    fifo.unlink()
+    os.mkfifo(fifo)
+    odd = images[1].with_name("sub-02_T2star_gmseg.json")
+    side = json.loads(odd.read_text())
+    side["Sources"] = 5
+    odd.write_text(json.dumps(side))
+    done = []
+    t = threading.Thread(target=lambda: done.append(segment_files([str(p) for p in images], settings)), daemon=True)
+    t.start()
+    t.join(120)
+    assert done, "the batch waited on the FIFO"
+    fifo_record, odd_record = done[0].records
+    assert odd_record.status == "ok"  # redone: its sources are not this job's
+    # its outputs are no longer described by a sidecar sct-gm wrote: refused in one line, nothing replaced
+    assert fifo_record.status == "failed" and "sct-gm did not write it" in fifo_record.message and fifo.is_fifo()

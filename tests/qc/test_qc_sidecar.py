@@ -151,3 +151,20 @@ def test_the_noise_of_another_image_is_not_taken(tmp_path, make_nifti) -> None:
     assert res.exit_code == 0, res.output
     assert entry["model"] == "m" and [d["slice"] for d in entry["doubtful_slices"]] == [0]
     assert entry["noise"]["noise_sigma"] != 1.0
+
+
+def test_the_sidecars_noise_lists_must_fit_the_image(tmp_path, make_nifti) -> None:
+    """Per-slice noise figures not one per slice of the image are dropped (the rest kept); a list of
+    steps longer than sct-gm ever writes makes the noise the image's own estimate."""
+    import json
+
+    res, entry = _qc_with_sidecar(tmp_path, make_nifti, "long_", lambda path, g, i: path.write_text(json.dumps(
+        _sidecar(g, i, {**NOISE_OK, "noise_sigma_rel_p99_per_slice": [0.02] * 3000}))))
+    assert res.exit_code == 0 and entry["noise"]["noise_sigma"] == 1.0
+    assert entry["noise"]["noise_sigma_rel_p99_per_slice"] is None
+    res, entry = _qc_with_sidecar(tmp_path, make_nifti, "fits_", lambda path, g, i: path.write_text(json.dumps(
+        _sidecar(g, i, {**NOISE_OK, "noise_sigma_rel_p99_per_slice": [0.02] * 5}))))
+    assert entry["noise"]["noise_sigma_rel_p99_per_slice"] == [0.02] * 5
+    res, entry = _qc_with_sidecar(tmp_path, make_nifti, "steps_", lambda path, g, i: path.write_text(json.dumps(
+        _sidecar(g, i, {**NOISE_OK, "enhancement_steps": ["denoise:nlm"] * 70000}))))
+    assert res.exit_code == 0 and entry["noise"]["noise_sigma"] != 1.0
