@@ -221,16 +221,22 @@ def test_screenshot_writes_both_pngs(tmp_path, report):
             assert im.size[0] > 400 and im.size[1] > 300
 
 
-def test_noisy_scans_stand_out(browser, tmp_path):
-    """The noise column, the NOISY badge only above the auto threshold, sorting by noise, the details."""
+def _image_and_two_masks(tmp_path, subject):
+    """A phantom image and two copies of its GM mask (entries are keyed by image and mask, so one mask
+    would give one entry): {"img", "gm", "gm2"} -> path."""
     import nibabel as nib
 
     img, cord, gm = cord_phantom(shape=(40, 40, 5))
     paths = {}
-    # two masks of one image: entries are keyed by image and mask, so one mask would give one entry
     for name, a in (("img", img), ("gm", gm), ("gm2", gm)):
-        paths[name] = tmp_path / f"sub-03_{name}.nii.gz"
+        paths[name] = tmp_path / f"{subject}_{name}.nii.gz"
         nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(paths[name]))
+    return paths
+
+
+def test_noisy_scans_stand_out(browser, tmp_path):
+    """The noise column, the NOISY badge only above the auto threshold, sorting by noise, the details."""
+    paths = _image_and_two_masks(tmp_path, "sub-03")
     qc = tmp_path / "qc"
 
     def noise(rel):
@@ -261,13 +267,7 @@ def test_a_volume_left_to_one_network_says_so_in_the_details(browser, tmp_path):
     """A combination whose networks disagreed on most slices: the entry's details name the network
     whose mask stood for the whole volume (the text is escaped, as every field); an entry without it
     has no such line."""
-    import nibabel as nib
-
-    img, cord, gm = cord_phantom(shape=(40, 40, 5))
-    paths = {}
-    for name, a in (("img", img), ("gm", gm), ("gm2", gm)):
-        paths[name] = tmp_path / f"sub-04_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(paths[name]))
+    paths = _image_and_two_masks(tmp_path, "sub-04")
     qc = tmp_path / "qc"
     doubts = [{"slice": k, "reasons": ["networks_disagree"], "action": "second_network", "networks_dice": 0.3,
                "network": "<b>robust</b>"} for k in (0, 1, 3)]
