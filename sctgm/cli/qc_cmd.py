@@ -54,11 +54,11 @@ def qc(ctx: click.Context, image: Path | None, gmseg: Path | None, qc_dir: Path 
 
     # beside sct-gm's own outputs, its sidecar (when it is this mask's) gives the model, the noise and the
     # default model's doubtful slices, as `sct-gm segment --qc` would have
-    facts = segmentation_facts(gmseg, image)
-    if model is not None:
+    facts = {"model": model, **segmentation_facts(gmseg, image)}
+    if model is not None:  # the user's name, for which the sidecar's hash does not stand
         facts.update(model=model, model_sha256=None)
     entry = add_entry(qc_dir, image, gmseg, cord_path=cord, wmseg_path=wmseg, subject=subject, dataset=dataset,
-                      **{"model": model, **facts})
+                      **facts)
     if not (quiet or silent):
         click.echo(f"QC entry: {entry}")
         click.echo(f"Open: {(entry.parent.parent / 'index.html').resolve().as_uri()}")  # <report>/entries/<id>
