@@ -31,8 +31,9 @@ from .guard import NETWORKS_DISAGREE, SliceDoubt, doubt_along_cord, guard, neigh
 #: The combination rule's name and version (part of a combination's identity: change it with the rule),
 #: numbered as in docs/robustness.md (v3, the rule back to the native grid, is recorded apart: to_native).
 RULE = "logit-mean/consistent-network-where-disagree/one-network-where-most-disagree/guard v4"
-#: The action recorded for a disagreeing slice, by the network whose slice was used.
-CHOSE = {"first": "first_network", "second": "second_network"}
+#: The action recorded for a disagreeing slice, by the index of the network whose slice was used
+#: (0: the first, 1: the second, as :attr:`.guard.SliceDoubt.network`).
+CHOSE = ("first_network", "second_network")
 #: Slices where both networks together hold fewer voxels than this are not judged (cord ends).
 MIN_VOXELS = 20
 
@@ -88,10 +89,10 @@ def choose_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np
     (:func:`disagreeing_slices`), the slice of the network that agrees better with the neighbouring
     slices of ``combined`` that are not themselves disagreeing (:func:`.guard.neighbour_consistency`;
     ``second`` on a tie, e.g. when too few neighbours agree to judge). Returns the mask (bool) and
-    ``{slice: 'first' | 'second'}``."""
+    ``{slice: network}``, 0 for ``first``, 1 for ``second``."""
     out = np.asarray(combined) > 0
     slices = disagreeing_slices(first, second, min_dice=min_dice)
-    chosen: dict[int, str] = {}
+    chosen: dict[int, int] = {}
     if not slices:
         return out, chosen
     reference, out = out, out.copy()
@@ -99,8 +100,8 @@ def choose_where_disagreeing(combined: np.ndarray, first: np.ndarray, second: np
     for k in slices:
         score_a = neighbour_consistency(a[:, :, k], k, reference, zooms_mm, skip=slices)
         score_b = neighbour_consistency(b[:, :, k], k, reference, zooms_mm, skip=slices)
-        chosen[k] = "second" if score_b <= score_a else "first"
-        out[:, :, k] = (b if chosen[k] == "second" else a)[:, :, k]
+        chosen[k] = 1 if score_b <= score_a else 0
+        out[:, :, k] = (a, b)[chosen[k]][:, :, k]
     return out, chosen
 
 
@@ -113,27 +114,28 @@ def judged_slices(first: np.ndarray, second: np.ndarray, *, min_voxels: int = MI
 
 
 def whole_volume_network(first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
-                         min_dice: float = DISAGREE_DICE, min_voxels: int = MIN_VOXELS) -> str | None:
-    """``'first'`` or ``'second'`` when the two binary masks disagree (:func:`disagreeing_slices`) on
+                         min_dice: float = DISAGREE_DICE, min_voxels: int = MIN_VOXELS) -> int | None:
+    """0 (``first``) or 1 (``second``) when the two binary masks disagree (:func:`disagreeing_slices`) on
     more than half of the slices judged (those holding at least ``min_voxels`` voxels between them):
     the network whose own mask follows the cord better on those slices (:func:`.guard.doubt_along_cord`:
-    a network that lost its GM on a slice counts it as doubtful; ``'second'`` on a tie), which then
+    a network that lost its GM on a slice counts it as doubtful; ``second`` on a tie), which then
     stands for the whole volume; None otherwise."""
     a, b = np.asarray(first) > 0, np.asarray(second) > 0
     judged = judged_slices(a, b, min_voxels=min_voxels)
     if 2 * len(disagreeing_slices(a, b, min_dice=min_dice, min_voxels=min_voxels)) <= len(judged):
         return None
     # judged on the same slices, so a network that lost its GM there counts as doubtful, not as quiet
-    return "second" if doubt_along_cord(b, zooms_mm, judged) <= doubt_along_cord(a, zooms_mm, judged) else "first"
+    return 1 if doubt_along_cord(b, zooms_mm, judged) <= doubt_along_cord(a, zooms_mm, judged) else 0
 
 
 class Combined(NamedTuple):
     """What :func:`combine` returns: the final canonical mask (bool), the doubtful slices, and the
-    network that stood for the whole volume (``'first'``, ``'second'``; None: the combination's)."""
+    index of the network that stood for the whole volume (0: the first, 1: the second; None: the
+    combination's)."""
 
     mask: np.ndarray
     doubts: list[SliceDoubt]
-    whole_volume: str | None
+    whole_volume: int | None
 
 
 def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_mm: Sequence[float], *,
@@ -154,9 +156,9 @@ def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_m
         chosen_mask, chosen = choose_where_disagreeing(combined, first, second, zooms_mm, min_dice=min_dice)
         base, alt_index = None, 0
     else:
-        chosen_mask = np.asarray(first if whole == "first" else second) > 0
+        chosen_mask = np.asarray((first, second)[whole]) > 0
         chosen = {k: whole for k in disagreeing_slices(first, second, min_dice=min_dice)}
-        base, alt_index = (0, 1) if whole == "first" else (1, 0)
+        base, alt_index = whole, 1 - whole
     alternative = (first, second)[alt_index]
     out, doubts = guard(chosen_mask, zooms_mm, cord=cord, alternative=alternative) if use_guard \
         else (chosen_mask, [])
@@ -171,21 +173,20 @@ def combine(combined: np.ndarray, first: np.ndarray, second: np.ndarray, zooms_m
         old = by_slice.get(k)
         reasons = tuple(dict.fromkeys((old.reasons if old else ()) + (NETWORKS_DISAGREE,)))
         action = old.action if old is not None and old.action != "kept" else CHOSE[which]
-        network = {"replaced": alt_index, "dropped": None}.get(action, 0 if which == "first" else 1)
+        network = {"replaced": alt_index, "dropped": None}.get(action, which)
         by_slice[k] = SliceDoubt(k, reasons, action, round(float(d[k]), 3), network)
     return Combined(out, [by_slice[k] for k in sorted(by_slice)], whole)
 
 
 def chosen_probability(mean: np.ndarray, first: np.ndarray, second: np.ndarray,
-                       doubts: Sequence[SliceDoubt], whole_volume: str | None = None) -> np.ndarray:
+                       doubts: Sequence[SliceDoubt], whole_volume: int | None = None) -> np.ndarray:
     """The probability map that goes with :func:`combine`'s mask (window k = slice k, as the pipeline
     predicts them): the :func:`logit_mean` ``mean`` (the ``whole_volume`` network's probabilities
     when one stood for the volume), but on a slice whose GM was taken from one network
     (``SliceDoubt.network``) that network's probabilities, and 0 on a slice the guard emptied, so
     that ``--prob`` thresholded on the fine grid gives that network's mask there before the
     per-slice clean-up (largest components, holes) and the guard's removal of GM outside the cord."""
-    out = mean.copy() if whole_volume is None else np.array(first if whole_volume == "first" else second,
-                                                            dtype=mean.dtype)
+    out = mean.copy() if whole_volume is None else np.array((first, second)[whole_volume], dtype=mean.dtype)
     for x in doubts:
         if x.action == "dropped":
             out[x.slice] = 0.0

@@ -201,7 +201,7 @@ class Segmenter:
         windows, prob, passes = self._locate_and_predict(vol, centres, options, progress)
         doubts: list[guard.SliceDoubt] | None = None
         agreement = None
-        whole: str | None = None
+        whole: int | None = None
         if self.partner is None:
             mask_c, n_raw = _native_mask(vol, windows, prob, threshold, options)
         else:  # a combination of two networks (the first placed the windows; ensemble.py)
@@ -221,7 +221,7 @@ class Segmenter:
                             "over the volume, and %s's mask stands for all of it (review this one whole: its "
                             "sidecar names the slices)", image.path, n_dis,
                             len(ensemble.judged_slices(first, second)),
-                            self.network_records[0 if whole == "first" else 1][0])
+                            self.network_records[whole][0])
         prob_c = None
         if want_prob:
             prob_c = np.zeros(vol.data.shape, dtype=np.float32)
@@ -345,11 +345,12 @@ def _native_mask(vol: PreparedVolume, windows: list[Window], prob: np.ndarray, t
 
 
 def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndarray,
-                              reo: Reorientation, names: list[str], whole: str | None = None) -> dict[str, Any]:
+                              reo: Reorientation, names: list[str], whole: int | None = None) -> dict[str, Any]:
     """The per-slice confidence of a combination, by the file's own S-I slice index: the slice Dice
     between the two networks, the doubtful slices (reasons, what was done, whose GM the slice
     holds: one of ``names``, or null for the combination's own or none), and the network that stood
-    for the whole volume because the two disagreed on most slices (one of ``names``, or null)."""
+    for the whole volume because the two disagreed on most slices (``whole``, an index into ``names``:
+    its name, or null)."""
     n = len(agreement)
     by_file = [0.0] * n
     for k in range(n):
@@ -358,7 +359,7 @@ def _confidence_in_file_order(doubts: list[guard.SliceDoubt], agreement: np.ndar
                "networks_dice": d.dice_between_networks,
                "network": None if d.network is None else names[d.network]} for d in doubts]
     return {"networks_dice_per_slice": by_file, "doubtful_slices": sorted(listed, key=lambda d: d["slice"]),
-            "whole_volume_network": None if whole is None else names[0 if whole == "first" else 1]}
+            "whole_volume_network": None if whole is None else names[whole]}
 
 
 

@@ -178,7 +178,7 @@ def test_where_the_networks_disagree_the_slice_that_agrees_with_its_neighbours_i
     first[:, :, 6] = False
     first[44:47, 40:43, 6] = True  # 9 voxels of GM left
     mask, chosen = choose_where_disagreeing(right, first, second, ZOOMS)
-    assert chosen == {4: "first", 6: "second"}
+    assert chosen == {4: 0, 6: 1}
     assert np.array_equal(mask, right)
     out, doubts, whole = combine(right, first, second, ZOOMS)
     assert whole is None
@@ -197,14 +197,14 @@ def test_when_every_slice_disagrees_the_second_network_is_used() -> None:
     second = _gm_column()
     first = np.roll(second, 12, axis=0)  # 6 mm off everywhere: slice Dice 0
     mask, chosen = choose_where_disagreeing(first | second, first, second, ZOOMS)
-    assert chosen == {k: "second" for k in range(9)}
+    assert chosen == {k: 1 for k in range(9)}
     assert np.array_equal(mask, second)
     # both columns follow a cord equally well: the second network also stands for the whole volume
     from sctgm.segment.ensemble import combine, whole_volume_network
 
-    assert whole_volume_network(first, second, ZOOMS) == "second"
+    assert whole_volume_network(first, second, ZOOMS) == 1
     out, doubts, whole = combine(first & second, first, second, ZOOMS)
-    assert whole == "second" and np.array_equal(out, second)
+    assert whole == 1 and np.array_equal(out, second)
     assert [(d.slice, d.action, d.network) for d in doubts] == [(k, "second_network", 1) for k in range(9)]
 
 
@@ -231,10 +231,10 @@ def test_when_the_first_network_breaks_down_on_most_slices_the_second_stands_for
     assert disagreeing_slices(first, right) == [0, 2, 4, 6, 8]
     assert (slice_dice(first, right)[[1, 3, 5, 7]] > 0.8).all()
     assert doubt_along_cord(first, ZOOMS, range(9)) > doubt_along_cord(right, ZOOMS, range(9))
-    assert whole_volume_network(first, right, ZOOMS) == "second"
+    assert whole_volume_network(first, right, ZOOMS) == 1
     combined = first & right  # what the log-odds mean of a lost and a kept pixel gives at 0.999
     out, doubts, whole = combine(combined, first, right, ZOOMS)
-    assert whole == "second" and np.array_equal(out, right)
+    assert whole == 1 and np.array_equal(out, right)
     assert [(d.slice, d.action, d.network) for d in doubts] == [(k, "second_network", 1) for k in (0, 2, 4, 6, 8)]
     # rule v2 kept the combined (shrunk) GM on the four agreeing slices
     v2, _, none = combine(combined, first, right, ZOOMS, whole_volume=False)
@@ -254,9 +254,9 @@ def test_when_the_second_network_strays_on_most_slices_the_first_stands_for_the_
     for k in (0, 2, 4, 6, 8):
         side = 1 if k % 4 == 0 else -1
         second[:, :, k] = ((x - 40 - k - 6 * side) / 6.0) ** 2 + ((y - 38 - 0.5 * k) / 9.0) ** 2 <= 1.0
-    assert whole_volume_network(right, second, ZOOMS) == "first"
+    assert whole_volume_network(right, second, ZOOMS) == 0
     out, doubts, whole = combine(right & second, right, second, ZOOMS)
-    assert whole == "first" and np.array_equal(out, right)
+    assert whole == 0 and np.array_equal(out, right)
     assert {(d.slice, d.action, d.network) for d in doubts} == {(k, "first_network", 0) for k in (0, 2, 4, 6, 8)}
     # --prob: the first network's probabilities on every slice, not the log-odds mean
     mean, p1, p2 = (np.full((9, 4, 4), v, dtype=np.float32) for v in (0.5, 0.1, 0.9))
@@ -275,7 +275,7 @@ def test_half_the_slices_disagreeing_is_not_most() -> None:
     assert whole_volume_network(first, right, ZOOMS) is None
     first9, right9 = np.concatenate([first, first[:, :, :1]], axis=2), _gm_column(9)
     first9[:, :, 8] = _shrunk(right9, 8, 2)[:, :, 8]
-    assert whole_volume_network(first9, right9, ZOOMS) == "second"
+    assert whole_volume_network(first9, right9, ZOOMS) == 1
     tiny = right9.copy()
     tiny[:, :, 8] = False
     tiny[40:42, 42:44, 8] = True  # 4 + 4 voxels: not judged, so 4 of 8 again
@@ -329,7 +329,7 @@ def test_where_the_gm_ends_an_empty_slice_can_win_but_never_inside_the_run() -> 
     first[:, :, 4] = False
     combined = first & second
     mask, chosen = choose_where_disagreeing(combined, first, second, ZOOMS)
-    assert chosen == {4: "second", 8: "first"}
+    assert chosen == {4: 1, 8: 0}
     assert not mask[:, :, 8].any() and np.array_equal(mask[:, :, 4], right[:, :, 4])
     out, doubts, _ = combine(combined, first, second, ZOOMS)
     assert not out[:, :, 8].any()
@@ -377,8 +377,8 @@ def test_a_network_that_lost_its_gm_never_stands_for_the_volume() -> None:
     assert doubt_along_cord(empty, ZOOMS, judged) == doubt_along_cord(few, ZOOMS, judged) == 9.0
     assert doubt_along_cord(right, ZOOMS, judged) < 1.0
     for lost in (empty, few, one):
-        assert whole_volume_network(lost, right, ZOOMS) == "second"
+        assert whole_volume_network(lost, right, ZOOMS) == 1
         out, _, whole = combine(lost & right, lost, right, ZOOMS)
-        assert whole == "second" and np.array_equal(out, right)
+        assert whole == 1 and np.array_equal(out, right)
         # and symmetrically, the robust network losing its GM leaves the volume to the first
-        assert whole_volume_network(right, lost, ZOOMS) == "first"
+        assert whole_volume_network(right, lost, ZOOMS) == 0
