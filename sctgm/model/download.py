@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +30,13 @@ from ..exceptions import DownloadError, UnsafeArchiveError
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 16
+#: A transfer is cut when it takes longer than its size at this rate (or MIN_DEADLINE_S if longer): the
+#: read timeout bounds each read, not the transfer, so a server sending a byte every few seconds would
+#: hold the install lock (and every process waiting on it) for days. 10 kB/s is far below any link
+#: that works (`large`, 2 MB: 200 s), so only a stalled or hostile server is cut.
+MIN_RATE_BYTES_S = 10_000.0
+#: The least time any one file is given, whatever its size (small files, a slow start).
+MIN_DEADLINE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,12 @@ class DownloadPolicy:
     backoff_s: float = 0.5
     max_archive_bytes: int = 1 << 30
     lock_timeout_s: float = 1800.0
+    min_rate_bytes_s: float = MIN_RATE_BYTES_S
+    min_deadline_s: float = MIN_DEADLINE_S
+
+    def deadline_s(self, size: Optional[int]) -> float:
+        """The longest one transfer of ``size`` bytes may take (s)."""
+        return max(self.min_deadline_s, (size or 0) / self.min_rate_bytes_s)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ def new_session() -> requests.Session:
 
     session = requests.Session()
     session.headers["User-Agent"] = "sct-gm (model download)"
+    # the bytes as published: a compressed transfer's Content-Length is not the file's size
+    session.headers["Accept-Encoding"] = "identity"
     return session
 
 
@@ -126,16 +143,46 @@ def _http_chunks(session: requests.Session, url: str, expected: Expected, policy
             raise DownloadError(f"HTTP {resp.status_code} {resp.reason}")
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
+        if resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+            # compressed on the fly although asked not to (some servers and proxies): Content-Length is
+            # the compressed size and iter_content decompresses; the byte cap and sha256 still hold
+            total = None
         if total is not None and expected.size is not None and total != expected.size:
             raise DownloadError(f"server announces {total} bytes, expected {expected.size}")
         if total is not None and max_bytes is not None and total > max_bytes:
             raise DownloadError(f"server announces {total} bytes, more than the {max_bytes} accepted")
+        deadline = policy.deadline_s(expected.size or total or max_bytes)
+        cut = threading.Event()
+        timer = threading.Timer(deadline, _cut_transfer, args=(resp, cut))
+        timer.daemon = True
+        timer.start()
+        too_slow = f"transfer cut after {deadline:g} s (slower than {policy.min_rate_bytes_s:.0f} bytes/s)"
         try:
             for chunk in resp.iter_content(CHUNK_BYTES):
                 yield chunk, total
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
+            if cut.is_set():
+                raise DownloadError(too_slow) from exc
             raise _Transient(f"connection lost during transfer ({_short(exc)})") from exc
+        except requests.RequestException as exc:  # e.g. a compressed body that does not decompress
+            raise DownloadError(too_slow if cut.is_set() else f"transfer failed ({_short(exc)})") from exc
+        finally:
+            timer.cancel()
+        if cut.is_set():
+            raise DownloadError(too_slow)
+
+
+def _cut_transfer(resp: requests.Response, cut: threading.Event) -> None:
+    """Runs in a timer thread at the deadline: shut the connection's socket down, which wakes the read
+    blocked in the downloading thread (a plain close would not)."""
+    cut.set()
+    sock = getattr(getattr(resp.raw, "connection", None), "sock", None)  # urllib3's HTTPConnection
+    if isinstance(sock, socket.socket):
+        try:  # socket.socket's own shutdown, not SSLSocket's (which also drops the TLS state under the reader)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 def _file_chunks(path: Path) -> Iterator[tuple[bytes, Optional[int]]]:

@@ -118,3 +118,44 @@ def test_not_a_zip(expected: Expected, tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(b"not a zip")
     with pytest.raises(DownloadError, match="zip"):
         extract_verified(tmp_path / "x.zip", [expected], tmp_path)
+
+
+@pytest.fixture
+def hostile(shared_models: Path):
+    from .hostile_server import HostileServer
+
+    with HostileServer(shared_models) as s:
+        yield s
+
+
+def test_a_server_that_compresses_on_the_fly_is_accepted(hostile, tmp_path: Path) -> None:
+    """Content-Length is then the compressed size, and requests hands back the decompressed bytes:
+    the size and sha256 of what arrives are what count (F1)."""
+    name = "challenge_model.hdf5"
+    p = hostile.root / name
+    exp = Expected(name, p.stat().st_size, sha256_of(p))
+    fetch_file(hostile.url + "gzip/" + name, tmp_path / name, exp, policy=FAST)
+    assert sha256_of(tmp_path / name) == exp.sha256
+    assert hostile.accept_encoding == ["identity"]  # asked not to compress: the bytes as published
+    with pytest.raises(DownloadError, match="more than the expected"):  # the byte cap still holds
+        fetch_file(hostile.url + "gzip/" + name, tmp_path / "small", Expected(name, 1000, None), policy=FAST)
+    assert not (tmp_path / "small").exists()
+
+
+def test_a_server_that_trickles_is_cut_at_the_deadline(hostile, expected: Expected, tmp_path: Path) -> None:
+    """One byte every 50 ms never trips the read timeout (5 s): the transfer's deadline cuts it, once,
+    not retried (F2). The production deadline is the same rule with minutes instead of 0.5 s."""
+    import time
+
+    policy = DownloadPolicy(attempts=3, backoff_s=0.0, read_timeout_s=5.0, min_deadline_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"transfer cut after 0.5 s \(slower than 10000 bytes/s\)"):
+        fetch_file(hostile.url + "trickle/" + NAME, tmp_path / NAME, expected, policy=policy)
+    assert time.monotonic() - start < 2.5 and len(hostile.accept_encoding) == 1
+    assert not (tmp_path / NAME).exists()
+
+
+def test_the_deadline_grows_with_the_size() -> None:
+    policy = DownloadPolicy()
+    assert policy.deadline_s(None) == policy.deadline_s(1000) == 300.0
+    assert policy.deadline_s(10_000_000) == 1000.0
