@@ -86,9 +86,16 @@ def repairs_worth_saying(messages: list[str]) -> list[str]:
     return [m for m in messages if "leaving at current value" not in m and "not SPM compatible" not in m]
 
 
+#: NIfTI-1 and NIfTI-2: (magic's byte offset, magics, header size, header class, dim's byte offset and type).
+#: The magic names the version, as for nibabel (which reads a NIfTI-1 file whatever its sizeof_hdr says).
+_VERSIONS = ((344, (b"n+1\0", b"ni1\0"), 348, nib.Nifti1Header, 40, "i2"),
+             (4, (b"n+2\0", b"ni2\0"), 540, nib.Nifti2Header, 16, "i8"))
+
+
 def _raw_header(path: Path) -> nib.Nifti1Header | None:
-    """The file's header as stored (nothing fixed), or None when it is not a NIfTI-1/2 header
-    (left for nibabel to classify)."""
+    """The file's header as stored (nothing fixed), or None when it is not a NIfTI-1/2 header (left
+    for nibabel to classify). Recognised by its magic, or failing that by its sizeof_hdr, so that a
+    damaged sizeof_hdr skips no check; a NIfTI-2 one is refused (nibabel cannot read it)."""
     try:
         with ImageOpener(str(path)) as f:
             raw = f.read(540)
@@ -97,13 +104,24 @@ def _raw_header(path: Path) -> nib.Nifti1Header | None:
     except (OSError, EOFError, zlib.error) as exc:
         raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
                               f"({read_error_detail(exc)})") from None
-    for size, klass in ((348, nib.Nifti1Header), (540, nib.Nifti2Header)):
-        for order in ("<", ">"):
-            if len(raw) >= 4 and int(np.frombuffer(raw[:4], dtype=order + "i4")[0]) == size:
-                if len(raw) < size:
-                    raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
-                                          f"({len(raw)} bytes, shorter than the {size}-byte NIfTI header)")
-                return klass(binaryblock=raw[:size], endianness=order, check=False)
+
+    def number(order: str, at: int = 0, kind: str = "i4") -> int:
+        end = at + np.dtype(kind).itemsize
+        return int(np.frombuffer(raw[at:end], dtype=order + kind)[0]) if len(raw) >= end else 0
+
+    versions = ([v for v in _VERSIONS if raw[v[0]:v[0] + 4] in v[1]][:1]
+                or [v for v in _VERSIONS if v[2] in (number("<"), number(">"))])
+    for _, _, size, klass, dim_at, dim_kind in versions:
+        order = next((o for o in "<>" if number(o) == size), None)
+        if order is None:  # sizeof_hdr damaged: the byte order that makes dim[0] 1 to 7, as nibabel guesses
+            order = next((o for o in "<>" if 1 <= number(o, dim_at, dim_kind) <= 7), "<")
+            if klass is nib.Nifti2Header:
+                raise InputImageError(f"{path}: sizeof_hdr is {number(order)}, expected 540 (its magic says "
+                                      f"NIfTI-2); the header is damaged")
+        if len(raw) < size:
+            raise InputImageError(f"{path}: cannot be read, the file looks truncated or corrupt "
+                                  f"({len(raw)} bytes, shorter than the {size}-byte NIfTI header)")
+        return klass(binaryblock=raw[:size], endianness=order, check=False)
     return None
 
 
