@@ -5,11 +5,14 @@ chose (a temporary folder under the cache), are checked against their registered
 while and after they arrive, and are left in place only when they match. Transient network errors
 (connection refused or reset, timeouts, a connection closed half-way, HTTP 429/5xx) are retried with
 exponential back-off; anything else fails at once. Zip archives are extracted member by member after
-every member name has been checked (no absolute path, no ``..``, no link).
+every member name has been checked (no absolute path, no ``..``, no link). A failed write to the
+destination (a full or read-only disk) is no source's fault: it is raised as the OSError it is, and no
+other source is tried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -17,9 +20,10 @@ import socket
 import threading
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
@@ -188,14 +192,19 @@ def _cut_transfer(resp: requests.Response, cut: threading.Event) -> None:
 def _file_chunks(path: Path) -> Iterator[tuple[bytes, Optional[int]]]:
     if not path.is_file():
         raise DownloadError(f"{path} not found")
-    total = path.stat().st_size
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK_BYTES):
-            yield block, total
+    try:
+        total = path.stat().st_size
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK_BYTES):
+                yield block, total
+    except OSError as exc:  # the source's fault; an OSError from _copy_verified is the destination's
+        raise DownloadError(f"cannot read ({_short(exc)})") from exc
 
 
 def _copy_verified(chunks: Iterator[tuple[bytes, Optional[int]]], dest: Path, expected: Expected,
                    label: str, progress: Optional[ProgressCallback], max_bytes: Optional[int]) -> None:
+    """Write ``chunks`` to ``dest``, checked. The chunk iterators turn their own read errors into
+    DownloadError, so an OSError raised here is a failed write: ``dest``'s disk, not the source."""
     h = hashlib.sha256()
     done = 0
     limit = expected.size if expected.size is not None else max_bytes
@@ -219,8 +228,9 @@ def fetch_file(source: str, dest: Path, expected: Expected, *, session: Optional
                label: str = "", max_bytes: Optional[int] = None) -> None:
     """Copy ``source`` (URL or path) to ``dest``, verified against ``expected``.
 
-    Raises :class:`DownloadError` with a short reason (the caller names the source); ``dest`` is
-    removed on failure.
+    Raises :class:`DownloadError` with a short reason (the caller names the source), or the
+    :class:`OSError` of a failed write to ``dest`` (a full or read-only disk: no other source would
+    do better; the caller names the folder); ``dest`` is removed on failure.
     """
     label = label or expected.name
     path = local_path(source)
@@ -241,11 +251,9 @@ def fetch_file(source: str, dest: Path, expected: Expected, *, session: Optional
             if attempt >= policy.attempts:
                 raise DownloadError(f"{exc}, {attempt} attempts") from exc
             time.sleep(policy.backoff_s * 2 ** (attempt - 1))
-        except OSError as exc:
-            dest.unlink(missing_ok=True)
-            raise DownloadError(f"cannot read or write ({_short(exc)})") from exc
-        except DownloadError:
-            dest.unlink(missing_ok=True)
+        except (DownloadError, OSError):  # an OSError: writing dest failed (a full or read-only disk)
+            with contextlib.suppress(OSError):
+                dest.unlink(missing_ok=True)
             raise
 
 
@@ -296,18 +304,24 @@ def extract_verified(archive: Path, wanted: list[Expected], target: Path, *, lab
                 continue
             dest = target / exp.name
             try:
-                with zf.open(info) as member:
-                    _copy_verified(_member_chunks(member, info.file_size), dest, exp,
-                                   exp.name, progress, info.file_size)
-            except (DownloadError, zipfile.BadZipFile, OSError, EOFError) as exc:
+                _copy_verified(_member_chunks(zf, info), dest, exp, exp.name, progress, info.file_size)
+            except DownloadError as exc:
                 dest.unlink(missing_ok=True)
                 failures[exp.name] = _short(exc)
+            except OSError:  # writing dest failed (a full or read-only disk): not the archive's fault
+                with contextlib.suppress(OSError):
+                    dest.unlink(missing_ok=True)
+                raise
     return failures
 
 
-def _member_chunks(member: BinaryIO, total: int) -> Iterator[tuple[bytes, Optional[int]]]:
-    while block := member.read(CHUNK_BYTES):
-        yield block, total
+def _member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[tuple[bytes, Optional[int]]]:
+    try:
+        with zf.open(info) as member:
+            while block := member.read(CHUNK_BYTES):
+                yield block, info.file_size
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # a damaged member (CRC, deflate data)
+        raise DownloadError(_short(exc)) from exc
 
 
 def fetch_from_sources(wanted: list[Expected], sources: list[dict[str, Any]], target: Path, *, label: str,
@@ -318,7 +332,8 @@ def fetch_from_sources(wanted: list[Expected], sources: list[dict[str, Any]], ta
     A source is ``{"kind": "files" | "zip", "url": base URL/folder or archive URL/path, "origin": why it
     is tried}`` (a zip source may add its own ``size``/``sha256``). The first failure of a "files"
     source abandons it for the files still missing; each failure is logged as a warning. Returns
-    (addresses used, "address (origin): reason" for each failure, names still missing).
+    (addresses used, "address (origin): reason" for each failure, names still missing). An OSError
+    writing in ``target`` is raised at once (another source would fill the same disk).
     """
     remaining = {e.name: e for e in wanted}
     failures: list[str] = []

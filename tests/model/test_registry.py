@@ -283,3 +283,50 @@ def test_eight_processes_cold_cache_one_download(shared_models: Path, tmp_path: 
     assert dict(srv.counts) == {"large_model.hdf5": 1, "large_model.json": 1}
     assert list_models(["large"], cache_dir=tmp_path)[0].state == "installed"
     assert sorted(p.name for p in (tmp_path / "models" / "large").iterdir()) == ["r20180205"]
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_folder_and_no_other_source_is_tried(
+        server: ModelServer, tmp_path: Path, set_sources: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while writing a downloaded file is the cache's problem, not the source's (F3): one
+    ModelError naming the cache folder, and the other sources (SCTGM_MIRROR, the registry) are not
+    tried: they would fill the same disk again."""
+    import builtins
+    import errno
+
+    from click.testing import CliRunner
+
+    from sctgm.cli import main
+    from sctgm.model import download
+
+    writes: list[str] = []
+
+    class Full:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def __enter__(self) -> "Full":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> int:
+            writes.append(self.f.name)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        f = builtins.open(path, mode, *args, **kwargs)
+        return Full(f) if "w" in mode else f
+
+    monkeypatch.setattr(download, "open", full_open, raising=False)
+    set_sources([{"kind": "files", "url": server.url + "registry/"}])
+    cache = tmp_path / "c"
+    with pytest.raises(ModelError, match="No space left on device") as err:
+        ensure_model("challenge", mirror=server.url, cache_dir=cache, policy=FAST)
+    assert not isinstance(err.value, DownloadError)
+    assert f"cannot write in the cache folder {cache / 'models' / 'challenge'}" in str(err.value)
+    assert len(writes) == 1 and sum(server.counts.values()) == 1  # the mirror only, once
+    assert leftovers(cache) == []
+    res = CliRunner().invoke(main, ["fetch-model", "challenge", "--cache-dir", str(cache), "--mirror", server.url])
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 4 and len(lines) == 1 and "cannot write in the cache folder" in lines[0], res.stderr
