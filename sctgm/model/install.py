@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +33,7 @@ import platformdirs
 from .._version import __version__
 from .download import DownloadPolicy, Expected, ProgressCallback, fetch_from_sources
 from ..exceptions import DownloadError, ModelError, ModelIntegrityError, UnknownModelError
-from ..filesystem import modes_from_umask
+from ..filesystem import modes_from_umask, read_small_json
 from . import registry
 from ..recipe import Recipe
 from .registry import MANIFEST_FILE, WEIGHTS_FILE, InstalledModel, ModelStatus, unknown_model
@@ -76,13 +77,27 @@ def _integrity_error(name: str, problem: str) -> ModelIntegrityError:
     return err
 
 
-def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+def _manifest_files(folder: Path, name: str) -> dict[str, dict[str, Any]]:
+    """manifest.json's ``files`` ({name: {size, sha256}}), read safely: a regular file of bounded size
+    (a FIFO there would block every command) holding the types sct-gm writes, else an integrity error."""
+    path = folder / MANIFEST_FILE
+    manifest = read_small_json(path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise _integrity_error(name, f"{path} is missing, unreadable or not a manifest")
+    for fname, rec in files.items():
+        # plain names only: a manifest must not make sct-gm hash files outside the install folder
+        if not registry.is_plain_file_name(fname) or not isinstance(rec, dict) \
+                or not isinstance(rec.get("size"), int) or isinstance(rec.get("size"), bool) \
+                or not isinstance(rec.get("sha256"), str):
+            raise _integrity_error(name, f"{path}: the record of {fname!r} is not a file name with an integer "
+                                         "'size' and a 'sha256'")
+    return files
+
+
+def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> None:
     """Check every installed file against manifest.json, and the manifest against the registry."""
-    try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise _integrity_error(name, f"{folder / MANIFEST_FILE} is missing or unreadable") from exc
+    files = _manifest_files(folder, name)
     if WEIGHTS_FILE not in files:
         raise _integrity_error(name, f"{folder / MANIFEST_FILE} does not list {WEIGHTS_FILE}")
     for f in entry["files"]:
@@ -90,11 +105,16 @@ def _verify_install(folder: Path, name: str, entry: dict[str, Any]) -> dict[str,
             raise _integrity_error(name, f"the install in {folder} does not match the registered {f['name']}")
     for fname, rec in files.items():
         path = folder / fname
-        if not path.is_file():
-            raise _integrity_error(name, f"{path} is missing")
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise _integrity_error(name, f"{path} is missing") from None
+        except OSError as exc:
+            raise _integrity_error(name, f"{path} cannot be read ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):  # a folder or a FIFO (opening one would block) in place of the file
+            raise _integrity_error(name, f"{path} is not a regular file")
         if path.stat().st_size != rec["size"] or sha256_of(path) != rec["sha256"]:
             raise _integrity_error(name, f"{path} does not match its checksum (altered or truncated)")
-    return manifest
 
 
 def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel:

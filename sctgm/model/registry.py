@@ -113,7 +113,7 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
         fname = f.get("name", "")
         # a trained model's folder (sct-gm train) registers its own model.safetensors as its weights
         own_weights = fname == WEIGHTS_FILE and f.get("role") == "weights" and f.get("format") == "safetensors"
-        if not _FILE_RE.match(fname) or fname == MANIFEST_FILE or (fname == WEIGHTS_FILE and not own_weights):
+        if not is_plain_file_name(fname) or fname == MANIFEST_FILE or (fname == WEIGHTS_FILE and not own_weights):
             raise bad(f"file name '{fname}' must be a plain file name other than "
                       f"{WEIGHTS_FILE}/{MANIFEST_FILE}")
         if not isinstance(f.get("size"), int) or not _SHA_RE.match(str(f.get("sha256", ""))):
@@ -126,6 +126,11 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
     for s in entry["sources"]:
         if not isinstance(s, dict) or s.get("kind") not in ("files", "zip") or not isinstance(s.get("url"), str):
             raise bad(f"source {s!r} needs kind 'files' or 'zip' and a 'url'")
+
+
+def is_plain_file_name(name: Any) -> bool:
+    """True for a file name a registry or manifest may hold: letters, digits, ``_.+-``, no folder."""
+    return isinstance(name, str) and _FILE_RE.fullmatch(name) is not None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
