@@ -312,7 +312,7 @@ def usable_geometry(img: nib.Nifti1Image, path: Path, notes: list[str]) -> nib.N
     q_code, s_code = int(hdr["qform_code"]), int(hdr["sform_code"])
     q_bad, s_bad = qform_problem(hdr), sform_problem(hdr)
     if s_bad is None and q_bad is None:
-        return img
+        return _same_voxel_size(img, path)
     unknown = "the voxel-to-world geometry is unknown"
     new = hdr.copy()
     if s_bad is not None:
@@ -328,7 +328,30 @@ def usable_geometry(img: nib.Nifti1Image, path: Path, notes: list[str]) -> nib.N
         if q_code != 0:
             notes.append(f"{path}: {q_bad}; the sform is used instead (the outputs' qform is switched off)")
         new.set_qform(img.affine, code=0)
-    return img.__class__(img.dataobj, new.get_best_affine(), new)
+    return _same_voxel_size(img.__class__(img.dataobj, new.get_best_affine(), new), path)
+
+
+#: Most relative difference between pixdim and the voxel size of the transform in use. float32 storage
+#: differs by ~1e-7 and a writer rounding pixdim to 4 digits (0.4688 for 0.46875) by ~1e-4, while a
+#: stale pixdim (left by a resampling) differs by percents; areas then agree with spacings to 0.2 %.
+VOXEL_SIZE_RTOL = 1e-3
+
+
+def _same_voxel_size(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    """``img``, once its pixdim (the zooms: spacings, the fine grid) agrees with the column lengths
+    of the transform that places its voxels (the sform when its code is set, else the qform: areas,
+    volumes, positions); raises :class:`InputImageError` naming both sizes otherwise. A qform is built
+    from pixdim (its qfac flips a column, keeping its length), so only an sform can disagree."""
+    zooms = np.abs(np.asarray(img.header.get_zooms()[:3], dtype=float))
+    with np.errstate(all="ignore"):
+        sizes = np.linalg.norm(np.asarray(img.affine, dtype=float)[:3, :3], axis=0)[:len(zooms)]  # 2D: refused later
+        fine = np.all(np.isfinite(sizes)) and np.all(np.isfinite(zooms)) and np.all(zooms > 0)
+        if not fine or np.all(np.abs(zooms - sizes) <= VOXEL_SIZE_RTOL * sizes):
+            return img  # a non-finite or zero size is refused, with its own message, by the caller
+    which = "sform" if int(img.header["sform_code"]) else "qform"
+    raise InputImageError(f"{path}: the voxel size in pixdim {_fmt(zooms)} mm disagrees with the {which}'s "
+                          f"{_fmt(sizes)} mm (the lengths of its columns); one of them is stale and the voxel "
+                          f"geometry is unknown: fix the header (e.g. set pixdim from the {which})")
 
 
 def _fmt(values: np.ndarray) -> str:

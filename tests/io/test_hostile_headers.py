@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from sctgm.cli import main
 from sctgm.exceptions import InputImageError
 from sctgm.io import load_image
+from sctgm.metrics import morphometry
 
 AFFINE = np.array([[-0.5, 0, 0, 10], [0, 0.5, 0, -12], [0, 0, 5.0, 3], [0, 0, 0, 1]])
 #: Byte offsets of NIfTI-1 header fields (nifti1.h).
@@ -99,3 +100,73 @@ def test_a_nifti2_header_with_a_damaged_sizeof_hdr_is_refused_by_name(tmp_path):
     path = tmp_path / "n2.nii"
     path.write_bytes(bytes(raw))
     _refused(path, "sizeof_hdr is 0, expected 540 (its magic says NIfTI-2); the header is damaged")
+
+
+# -------------------------------------------------- 2. pixdim and the transform in use disagree
+
+def _with_pixdim(path: Path, affine: np.ndarray, pixdim: tuple[float, float, float], *, sform: bool = True,
+                 qfac: float = 1.0) -> Path:
+    """A tiny image placed by ``affine`` (as its sform, or as its qform only) whose pixdim is then set to
+    ``pixdim`` (and pixdim[0], qfac, to ``qfac``) without touching the transforms."""
+    img = nib.Nifti1Image(np.random.default_rng(0).normal(100, 20, (12, 10, 4)).astype(np.float32), affine)
+    if sform:
+        img.set_qform(None, code=0)
+        img.set_sform(affine, code=1)
+    else:
+        img.set_sform(None, code=0)
+        img.set_qform(affine, code=1)
+    img.header["pixdim"][0] = qfac
+    img.header["pixdim"][1:4] = pixdim
+    return _tiny(path, img)
+
+
+def test_a_pixdim_that_disagrees_with_the_sform_is_refused_naming_both_sizes(tmp_path):
+    """The fine grid used pixdim (1 mm) while the placement and the areas used the sform (0.5 mm): a
+    silently wrong segmentation. Now refused."""
+    path = _with_pixdim(tmp_path / "stale.nii.gz", AFFINE, (1.0, 1.0, 5.0))
+    _refused(path, "the voxel size in pixdim (1, 1, 5) mm disagrees with the sform's (0.5, 0.5, 5) mm")
+    with pytest.raises(InputImageError, match="disagrees with the sform"):
+        morphometry(path)
+
+
+def _rotation(degrees: float, axis: int) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+OBLIQUE = np.eye(4)
+OBLIQUE[:3, :3] = _rotation(25, 0) @ _rotation(-10, 2) @ np.diag([-0.5, 0.6, 5.0])
+SHEARED = np.array([[0.5, 0.1, 0, 0], [0, 0.6, 0.3, 0], [0, 0, 5.0, 0], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("name, affine, sform, qfac", [
+    ("oblique_sform", OBLIQUE, True, 1.0),
+    ("sheared_sform", SHEARED, True, 1.0),
+    ("oblique_qform_only", OBLIQUE, False, 1.0),
+    ("qform_only_qfac_minus_1", AFFINE @ np.diag([1, 1, -1, 1]), False, -1.0),
+])
+def test_well_formed_oblique_sheared_and_qfac_files_still_load(tmp_path, name, affine, sform, qfac):
+    """pixdim equal to the column lengths of the transform (what every writer stores) loads unchanged."""
+    sizes = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    image = load_image(_with_pixdim(tmp_path / f"{name}.nii.gz", affine, sizes, sform=sform, qfac=qfac))
+    np.testing.assert_allclose(image.zooms_mm, sizes, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(image.affine[:3, :3], axis=0), sizes, rtol=1e-6)
+
+
+def test_a_pixdim_rounded_to_four_digits_is_within_the_tolerance(tmp_path):
+    affine = np.diag([0.46875, 0.46875, 5.0, 1.0])
+    assert load_image(_with_pixdim(tmp_path / "rounded.nii.gz", affine, (0.4688, 0.4688, 5.0))).zooms_mm[0] == \
+        pytest.approx(0.4688, rel=1e-6)
+
+
+def test_the_shared_images_agree_with_their_transforms(shared_data):
+    """Every labelled image and mask of ../shared (real scanner headers) passes the check."""
+    from ..conftest import LABELLED
+
+    for files in LABELLED.values():
+        for f in files:
+            if f is not None:
+                load_image(f, allow_constant=True)
