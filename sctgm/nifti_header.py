@@ -125,10 +125,40 @@ def _raw_header(path: Path) -> nib.Nifti1Header | None:
     return None
 
 
+#: The first bytes of each compression a NIfTI may come in, and its file extension.
+_COMPRESSIONS = ((b"\x1f\x8b", "gzip", ".gz"), (b"BZh", "bzip2", ".bz2"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+                 (b"\xfd7zXZ\x00", "xz", ".xz"))
+
+
+def _check_compression(path: Path) -> None:
+    """Refuse, with one line, a compression other than gzip (by name or content: nibabel would need
+    an optional package for zstd, and sct-gm reads .nii and .nii.gz), and a name whose extension
+    disagrees with its content (a gzip stream named .nii, plain bytes named .nii.gz)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(540) if path.is_file() else b""
+    except OSError:
+        return  # reported by the reader
+    by_name = next((c for c in _COMPRESSIONS if path.name.lower().endswith(c[2])), None)
+    by_content = next((c for c in _COMPRESSIONS if head.startswith(c[0])), None)
+    other = next((c for c in (by_content, by_name) if c is not None and c[1] != "gzip"), None)
+    if other is not None:
+        raise InputImageError(f"{path}: is compressed with {other[1]} ({other[2]}), which sct-gm does not read; "
+                              f"it reads .nii and .nii.gz files only: decompress it (or recompress it with gzip)")
+    if by_content and not by_name:
+        raise InputImageError(f"{path}: its content is gzip-compressed but its name does not end in .gz: the "
+                              f"extension and the compression disagree; rename it to end in .nii.gz")
+    plain_nifti = any(head[at:at + 4] in magics for at, magics, *_ in _VERSIONS)  # else: "not a NIfTI image"
+    if by_name and not by_content and plain_nifti:
+        raise InputImageError(f"{path}: its name ends in .gz but its content is not gzip-compressed: the "
+                              f"extension and the compression disagree; rename it to end in .nii")
+
+
 def check_file(path: Path, notes: list[str] | None = None) -> None:
     """Refuse, with one line naming the field, a NIfTI header that nibabel would crash on or "fix"
     into a wrong image; also refuse a header that announces more voxel data than the file can hold.
     Repairs that have one right answer are appended to ``notes`` (to be logged once the image is valid)."""
+    _check_compression(path)
     hdr = _raw_header(path)
     if hdr is None:
         return

@@ -170,3 +170,37 @@ def test_the_shared_images_agree_with_their_transforms(shared_data):
         for f in files:
             if f is not None:
                 load_image(f, allow_constant=True)
+
+
+# ------------------------------------ 3, 4. compressions sct-gm does not read; names that disagree
+
+def test_a_zstd_file_is_refused_in_one_line_not_an_internal_error(tmp_path):
+    """nibabel raised TripWireError (an AttributeError: exit 70) without the optional zstd package."""
+    path = tmp_path / "b.nii.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(60))
+    _refused(path, "is compressed with zstd (.zst), which sct-gm does not read", "reads .nii and .nii.gz")
+
+
+def test_a_bzip2_file_is_refused_as_such_not_as_truncated(tmp_path):
+    path = tmp_path / "b.nii.bz2"
+    path.write_bytes(bz2.compress(_tiny(tmp_path / "src.nii").read_bytes()))
+    (tmp_path / "src.nii").unlink()
+    assert "truncated" not in _refused(path, "is compressed with bzip2 (.bz2)", "reads .nii and .nii.gz")
+
+
+def test_gzip_content_named_nii_says_the_extension_and_the_compression_disagree(tmp_path):
+    path = tmp_path / "gz_named.nii"
+    path.write_bytes(gzip.compress(_tiny(tmp_path / "src.nii").read_bytes()))
+    (tmp_path / "src.nii").unlink()
+    _refused(path, "gzip-compressed but its name does not end in .gz", "rename it to end in .nii.gz")
+
+
+def test_plain_content_named_nii_gz_says_the_extension_and_the_compression_disagree(tmp_path):
+    path = tmp_path / "plain.nii.gz"
+    path.write_bytes(_tiny(tmp_path / "src.nii").read_bytes())
+    (tmp_path / "src.nii").unlink()
+    _refused(path, "its name ends in .gz but its content is not gzip-compressed", "rename it to end in .nii")
+
+
+def test_an_upper_case_gz_name_with_gzip_content_still_loads(tmp_path):
+    assert load_image(_tiny(tmp_path / "UPPER.NII.GZ")).data.shape == (12, 10, 4)
