@@ -101,6 +101,15 @@ def load_mask(path: str | os.PathLike[str], *, what: str = "mask") -> CanonicalM
     return mask
 
 
+def warn_if_probabilities(mask: CanonicalMask, advice: str, *, parameter: str | None = None) -> None:
+    """Log one warning when ``mask`` has voxels strictly between 0 and 1 (a probability map?), which
+    the metrics binarise at 0.5; ``advice``: what to do instead, added to the message."""
+    fuzzy = int(np.count_nonzero((mask.data > 0) & (mask.data < 1)))
+    if fuzzy:
+        log.warning("%s: %d voxels lie strictly between 0 and 1 (a probability map?); they were binarised at "
+                    "0.5%s", mask.path, fuzzy, f"; {advice}" if advice else "", extra={"parameter": parameter})
+
+
 def check_same_grid(a: CanonicalMask, b: CanonicalMask, *, atol_mm: float = 1e-3) -> None:
     """Raise :class:`GridMismatchError` unless ``a`` and ``b`` cover the same voxels. The same grid
     stored in two orientations (e.g. LAS and RPI) passes: the comparison is on the canonical grids."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from .._version import __version__
 from ..exceptions import MetricsError
-from .grid import CanonicalMask, check_same_grid, load_mask
+from .grid import CanonicalMask, check_same_grid, load_mask, warn_if_probabilities
 from .overlap import binarize
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,7 @@ def mask_weights(mask: CanonicalMask, soft: bool) -> np.ndarray:
     """Per-voxel weights: binarised at 0.5 (default) or the probabilities themselves (``soft``)."""
     d = mask.data
     if not soft:
-        fuzzy = np.count_nonzero((d > 0) & (d < 1))
-        if fuzzy:
-            log.warning("%s: %d voxels lie strictly between 0 and 1 (a probability map?); they were "
-                        "binarised at 0.5; measure soft masks to sum probabilities", mask.path, fuzzy,
-                        extra={"parameter": "soft"})
+        warn_if_probabilities(mask, "measure soft masks to sum probabilities", parameter="soft")
         return binarize(d).astype(np.float64)
     lo, hi = float(d.min()), float(d.max())
     if lo < -SOFT_TOLERANCE or hi > 1 + SOFT_TOLERANCE:
@@ -53,6 +49,25 @@ def mask_weights(mask: CanonicalMask, soft: bool) -> np.ndarray:
                            f"[0, 1] for a soft mask; measure it as a binary mask (binarised at 0.5)",
                            parameter="soft")
     return np.clip(d, 0.0, 1.0).astype(np.float64)
+
+
+#: The largest vertebral label accepted: every whole number up to it is exact in float32 (the loader's
+#: type), and no label image comes near it (SCT's levels run 1 to ~30, its PMJ label is 50).
+MAX_LEVEL_LABEL = 2 ** 24
+
+
+def check_level_labels(levels: CanonicalMask) -> None:
+    """Raise :class:`MetricsError` unless every value of the label image is a whole number from 0
+    (no level) to :data:`MAX_LEVEL_LABEL`: a fractional label (a resampled or probability image) has
+    no one level, and a huge one no integer to stand for it."""
+    d = levels.data
+    bad = (d != np.rint(d)) | (d < 0) | (d > MAX_LEVEL_LABEL)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        raise MetricsError(f"{levels.path}: {n_bad} voxels hold values that are not vertebral levels (e.g. "
+                           f"{float(d[bad].flat[0]):g}); expected whole numbers from 0 (no level) to "
+                           f"{MAX_LEVEL_LABEL}, as in SCT's *_labeled.nii.gz: give the label image itself, "
+                           f"not a resampled copy (or resample it with nearest neighbour)", parameter="levels")
 
 
 def slice_levels(levels: np.ndarray) -> list[int | None]:
@@ -119,6 +134,8 @@ def morphometry_masks(gm: CanonicalMask, cord: CanonicalMask | None = None,
     for other in (cord, levels):
         if other is not None:
             check_same_grid(gm, other)
+    if levels is not None:
+        check_level_labels(levels)
     px = gm.pixel_area_mm2
     w_gm = mask_weights(gm, soft)
     gm_area = w_gm.sum(axis=(0, 1)) * px
