@@ -25,7 +25,7 @@ import numpy as np
 
 from .._version import __version__
 from .distance import distance_metrics
-from .grid import CanonicalMask, check_same_grid, load_mask
+from .grid import CanonicalMask, check_same_grid, load_mask, warn_if_probabilities
 from .overlap import binarize, dice_3d, overlap_metrics
 
 #: Per-slice metric columns, in CSV order.
@@ -104,6 +104,8 @@ class ComparisonResult:
 def compare_masks(seg: CanonicalMask, ref: CanonicalMask) -> ComparisonResult:
     """:func:`compare` on masks already loaded with :func:`~sctgm.metrics.grid.load_mask`."""
     check_same_grid(ref, seg)
+    for mask in (seg, ref):  # the ten metrics are of binary masks
+        warn_if_probabilities(mask, "the metrics compare binary masks")
     slices = compare_slices(seg.data, ref.data, ref.in_plane_spacing_mm, ref.pixel_area_mm2)
     return ComparisonResult(
         seg_path=seg.path, ref_path=ref.path,

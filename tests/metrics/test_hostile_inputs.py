@@ -3,6 +3,7 @@ fractional or huge values, a probability map given to compare mode."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 
 from sctgm.cli import main
 from sctgm.exceptions import MetricsError
-from sctgm.metrics import morphometry
+from sctgm.metrics import compare, morphometry
 
 
 def _gm(shape: tuple[int, int, int] = (8, 8, 3)) -> np.ndarray:
@@ -40,3 +41,23 @@ def test_whole_number_levels_stored_as_floats_are_still_read(make_nifti):
     levels[:, :, 0], levels[:, :, 1:] = 3.0, 4.0
     rows = morphometry(make_nifti(_gm(), zooms_mm=(1, 1, 5)), levels_path=make_nifti(levels, zooms_mm=(1, 1, 5))).rows
     assert [r["level"] for r in rows if r["scope"] == "level"] == [3, 4]
+
+
+@pytest.mark.parametrize("which", ["seg", "ref"])
+def test_compare_warns_when_it_binarises_a_probability_map(make_nifti, caplog, which):
+    """As measure mode does: the map's voxels strictly between 0 and 1 are counted in one warning."""
+    prob = _gm() * 0.7
+    prob[0, 0, 0] = 0.2
+    masks = {"seg": make_nifti(_gm()), "ref": make_nifti(_gm())}
+    masks[which] = make_nifti(prob, name="prob.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        compare(masks["seg"], masks["ref"])
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{masks[which]}: 37 voxels lie strictly between 0 and 1 (a probability map?); they were "
+                      f"binarised at 0.5; the metrics compare binary masks"], warned
+
+
+def test_compare_of_binary_masks_says_nothing(make_nifti, caplog):
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        compare(make_nifti(_gm()), make_nifti(_gm()))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
