@@ -53,9 +53,10 @@ from .._version import __version__
 from ..engines import ProgressCallback
 from ..exceptions import InvalidOptionError, OutputError
 from ..filesystem import file_sha256, read_small_json, same_file
-from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, remove_leftover_parts
+from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, read_nifti, remove_leftover_parts
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, OutputSet, is_manual_label_path
+from ..nifti_header import nibabel_messages
 from ..recipe import DEFAULT_TO_NATIVE
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
@@ -168,9 +169,36 @@ def is_correction(data: dict[str, Any] | None) -> bool:
 
 def written_by_sctgm(outputs: OutputSet, key: str) -> bool:
     """True when output ``key`` of the set is sct-gm's: the sidecar describing it is an sct-gm
-    segmentation sidecar (not a reviewer's correction, :func:`is_correction`)."""
+    segmentation sidecar (not a reviewer's correction, :func:`is_correction`) and, where that sidecar
+    records the sha256 of the file it came with, the file is that one or is damaged (not a readable
+    NIfTI image: nobody's work to keep). A readable image with other bytes was edited or replaced
+    since, and is not sct-gm's: a mask corrected in place, or a manual ``a_gmseg.nii.gz`` beside the
+    ``a_gmseg.nii`` of an earlier run, which shares its sidecar name ``a_gmseg.json``."""
     data = read_sidecar(outputs[outputs.sidecar_of(key)])
-    return data is not None and not is_correction(data)
+    if data is None or is_correction(data):
+        return False
+    hashes = data.get("Sha256")
+    recorded = hashes.get("Outputs") if isinstance(hashes, dict) else None
+    if key not in outputs.kinds or not isinstance(recorded, dict) or not isinstance(recorded.get(key), str):
+        return True  # a sidecar, or a file this sidecar records no hash of (an older sct-gm's)
+    path = outputs[key]
+    try:
+        if file_sha256(path) == recorded[key]:
+            return True
+    except OSError:
+        return True  # unreadable: damaged, or not a file (check_writable refuses what cannot be replaced)
+    return not _readable_nifti(path)
+
+
+def _readable_nifti(path: Path) -> bool:
+    """True when ``path`` reads whole as a NIfTI image (header, and every voxel: gzip CRC included)."""
+    try:
+        img = read_nifti(path)  # its header checked first: reads bounded by what it announces
+        with nibabel_messages():  # nibabel's notices about a damaged file stay silent
+            np.asanyarray(img.dataobj)
+    except Exception:  # noqa: BLE001 - any failure to read means damaged
+        return False
+    return True
 
 
 def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite: bool = False) -> None:
@@ -198,8 +226,10 @@ def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite
                               f"give another output name, or allow it", parameter="overwrite")
     for key, path in outputs.items():
         if (path.exists() or path.is_symlink()) and not written_by_sctgm(outputs, key):
-            raise OutputError(f"{path}: exists and sct-gm did not write it (no sct-gm sidecar describes it); move it "
-                              f"away, or allow replacing it", parameter="overwrite")
+            why = ("its bytes differ from what the sct-gm sidecar records: edited or replaced since"
+                   if read_sidecar(outputs[outputs.sidecar_of(key)]) is not None else "no sct-gm sidecar describes it")
+            raise OutputError(f"{path}: exists and sct-gm did not write it ({why}); move it away, or allow "
+                              f"replacing it", parameter="overwrite")
 
 
 def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputSet, *,

@@ -169,7 +169,7 @@ def _statuses(summary: pathlib.Path) -> list[str]:
     return [row[rows[0].index("status")] for row in rows[1:]]
 
 
-def test_resume_redoes_a_changed_input_or_a_damaged_output(tiny_model, make_nifti, tmp_path):
+def test_resume_redoes_a_changed_input_and_keeps_an_edited_output(tiny_model, make_nifti, tmp_path):
     (tmp_path / "b").mkdir()
     a = make_nifti(cord_phantom_volume(seed=1), name="b/a.nii.gz")
     b = make_nifti(cord_phantom_volume(seed=2), name="b/b.nii.gz")
@@ -182,14 +182,39 @@ def test_resume_redoes_a_changed_input_or_a_damaged_output(tiny_model, make_nift
     # another image on the same grid, under the same name
     make_nifti(cord_phantom_volume(seed=7), name="b/a.nii.gz")
     assert _segment(*args).exit_code == 0 and _statuses(summary) == ["ok", "skipped"]
-    # an output mask zeroed out: still a valid 0/1 mask on the input's grid, but not what was written
+    # an output mask edited (here zeroed out): a valid image, not what sct-gm wrote, so not sct-gm's to
+    # replace: the image fails with one line naming it, the edit stays; --overwrite redoes it
     gm = b.with_name("b_gmseg.nii.gz")
     good = gm.read_bytes()
     img = nib.load(str(gm))
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(gm))
-    assert gm.read_bytes() != good
+    edited = gm.read_bytes()
+    assert edited != good
+    res = _segment(*args)
+    assert res.exit_code == 1 and _statuses(summary) == ["skipped", "failed"]
+    assert "edited or replaced since" in res.output and gm.read_bytes() == edited
+    assert _segment(*args, "--overwrite").exit_code == 0 and gm.read_bytes() == good
+    # a damaged one (cut short: no image anybody could keep) is redone without --overwrite
+    gm.write_bytes(good[: len(good) // 2])
     assert _segment(*args).exit_code == 0 and _statuses(summary) == ["skipped", "ok"]
     assert gm.read_bytes() == good
+
+
+def test_a_manual_mask_is_not_taken_for_the_output_of_its_uncompressed_twin(tiny_model, make_nifti, tmp_path):
+    """`a.nii` and `a.nii.gz` give `a_gmseg.nii` and `a_gmseg.nii.gz`, which share the sidecar name
+    `a_gmseg.json`: that sidecar describes the first, so a manual `a_gmseg.nii.gz` stays the user's."""
+    a_gz = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    a_nii = tmp_path / "a.nii"
+    nib.save(nib.load(str(a_gz)), str(a_nii))
+    manual = tmp_path / "a_gmseg.nii.gz"
+    img = nib.load(str(a_gz))
+    nib.save(nib.Nifti1Image(np.ones(img.shape, np.uint8), img.affine), str(manual))
+    before = manual.read_bytes()
+    assert _segment("-i", str(a_gz), "-m", tiny_model()).exit_code == 3  # no sidecar yet: refused
+    assert _segment("-i", str(a_nii), "-m", tiny_model()).exit_code == 0  # writes a_gmseg.nii + a_gmseg.json
+    res = _segment("-i", str(a_gz), "-m", tiny_model())
+    assert res.exit_code == 3 and "edited or replaced since" in res.output
+    assert manual.read_bytes() == before
 
 
 def test_a_file_size_limit_stops_the_set_before_any_file_is_replaced(tiny_model, image, tmp_path):
