@@ -12,7 +12,8 @@ The one definition of each quantity, used by segmentation, QC, metrics and batch
   columns, exact for oblique and sheared grids (equal to the product of the in-plane zooms otherwise);
 - voxel volume (mm3): :func:`voxel_volume_mm3`, ``|det A|``;
 - slice index: :func:`file_slice_index`, the file's own index along its S-I axis of canonical slice k;
-- same grid: :func:`check_same_grid`, same shape and affine to 1 micrometre.
+- same grid: :func:`check_same_grid`, same shape and affine to 1 micrometre (compared on canonical
+  views, :func:`canonical_view`, where the storage orientation may differ).
 
 Canonical layout: array axis 0 runs towards patient Left, axis 1 towards Anterior, axis 2 towards
 Superior (nibabel axis codes 'L', 'A', 'S'; SCT calls this 'RPI'). Axial slices are ``data[:, :, k]``.
@@ -119,6 +120,23 @@ class OnAGrid(Protocol):
     path: Path
     data: np.ndarray
     affine: np.ndarray
+
+
+@dataclass(frozen=True)
+class CanonicalView:
+    """An image's voxels in the canonical layout (a view: flips and a transpose) and its canonical
+    affine (same world positions); an :class:`OnAGrid`."""
+
+    path: Path
+    data: np.ndarray
+    affine: np.ndarray
+
+
+def canonical_view(img: OnAGrid, reo: Reorientation | None = None) -> CanonicalView:
+    """``img`` brought to canonical LAS by ``reo`` (default: its own :func:`reorientation_for`), no copy:
+    two files holding one grid in different storage orientations give equal views."""
+    reo = reo if reo is not None else reorientation_for(img.affine, img.data.shape)
+    return CanonicalView(img.path, reo.apply(img.data, copy=False), reo.canonical_affine(img.affine))
 
 
 def check_same_grid(a: OnAGrid, b: OnAGrid, *, atol_mm: float = 1e-3, hint: str = "") -> None:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import NotAxialError
-from ..geometry import Reorientation, canonical_zooms_mm, check_same_grid, looks_axial, reorientation_for
+from ..geometry import (Reorientation, canonical_view, canonical_zooms_mm, check_same_grid, looks_axial,
+                        reorientation_for)
 from ..io import LoadedImage
 from ..recipe import Preprocessing
 from . import enhance, placement
@@ -76,10 +77,13 @@ def prepare(image: LoadedImage, prep: Preprocessing) -> PreparedVolume:
 
 
 def canonical_mask(mask: LoadedImage, prepared: PreparedVolume) -> np.ndarray:
-    """A mask (cord, GM) of the prepared image in the canonical layout, bool (> 0.5). Raises
-    :class:`~sctgm.exceptions.GridMismatchError` when it is not on the image's grid."""
-    check_same_grid(prepared.image, mask)
-    return prepared.reorientation.apply(mask.data, copy=False) > 0.5
+    """A mask (cord, GM) of the prepared image in the canonical layout, bool (> 0.5). The mask may store
+    the image's grid in another orientation: both are compared, exactly, in the canonical layout (flips
+    and permutations only). Raises :class:`~sctgm.exceptions.GridMismatchError` when it is not on the
+    image's grid."""
+    view = canonical_view(mask)
+    check_same_grid(canonical_view(prepared.image, prepared.reorientation), view)
+    return view.data > 0.5
 
 
 def windows_at(prepared: PreparedVolume, centres_fine: np.ndarray) -> list[Window]:

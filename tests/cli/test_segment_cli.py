@@ -160,6 +160,40 @@ def test_cord_mask_on_another_grid_is_refused(t2s, tmp_path):
     assert _nifti_outputs(tmp_path) == []
 
 
+def test_cord_mask_of_the_same_grid_in_another_orientation_is_accepted(tmp_path, make_nifti, tiny_model):
+    """The same grid stored RPI instead of LAS (every axis flipped): compared in the canonical layout,
+    as metrics does (it was refused as 'not on the grid'), and read as the same cord."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from sctgm.io import load_image
+    from sctgm.recipe import Preprocessing
+    from sctgm.segment.preprocess import canonical_mask, prepare
+
+    from ..conftest import cord_phantom_volume
+
+    image = make_nifti(cord_phantom_volume(), zooms_mm=(0.5, 0.5, 5.0), name="img.nii.gz")
+    cord = np.zeros((60, 56, 4), np.uint8)
+    cord[20:46, 14:40, 1:] = 1
+    cord[30, 50, 2] = 1  # not symmetric: a wrong flip would show
+    las = make_nifti(cord, zooms_mm=(0.5, 0.5, 5.0), dtype=np.uint8, name="cord_las.nii.gz")
+    rpi = tmp_path / "cord_rpi.nii.gz"
+    las_img = nib.load(str(las))
+    nib.save(las_img.as_reoriented(ornt_transform(axcodes2ornt(("L", "A", "S")), axcodes2ornt(("R", "P", "I")))),
+             str(rpi))
+    assert nib.aff2axcodes(nib.load(str(rpi)).affine) == ("R", "P", "I")
+    vol = prepare(load_image(image), Preprocessing())
+    np.testing.assert_array_equal(canonical_mask(load_image(rpi, allow_constant=True), vol),
+                                  canonical_mask(load_image(las, allow_constant=True), vol))
+    gm = {}
+    for cord_path in (las, rpi):
+        out = tmp_path / f"gm_{cord_path.name}"
+        res = _run(["segment", "-i", str(image), "-s", str(cord_path), "-m", tiny_model(), "--wm", "-o", str(out),
+                    "-q"])
+        assert res.exit_code == 0, res.output
+        gm[cord_path.name] = np.asanyarray(nib.load(str(out)).dataobj)
+    np.testing.assert_array_equal(gm["cord_rpi.nii.gz"], gm["cord_las.nii.gz"])
+
+
 def test_verbose_shows_the_traceback(tmp_path):
     res = _run(["-v", "segment", "-i", str(tmp_path / "absent.nii.gz")])
     assert res.exit_code != 0 and "Traceback" in res.stderr
