@@ -210,10 +210,20 @@ def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
 
 
 def _check_filters(name: str, entry: dict[str, Any], tmp: Path, filters: int) -> int:
+    """The weights' width must be the registry's, and any JSON metadata file's ``filters`` (the
+    published ``*_model.json``) with it."""
     expected = int(entry["architecture"]["filters"])
-    meta = [f for f in entry["files"] if f.get("role") == "metadata" and f.get("format") == "json"]
-    meta_filters = [json.loads((tmp / f["name"]).read_text()).get("filters", filters) for f in meta]
-    if filters != expected or any(int(m) != expected for m in meta_filters):
+    for f in entry["files"]:
+        if f.get("role") != "metadata" or f.get("format") != "json":
+            continue
+        meta = read_small_json(tmp / f["name"])
+        said = meta.get("filters", filters) if isinstance(meta, dict) else None
+        if not isinstance(said, int) or isinstance(said, bool):
+            raise ModelError(f"model '{name}': its metadata file {f['name']} is not a JSON object with an "
+                             f"integer 'filters'; fix the model's files or its registry entry")
+        if said != expected:
+            raise ModelError(f"model '{name}': {f['name']} says {said} filters, the registry says {expected}")
+    if filters != expected:
         raise ModelError(f"model '{name}': weights have {filters} filters, the registry says {expected}")
     return filters
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..exceptions import ModelError, UnknownModelError
+from ..filesystem import MAX_JSON_BYTES
 from ..recipe import DEFAULT_NETWORK, Preprocessing, Recipe
 
 __all__ = ["InstalledModel", "ModelStatus", "Preprocessing", "Recipe", "load_registry", "read_model_file",
@@ -126,6 +128,11 @@ def _check_entry(name: str, entry: Any, origin: str) -> None:
     for s in entry["sources"]:
         if not isinstance(s, dict) or s.get("kind") not in ("files", "zip") or not isinstance(s.get("url"), str):
             raise bad(f"source {s!r} needs kind 'files' or 'zip' and a 'url'")
+        size = s.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise bad(f"source {s['url']!r}: 'size' must be a number of bytes, not {size!r}")
+        if s.get("sha256") is not None and not _SHA_RE.fullmatch(str(s["sha256"])):
+            raise bad(f"source {s['url']!r}: 'sha256' must be 64 lower-case hex digits, not {s['sha256']!r}")
 
 
 def is_plain_file_name(name: Any) -> bool:
@@ -145,7 +152,29 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _read_json(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_unique_keys)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:  # '[[[[...' a hundred thousand deep
+        raise ValueError("nested too deeply") from None
+
+
+def _read_json_file(path: Path) -> Any:
+    """The JSON value of a registry or model file: a regular file (a FIFO is neither opened for good nor
+    waited on) of at most MAX_JSON_BYTES, each object's keys distinct. OSError or ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_JSON_BYTES:
+            raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+    return _read_json(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
 
 
 def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -163,10 +192,17 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
     extra = extra or os.environ.get(REGISTRY_ENV) or None
     if extra:
         try:
-            user = _read_json(Path(extra).expanduser().read_text())
+            user = _read_json_file(Path(extra).expanduser())
         except (OSError, ValueError) as exc:
-            raise ModelError(f"{REGISTRY_ENV}={extra}: not a readable JSON registry ({exc})") from exc
-        for name, entry in user.get("models", {}).items():
+            raise ModelError(f"{REGISTRY_ENV}={extra}: not a readable JSON registry ({exc})") from None
+        models = user.get("models", {}) if isinstance(user, dict) else None
+        if not isinstance(models, dict):
+            raise ModelError(f"{REGISTRY_ENV}={extra}: a registry is a JSON object whose 'models' is an object "
+                             "(model name: entry), as in docs/models.md")
+        if not isinstance(user.get("default", ""), str):
+            raise ModelError(f"{REGISTRY_ENV}={extra}: 'default' must be a model name, not "
+                             f"{type(user['default']).__name__}")
+        for name, entry in models.items():
             entry = _relative_sources(entry, Path(extra).expanduser())
             if name in reg["models"]:
                 raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; "
@@ -199,9 +235,11 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     ``sct-gm train`` writes), validated; relative sources resolved against its folder."""
     path = Path(path).expanduser()
     try:
-        doc = _read_json(path.read_text())
+        doc = _read_json_file(path)
+        if not isinstance(doc, dict) or "models" not in doc:
+            raise ValueError("no 'models' object")
         models = doc["models"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a readable model file (a registry JSON with one model: {exc})") from None
     if not isinstance(models, dict) or len(models) != 1:
         raise ModelError(f"{path}: a model file holds exactly one model, not {len(models) if isinstance(models, dict) else '?'}")

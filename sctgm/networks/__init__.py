@@ -29,6 +29,9 @@ BUILTIN: dict[str, str] = {
 
 
 def _load(module: str, origin: str) -> Network:
+    if module.startswith("."):  # importlib would raise TypeError: a relative name needs a package
+        raise ModelError(f"{origin}: network module '{module}' is a relative name; give its full dotted name "
+                         f"(e.g. 'my_networks.toy'), a module on the Python path")
     try:
         net = importlib.import_module(module).NETWORK
     except ImportError as exc:

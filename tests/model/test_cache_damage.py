@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -46,19 +45,6 @@ DAMAGE = {
     "weights_folder": (_replace(WEIGHTS_FILE, Path.mkdir), f"{WEIGHTS_FILE} is not a regular file"),
     "weights_fifo": (_replace(WEIGHTS_FILE, os.mkfifo), f"{WEIGHTS_FILE} is not a regular file"),
 }
-
-
-@pytest.fixture
-def no_hang() -> Iterator[None]:
-    """Before the fix a FIFO blocked the open for ever: fail the test instead of hanging the run."""
-    def hung(*_: object) -> None:
-        raise TimeoutError("blocked: a FIFO was opened")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
