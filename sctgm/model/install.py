@@ -380,6 +380,9 @@ def install_model_file(path: str | os.PathLike[str], *, cache_dir: str | os.Path
     the cache like a registered model (``sct-gm fetch-model MODEL_DIR``)."""
     p = Path(path).expanduser()
     name, entry = registry.read_model_file(p / "model.json" if p.is_dir() else p)
+    if name in registry.packaged_names():  # same version or not: its cache folder is the shipped model's
+        raise ModelError(f"{p}: model '{name}' is a name sct-gm already registers; choose another name (its "
+                         "key under 'models' in model.json)")
     reg = registry.load_registry()
     if name in reg["models"] and reg["models"][name].get("version") != entry.get("version"):
         raise ModelError(f"{p}: model '{name}' is already registered with another version; rename the folder")

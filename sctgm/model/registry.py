@@ -177,9 +177,8 @@ def _read_json_file(path: Path) -> Any:
     return _read_json(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
 
 
-def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The packaged data_registry.json, plus the models of ``extra`` (default: ``$SCTGM_REGISTRY``),
-    each entry validated. A user file may set ``default`` but not redefine a packaged model."""
+def _packaged_registry() -> dict[str, Any]:
+    """The packaged data_registry.json, each entry validated."""
     packaged = resources.files("sctgm").joinpath("data_registry.json")
     try:
         reg = _read_json(packaged.read_text())
@@ -189,6 +188,19 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
         _check_entry(name, entry, "data_registry.json")
         # weights shipped inside the package (large-robust): a relative folder, as in a model.json
         reg["models"][name] = _relative_sources(entry, Path(str(packaged)))
+    return reg
+
+
+def packaged_names() -> set[str]:
+    """The names of the models sct-gm ships in its registry: no other model may take one (it would
+    be installed in, or served from, that model's cache folder)."""
+    return set(_packaged_registry()["models"])
+
+
+def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The packaged data_registry.json, plus the models of ``extra`` (default: ``$SCTGM_REGISTRY``),
+    each entry validated. A user file may set ``default`` but not redefine a packaged model."""
+    reg = _packaged_registry()
     extra = extra or os.environ.get(REGISTRY_ENV) or None
     if extra:
         try:

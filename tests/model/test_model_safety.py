@@ -131,3 +131,15 @@ def test_a_file_name_with_a_newline_is_one_escaped_line(tmp_path, make_nifti):
     res = run("segment", "-i", str(bad))
     line = one_line(res, 2, "evil\\nsct-gm: error: forged.nii.gz")
     assert "no such file" in line
+
+
+@pytest.mark.parametrize("same_version", [True, False])
+def test_a_model_folder_cannot_take_a_shipped_models_name(tmp_path, monkeypatch, same_version):
+    """fetch-model MODEL_DIR would install into the shipped model's cache folder, where `-m challenge`
+    would then find it (F4): any name of the packaged registry is refused, whatever its version."""
+    folder = model_folder(tmp_path / "challenge")
+    if same_version:
+        edit(folder, lambda e: e.update(version="r20180205"))
+    monkeypatch.setenv("SCTGM_HOME", str(tmp_path / "c"))
+    one_line(run("fetch-model", str(folder)), 4, "'challenge' is a name sct-gm already registers")
+    assert not (tmp_path / "c" / "models" / "challenge").exists()
