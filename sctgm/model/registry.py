@@ -220,6 +220,9 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
                 raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; "
                                  "choose another name")
             _check_entry(name, entry, str(extra))
+            # as for a model folder: SCTGM_REGISTRY=MODEL_DIR/model.json must not read what
+            # `fetch-model MODEL_DIR` refuses to (a mirror, --mirror/SCTGM_MIRROR, may be anywhere)
+            _confine_sources(name, entry, Path(extra))
             reg["models"][name] = entry
         reg["default"] = user.get("default", reg["default"])
     if reg["default"] not in reg["models"]:
@@ -228,14 +231,14 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
 
 
 def _relative_sources(entry: Any, registry_file: Path) -> Any:
-    """A 'files' source with a relative folder as url (a trained model's model.json says ".") is
-    relative to the registry file's folder."""
+    """A local source with a relative path as url (a trained model's model.json says ".", a zip beside
+    it "w.zip") is relative to the registry file's folder, not to the working folder."""
     if not isinstance(entry, dict) or not isinstance(entry.get("sources"), list):
         return entry
     sources = []
     for s in entry["sources"]:
         url = s.get("url") if isinstance(s, dict) else None
-        if isinstance(s, dict) and s.get("kind") == "files" and isinstance(url, str) and "://" not in url \
+        if isinstance(s, dict) and s.get("kind") in ("files", "zip") and isinstance(url, str) and "://" not in url \
                 and not Path(url).expanduser().is_absolute():
             s = {**s, "url": str((registry_file.parent / url).resolve())}
         sources.append(s)
@@ -263,8 +266,8 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
 
 
 def _confine_sources(name: str, entry: dict[str, Any], model_file: Path) -> None:
-    """A model file's local sources must lie in its own folder: a model.json from elsewhere (a
-    download, a shared folder) must not make sct-gm read ``/etc`` or ``../../`` files whose sha256
+    """A model or registry file's local sources must lie in its own folder: a model.json from elsewhere
+    (a download, a shared folder) must not make sct-gm read ``/etc`` or ``../../`` files whose sha256
     happen to match. Remote sources (http, https) are not local paths."""
     from .download import local_path
 

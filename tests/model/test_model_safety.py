@@ -143,3 +143,17 @@ def test_a_model_folder_cannot_take_a_shipped_models_name(tmp_path, monkeypatch,
     monkeypatch.setenv("SCTGM_HOME", str(tmp_path / "c"))
     one_line(run("fetch-model", str(folder)), 4, "'challenge' is a name sct-gm already registers")
     assert not (tmp_path / "c" / "models" / "challenge").exists()
+
+
+def test_a_relative_zip_source_is_relative_to_the_model_folder(tmp_path, monkeypatch):
+    """As a 'files' source "." is (F8): before, "w.zip" was looked for in the working folder."""
+    from ..serve import make_zip
+
+    folder = model_folder(tmp_path / "m")
+    (folder / "w.zip").write_bytes(make_zip({"m/model.safetensors": (folder / "model.safetensors").read_bytes()}))
+    edit(folder, lambda e: e.update(sources=[{"kind": "zip", "url": "w.zip"}]))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    res = run("fetch-model", str(folder), "--cache-dir", str(tmp_path / "c"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c" / "models" / "m" / "t1" / "model.safetensors").is_file()

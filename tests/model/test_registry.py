@@ -68,7 +68,10 @@ def test_packaged_registry_matches_shared_files(shared_models: Path) -> None:
 
 def test_user_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_models: Path) -> None:
     entry = json.loads(json.dumps(REAL_LOAD()["models"]["challenge"]))
-    entry["sources"] = [{"kind": "files", "url": str(shared_models)}]
+    (tmp_path / "files").mkdir()
+    for f in entry["files"]:
+        (tmp_path / "files" / f["name"]).write_bytes((shared_models / f["name"]).read_bytes())
+    entry["sources"] = [{"kind": "files", "url": "files"}]  # relative to user.json's folder
     user = tmp_path / "user.json"
     user.write_text(json.dumps({"models": {"mine": entry}, "default": "mine"}))
     monkeypatch.setenv("SCTGM_REGISTRY", str(user))
@@ -77,6 +80,13 @@ def test_user_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_m
     assert reg["default"] == "mine" and "large" in reg["models"]
     model = ensure_model(cache_dir=tmp_path / "c")
     assert model.name == "mine" and model.filters == 32
+    # its local sources stay in its folder, as a model folder's do (F5: SCTGM_REGISTRY=MODEL_DIR/model.json
+    # read what `fetch-model MODEL_DIR` refused to); a mirror may be anywhere
+    for outside in (str(shared_models), "../elsewhere", shared_models.as_uri(), str(shared_models / "x.zip")):
+        kind = "zip" if outside.endswith(".zip") else "files"
+        user.write_text(json.dumps({"models": {"mine": {**entry, "sources": [{"kind": kind, "url": outside}]}}}))
+        with pytest.raises(ModelError, match="outside the model's folder"):
+            registry.load_registry()
     user.write_text(json.dumps({"models": {"large": entry}}))
     with pytest.raises(ModelError, match="already registered"):
         registry.load_registry()
