@@ -71,7 +71,9 @@ def install_dir(cache: Path, name: str, version: str) -> Path:
 # ------------------------------------------------------------------------------------ verification
 
 def _integrity_error(name: str, problem: str) -> ModelIntegrityError:
-    err = ModelIntegrityError(f"model '{name}': {problem}; download it again (ensure_model('{name}', force=True))",
+    # no Python nor flags in the text: the CLI adds its own fix from `parameter` and `model` (sctgm.cli:
+    # "(option --force)" or "(or run `sct-gm fetch-model NAME --force`)")
+    err = ModelIntegrityError(f"model '{name}': {problem}; download it again by forcing its install",
                               parameter="force")
     err.model = name  # the CLI names its command for this (sctgm.cli)
     return err

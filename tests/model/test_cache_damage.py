@@ -66,3 +66,18 @@ def test_a_damaged_install_is_an_integrity_error(kind: str, tmp_path: Path, monk
             continue
         assert res.exit_code == 4 and len(lines) == 1 and needle in lines[0], res.stderr
     assert ensure_model("challenge", cache_dir=tmp_path, force=True).weights_path.is_file()  # --force repairs it
+
+
+def test_the_cli_names_the_command_that_repairs_a_damaged_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   make_nifti) -> None:
+    """Only `sct-gm fetch-model challenge --force`, not the library call, in a command's message."""
+    from ..conftest import cord_phantom_volume
+
+    model = ensure_model("challenge", cache_dir=tmp_path)
+    (model.weights_path.parent / "challenge_model.hdf5").write_bytes(b"altered")
+    monkeypatch.setenv("SCTGM_HOME", str(tmp_path))
+    image = make_nifti(cord_phantom_volume(seed=1), name="t2s.nii.gz")
+    res = CliRunner().invoke(main, ["segment", "-i", str(image), "-m", "challenge", "-o", str(tmp_path / "s.nii.gz")])
+    assert res.exit_code == 4, res.output
+    assert "ensure_model" not in res.stderr and "force=True" not in res.stderr
+    assert res.stderr.strip().endswith("(or run `sct-gm fetch-model challenge --force`)"), res.stderr
