@@ -139,6 +139,7 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
         raise InputImageError(f"{p}: is {kind} image (datatype {_datatype_name(img)}); expected a grey-level {what}: "
                               f"convert it to one channel first")
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    _check_spatial_unit(img, p, zooms)
     affine = img.affine
     with np.errstate(all="ignore"):  # a non-finite affine is refused below, without numpy's warnings
         det = float(np.linalg.det(affine[:3, :3])) if np.all(np.isfinite(affine)) else float("nan")
@@ -170,6 +171,24 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
     for note in notes:  # only now: a refused image gets its one error line and nothing else
         log.warning("%s", note)
     return LoadedImage(path=p, data=data, nifti=img)
+
+
+#: Spatial units of xyzt_units (its low 3 bits) other than mm (2) and unknown (0, read as mm): mm per unit.
+_OTHER_UNITS = {1: ("metre", 1000.0), 3: ("micrometre", 1e-3)}
+
+
+def _check_spatial_unit(img: nib.Nifti1Image, p: Path, zooms: np.ndarray) -> None:
+    """Refuse a header whose spatial unit is metres or micrometres: sct-gm reads mm, and such a unit
+    beside sizes like 0.5 is nearly always a wrong label, while converting would rescale the whole
+    geometry; which is meant is unknown (docs/inputs.md)."""
+    code = int(img.header["xyzt_units"]) & 0x07
+    if code in _OTHER_UNITS:
+        unit, mm = _OTHER_UNITS[code]
+        sizes = ", ".join(f"{float(z):.4g}" for z in zooms)
+        raise InputImageError(
+            f"{p}: its header gives the voxel size in {unit}s (xyzt_units {code}): pixdim ({sizes}) would be "
+            f"({', '.join(f'{float(z) * mm:.4g}' for z in zooms)}) mm; sct-gm reads millimetres: if the sizes are "
+            f"in mm, set the unit to mm (nibabel: img.header.set_xyzt_units('mm')), otherwise convert the image")
 
 
 #: What reading a damaged file's voxels can raise (nibabel, numpy, gzip); turned into one line.

@@ -204,3 +204,24 @@ def test_plain_content_named_nii_gz_says_the_extension_and_the_compression_disag
 
 def test_an_upper_case_gz_name_with_gzip_content_still_loads(tmp_path):
     assert load_image(_tiny(tmp_path / "UPPER.NII.GZ")).data.shape == (12, 10, 4)
+
+
+# ------------------------------------------------------------------ 8. units other than millimetres
+
+def _with_units(path: Path, unit: str) -> Path:
+    img = nib.Nifti1Image(np.random.default_rng(0).normal(100, 20, (12, 10, 4)).astype(np.float32), AFFINE)
+    img.header.set_xyzt_units(xyz=unit)
+    return _tiny(path, img)
+
+
+@pytest.mark.parametrize("unit, code, sizes", [("meter", 1, "(500, 500, 5000) mm"),
+                                               ("micron", 3, "(0.0005, 0.0005, 0.005) mm")])
+def test_a_voxel_size_in_metres_or_micrometres_is_refused_not_read_as_mm(tmp_path, unit, code, sizes):
+    path = _with_units(tmp_path / f"{unit}.nii.gz", unit)
+    assert nib.load(str(path)).header.get_xyzt_units()[0] == unit
+    _refused(path, f"(xyzt_units {code}): pixdim (0.5, 0.5, 5) would be {sizes}", "set the unit to mm")
+
+
+@pytest.mark.parametrize("unit", ["mm", "unknown"])
+def test_a_voxel_size_in_mm_or_of_unknown_unit_is_read_as_mm(tmp_path, unit):
+    assert load_image(_with_units(tmp_path / f"{unit}.nii.gz", unit)).zooms_mm == (0.5, 0.5, 5.0)
