@@ -48,7 +48,19 @@ LAYOUTS = ("sct", "bids")
 MANUAL_GM_SUFFIX = "_gmseg-manual"
 BIDS_MANUAL_GM_SUFFIX = "_label-GM_seg"
 
-_OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX})$")
+#: Stems of what sct-gm writes (SCT layout beside the input; BIDS layout in a derivative dataset,
+#: :func:`bids_outputs`) and of the QC editor's corrections: never taken as images by a batch.
+_OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX}"
+                           r"|_label-GM_seg|_label-WM_seg|_label-GM_probseg)$")
+
+#: Control characters (a newline or tab in a file name) written as escapes (``\n``, ``\x1b``), so that
+#: a name shown in a message or a table cell stays on one line and in one cell.
+_ESCAPES = {c: (repr(chr(c))[1:-1] if chr(c) in "\n\r\t" else f"\\x{c:02x}") for c in (*range(32), 127)}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n`` for a newline); spaces are kept."""
+    return text.translate(_ESCAPES)
 
 
 def is_manual_label_path(path: str | os.PathLike[str]) -> bool:
@@ -146,8 +158,9 @@ def sct_outputs(input_path: str | os.PathLike[str], output: str | os.PathLike[st
 
 
 def is_sctgm_output(path: str | os.PathLike[str]) -> bool:
-    """True for names sct-gm writes beside its inputs (``*_gmseg``, ``*_wmseg``, ``*_gmseg_prob``, and
-    the QC editor's ``*_gmseg-manual``): a batch never takes them as images."""
+    """True for names sct-gm writes (``*_gmseg``, ``*_wmseg``, ``*_gmseg_prob`` beside its inputs;
+    ``*_label-GM_seg``, ``*_label-WM_seg``, ``*_label-GM_probseg`` in a BIDS derivative dataset), and
+    the QC editor's ``*_gmseg-manual``: a batch never takes them as images."""
     return bool(_OUTPUT_STEMS.search(split_nifti_name(Path(path).name)[0]))
 
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
 from ..io import atomic_path
-from ..naming import GM_SUFFIX, WM_SUFFIX, bids_outputs, is_sctgm_output, sct_outputs, split_nifti_name
+from ..naming import (GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output, sct_outputs,
+                      split_nifti_name)
 from . import bids
 from .jobs import BatchSettings, Job, JobRecord
 
@@ -126,7 +127,10 @@ def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     images = bids.find_images(root, suffixes=suffixes, participants=participants, sessions=sessions)
     base = images[0].root
     deriv = Path(derivatives).absolute() if derivatives is not None else base / "derivatives" / bids.PIPELINE_NAME
-    if deriv == base or (base in deriv.parents and deriv.relative_to(base).parts[0].startswith("sub-")):
+    # where the files will really go ("ds/x/..", a link into a subject folder): the text alone says nothing
+    real_deriv, real_base = Path(os.path.realpath(deriv)), Path(os.path.realpath(base))
+    if real_deriv == real_base or (real_base in real_deriv.parents
+                                   and real_deriv.relative_to(real_base).parts[0].startswith("sub-")):
         raise OutputError(f"{deriv}: derivatives must not be written into the raw data; use a folder such as "
                           f"{base / 'derivatives' / bids.PIPELINE_NAME}")
     labels = base / "derivatives" / "labels"
@@ -232,7 +236,8 @@ def _tsv_cell(value: Any) -> str:
         return "n/a"
     if isinstance(value, float):
         return format(value, ".7g")  # float32 voxel sizes: 7 significant digits (no 17.99999995)
-    return " ".join(str(value).split()) or "n/a"  # no tab or newline inside a cell
+    # no tab or newline inside a cell, escaped rather than collapsed: "my  scan" and "my scan" stay two rows
+    return escape_controls(str(value)) or "n/a"
 
 
 def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -261,7 +266,7 @@ def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) ->
     images that this run did not plan are kept from the table before (merged by ``input``)."""
     p = Path(path)
     lines = ["\t".join(SUMMARY_COLUMNS)]
-    new = {str(r.input): "\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
+    new = {_tsv_cell(r.input): "\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
                                                           r.gm_volume_mm3, r.seconds)) for r in records}
     columns, kept = _kept_rows(p, "\t", set(new))
     if tuple(columns) == SUMMARY_COLUMNS:

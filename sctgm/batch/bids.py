@@ -16,7 +16,6 @@ derivative dataset itself, not the raw one).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any
 
 from .._version import __version__
 from ..exceptions import DatasetError, OutputError
+from ..filesystem import read_small_json
 from ..io import save_json
 from ..labels import existing_manual_mask
 from ..naming import NIFTI_SUFFIXES, split_nifti_name
@@ -194,7 +194,12 @@ def _images_in(root: Path, folder: Path) -> list[BidsImage]:
     ses = folder.parent.name if folder.parent.name.startswith("ses-") else None
     out = []
     for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or not f.name.lower().endswith(NIFTI_SUFFIXES) or not f.is_file():
+        if f.name.startswith(".") or not f.name.lower().endswith(NIFTI_SUFFIXES):
+            continue
+        if not f.is_file():
+            if f.is_symlink() and not f.exists():  # git-annex / DataLad content not fetched yet
+                log.warning("%s: a link whose target is missing (content not fetched? `datalad get` or "
+                            "`git annex get` it); skipped", f)
             continue
         parsed = parse_name(f.name)
         if parsed is None:
@@ -272,11 +277,18 @@ def write_dataset_description(raw_root: str | os.PathLike[str], derivatives: str
     ``overwrite``) a folder whose description says another pipeline made it."""
     deriv = Path(derivatives)
     path = deriv / "dataset_description.json"
-    existing = _read_json(path)
-    names = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
-    if existing and PIPELINE_NAME not in names and not overwrite:
-        raise OutputError(f"{path}: describes a dataset made by {', '.join(map(str, names)) or 'another tool'}, "
-                          f"not {PIPELINE_NAME}; choose another derivatives folder (or overwrite)", parameter="derivatives")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        existing = read_small_json(path)  # never waited on (a FIFO), bounded
+        if not isinstance(existing, dict):  # another tool's file all the same (a BOM, a syntax slip, ...)
+            raise OutputError(f"{path}: exists and is not a JSON description sct-gm can read (not a regular "
+                              f"UTF-8 JSON file of a few MiB at most); choose another derivatives folder "
+                              f"(or overwrite)", parameter="derivatives")
+        generated = existing.get("GeneratedBy")
+        names = [g.get("Name") for g in generated if isinstance(g, dict)] if isinstance(generated, list) else []
+        if PIPELINE_NAME not in names:
+            raise OutputError(f"{path}: describes a dataset made by {', '.join(map(str, names)) or 'another tool'}, "
+                              f"not {PIPELINE_NAME}; choose another derivatives folder (or overwrite)",
+                              parameter="derivatives")
     try:
         deriv.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -285,8 +297,5 @@ def write_dataset_description(raw_root: str | os.PathLike[str], derivatives: str
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_small_json(path)  # a regular file of bounded size, never waited on (a FIFO)
     return data if isinstance(data, dict) else {}

@@ -149,8 +149,10 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
 def failed_record(job: Job, exc: BaseException, seconds: float = 0.0) -> JobRecord:
     """A ``failed`` record; unexpected exceptions (not :class:`SctGmError`) keep their type in the
     message."""
-    message = " ".join((str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}").split())
-    return JobRecord(job.name, job.subject, job.session, "failed", _without_input(job, message),
+    raw = str(exc) if isinstance(exc, SctGmError) else f"{type(exc).__name__}: {exc}"
+    # the input's name taken off before the whitespace is collapsed: a name may hold a newline
+    message = " ".join(_without_input(job, raw).split())
+    return JobRecord(job.name, job.subject, job.session, "failed", message,
                      seconds=round(seconds, 2), error_type=type(exc).__name__)
 
 

@@ -115,13 +115,11 @@ class _LazyGroup(click.Group):
         return ""
 
 
-#: Control characters (a newline in a file name) written as escapes, so that a message stays one line.
-_ESCAPES = {c: (repr(chr(c))[1:-1] if chr(c) in "\n\r\t" else f"\\x{c:02x}") for c in (*range(32), 127)}
-
-
 def one_line(text: str) -> str:
     """``text`` with its control characters escaped (``\\n`` for a newline): one line on the terminal."""
-    return text.translate(_ESCAPES)
+    from ..naming import escape_controls
+
+    return escape_controls(text)
 
 
 #: Exit code of an unexpected exception (a bug): distinct from every SctGmError's (1-5), Click's usage

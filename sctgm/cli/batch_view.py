@@ -12,7 +12,7 @@ _STATUS_STYLE = {"ok": "green", "skipped": "cyan", "failed": "bold red"}
 
 def describe_record(record: Any) -> str:
     """What the batch's progress bar shows after a job: its input, and whether it failed."""
-    return f"{record.input}{' (failed)' if record.status == 'failed' else ''}"
+    return f"{record.input}{' (failed)' if record.status == 'failed' else ''}"  # escaped where shown
 
 
 def _cell(value: Any) -> str:
@@ -27,16 +27,19 @@ def render_summary(result: Any, quiet: bool) -> None:
     """The summary table on stdout (a rich table on a terminal, tab-separated lines otherwise), then
     one line of counts on stderr. With ``quiet``, only the failures, one line each on stderr."""
     records = result.records
+    from . import one_line
+
     if quiet:
         for r in records:
             if r.status == "failed":
-                click.echo(f"sct-gm: error: {r.input}: {r.message}", err=True)
+                click.echo(f"sct-gm: error: {one_line(r.input)}: {one_line(r.message)}", err=True)
         return
     columns = ("subject", "session", "input", "status", "message", "gm_volume_mm3", "seconds")
-    rows = [[_cell(getattr(r, c)) for c in columns] for r in records]
+    rows = [[one_line(_cell(getattr(r, c))) for c in columns] for r in records]
     if sys.stdout.isatty():
         from rich import box
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -45,13 +48,14 @@ def render_summary(result: Any, quiet: bool) -> None:
                              justify="right" if c in ("gm_volume_mm3", "seconds") else "left",
                              overflow="fold")
         for r, row in zip(records, rows):
+            row = [escape(c) for c in row]  # a file name is not markup ("a[red]b.nii.gz")
             row[3] = f"[{_STATUS_STYLE.get(r.status, '')}]{row[3]}[/]"
             table.add_row(*row)
         Console().print(table)
     else:
         click.echo("\t".join(columns))
         for row in rows:
-            click.echo("\t".join(" ".join(c.split()) for c in row))
+            click.echo("\t".join(row))  # control characters escaped: one line, one cell each
     counts = ", ".join(f"{result.count(s)} {s}" for s in ("ok", "skipped", "failed"))
     where = f"; summary: {result.summary}" if result.summary else ""
     where += f"; metrics: {result.metrics}" if result.metrics else ""

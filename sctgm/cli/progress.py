@@ -38,13 +38,17 @@ def counting_bar(quiet: bool, label: str, unit: str,
 
     from rich.markup import escape
 
-    shown = escape(label).replace("{", "{{").replace("}", "}}")  # a file name is neither markup nor a format
+    from . import one_line
+
+    shown = escape(one_line(label)).replace("{", "{{").replace("}", "}}")  # a file name is neither markup nor a format
     bar = Progress(TextColumn(shown), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
                    TextColumn("{task.description}"), console=Console(stderr=True), transient=True)
     task = bar.add_task("", total=None)
 
     def update(done: int, total: int, *extra: Any) -> None:
-        bar.update(task, completed=done, total=total, description=describe(*extra) if describe else "")
+        # a file name in the description is neither markup ("scan[/b]" broke the bar) nor a control character
+        shown_extra = escape(one_line(describe(*extra))) if describe else ""
+        bar.update(task, completed=done, total=total, description=shown_extra)
 
     with bar:
         yield update

@@ -1,0 +1,170 @@
+"""Batches on datasets and names that break naive code (found in review): a derivative description
+sct-gm cannot read, FIFOs where JSON is expected, derivatives that resolve into the raw data, sct-gm's
+own BIDS outputs met by a glob, names holding markup, tabs, newlines or double spaces, and links whose
+content was never fetched. Each fails before its fix."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sctgm.cli import main
+from sctgm.io import save_nifti
+
+from ..conftest import cord_phantom_volume
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    import nibabel as nib
+
+    root = tmp_path / "ds"
+    for s in (1, 2):
+        (root / f"sub-0{s}" / "anat").mkdir(parents=True)
+        save_nifti(nib.Nifti1Image(cord_phantom_volume(seed=s), np.diag([0.5, 0.5, 5.0, 1.0])),
+                   root / f"sub-0{s}" / "anat" / f"sub-0{s}_T2star.nii.gz")
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    return root
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_a_derivative_description_sct_gm_cannot_read_is_another_tools_and_kept(dataset, tiny_model):
+    deriv = dataset / "derivatives" / "sct-gm"
+    deriv.mkdir(parents=True)
+    desc = deriv / "dataset_description.json"
+    # valid JSON but for a byte-order mark: another pipeline's file all the same
+    desc.write_bytes(b'\xef\xbb\xbf{"Name": "other", "GeneratedBy": [{"Name": "fmriprep"}]}')
+    before = desc.read_bytes()
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q")
+    assert res.exit_code == 3 and "not a JSON description sct-gm can read" in res.output
+    assert desc.read_bytes() == before
+    assert not list(deriv.glob("sub-*"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_where_a_description_is_expected_is_not_waited_on(dataset, tmp_path):
+    """Reading the raw and the derivative descriptions (a FIFO each) returns at once; before, both
+    blocked forever waiting for a writer (run in a child process with a deadline)."""
+    os.remove(dataset / "dataset_description.json")
+    os.mkfifo(dataset / "dataset_description.json")
+    deriv = tmp_path / "deriv"
+    deriv.mkdir()
+    os.mkfifo(deriv / "dataset_description.json")
+    code = ("import sys; from sctgm.batch import bids; from sctgm.exceptions import OutputError\n"
+            "d = bids.dataset_description(sys.argv[1], sys.argv[2]); assert 'DOI' not in d['SourceDatasets'][0]\n"
+            "try:\n    bids.write_dataset_description(sys.argv[1], sys.argv[2])\n"
+            "except OutputError as e:\n    print('refused:', e)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(dataset), str(deriv)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "refused:" in res.stdout and "not a JSON description" in res.stdout
+
+
+def test_derivatives_that_resolve_into_a_subject_folder_are_refused(dataset, tiny_model, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(dataset / "sub-01")
+    for deriv in (str(dataset / "sub-01" / "anat" / ".." / ".."), str(link)):
+        before = sorted(p.name for p in dataset.rglob("*"))
+        res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q",
+                  "--derivatives", deriv)
+        assert res.exit_code == 3 and "must not be written into the raw data" in res.output, (deriv, res.output)
+        assert sorted(p.name for p in dataset.rglob("*")) == before
+
+
+def test_a_glob_over_a_processed_dataset_leaves_sct_gms_bids_outputs_out(dataset, tiny_model):
+    from sctgm.naming import is_sctgm_output
+
+    model = tiny_model()
+    assert run("segment", "--bids", str(dataset), "-m", model, "--device", "cpu", "--prob", "-q").exit_code == 0
+    outputs = sorted((dataset / "derivatives" / "sct-gm").rglob("*.nii.gz"))
+    assert len(outputs) == 4 and all(is_sctgm_output(p) for p in outputs)
+    res = run("segment", "-i", str(dataset / "**" / "*.nii.gz"), "-m", model, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    assert not list(dataset.rglob("*_label-GM_seg_gmseg*")) and not list(dataset.rglob("*probseg_gmseg*"))
+    assert len(list(dataset.rglob("sub-0?_T2star_gmseg.nii.gz"))) == 2
+
+
+def _record(name: str, status: str = "ok", message: str = ""):
+    from sctgm.batch.jobs import JobRecord
+
+    return JobRecord(name, "sub-01", None, status, message, 1.0, 0.1)
+
+
+def test_summary_rows_keep_names_that_differ_in_spaces_and_escape_tabs_and_newlines(tmp_path):
+    from sctgm.batch import write_summary
+
+    summary = tmp_path / "summary.tsv"
+    names = ["/d/my  scan.nii.gz", "/d/my scan.nii.gz", "/d/a\tb.nii.gz", "/d/a\nb.nii.gz"]
+    for _ in range(3):  # a rerun replaces its own rows: never one more per run
+        write_summary([_record(n) for n in names], summary)
+    lines = summary.read_text().splitlines()
+    assert len(lines) == 1 + len(names)
+    assert all(len(line.split("\t")) == 7 for line in lines)
+    assert sorted(line.split("\t")[2] for line in lines[1:]) == sorted(
+        ["/d/my  scan.nii.gz", "/d/my scan.nii.gz", "/d/a\\tb.nii.gz", "/d/a\\nb.nii.gz"])
+
+
+def test_a_failure_names_an_input_holding_a_newline_once_on_one_line(tmp_path, capsys):
+    from sctgm.batch.jobs import Job, failed_record
+    from sctgm.cli.batch_view import render_summary
+    from sctgm.exceptions import InputImageError
+    from sctgm.naming import sct_outputs
+
+    path = tmp_path / "bad\nname.nii.gz"
+    job = Job(input=path, outputs=sct_outputs(path), label=str(path))
+    record = failed_record(job, InputImageError(f"{path}: not a NIfTI image"))
+    assert record.message == "not a NIfTI image"
+
+    class Result:
+        records = [record]
+
+    render_summary(Result(), quiet=True)
+    text = capsys.readouterr().err
+    assert text.count("\n") == 1 and "bad\\nname.nii.gz: not a NIfTI image" in text
+
+
+def test_names_holding_markup_are_shown_as_they_are_on_a_terminal(monkeypatch, capsys):
+    """A bar's description and the summary table on a terminal: `scan[/b]` used to raise rich's
+    MarkupError (an internal error once every image was segmented), `a[red]b` lost its brackets."""
+    from sctgm.cli import batch_view, progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with progress.counting_bar(False, "sct-gm [x]", "images", describe=batch_view.describe_record) as update:
+        assert update is not None
+        update(1, 2, _record("/d/scan[/b].nii.gz"))
+        update(2, 2, _record("/d/a[red]b.nii.gz", "failed", "oops"))
+
+    class Result:
+        records = [_record("/d/a[red]b.nii.gz"), _record("/d/scan[/b].nii.gz")]
+        summary = metrics = None
+
+        def count(self, status: str) -> int:
+            return sum(r.status == status for r in self.records)
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    batch_view.render_summary(Result(), quiet=False)
+    out = capsys.readouterr().out
+    assert "a[red]b.nii.gz" in out and "scan[/b].nii.gz" in out
+
+
+def test_a_link_whose_content_was_never_fetched_is_named(dataset, caplog, tmp_path):
+    from sctgm.batch import bids
+
+    missing = dataset / "sub-02" / "anat" / "sub-02_T2star.nii.gz"
+    missing.unlink()
+    missing.symlink_to(tmp_path / "annex" / "objects" / "MD5E-s1--x.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        found = bids.find_images(dataset)
+    assert [Path(i.path).name for i in found] == ["sub-01_T2star.nii.gz"]
+    assert any("sub-02_T2star.nii.gz" in r.getMessage() and "target is missing" in r.getMessage()
+               for r in caplog.records)
