@@ -185,51 +185,6 @@ def _download(name: str, entry: dict[str, Any], tmp: Path, mirror: str | None,
     return used
 
 
-def _convert(name: str, entry: dict[str, Any], tmp: Path) -> int:
-    """Write ``tmp/model.safetensors`` from the registered weights, re-read it and compare every
-    array; returns the number of filters."""
-    from . import weights
-
-    wfile = next(f for f in entry["files"] if f["role"] == "weights")
-    src = tmp / wfile["name"]
-    if wfile["name"] == WEIGHTS_FILE:  # a trained model's own safetensors file: verified, used as is
-        sd, filters = weights.load_safetensors(src)
-        weights.check_architecture(entry["architecture"], sd, f"model '{name}'")
-        return _check_filters(name, entry, tmp, filters)
-    if wfile["format"] == "keras-hdf5":
-        sd, filters = weights.state_dict_from_keras(src)
-    else:
-        sd, filters = weights.load_safetensors(src)
-    weights.check_architecture(entry["architecture"], sd, f"model '{name}'")
-    weights.save_safetensors(sd, filters, tmp / WEIGHTS_FILE)
-    back, back_filters = weights.load_safetensors(tmp / WEIGHTS_FILE)
-    same = back_filters == filters and back.keys() == sd.keys() and all(
-        back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape and (back[k] == sd[k]).all()
-        for k in sd)
-    if not same:
-        raise ModelError(f"model '{name}': the converted {WEIGHTS_FILE} differs from {wfile['name']}")
-    return _check_filters(name, entry, tmp, filters)
-
-
-def _check_filters(name: str, entry: dict[str, Any], tmp: Path, filters: int) -> int:
-    """The weights' width must be the registry's, and any JSON metadata file's ``filters`` (the
-    published ``*_model.json``) with it."""
-    expected = int(entry["architecture"]["filters"])
-    for f in entry["files"]:
-        if f.get("role") != "metadata" or f.get("format") != "json":
-            continue
-        meta = read_small_json(tmp / f["name"])
-        said = meta.get("filters", filters) if isinstance(meta, dict) else None
-        if not isinstance(said, int) or isinstance(said, bool):
-            raise ModelError(f"model '{name}': its metadata file {f['name']} is not a JSON object with an "
-                             f"integer 'filters'; fix the model's files or its registry entry")
-        if said != expected:
-            raise ModelError(f"model '{name}': {f['name']} says {said} filters, the registry says {expected}")
-    if filters != expected:
-        raise ModelError(f"model '{name}': weights have {filters} filters, the registry says {expected}")
-    return filters
-
-
 def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
              progress: ProgressCallback | None, policy: DownloadPolicy) -> None:
     """Build the install folder under a temporary name, then rename it into place (lock held)."""
@@ -244,7 +199,9 @@ def _install(name: str, entry: dict[str, Any], cache: Path, mirror: str | None,
     final = install_dir(cache, name, str(entry["version"]))
     try:
         used = _download(name, entry, tmp, mirror, progress, policy)
-        filters = _convert(name, entry, tmp)
+        from .weights import convert_for_install
+
+        filters = convert_for_install(name, entry, tmp)
         names = list(dict.fromkeys([f["name"] for f in entry["files"]] + [WEIGHTS_FILE]))
         manifest = {
             "manifest_version": 1, "name": name, "version": str(entry["version"]), "filters": filters,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..exceptions import ModelError
+from ..filesystem import read_small_json
 from ..networks.dilated import ASPP_BRANCHES
+from .registry import WEIGHTS_FILE
 
 # Keras BatchNormalization layers were numbered in creation order; this maps our module paths onto
 # them. The ASPP branches' first layers were created before their second layers, interleaved.
@@ -153,3 +156,47 @@ def check_architecture(declared: dict[str, object], state_dict: dict[str, np.nda
 def _describe(architecture: dict[str, object]) -> str:
     return " ".join(f"{k} {v}" for k, v in architecture.items())
 
+
+# ------------------------------------------------------------------------ install (sctgm.model.install)
+
+def convert_for_install(name: str, entry: dict[str, Any], tmp: Path) -> int:
+    """Write ``tmp/model.safetensors`` from the registered weights, re-read it and compare every
+    array; returns the number of filters."""
+    wfile = next(f for f in entry["files"] if f["role"] == "weights")
+    src = tmp / wfile["name"]
+    if wfile["name"] == WEIGHTS_FILE:  # a trained model's own safetensors file: verified, used as is
+        sd, filters = load_safetensors(src)
+        check_architecture(entry["architecture"], sd, f"model '{name}'")
+        return _check_filters(name, entry, tmp, filters)
+    if wfile["format"] == "keras-hdf5":
+        sd, filters = state_dict_from_keras(src)
+    else:
+        sd, filters = load_safetensors(src)
+    check_architecture(entry["architecture"], sd, f"model '{name}'")
+    save_safetensors(sd, filters, tmp / WEIGHTS_FILE)
+    back, back_filters = load_safetensors(tmp / WEIGHTS_FILE)
+    same = back_filters == filters and back.keys() == sd.keys() and all(
+        back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape and (back[k] == sd[k]).all()
+        for k in sd)
+    if not same:
+        raise ModelError(f"model '{name}': the converted {WEIGHTS_FILE} differs from {wfile['name']}")
+    return _check_filters(name, entry, tmp, filters)
+
+
+def _check_filters(name: str, entry: dict[str, Any], tmp: Path, filters: int) -> int:
+    """The weights' width must be the registry's, and any JSON metadata file's ``filters`` (the
+    published ``*_model.json``) with it."""
+    expected = int(entry["architecture"]["filters"])
+    for f in entry["files"]:
+        if f.get("role") != "metadata" or f.get("format") != "json":
+            continue
+        meta = read_small_json(tmp / f["name"])
+        said = meta.get("filters", filters) if isinstance(meta, dict) else None
+        if not isinstance(said, int) or isinstance(said, bool):
+            raise ModelError(f"model '{name}': its metadata file {f['name']} is not a JSON object with an "
+                             f"integer 'filters'; fix the model's files or its registry entry")
+        if said != expected:
+            raise ModelError(f"model '{name}': {f['name']} says {said} filters, the registry says {expected}")
+    if filters != expected:
+        raise ModelError(f"model '{name}': weights have {filters} filters, the registry says {expected}")
+    return filters
