@@ -28,6 +28,8 @@ __all__ = ["InstalledModel", "ModelStatus", "Preprocessing", "Recipe", "load_reg
 REGISTRY_ENV = "SCTGM_REGISTRY"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+#: The registry file of a model folder (``sct-gm train`` writes it): its local sources stay in its folder.
+MODEL_FILE = "model.json"
 WEIGHTS_FORMATS = ("keras-hdf5", "safetensors")
 #: The network of the published models (see :mod:`sctgm.networks`).
 DEFAULT_ARCHITECTURE = DEFAULT_NETWORK
@@ -220,9 +222,12 @@ def load_registry(extra: str | os.PathLike[str] | None = None) -> dict[str, Any]
                 raise ModelError(f"{extra}: model '{name}' is already registered by sct-gm; "
                                  "choose another name")
             _check_entry(name, entry, str(extra))
-            # as for a model folder: SCTGM_REGISTRY=MODEL_DIR/model.json must not read what
-            # `fetch-model MODEL_DIR` refuses to (a mirror, --mirror/SCTGM_MIRROR, may be anywhere)
-            _confine_sources(name, entry, Path(extra))
+            if Path(extra).name == MODEL_FILE:
+                # a model folder's model.json (sct-gm train's, or one from elsewhere) is confined however
+                # it is used: SCTGM_REGISTRY=MODEL_DIR/model.json must not read what `fetch-model MODEL_DIR`
+                # refuses to. A registry of the user's own (any other name) may list any folder, as a
+                # mirror may.
+                _confine_sources(name, entry, Path(extra))
             reg["models"][name] = entry
         reg["default"] = user.get("default", reg["default"])
     if reg["default"] not in reg["models"]:

@@ -68,10 +68,7 @@ def test_packaged_registry_matches_shared_files(shared_models: Path) -> None:
 
 def test_user_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_models: Path) -> None:
     entry = json.loads(json.dumps(REAL_LOAD()["models"]["challenge"]))
-    (tmp_path / "files").mkdir()
-    for f in entry["files"]:
-        (tmp_path / "files" / f["name"]).write_bytes((shared_models / f["name"]).read_bytes())
-    entry["sources"] = [{"kind": "files", "url": "files"}]  # relative to user.json's folder
+    entry["sources"] = [{"kind": "files", "url": str(shared_models)}]  # a registry of one's own: any folder
     user = tmp_path / "user.json"
     user.write_text(json.dumps({"models": {"mine": entry}, "default": "mine"}))
     monkeypatch.setenv("SCTGM_REGISTRY", str(user))
@@ -80,13 +77,6 @@ def test_user_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_m
     assert reg["default"] == "mine" and "large" in reg["models"]
     model = ensure_model(cache_dir=tmp_path / "c")
     assert model.name == "mine" and model.filters == 32
-    # its local sources stay in its folder, as a model folder's do (F5: SCTGM_REGISTRY=MODEL_DIR/model.json
-    # read what `fetch-model MODEL_DIR` refused to); a mirror may be anywhere
-    for outside in (str(shared_models), "../elsewhere", shared_models.as_uri(), str(shared_models / "x.zip")):
-        kind = "zip" if outside.endswith(".zip") else "files"
-        user.write_text(json.dumps({"models": {"mine": {**entry, "sources": [{"kind": kind, "url": outside}]}}}))
-        with pytest.raises(ModelError, match="outside the model's folder"):
-            registry.load_registry()
     user.write_text(json.dumps({"models": {"large": entry}}))
     with pytest.raises(ModelError, match="already registered"):
         registry.load_registry()
@@ -341,3 +331,24 @@ def test_a_full_cache_disk_is_one_line_naming_the_folder_and_no_other_source_is_
     res = CliRunner().invoke(main, ["fetch-model", "challenge", "--cache-dir", str(cache), "--mirror", server.url])
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.exit_code == 4 and len(lines) == 1 and "cannot write in the cache folder" in lines[0], res.stderr
+
+
+def test_a_model_json_as_sctgm_registry_is_confined_to_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  shared_models: Path) -> None:
+    """SCTGM_REGISTRY=MODEL_DIR/model.json read files (/etc, a 0600 secret) that `fetch-model MODEL_DIR`
+    refuses to read (F5): a model folder's model.json is confined however it is used."""
+    entry = json.loads(json.dumps(REAL_LOAD()["models"]["challenge"]))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in entry["files"]:
+        (folder / f["name"]).write_bytes((shared_models / f["name"]).read_bytes())
+    model_json = folder / "model.json"
+    monkeypatch.setenv("SCTGM_REGISTRY", str(model_json))
+    for outside in (str(shared_models), "../elsewhere", shared_models.as_uri(), str(shared_models / "x.zip")):
+        kind = "zip" if outside.endswith(".zip") else "files"
+        model_json.write_text(json.dumps({"models": {"mine": {**entry, "sources": [{"kind": kind, "url": outside}]}}}))
+        with pytest.raises(ModelError, match="outside the model's folder"):
+            registry.load_registry()
+    model_json.write_text(json.dumps({"models": {"mine": {**entry, "sources": [{"kind": "files", "url": "."}]}}}))
+    monkeypatch.delenv("SCTGM_MIRROR")
+    assert ensure_model("mine", cache_dir=tmp_path / "c").filters == 32
