@@ -60,6 +60,8 @@ def _read_nifti(path: Path, notes: list[str] | None = None) -> nib.Nifti1Image:
         raise InputImageError(f"{path}: no such file")
     if path.is_dir():
         raise InputImageError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    if not path.is_file():  # a FIFO waits for a writer forever, a device may never end: neither is opened
+        raise InputImageError(f"{path}: is not a regular file (a FIFO or a device), expected a NIfTI file")
     nifti_header.check_file(path, notes)
     try:
         with nifti_header.nibabel_messages() as fixes:

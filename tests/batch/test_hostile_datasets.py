@@ -168,3 +168,20 @@ def test_a_link_whose_content_was_never_fetched_is_named(dataset, caplog, tmp_pa
     assert [Path(i.path).name for i in found] == ["sub-01_T2star.nii.gz"]
     assert any("sub-02_T2star.nii.gz" in r.getMessage() and "target is missing" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_given_as_an_image_is_refused_not_waited_on(tmp_path, tiny_model, make_nifti):
+    """`segment -i fifo.nii` and a batch holding one: one line naming it; both waited forever before
+    (run as child processes with a deadline)."""
+    fifo = tmp_path / "fifo.nii"
+    os.mkfifo(fifo)
+    good = make_nifti(cord_phantom_volume(seed=1), name="good.nii.gz")
+    model = tiny_model()  # registered through the environment, which the children inherit
+    single = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(fifo), "-m", model, "-q"],
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 2 and "fifo.nii: is not a regular file" in single.stderr
+    batch = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(fifo), str(good), "-m", model,
+                            "--device", "cpu", "-q"], capture_output=True, text=True, timeout=120)
+    assert batch.returncode == 1 and "is not a regular file" in batch.stderr, batch.stderr
+    assert (tmp_path / "good_gmseg.nii.gz").is_file()
