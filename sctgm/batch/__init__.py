@@ -16,12 +16,13 @@ A failure on one image is recorded and the batch goes on; valid outputs are skip
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,8 @@ def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str],
 
     from ..metrics.table import is_metrics_csv
 
+    if not (is_summary(path) if delimiter == "\t" else is_metrics_csv(path)):
+        return [], []  # none, or another file (replaced with --overwrite; never a FIFO: not opened)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter=delimiter)
@@ -256,15 +259,39 @@ def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str],
             rows = [row for row in reader] if "input" in columns else []
     except (OSError, UnicodeDecodeError, csv.Error):
         return [], []
-    if not (is_summary(path) if delimiter == "\t" else is_metrics_csv(path)):
-        return [], []  # another file, replaced with --overwrite: nothing of it is kept
     return columns, [row for row in rows if row.get("input") not in inputs]
+
+
+#: How long a run waits for another run's merge of the same dataset table (a merge takes well under a
+#: second; runs of one dataset side by side, e.g. one per participant on a cluster, take turns).
+TABLE_LOCK_TIMEOUT_S = 300.0
+
+
+@contextlib.contextmanager
+def _merging(path: Path) -> Iterator[None]:
+    """Hold the lock of a dataset table (``.<name>.lock`` beside it) while it is read, merged and
+    replaced: runs side by side would each keep the rows they read and lose the other's."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(path.parent / f".{path.name}.lock"), timeout=TABLE_LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise OutputError(f"{path}: another sct-gm run has held its lock for {TABLE_LOCK_TIMEOUT_S:.0f} s; "
+                          f"is one still running?") from None
+    except OSError as exc:  # no lock file can be made there: the table cannot be written either
+        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 
 
 def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
     """``summary.tsv``: one row per image (:data:`SUMMARY_COLUMNS`), written atomically; the rows of
-    images that this run did not plan are kept from the table before (merged by ``input``)."""
-    p = Path(path)
+    images that this run did not plan are kept from the table before (merged by ``input``, under a
+    lock: runs of one dataset side by side take turns)."""
+    with _merging(Path(path)):
+        return _write_summary(records, Path(path))
+
+
+def _write_summary(records: Sequence[JobRecord], p: Path) -> Path:
     lines = ["\t".join(SUMMARY_COLUMNS)]
     new = {_tsv_cell(r.input): "\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
                                                           r.gm_volume_mm3, r.seconds)) for r in records}
@@ -284,7 +311,13 @@ def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) ->
 
 def write_metrics(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
     """The per-slice GM morphometry of every segmented (or skipped) image in one CSV, with
-    ``subject``, ``session`` and ``input`` columns first; written atomically."""
+    ``subject``, ``session`` and ``input`` columns first; written atomically, merged under a lock as
+    :func:`write_summary` is."""
+    with _merging(Path(path)):
+        return _write_metrics(records, path)
+
+
+def _write_metrics(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:
     from ..metrics.table import write_rows_csv
 
     columns: tuple[str, ...] = ("subject", "session", "input", "file", "sctgm_version", "soft", "scope", "slice",

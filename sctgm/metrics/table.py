@@ -85,8 +85,11 @@ def is_metrics_json(path: Path) -> bool:
 
 
 def table_header(path: Path, delimiter: str) -> tuple[str, ...] | None:
-    """The first line of the text file ``path`` split at ``delimiter``, or None when it cannot be read."""
+    """The first line of the text file ``path`` split at ``delimiter``, or None when it cannot be read
+    (or is not a regular file: a FIFO is never opened, it would wait for a writer forever)."""
     try:
+        if not path.is_file():
+            return None
         with open(path, encoding="utf-8", newline="") as fh:
             line = fh.readline(65536)
     except (OSError, UnicodeDecodeError):

@@ -185,3 +185,45 @@ def test_a_fifo_given_as_an_image_is_refused_not_waited_on(tmp_path, tiny_model,
                             "--device", "cpu", "-q"], capture_output=True, text=True, timeout=120)
     assert batch.returncode == 1 and "is not a regular file" in batch.stderr, batch.stderr
     assert (tmp_path / "good_gmseg.nii.gz").is_file()
+
+
+def test_runs_side_by_side_lose_no_row_of_the_dataset_tables(tmp_path, monkeypatch):
+    """Two runs of one dataset (one per participant, as on a cluster) merge summary.tsv at the same
+    moment: each read the table, then wrote it back with its own rows, losing the other's. The merge is
+    now taken in turns (a lock beside the table); the window is widened here to make the race certain."""
+    import threading
+    import time
+
+    import sctgm.batch as batch
+
+    read = batch._kept_rows
+
+    def slow(*args, **kwargs):
+        out = read(*args, **kwargs)
+        time.sleep(0.3)
+        return out
+
+    monkeypatch.setattr(batch, "_kept_rows", slow)
+    summary = tmp_path / "summary.tsv"
+    batch.write_summary([_record("/d/sub-00.nii.gz")], summary)
+    threads = [threading.Thread(target=batch.write_summary, args=([_record(f"/d/sub-0{k}.nii.gz")], summary))
+               for k in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = summary.read_text().splitlines()[1:]
+    assert sorted(r.split("\t")[2] for r in rows) == [f"/d/sub-0{k}.nii.gz" for k in range(4)]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_where_the_summary_goes_is_refused_not_waited_on(tmp_path, tiny_model, make_nifti):
+    fifo = tmp_path / "s.tsv"
+    os.mkfifo(fifo)
+    good = make_nifti(cord_phantom_volume(seed=1), name="good.nii.gz")
+    model = tiny_model()
+    res = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(good), str(good), "-m", model,
+                          "--device", "cpu", "-q", "--summary", str(fifo)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3 and "s.tsv" in res.stderr, res.stderr
+    assert not (tmp_path / "good_gmseg.nii.gz").exists()
