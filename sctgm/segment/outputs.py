@@ -51,7 +51,7 @@ import numpy as np
 
 from .._version import __version__
 from ..engines import ProgressCallback
-from ..exceptions import InvalidOptionError, OutputError
+from ..exceptions import InputImageError, InvalidOptionError, OutputError
 from ..filesystem import file_sha256, read_small_json, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, read_nifti, remove_leftover_parts
 from ..labels import SLICES_KEY
@@ -252,11 +252,17 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     if entry is not None:
         entry.check()
     remove_leftover_parts(outputs.values())
+    # the sources' sha256 on both sides of the segmentation: the sidecar must describe the bytes that
+    # were segmented, and a file replaced meanwhile would leave a mask that a resume keeps for ever
+    source_sha = [file_sha256(p) for p in inputs]
     result = segmenter.segment_image(image, cord=cord, options=options, want_prob="prob" in outputs,
                                      progress=progress)
+    for path, sha in zip(inputs, source_sha):
+        if file_sha256(path) != sha:
+            raise InputImageError(f"{path}: changed while it was being segmented; nothing was written: run again")
     arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
-    hashes: dict[str, Any] = {"Sources": [file_sha256(p) for p in inputs], "Outputs": {}}
+    hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}
     if sources is None:
         sources = [str(p) for p in inputs]
     with StagedFiles() as staged:

@@ -319,3 +319,23 @@ def test_metrics_never_replaces_a_file_sctgm_did_not_write(image, tmp_path, opti
     mine = table.read_text()
     assert mine != "precious,data\n"
     assert CliRunner().invoke(main, args).exit_code == 0 and table.read_text() == mine  # its own: replaced
+
+
+def test_an_input_replaced_while_it_is_segmented_writes_nothing(tiny_model, make_nifti, tmp_path, monkeypatch):
+    """The sidecar recorded the hash of the file on disk after the segmentation: an input replaced
+    meanwhile left a mask of the old image that a resume then kept as valid for the new one."""
+    from sctgm.segment.pipeline import Segmenter
+
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    other = make_nifti(cord_phantom_volume(seed=7), name="other.nii.gz")
+    original = Segmenter.segment_image
+
+    def swapping(self, image, **kwargs):
+        out = original(self, image, **kwargs)
+        a.write_bytes(other.read_bytes())  # the input replaced before the outputs are written
+        return out
+
+    monkeypatch.setattr(Segmenter, "segment_image", swapping)
+    res = _segment("-i", str(a), "-m", tiny_model())
+    assert res.exit_code == 2 and "changed while it was being segmented" in res.output
+    assert not list(tmp_path.glob("a_gmseg*"))
