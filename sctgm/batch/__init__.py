@@ -82,8 +82,11 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise DatasetError(f"{text}: the pattern matches no NIfTI file")
         out += matches
     unique: dict[str, Path] = {}
-    for p in out:
-        unique.setdefault(os.path.normcase(os.path.abspath(p)), p)
+    for p in out:  # by the file itself: a link loop ("a/loop/loop/x.nii.gz") names one file many times
+        unique.setdefault(os.path.normcase(os.path.realpath(p)), p)
+    if len(unique) < len(dict.fromkeys(os.path.normcase(os.path.abspath(p)) for p in out)):
+        log.warning("left out %d paths that name the same file as another input (through links)",
+                    len(dict.fromkeys(os.path.normcase(os.path.abspath(p)) for p in out)) - len(unique))
     kept = [p for p in unique.values() if not is_sctgm_output(p)]
     if len(kept) < len(unique):
         log.warning("left out %d inputs that are sct-gm outputs (*%s, *%s)", len(unique) - len(kept), GM_SUFFIX,

@@ -227,3 +227,15 @@ def test_a_fifo_where_the_summary_goes_is_refused_not_waited_on(tmp_path, tiny_m
                          timeout=120)
     assert res.returncode == 3 and "s.tsv" in res.stderr, res.stderr
     assert not (tmp_path / "good_gmseg.nii.gz").exists()
+
+
+def test_a_link_loop_in_a_glob_gives_each_file_once(tmp_path, make_nifti, caplog):
+    from sctgm.batch import expand_inputs
+
+    (tmp_path / "d").mkdir()
+    make_nifti(cord_phantom_volume(seed=1), name="d/a.nii.gz")
+    (tmp_path / "d" / "loop").symlink_to(tmp_path / "d")
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        found = expand_inputs([str(tmp_path / "d" / "**" / "*.nii.gz")])
+    assert found == [tmp_path / "d" / "a.nii.gz"]
+    assert any("same file as another input" in r.getMessage() for r in caplog.records)
