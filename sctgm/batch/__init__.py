@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
-from ..io import atomic_path
+from ..io import atomic_path, remove_leftover_parts
 from ..naming import (GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output, sct_outputs,
                       split_nifti_name)
 from . import bids
@@ -291,6 +291,7 @@ def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) ->
     images that this run did not plan are kept from the table before (merged by ``input``, under a
     lock: runs of one dataset side by side take turns)."""
     with _merging(Path(path)):
+        remove_leftover_parts([path])  # a killed run's temporary table: nobody else writes it under the lock
         return _write_summary(records, Path(path))
 
 
@@ -317,6 +318,7 @@ def write_metrics(records: Sequence[JobRecord], path: str | os.PathLike[str]) ->
     ``subject``, ``session`` and ``input`` columns first; written atomically, merged under a lock as
     :func:`write_summary` is."""
     with _merging(Path(path)):
+        remove_leftover_parts([path])
         return _write_metrics(records, path)
 
 

@@ -36,7 +36,7 @@ from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
 from ..filesystem import file_sha256, read_small_json
 from ..recipe import DEFAULT_TO_NATIVE
-from ..io import load_image, read_grid, read_nifti
+from ..io import load_image, read_grid, read_nifti, remove_leftover_parts
 from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, OutputSet, output_kinds
 from ..segment.outputs import segment_and_write
@@ -133,6 +133,8 @@ def run_job(segmenter: Segmenter, job: Job, settings: BatchSettings) -> JobRecor
             if status == "ok":
                 log.debug("%s: segmenting (%s)", job.name, reason or "overwrite")
                 _segment_and_write(segmenter, job, settings)
+            else:  # what a run killed while replacing these outputs left (segmenting removes it too)
+                remove_leftover_parts(job.outputs.values())
             volume = gm_volume_mm3(job.outputs["gm"])
             columns, rows = _metrics(job) if settings.metrics else ((), ())
         except SctGmError as exc:

@@ -239,3 +239,21 @@ def test_a_link_loop_in_a_glob_gives_each_file_once(tmp_path, make_nifti, caplog
         found = expand_inputs([str(tmp_path / "d" / "**" / "*.nii.gz")])
     assert found == [tmp_path / "d" / "a.nii.gz"]
     assert any("same file as another input" in r.getMessage() for r in caplog.records)
+
+
+def test_what_a_killed_run_left_is_removed_also_where_the_rerun_has_nothing_to_redo(tmp_path, tiny_model,
+                                                                                      make_nifti):
+    """A run killed while replacing valid outputs (--overwrite) left its temporary files; the next run
+    skips those images, and only segmenting removed them: they stayed for ever (the summary's too)."""
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    b = make_nifti(cord_phantom_volume(seed=2), name="b.nii.gz")
+    summary = tmp_path / "s.tsv"
+    args = ["segment", "-i", str(a), str(b), "-m", tiny_model(), "--device", "cpu", "-q", "--summary", str(summary)]
+    assert run(*args).exit_code == 0
+    left = [tmp_path / ".a_gmseg.x1y2.part.nii.gz", tmp_path / ".a_gmseg.q9z8.part.json", tmp_path / ".s.k3j4.part.tsv"]
+    for p in left:
+        p.write_bytes(b"partial")
+    res = run(*args)
+    assert res.exit_code == 0 and [line.split("\t")[3] for line in summary.read_text().splitlines()[1:]] == [
+        "skipped", "skipped"]
+    assert [p for p in left if p.exists()] == []
