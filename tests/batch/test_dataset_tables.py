@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from sctgm.cli import main
-from sctgm.io import save_nifti
 
-from ..conftest import cord_phantom_volume
 
 
 @pytest.fixture
-def dataset(tmp_path):
-    import nibabel as nib
-
-    root = tmp_path / "ds"
-    for s in (1, 2, 3):
-        (root / f"sub-0{s}" / "anat").mkdir(parents=True)
-        save_nifti(nib.Nifti1Image(cord_phantom_volume(seed=s), np.diag([0.5, 0.5, 5.0, 1.0])),
-                   root / f"sub-0{s}" / "anat" / f"sub-0{s}_T2star.nii.gz")
-    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
-    return root
+def dataset(make_dataset):
+    return make_dataset(3)
 
 
 def run(*args: str):
