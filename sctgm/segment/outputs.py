@@ -35,7 +35,9 @@ Sidecar schema (JSON, deterministic: no date, so a resumed batch writes the same
                 whole_volume_network (the network whose mask stood for the whole volume because the
                 two disagreed on most slices, or null)},
      "Sha256": {"Sources": [sha256 of each source file, in the order of "Sources"],
-                "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set}}}
+                "Outputs": {"gm": ..., "wm": ..., "prob": ...: sha256 of each NIfTI output of the set},
+                "Replaces": {key: sha256 of the sct-gm output this set replaced with other bytes}
+                            (only when there was one)}}
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ def sidecar(segmenter: Segmenter, options: SegmentOptions, result: Segmentation,
     if hashes is not None:
         n = len(out["Sources"])
         out["Sha256"] = {"Sources": list(hashes["Sources"][:n]), "Outputs": dict(hashes["Outputs"])}
+        if hashes.get("Replaces"):
+            out["Sha256"]["Replaces"] = dict(hashes["Replaces"])
     return out
 
 
@@ -173,7 +177,10 @@ def written_by_sctgm(outputs: OutputSet, key: str) -> bool:
     records the sha256 of the file it came with, the file is that one or is damaged (not a readable
     NIfTI image: nobody's work to keep). A readable image with other bytes was edited or replaced
     since, and is not sct-gm's: a mask corrected in place, or a manual ``a_gmseg.nii.gz`` beside the
-    ``a_gmseg.nii`` of an earlier run, which shares its sidecar name ``a_gmseg.json``."""
+    ``a_gmseg.nii`` of an earlier run, which shares its sidecar name ``a_gmseg.json``. The file the
+    sidecar's run replaced (``Sha256.Replaces``) counts as sct-gm's too: a run killed between renaming
+    its sidecar and its masks into place leaves the previous mask under the new sidecar. What is not a
+    regular file (a FIFO) is nobody's output, and is never opened."""
     data = read_sidecar(outputs[outputs.sidecar_of(key)])
     if data is None or is_correction(data):
         return False
@@ -182,11 +189,15 @@ def written_by_sctgm(outputs: OutputSet, key: str) -> bool:
     if key not in outputs.kinds or not isinstance(recorded, dict) or not isinstance(recorded.get(key), str):
         return True  # a sidecar, or a file this sidecar records no hash of (an older sct-gm's)
     path = outputs[key]
+    if not path.is_file():
+        return False
+    replaced = hashes.get("Replaces")
+    known = {recorded[key]} | ({replaced.get(key)} if isinstance(replaced, dict) else set())
     try:
-        if file_sha256(path) == recorded[key]:
+        if file_sha256(path) in known:
             return True
     except OSError:
-        return True  # unreadable: damaged, or not a file (check_writable refuses what cannot be replaced)
+        return True  # unreadable: damaged (check_writable refuses what cannot be replaced)
     return not _readable_nifti(path)
 
 
@@ -257,12 +268,11 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     source_sha = [file_sha256(p) for p in inputs]
     result = segmenter.segment_image(image, cord=cord, options=options, want_prob="prob" in outputs,
                                      progress=progress)
-    for path, sha in zip(inputs, source_sha):
-        if file_sha256(path) != sha:
-            raise InputImageError(f"{path}: changed while it was being segmented; nothing was written: run again")
+    _check_unchanged(inputs, source_sha)
     arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
     hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}
+    previous = {k: file_sha256(outputs[k]) for k in kinds if outputs[k].is_file() and written_by_sctgm(outputs, k)}
     if sources is None:
         sources = [str(p) for p in inputs]
     with StagedFiles() as staged:
@@ -270,6 +280,9 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
         for key in kinds:
             temporary[key] = staged.stage(outputs[key], lambda tmp, key=key: _save(image, arrays[key], key, tmp))
             hashes["Outputs"][key] = file_sha256(temporary[key])
+        # sct-gm's outputs this set replaces with other bytes: still sct-gm's should a kill land between
+        # the renames (written_by_sctgm); none when they are the same (a resumed run writes the same bytes)
+        hashes["Replaces"] = {k: sha for k, sha in previous.items() if sha != hashes["Outputs"][k]}
         for key in outputs.sidecars:
             described = key[: -len("_sidecar")]
             meta = sidecar(segmenter, options, result, described, sources, layout=outputs.layout, hashes=hashes)
@@ -283,6 +296,18 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
                                 segmentation=result)
     written.wm, written.prob = (outputs[k] if k in kinds else None for k in ("wm", "prob"))
     return written
+
+
+def _check_unchanged(inputs: Sequence[Path], sha: Sequence[str]) -> None:
+    """InputImageError when a source is no longer the file that was hashed before the segmentation."""
+    for path, before in zip(inputs, sha):
+        try:
+            same = file_sha256(path) == before
+        except OSError:
+            same = False
+        if not same:
+            raise InputImageError(f"{path}: changed or was removed while it was being segmented; nothing was "
+                                  f"written: run again")
 
 
 def _save(image: LoadedImage, data: np.ndarray, key: str, path: Path) -> None:

@@ -5,7 +5,9 @@ write failure, leftovers of killed writers removed, resume by content. Tiny mode
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 
@@ -337,5 +339,58 @@ def test_an_input_replaced_while_it_is_segmented_writes_nothing(tiny_model, make
 
     monkeypatch.setattr(Segmenter, "segment_image", swapping)
     res = _segment("-i", str(a), "-m", tiny_model())
-    assert res.exit_code == 2 and "changed while it was being segmented" in res.output
+    assert res.exit_code == 2 and "changed or was removed while it was being segmented" in res.output
     assert not list(tmp_path.glob("a_gmseg*"))
+
+
+def test_a_run_killed_between_its_sidecar_and_its_mask_leaves_outputs_the_next_run_replaces(tiny_model, make_nifti,
+                                                                                            tmp_path):
+    """Sidecars go into place first: a kill before the mask's rename leaves the previous run's mask
+    under the new sidecar. That mask is sct-gm's (the sidecar records it under Sha256.Replaces), so
+    the next run replaces it without --overwrite; before, it was refused on every rerun."""
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    gm, side = tmp_path / "a_gmseg.nii.gz", tmp_path / "a_gmseg.json"
+    model = tiny_model()
+    assert _segment("-i", str(a), "-m", model, "-thr", "0.9").exit_code == 0
+    first = gm.read_bytes()
+    assert "Replaces" not in json.loads(side.read_text())["Sha256"]
+    assert _segment("-i", str(a), "-m", model, "-thr", "0.1", "--overwrite").exit_code == 0
+    second = gm.read_bytes()
+    assert second != first  # the thresholds give other masks: the case is real
+    assert json.loads(side.read_text())["Sha256"]["Replaces"] == {"gm": hashlib.sha256(first).hexdigest()}
+    gm.write_bytes(first)  # the state a kill between the two renames leaves
+    res = _segment("-i", str(a), "-m", model, "-thr", "0.1")
+    assert res.exit_code == 0, res.output
+    assert gm.read_bytes() == second
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_where_an_output_goes_is_refused_not_opened(tiny_model, make_nifti, tmp_path):
+    import subprocess
+    import sys
+
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    model = tiny_model()
+    assert _segment("-i", str(a), "-m", model).exit_code == 0
+    gm = tmp_path / "a_gmseg.nii.gz"
+    gm.unlink()
+    os.mkfifo(gm)
+    res = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(a), "-m", model, "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3 and "a_gmseg.nii.gz: exists and sct-gm did not write it" in res.stderr
+
+
+def test_an_input_removed_while_it_is_segmented_is_one_line(tiny_model, make_nifti, tmp_path, monkeypatch):
+    from sctgm.segment.pipeline import Segmenter
+
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    original = Segmenter.segment_image
+
+    def removing(self, image, **kwargs):
+        out = original(self, image, **kwargs)
+        a.unlink()
+        return out
+
+    monkeypatch.setattr(Segmenter, "segment_image", removing)
+    res = _segment("-i", str(a), "-m", tiny_model())
+    assert res.exit_code == 2 and "changed or was removed while it was being segmented" in res.output
