@@ -95,7 +95,8 @@ _VERSIONS = ((344, (b"n+1\0", b"ni1\0"), 348, nib.Nifti1Header, 40, "i2"),
 def _raw_header(path: Path) -> nib.Nifti1Header | None:
     """The file's header as stored (nothing fixed), or None when it is not a NIfTI-1/2 header (left
     for nibabel to classify). Recognised by its magic, or failing that by its sizeof_hdr, so that a
-    damaged sizeof_hdr skips no check; a NIfTI-2 one is refused (nibabel cannot read it)."""
+    damaged sizeof_hdr skips no check; a NIfTI-2 file whose sizeof_hdr is damaged is refused (nibabel
+    recognises NIfTI-2 by its sizeof_hdr, so it cannot read it); a sound NIfTI-2 file is read."""
     try:
         with ImageOpener(str(path)) as f:
             raw = f.read(540)

@@ -82,11 +82,17 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise DatasetError(f"{text}: the pattern matches no NIfTI file")
         out += matches
     unique: dict[str, Path] = {}
-    for p in out:  # by the file itself: a link loop ("a/loop/loop/x.nii.gz") names one file many times
-        unique.setdefault(os.path.normcase(os.path.realpath(p)), p)
-    if len(unique) < len(dict.fromkeys(os.path.normcase(os.path.abspath(p)) for p in out)):
-        log.warning("left out %d paths that name the same file as another input (through links)",
-                    len(dict.fromkeys(os.path.normcase(os.path.abspath(p)) for p in out)) - len(unique))
+    looped: list[Path] = []
+    for p in out:
+        # by the folder itself (a link loop, "d/loop/loop/x.nii.gz", names one folder many times) and the
+        # name in it: not by the file's target, which files of a git-annex dataset with equal content share
+        key = os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(p))), p.name))
+        if key in unique and os.path.normcase(os.path.abspath(unique[key])) != os.path.normcase(os.path.abspath(p)):
+            looped.append(p)
+        unique.setdefault(key, p)
+    if looped:
+        log.warning("left out %d paths that name the same file as another input through linked folders: %s",
+                    len(looped), ", ".join(map(str, looped[:3])) + (", ..." if len(looped) > 3 else ""))
     kept = [p for p in unique.values() if not is_sctgm_output(p)]
     if len(kept) < len(unique):
         log.warning("left out %d inputs that are sct-gm outputs (*%s, *%s)", len(unique) - len(kept), GM_SUFFIX,
@@ -240,8 +246,9 @@ def _tsv_cell(value: Any) -> str:
         return "n/a"
     if isinstance(value, float):
         return format(value, ".7g")  # float32 voxel sizes: 7 significant digits (no 17.99999995)
-    # no tab or newline inside a cell, escaped rather than collapsed: "my  scan" and "my scan" stay two rows
-    return escape_controls(str(value)) or "n/a"
+    # no tab or newline inside a cell, escaped rather than collapsed ("my  scan" and "my scan" stay two
+    # rows), backslashes doubled so that an escape reads back as what it was (a name holding "\t")
+    return escape_controls(str(value).replace("\\", "\\\\")) or "n/a"
 
 
 def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -257,7 +264,9 @@ def _kept_rows(path: Path, delimiter: str, inputs: set[str]) -> tuple[list[str],
         return [], []  # none, or another file (replaced with --overwrite; never a FIFO: not opened)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
+            # the summary is written cell by cell, unquoted: a '"' in a name is a character, not a quote
+            reader = csv.DictReader(fh, delimiter=delimiter,
+                                    quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
             columns = list(reader.fieldnames or [])
             rows = [row for row in reader] if "input" in columns else []
     except (OSError, UnicodeDecodeError, csv.Error):

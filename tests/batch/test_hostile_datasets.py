@@ -247,3 +247,38 @@ def test_what_a_killed_run_left_is_removed_also_where_the_rerun_has_nothing_to_r
     assert res.exit_code == 0 and [line.split("\t")[3] for line in summary.read_text().splitlines()[1:]] == [
         "skipped", "skipped"]
     assert [p for p in left if p.exists()] == []
+
+
+def test_files_of_an_annexed_dataset_with_equal_content_are_each_segmented(tmp_path, make_nifti):
+    """git-annex links files of equal content to one object: both are inputs (before, de-duplication by
+    the link's target dropped one without naming it)."""
+    from sctgm.batch import expand_inputs
+
+    obj = make_nifti(cord_phantom_volume(seed=1), name="object.nii.gz")
+    for s in ("01", "02"):
+        (tmp_path / f"sub-{s}").mkdir()
+        (tmp_path / f"sub-{s}" / f"sub-{s}_T2star.nii.gz").symlink_to(obj)
+    found = expand_inputs([str(tmp_path / "sub-*" / "*.nii.gz")])
+    assert [p.parent.name for p in found] == ["sub-01", "sub-02"]
+
+
+def test_summary_names_with_quotes_backslashes_and_escapes_read_back_as_written(tmp_path):
+    from sctgm.batch import write_summary
+
+    summary = tmp_path / "summary.tsv"
+    names = ['/d/"q.nii.gz', "/d/x\ty.nii.gz", "/d/x\\ty.nii.gz", "/d/a\\b.nii.gz"]
+    write_summary([_record(n) for n in names], summary)
+    for k in range(len(names)):  # each later run of one image keeps the others' rows, and its own once
+        write_summary([_record(names[k], "skipped")], summary)
+    rows = [line.split("\t") for line in summary.read_text().splitlines()[1:]]
+    assert len(rows) == len(names) and all(len(r) == 7 and r[3] == "skipped" for r in rows)
+
+
+def test_a_resume_recognises_a_source_whose_name_holds_a_colon(tmp_path, tiny_model, make_nifti):
+    a = make_nifti(cord_phantom_volume(seed=1), name="t2s_10:30.nii.gz")
+    b = make_nifti(cord_phantom_volume(seed=2), name="b.nii.gz")
+    summary = tmp_path / "s.tsv"
+    args = ["segment", "-i", str(a), str(b), "-m", tiny_model(), "--device", "cpu", "-q", "--summary", str(summary)]
+    assert run(*args).exit_code == 0
+    assert run(*args).exit_code == 0
+    assert [line.split("\t")[3] for line in summary.read_text().splitlines()[1:]] == ["skipped", "skipped"]
