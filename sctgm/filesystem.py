@@ -1,14 +1,18 @@
 """Facts about files on disk, below every layer that reads or writes them: whether two paths name one
 file, a file's sha256 (inputs and outputs in sidecars, training records, labels), a small JSON file
-read safely (sidecars), and the permissions the umask gives (so a cache shared by a lab stays
-readable)."""
+read safely (sidecars), the permissions the umask gives (so a cache shared by a lab stays
+readable), and a lock on a folder that leaves no file behind (dataset tables merged by runs side by
+side)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +79,34 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], timeout_s: float) -> Iterator[bool]:
+    """Hold an exclusive advisory lock (``flock``) on ``folder`` itself while the block runs; processes
+    taking it on the same folder take turns. Yields True once held, after waiting up to ``timeout_s``
+    (TimeoutError after that). Where ``flock`` does not exist (Windows), yields False: no lock.
+
+    Why by hand rather than with ``filelock``: its lock is a file beside the data, left behind in the
+    user's folder (a BIDS derivative dataset that must hold only what the pipeline writes, and byte
+    for byte what an uninterrupted run writes); a ``flock`` on the folder's own descriptor leaves
+    nothing, and the kernel releases it when the process dies (a killed run never blocks the next)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield False
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{folder}: locked by another process for {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

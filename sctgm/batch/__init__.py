@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
+from ..filesystem import folder_lock
 from ..io import atomic_path, remove_leftover_parts
 from ..naming import (GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output, sct_outputs,
                       split_nifti_name)
@@ -86,8 +87,9 @@ def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for p in out:
         # by the folder itself (a link loop, "d/loop/loop/x.nii.gz", names one folder many times) and the
         # name in it: not by the file's target, which files of a git-annex dataset with equal content share
-        key = os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(p))), p.name))
-        if key in unique and os.path.normcase(os.path.abspath(unique[key])) != os.path.normcase(os.path.abspath(p)):
+        # (the folder resolved as the system resolves it: "link/.." is the link target's parent)
+        key = os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(p) or "."), p.name))
+        if key in unique and str(unique[key]) != str(p):
             looped.append(p)
         unique.setdefault(key, p)
     if looped:
@@ -281,17 +283,17 @@ TABLE_LOCK_TIMEOUT_S = 300.0
 
 @contextlib.contextmanager
 def _merging(path: Path) -> Iterator[None]:
-    """Hold the lock of a dataset table (``.<name>.lock`` beside it) while it is read, merged and
-    replaced: runs side by side would each keep the rows they read and lose the other's."""
-    from filelock import FileLock, Timeout
-
+    """Hold the lock of a dataset table's folder (:func:`sctgm.filesystem.folder_lock`: no file left
+    in the dataset) while the table is read, merged and replaced: runs side by side would each keep
+    the rows they read and lose the other's."""
     try:
-        with FileLock(str(path.parent / f".{path.name}.lock"), timeout=TABLE_LOCK_TIMEOUT_S):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with folder_lock(path.parent, TABLE_LOCK_TIMEOUT_S):
             yield
-    except Timeout:
-        raise OutputError(f"{path}: another sct-gm run has held its lock for {TABLE_LOCK_TIMEOUT_S:.0f} s; "
+    except TimeoutError:
+        raise OutputError(f"{path}: another sct-gm run has held its folder's lock for {TABLE_LOCK_TIMEOUT_S:.0f} s; "
                           f"is one still running?") from None
-    except OSError as exc:  # no lock file can be made there: the table cannot be written either
+    except OSError as exc:  # the folder cannot be made or opened: the table cannot be written either
         raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 
 
@@ -308,6 +310,8 @@ def _write_summary(records: Sequence[JobRecord], p: Path) -> Path:
     lines = ["\t".join(SUMMARY_COLUMNS)]
     new = {_tsv_cell(r.input): "\t".join(_tsv_cell(v) for v in (r.subject, r.session, r.input, r.status, r.message,
                                                           r.gm_volume_mm3, r.seconds)) for r in records}
+    # (a row an earlier version wrote for a name with a backslash or runs of spaces stays once: its
+    # encoding then is this version's encoding of another name, which must not lose its row)
     columns, kept = _kept_rows(p, "\t", set(new))
     if tuple(columns) == SUMMARY_COLUMNS:
         lines += ["\t".join(row[c] or "n/a" for c in SUMMARY_COLUMNS) for row in kept]

@@ -215,9 +215,9 @@ def provenance(sidecar: dict[str, Any]) -> tuple[str | None, dict[str, Any], lis
     model = block.get("Model") or {}
     params = block.get("Parameters") or {}
     listed = sidecar.get("Sources")
-    # a path's last part; a BIDS URI ("bids:raw:sub-01/anat/x.nii.gz") without its scheme and dataset
-    # first (a ':' in a file name is a character of the name)
-    names = [re.sub(r"^bids:[^:/]*:", "", str(s)).rsplit("/", 1)[-1]
+    # a path's last part (POSIX or Windows separators); a BIDS URI ("bids:raw:sub-01/anat/x.nii.gz")
+    # without its scheme and dataset first (a ':' in a file name is a character of the name)
+    names = [re.split(r"[/\\]", str(s).split(":", 2)[-1] if str(s).startswith("bids:") else str(s))[-1]
              for s in (listed if isinstance(listed, list) else [])]
     return (model.get("Sha256") if isinstance(model, dict) else None,
             params if isinstance(params, dict) else {}, names)

@@ -174,31 +174,56 @@ def is_correction(data: dict[str, Any] | None) -> bool:
 def written_by_sctgm(outputs: OutputSet, key: str) -> bool:
     """True when output ``key`` of the set is sct-gm's: the sidecar describing it is an sct-gm
     segmentation sidecar (not a reviewer's correction, :func:`is_correction`) and, where that sidecar
-    records the sha256 of the file it came with, the file is that one or is damaged (not a readable
-    NIfTI image: nobody's work to keep). A readable image with other bytes was edited or replaced
-    since, and is not sct-gm's: a mask corrected in place, or a manual ``a_gmseg.nii.gz`` beside the
-    ``a_gmseg.nii`` of an earlier run, which shares its sidecar name ``a_gmseg.json``. The file the
+    records sha256 values (``Sha256``), the file is one it records for ``key`` or is damaged (not a
+    readable NIfTI image: nobody's work to keep). A readable image with other bytes was edited or
+    replaced since, or put there by someone else, and is not sct-gm's: a mask corrected in place, a
+    manual ``a_gmseg.nii.gz`` beside the ``a_gmseg.nii`` of an earlier run (they share the sidecar name
+    ``a_gmseg.json``), a user's ``a_wmseg.nii.gz`` where an earlier run wrote no WM mask. The file the
     sidecar's run replaced (``Sha256.Replaces``) counts as sct-gm's too: a run killed between renaming
-    its sidecar and its masks into place leaves the previous mask under the new sidecar. What is not a
-    regular file (a FIFO) is nobody's output, and is never opened."""
+    its sidecar and its masks into place leaves the previous mask under the new sidecar. What exists
+    and is not a regular file (a FIFO) is nobody's output and is never opened."""
     data = read_sidecar(outputs[outputs.sidecar_of(key)])
     if data is None or is_correction(data):
         return False
-    hashes = data.get("Sha256")
-    recorded = hashes.get("Outputs") if isinstance(hashes, dict) else None
-    if key not in outputs.kinds or not isinstance(recorded, dict) or not isinstance(recorded.get(key), str):
-        return True  # a sidecar, or a file this sidecar records no hash of (an older sct-gm's)
+    if key not in outputs.kinds:
+        return True  # the sidecar itself
+    known = _recorded_hashes(data, key)
+    if known is None:
+        return True  # an older sct-gm's sidecar, which recorded no sha256
     path = outputs[key]
     if not path.is_file():
-        return False
-    replaced = hashes.get("Replaces")
-    known = {recorded[key]} | ({replaced.get(key)} if isinstance(replaced, dict) else set())
+        return not path.exists()  # a FIFO or a device: refused; a dangling link holds nothing to keep
     try:
         if file_sha256(path) in known:
             return True
     except OSError:
         return True  # unreadable: damaged (check_writable refuses what cannot be replaced)
     return not _readable_nifti(path)
+
+
+def _recorded_hashes(data: dict[str, Any], key: str) -> set[str] | None:
+    """The sha256 values a sidecar records for output ``key`` (``Sha256.Outputs`` and ``Replaces``);
+    None when it records none at all (an older sct-gm's)."""
+    hashes = data.get("Sha256")
+    if not isinstance(hashes, dict):
+        return None
+    blocks = (hashes.get("Outputs"), hashes.get("Replaces"))
+    return {b[key] for b in blocks if isinstance(b, dict) and isinstance(b.get(key), str)}
+
+
+def _intact_outputs(outputs: OutputSet, kinds: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """For each output of ``kinds`` that is a file whose sha256 its sct-gm sidecar records: (that
+    sha256, the sha256 that sidecar records as replaced by it, if any)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for k in kinds:
+        data = read_sidecar(outputs[outputs.sidecar_of(k)])
+        known = _recorded_hashes(data, k) if data is not None and not is_correction(data) else None
+        if known and outputs[k].is_file():
+            sha = file_sha256(outputs[k])
+            if sha in known:
+                replaced = data["Sha256"].get("Replaces") if data is not None else None
+                out[k] = (sha, replaced.get(k) if isinstance(replaced, dict) else None)
+    return out
 
 
 def _readable_nifti(path: Path) -> bool:
@@ -272,7 +297,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
     hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}
-    previous = {k: file_sha256(outputs[k]) for k in kinds if outputs[k].is_file() and written_by_sctgm(outputs, k)}
+    previous = _intact_outputs(outputs, kinds)
     if sources is None:
         sources = [str(p) for p in inputs]
     with StagedFiles() as staged:
@@ -281,8 +306,14 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
             temporary[key] = staged.stage(outputs[key], lambda tmp, key=key: _save(image, arrays[key], key, tmp))
             hashes["Outputs"][key] = file_sha256(temporary[key])
         # sct-gm's outputs this set replaces with other bytes: still sct-gm's should a kill land between
-        # the renames (written_by_sctgm); none when they are the same (a resumed run writes the same bytes)
-        hashes["Replaces"] = {k: sha for k, sha in previous.items() if sha != hashes["Outputs"][k]}
+        # the renames (written_by_sctgm). An output already in place (a run killed after some renames)
+        # keeps what its sidecar recorded as replaced: a resumed run writes the uninterrupted run's bytes
+        hashes["Replaces"] = {}
+        for k, (sha, replaced) in previous.items():
+            if sha != hashes["Outputs"][k]:
+                hashes["Replaces"][k] = sha
+            elif replaced is not None:
+                hashes["Replaces"][k] = replaced
         for key in outputs.sidecars:
             described = key[: -len("_sidecar")]
             meta = sidecar(segmenter, options, result, described, sources, layout=outputs.layout, hashes=hashes)

@@ -282,3 +282,24 @@ def test_a_resume_recognises_a_source_whose_name_holds_a_colon(tmp_path, tiny_mo
     assert run(*args).exit_code == 0
     assert run(*args).exit_code == 0
     assert [line.split("\t")[3] for line in summary.read_text().splitlines()[1:]] == ["skipped", "skipped"]
+
+
+def test_a_folder_link_followed_by_dotdot_names_another_file_and_both_are_kept(tmp_path, make_nifti):
+    """`link/../x.nii.gz` is read by the system in the link target's parent: another file than
+    `./x.nii.gz` (text normalisation would have taken them for one and dropped one)."""
+    from sctgm.batch import expand_inputs
+
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    make_nifti(cord_phantom_volume(seed=1), name="x.nii.gz")
+    make_nifti(cord_phantom_volume(seed=2), name="elsewhere/x.nii.gz")
+    (tmp_path / "linkdir").symlink_to(tmp_path / "elsewhere" / "deep")
+    a, b = str(tmp_path / "linkdir" / ".." / "x.nii.gz"), str(tmp_path / "x.nii.gz")
+    assert [str(p) for p in expand_inputs([a, b])] == [a, b]
+
+
+def test_source_names_are_read_from_uris_posix_and_windows_paths():
+    from sctgm.batch.jobs import provenance
+
+    sources = ["bids:raw:sub-01/anat/x.nii.gz", "C:\\data\\t2s.nii.gz", "d/t2s_10:30.nii.gz", "rel.nii.gz"]
+    assert provenance({"Sources": sources})[2] == ["x.nii.gz", "t2s.nii.gz", "t2s_10:30.nii.gz", "rel.nii.gz"]
+

@@ -394,3 +394,55 @@ def test_an_input_removed_while_it_is_segmented_is_one_line(tiny_model, make_nif
     monkeypatch.setattr(Segmenter, "segment_image", removing)
     res = _segment("-i", str(a), "-m", tiny_model())
     assert res.exit_code == 2 and "changed or was removed while it was being segmented" in res.output
+
+
+def _cord_mask(make_nifti, name: str = "a_seg.nii.gz"):
+    cord = np.zeros((60, 56, 4), np.uint8)
+    cord[15:45, 14:42, :] = 1  # covers the phantom's cord
+    return make_nifti(cord, name=name)
+
+
+def test_a_users_file_where_an_earlier_run_wrote_no_such_output_is_kept(tiny_model, make_nifti, tmp_path):
+    """The shared SCT sidecar of a run without --prob records no probability map: a user's
+    `a_gmseg_prob.nii.gz` there is not sct-gm's (it was replaced without --overwrite)."""
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    model = tiny_model()
+    assert _segment("-i", str(a), "-m", model).exit_code == 0
+    mine = tmp_path / "a_gmseg_prob.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((60, 56, 4), 0.5, np.float32), nib.load(str(a)).affine), str(mine))
+    before = mine.read_bytes()
+    res = _segment("-i", str(a), "-m", model, "--prob")
+    assert res.exit_code == 3 and "a_gmseg_prob.nii.gz: exists and sct-gm did not write it" in res.output
+    assert mine.read_bytes() == before
+
+
+def test_an_output_that_became_a_dangling_link_is_redone(tiny_model, make_nifti, tmp_path):
+    """A dropped git-annex/DataLad file is a link whose target is gone: nothing to keep, redone."""
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    model = tiny_model()
+    assert _segment("-i", str(a), "-m", model).exit_code == 0
+    gm = tmp_path / "a_gmseg.nii.gz"
+    good = gm.read_bytes()
+    gm.unlink()
+    gm.symlink_to(tmp_path / ".git" / "annex" / "objects" / "gone.nii.gz")
+    assert _segment("-i", str(a), "-m", model).exit_code == 0
+    assert not gm.is_symlink() and gm.read_bytes() == good
+
+
+def test_a_run_killed_between_two_mask_renames_resumes_to_the_uninterrupted_bytes(tiny_model, make_nifti,
+                                                                                   tmp_path):
+    """Sidecar and GM mask renamed, the WM mask not yet: the rerun writes the sidecar the uninterrupted
+    run wrote (its Sha256.Replaces keeps the GM mask's predecessor, though the GM mask is already new)."""
+    a = make_nifti(cord_phantom_volume(seed=1), name="a.nii.gz")
+    cord = _cord_mask(make_nifti)
+    model = tiny_model()
+    args = ("-i", str(a), "-s", str(cord), "--wm", "-m", model)
+    assert _segment(*args, "-thr", "0.9").exit_code == 0
+    wm, side = tmp_path / "a_wmseg.nii.gz", tmp_path / "a_gmseg.json"
+    old_wm = wm.read_bytes()
+    assert _segment(*args, "-thr", "0.1", "--overwrite").exit_code == 0
+    done = {p.name: p.read_bytes() for p in (wm, side, tmp_path / "a_gmseg.nii.gz")}
+    assert set(json.loads(side.read_text())["Sha256"]["Replaces"]) == {"gm", "wm"}
+    wm.write_bytes(old_wm)  # the WM rename never happened
+    assert _segment(*args, "-thr", "0.1").exit_code == 0
+    assert {p: (tmp_path / p).read_bytes() for p in done} == done
