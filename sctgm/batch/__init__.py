@@ -286,15 +286,17 @@ def _merging(path: Path) -> Iterator[None]:
     """Hold the lock of a dataset table's folder (:func:`sctgm.filesystem.folder_lock`: no file left
     in the dataset) while the table is read, merged and replaced: runs side by side would each keep
     the rows they read and lose the other's."""
-    try:
+    held = contextlib.ExitStack()
+    try:  # only taking the lock is translated here: what the merge itself raises passes through
         path.parent.mkdir(parents=True, exist_ok=True)
-        with folder_lock(path.parent, TABLE_LOCK_TIMEOUT_S):
-            yield
+        held.enter_context(folder_lock(path.parent, TABLE_LOCK_TIMEOUT_S))
     except TimeoutError:
         raise OutputError(f"{path}: another sct-gm run has held its folder's lock for {TABLE_LOCK_TIMEOUT_S:.0f} s; "
                           f"is one still running?") from None
     except OSError as exc:  # the folder cannot be made or opened: the table cannot be written either
         raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    with held:
+        yield
 
 
 def write_summary(records: Sequence[JobRecord], path: str | os.PathLike[str]) -> Path:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from .. import geometry, labels
 from ..exceptions import GridMismatchError, InputImageError, QcError
+from ..filesystem import folder_lock
 from ..geometry import Reorientation, check_same_grid, reorientation_for
 from ..io import LoadedImage, load_image
 from ..naming import GM_SUFFIX, PROB_SUFFIX, split_nifti_name
@@ -50,32 +49,22 @@ def save_lock(target: labels.CorrectionTarget) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise QcError(f"{folder}: cannot create the labels folder ({exc.strerror or exc})") from None
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock
-        try:
-            with FileLock(str(folder / ".sctgm-save.lock"), timeout=SAVE_LOCK_TIMEOUT_S):
-                yield
-        except Timeout:
-            raise busy from None
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
+    held = contextlib.ExitStack()
+    try:  # only taking the lock is translated here: what the save itself raises passes through
+        flocked = held.enter_context(folder_lock(folder, SAVE_LOCK_TIMEOUT_S))
+    except TimeoutError:
+        raise busy from None
     except OSError as exc:
         raise QcError(f"{folder}: cannot open the labels folder to lock it ({exc.strerror or exc})") from None
-    try:
-        deadline = time.monotonic() + SAVE_LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise busy from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
+    with held:
+        if flocked:
+            yield
+            return
+    try:  # Windows: no flock
+        with FileLock(str(folder / ".sctgm-save.lock"), timeout=SAVE_LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise busy from None
 
 
 def from_display(d: np.ndarray) -> np.ndarray:
