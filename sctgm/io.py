@@ -294,6 +294,12 @@ def _stem_and_extension(p: Path) -> tuple[str, str]:
     return (stem, ext) if ext else (p.stem, p.suffix)
 
 
+def _is_part_token(token: str) -> bool:
+    """The random part of a temporary name: one word of letters, digits and ``_`` (tempfile's
+    alphabet), never a dot, so another output whose name extends this one's stem is not matched."""
+    return bool(token) and all(c.isascii() and (c.isalnum() or c == "_") for c in token)
+
+
 def remove_leftover_parts(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Remove the temporary files (:func:`temporary_beside`) that a killed writer left beside these
     outputs; the caller owns the outputs, so nobody else is writing them. Returns what was removed."""
@@ -303,6 +309,8 @@ def remove_leftover_parts(paths: Iterable[str | os.PathLike[str]]) -> list[Path]
         if not p.parent.is_dir():
             continue
         for tmp in p.parent.glob(f".{glob.escape(stem)}.*.part{ext}"):
+            if not _is_part_token(tmp.name[len(stem) + 2:-len(f".part{ext}")]):
+                continue  # another output's: `.a.v2.<token>.part.nii.gz` is `a.v2.nii.gz`'s, not `a.nii.gz`'s
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)

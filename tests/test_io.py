@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from sctgm.cli import main
 from sctgm.exceptions import InputImageError
-from sctgm.io import like, load_image
+from sctgm.io import like, load_image, remove_leftover_parts, temporary_beside
 
 #: Byte offsets of NIfTI-1 header fields (nifti1.h).
 DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, SCL_INTER = 40, 70, 72, 76, 108, 112, 116
@@ -293,3 +293,19 @@ def test_an_affine_whose_axes_cannot_be_oriented_raises_orientation_error():
     assert isinstance(info.value, InputImageError) and info.value.exit_code == 2
     with pytest.raises(OrientationError, match="cannot be matched to R-L, A-P and S-I"):
         reorientation_for(affine, (2, 2, 2))
+
+
+def test_leftover_parts_are_matched_by_their_whole_name_not_a_prefix(tmp_path):
+    # a killed writer's temporary file is removed; another output's whose name extends this one's
+    # stem (`scan_gmseg.v2.nii.gz` beside `scan_gmseg.nii.gz`, `summary.t2s.tsv` beside `summary.tsv`)
+    # may be another run's file being written, and stays
+    ours = [tmp_path / ".scan_gmseg.k1ll3d_9.part.nii.gz", tmp_path / ".summary.ab12cd34.part.tsv"]
+    theirs = [tmp_path / ".scan_gmseg.v2.ab12cd34.part.nii.gz", tmp_path / ".summary.t2s.ab12cd34.part.tsv",
+              tmp_path / ".scan_gmseg..part.nii.gz", tmp_path / ".scan_gmseg.ab12cd34.part.json"]
+    for p in ours + theirs:
+        p.write_bytes(b"half a file")
+    removed = remove_leftover_parts([tmp_path / "scan_gmseg.nii.gz", tmp_path / "summary.tsv"])
+    assert sorted(removed) == sorted(ours) and not any(p.exists() for p in ours)
+    assert all(p.exists() for p in theirs)
+    made = temporary_beside(tmp_path / "scan_gmseg.nii.gz")  # what a writer makes is recognised
+    assert remove_leftover_parts([tmp_path / "scan_gmseg.nii.gz"]) == [made]
