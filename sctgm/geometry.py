@@ -139,6 +139,16 @@ def canonical_view(img: OnAGrid, reo: Reorientation | None = None) -> CanonicalV
     return CanonicalView(img.path, reo.apply(img.data, copy=False), reo.canonical_affine(img.affine))
 
 
+def on_canonical_grid(image: OnAGrid, reo: Reorientation, other: OnAGrid) -> np.ndarray:
+    """``other`` (a mask or map of ``image``) in ``image``'s canonical layout (``reo``), a view. It may
+    store the image's grid in another orientation: the two are compared in the canonical layout (flips
+    and permutations only, exact). Raises :class:`~sctgm.exceptions.GridMismatchError` when it is not
+    on the image's grid."""
+    view = canonical_view(other)
+    check_same_grid(canonical_view(image, reo), view)
+    return view.data
+
+
 def check_same_grid(a: OnAGrid, b: OnAGrid, *, atol_mm: float = 1e-3, hint: str = "") -> None:
     """Raise :class:`~sctgm.exceptions.GridMismatchError` unless ``a`` and ``b`` have the same shape and
     affine (to ``atol_mm``, which absorbs float32 header storage). ``hint``: the fix, added to the

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from .. import geometry, labels
 from ..exceptions import GridMismatchError, InputImageError, QcError
 from ..filesystem import folder_lock
-from ..geometry import Reorientation, check_same_grid, reorientation_for
+from ..geometry import Reorientation, reorientation_for
 from ..io import LoadedImage, load_image
 from ..naming import GM_SUFFIX, PROB_SUFFIX, split_nifti_name
 from . import render
@@ -122,42 +122,42 @@ class EntryVolume:
         return int(self.n_slices - 1 - file_slice if geometry.file_slice_index(self.reo, 0) != 0 else file_slice)
 
 
-def _mask(path: Path, what: str, image: LoadedImage) -> LoadedImage:
-    mask = load_image(path, what=what, allow_constant=True)
-    check_same_grid(image, mask)
-    return mask
+def _mask(path: Path, what: str, image: LoadedImage, reo: Reorientation) -> np.ndarray:
+    """A mask or map of ``image`` in its canonical layout; the file may store the grid in another
+    orientation (a correction is always written in the image's own)."""
+    return geometry.on_canonical_grid(image, reo, load_image(path, what=what, allow_constant=True))
 
 
 def open_entry(entry: dict[str, Any]) -> EntryVolume:
     """Load an entry's image, its automatic mask, the saved correction (if any) and the soft map."""
     try:
         image = load_image(entry["image"], what="image")
-        auto = _mask(Path(entry["gmseg"]), "GM segmentation", image)
+        reo = reorientation_for(image.affine, image.data.shape)
+        auto = _mask(Path(entry["gmseg"]), "GM segmentation", image, reo)
     except (KeyError, TypeError):
         raise QcError(f"entry {entry.get('id')}: no image or GM mask recorded") from None
-    reo = reorientation_for(image.affine, image.data.shape)
     target = labels.correction_path(image.path)
-    automatic = (reo.apply(auto.data) >= MASK_THRESHOLD).astype(np.uint8)
+    automatic = (auto >= MASK_THRESHOLD).astype(np.uint8)
     current, saved, foreign = automatic.copy(), [], False
     if target.mask.exists():
         try:
-            done = _mask(target.mask, "corrected GM mask", image)
+            done = _mask(target.mask, "corrected GM mask", image, reo)
         except GridMismatchError as exc:
             raise QcError(f"{target.mask}: the saved correction is not on the image's grid ({exc}); move it away") from None
-        current = (reo.apply(done.data) >= MASK_THRESHOLD).astype(np.uint8)
+        current = (done >= MASK_THRESHOLD).astype(np.uint8)
         foreign = not labels.written_by_editor(target.mask)
         saved = [] if foreign else list(labels.labelled_slices_of(target.mask) or ())
     prob = None
     prob_path = prob_path_for(entry["gmseg"])
     if prob_path is not None:
         try:
-            prob = reo.apply(_mask(prob_path, "GM probability map", image).data)
+            prob = np.array(_mask(prob_path, "GM probability map", image, reo))
         except InputImageError:
             prob = None  # a hint only: an unreadable soft map leaves the editor without it
     cord = None
     if entry.get("cord"):
         try:
-            cord = reo.apply(_mask(Path(entry["cord"]), "cord segmentation", image).data) >= MASK_THRESHOLD
+            cord = _mask(Path(entry["cord"]), "cord segmentation", image, reo) >= MASK_THRESHOLD
         except InputImageError:
             cord = None
     zooms = geometry.canonical_zooms_mm(image.zooms_mm, reo)
@@ -244,10 +244,10 @@ def _saved_on_disk(vol: EntryVolume) -> np.ndarray:
     """The corrected mask on disk now (canonical, uint8 0/1); write_correction refuses it afterwards if
     it is no longer the editor's."""
     try:
-        done = _mask(vol.target.mask, "corrected GM mask", vol.image)
+        done = _mask(vol.target.mask, "corrected GM mask", vol.image, vol.reo)
     except (GridMismatchError, InputImageError) as exc:
         raise QcError(f"{vol.target.mask}: changed on disk and unreadable ({exc}); not saved") from None
-    return (vol.reo.apply(done.data) >= MASK_THRESHOLD).astype(np.uint8)
+    return (done >= MASK_THRESHOLD).astype(np.uint8)
 
 
 def index_info(entry: dict[str, Any]) -> dict[str, Any]:

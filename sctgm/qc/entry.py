@@ -19,7 +19,7 @@ import numpy as np
 
 from .._version import __version__
 from .. import geometry
-from ..geometry import check_same_grid, reorientation_for
+from ..geometry import Reorientation, on_canonical_grid, reorientation_for
 from ..io import LoadedImage, load_image
 from ..naming import split_nifti_name
 from ..segment.noise import estimate_keys, noise_keys
@@ -120,10 +120,9 @@ def guess_subject(path: str | os.PathLike[str]) -> str:
     return split_nifti_name(Path(path).name)[0]
 
 
-def _load_mask(path: str | os.PathLike[str], what: str, image: LoadedImage) -> LoadedImage:
-    mask = load_image(path, what=what, allow_constant=True)
-    check_same_grid(image, mask)
-    return mask
+def _load_mask(path: str | os.PathLike[str], what: str, image: LoadedImage, reo: Reorientation) -> np.ndarray:
+    """A mask of ``image`` in its canonical layout; the file may store the grid in another orientation."""
+    return on_canonical_grid(image, reo, load_image(path, what=what, allow_constant=True))
 
 
 def build_entry(
@@ -147,17 +146,16 @@ def build_entry(
         return (read_from or {}).get(str(path), path)
 
     image = load_image(image_path, what="image")
-    gm_img = _load_mask(source(gmseg_path), "GM segmentation", image)
-    cord_img = _load_mask(source(cord_path), "cord segmentation", image) if cord_path is not None else None
-    wm_img = _load_mask(source(wmseg_path), "WM segmentation", image) if wmseg_path is not None else None
-
     reo = reorientation_for(image.affine, image.data.shape)
+    gm = _load_mask(source(gmseg_path), "GM segmentation", image, reo) >= MASK_THRESHOLD
+    cord = (_load_mask(source(cord_path), "cord segmentation", image, reo) >= MASK_THRESHOLD
+            if cord_path is not None else None)
+    wm_data = _load_mask(source(wmseg_path), "WM segmentation", image, reo) if wmseg_path is not None else None
+
     zooms = geometry.canonical_zooms_mm(image.zooms_mm, reo)
     data = reo.apply(image.data)
-    gm = reo.apply(gm_img.data) >= MASK_THRESHOLD
-    cord = reo.apply(cord_img.data) >= MASK_THRESHOLD if cord_img is not None else None
-    if wm_img is not None:
-        wm: np.ndarray | None = reo.apply(wm_img.data) >= MASK_THRESHOLD
+    if wm_data is not None:
+        wm: np.ndarray | None = wm_data >= MASK_THRESHOLD
     elif cord is not None:
         wm = cord & ~gm
     else:

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import NotAxialError
-from ..geometry import (Reorientation, canonical_view, canonical_zooms_mm, check_same_grid, looks_axial,
-                        reorientation_for)
+from ..geometry import Reorientation, canonical_zooms_mm, looks_axial, on_canonical_grid, reorientation_for
 from ..io import LoadedImage
 from ..recipe import Preprocessing
 from . import enhance, placement
@@ -81,9 +80,7 @@ def canonical_mask(mask: LoadedImage, prepared: PreparedVolume) -> np.ndarray:
     the image's grid in another orientation: both are compared, exactly, in the canonical layout (flips
     and permutations only). Raises :class:`~sctgm.exceptions.GridMismatchError` when it is not on the
     image's grid."""
-    view = canonical_view(mask)
-    check_same_grid(canonical_view(prepared.image, prepared.reorientation), view)
-    return view.data > 0.5
+    return on_canonical_grid(prepared.image, prepared.reorientation, mask) > 0.5
 
 
 def windows_at(prepared: PreparedVolume, centres_fine: np.ndarray) -> list[Window]:

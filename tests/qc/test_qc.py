@@ -365,3 +365,50 @@ def test_the_same_image_and_mask_replace_their_entry(tmp_path, phantom):
     assert not first.exists() and sorted(p.name for p in (qc / "entries").iterdir()) == [second.name]
     other = add_entry(qc, cord, gm)  # another image: added beside it
     assert {e["id"] for e in load_index(qc)["entries"]} == {second.name, other.name}
+
+
+# ---------------------------------------------------------------- masks stored in another orientation
+
+@pytest.mark.parametrize("mask_codes", ["RPI", "PIR"])
+def test_masks_stored_in_another_orientation_give_the_same_entry_and_editor_view(tmp_path, mask_codes):
+    """A GM / cord / WM mask or soft map holding the image's grid in another storage orientation (a
+    tool that reorients its outputs) is read in the canonical layout, exactly: the entry, its
+    pictures and the editor's arrays equal those of the same masks stored like the image."""
+    from nibabel import orientations as ornt
+
+    from sctgm.qc.corrections import open_entry
+
+    from . import editing
+
+    img, cord, gm = editing.phantom()
+    gm[:, :, 2] = 0  # one slice without GM, so a misplaced slice would show
+    wm = cord & ~gm
+    image = editing.save(tmp_path / "image.nii.gz", img, "LAS")
+    affine = nib.load(str(image)).affine
+    t = ornt.ornt_transform(ornt.axcodes2ornt(("L", "A", "S")), ornt.axcodes2ornt(tuple(mask_codes)))
+    same, other = {}, {}
+    for codes, out in (("LAS", same), (mask_codes, other)):
+        (tmp_path / codes).mkdir()
+        for name, data, dtype in (("gm", gm, np.uint8), ("cord", cord, np.uint8), ("wm", wm, np.uint8),
+                                  ("prob", gm * 0.75, np.float32)):
+            las = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+            out[name] = tmp_path / codes / f"image_{name}.nii.gz"
+            nib.save(las if codes == "LAS" else las.as_reoriented(t), str(out[name]))
+    assert nib.aff2axcodes(nib.load(str(other["gm"])).affine) == tuple(mask_codes)
+    built = [build_entry(image, m["gm"], cord_path=m["cord"], wmseg_path=m["wm"], subject="s") for m in (same, other)]
+    (e1, f1), (e2, f2) = built
+    drop = {"gmseg", "cord", "wmseg", "id", "timestamp"}
+    assert {k: v for k, v in e1.items() if k not in drop} == {k: v for k, v in e2.items() if k not in drop}
+    area = dict(zip(e1["slices"]["index"], e1["slices"]["gm_mm2"]))
+    assert f1 == f2 and area[2] == 0 and area[3] > 0
+    views = []
+    for m in (same, other):
+        m["prob"].rename(m["gm"].with_name("image_gmseg_prob.nii.gz"))
+        m["gm"].rename(m["gm"].with_name("image_gmseg.nii.gz"))
+        views.append(open_entry({"id": "x", "image": str(image), "gmseg": str(m["gm"].with_name("image_gmseg.nii.gz")),
+                                 "cord": str(m["cord"])}))
+    v1, v2 = views
+    assert v2.prob is not None and np.array_equal(v1.prob, v2.prob)
+    assert np.array_equal(v1.automatic, v2.automatic) and np.array_equal(v1.current, v2.current)
+    assert np.array_equal(v1.automatic, gm.astype(np.uint8)) and v1.plan.size_vox == v2.plan.size_vox
+    assert np.array_equal(v1.plan.centers_vox, v2.plan.centers_vox)
