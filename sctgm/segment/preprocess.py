@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import NotAxialError
+from ..exceptions import InputImageError, NotAxialError
 from ..geometry import Reorientation, canonical_zooms_mm, looks_axial, on_canonical_grid, reorientation_for
 from ..io import LoadedImage
 from ..recipe import Preprocessing
@@ -64,12 +64,25 @@ class PreparedVolume:
         return looks_axial(self.zooms_mm)
 
 
+#: No axial slice of an MRI scan is wider than the widest scanner bore (70 cm; the images in ../shared
+#: span at most 224 mm). A larger in-plane extent means a wrong voxel size, and the 0.25 mm grid laid
+#: over it would cost the GM search minutes of network time (a 49 x 54 slice of 30 mm voxels: 3 min).
+MAX_IN_PLANE_FOV_MM = 700.0
+
+
 def prepare(image: LoadedImage, prep: Preprocessing) -> PreparedVolume:
     """Reorient ``image`` to ``prep.orientation`` (a view), enhance it as ``prep.enhancement`` says
-    and lay the fine grid over it."""
+    and lay the fine grid over it. Raises :class:`~sctgm.exceptions.InputImageError` for slices wider
+    than :data:`MAX_IN_PLANE_FOV_MM`."""
     reo = reorientation_for(image.affine, image.data.shape)
     data = reo.apply(image.data, copy=False)  # a view: no second copy of the volume
     zooms = canonical_zooms_mm(image.zooms_mm, reo)
+    extent_mm = [n * z for n, z in zip(data.shape[:2], zooms[:2])]
+    if max(extent_mm) > MAX_IN_PLANE_FOV_MM:
+        raise InputImageError(
+            f"{image.path}: its slices would span {extent_mm[0]:.4g} x {extent_mm[1]:.4g} mm (R-L x A-P), wider than "
+            f"any scanner's bore ({MAX_IN_PLANE_FOV_MM:g} mm): its voxel size (pixdim {tuple(round(z, 4) for z in zooms)} "
+            f"mm) or qform/sform is wrong")
     data, report = enhance.apply(data, zooms, enhance.Enhancement.from_dict(prep.enhancement))
     grid = fine_grid(data.shape, zooms, prep.spacing_mm)  # type: ignore[arg-type]
     return PreparedVolume(image, data, reo, zooms, grid, placement.window_size(grid, prep.crop_px), prep, report)

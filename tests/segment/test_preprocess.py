@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sctgm.exceptions import GridMismatchError, NotAxialError
+from sctgm.exceptions import GridMismatchError, InputImageError, NotAxialError
 from sctgm.io import load_image
 from sctgm.model.registry import Preprocessing
 from sctgm.segment.preprocess import (Standardisation, canonical_mask, check_axial, prepare, sample, sample_mask,
@@ -65,3 +65,16 @@ def test_masks_on_another_grid_and_non_axial_images_are_refused(make_nifti):
     check_axial(image)
     with pytest.raises(NotAxialError, match="sagittal or coronal"):
         check_axial(load_image(make_nifti(shape=(5, 20, 20), zooms_mm=(4.0, 0.5, 0.5))))
+
+
+def test_slices_wider_than_any_scanner_bore_are_refused_in_the_canonical_layout(make_nifti):
+    """A voxel size read wrong (30 mm pixels) would lay a 0.25 mm grid of 5880 x 6480 pixels over each
+    slice (minutes of GM search); the in-plane extent is judged on the canonical R-L and A-P axes,
+    whatever the file's order, and a long S-I extent is no in-plane extent."""
+    wrong = load_image(make_nifti(shape=(54, 3, 49), zooms_mm=(30.0, 30.0, 5.0), axcodes="PIR"))
+    with pytest.raises(InputImageError, match=r"span 1470 x 1620 mm \(R-L x A-P\), wider than any scanner's bore"):
+        prepare(wrong, Preprocessing(enhancement={"denoise": "off"}))
+    wide = load_image(make_nifti(shape=(3, 54, 49), zooms_mm=(12.9, 12.9, 5.0), axcodes="SAR"))  # 632 x 697 mm
+    assert np.allclose(prepare(wide, Preprocessing(enhancement={"denoise": "off"})).zooms_mm, (12.9, 12.9, 5.0))
+    long = load_image(make_nifti(shape=(20, 20, 200), zooms_mm=(0.5, 0.5, 5.0)))  # 1000 mm along S-I
+    assert prepare(long, Preprocessing(enhancement={"denoise": "off"})).data.shape == (20, 20, 200)
