@@ -147,7 +147,8 @@ def build_entry(
 
     image = load_image(image_path, what="image")
     reo = reorientation_for(image.affine, image.data.shape)
-    gm = _load_mask(source(gmseg_path), "GM segmentation", image, reo) >= MASK_THRESHOLD
+    gm_img = load_image(source(gmseg_path), what="GM segmentation", allow_constant=True)
+    gm = on_canonical_grid(image, reo, gm_img) >= MASK_THRESHOLD
     cord = (_load_mask(source(cord_path), "cord segmentation", image, reo) >= MASK_THRESHOLD
             if cord_path is not None else None)
     wm_data = _load_mask(source(wmseg_path), "WM segmentation", image, reo) if wmseg_path is not None else None
@@ -171,9 +172,13 @@ def build_entry(
     edge = [render.touches_edge(gm[:, :, k], *plan.box(k), plan.size_vox) for k in range(nz)]
     per_slice = _flags.slice_flags(gm_area, cord_area, edge)
     if doubtful:
-        to_canonical = {geometry.file_slice_index(reo, k): k for k in range(nz)}
-        doubtful = [d for d in doubtful if d.get("slice") in to_canonical]  # the image's own slices only
-        own = _flags.doubtful_flags(doubtful, to_canonical, nz)
+        # the sidecar numbers slices along the S-I axis of the segmented file, which the GM mask keeps;
+        # the image shown may store that axis the other way: each doubt moves to the image's number
+        gm_reo = reorientation_for(gm_img.affine, gm_img.data.shape)
+        to_canonical = {geometry.file_slice_index(gm_reo, k): k for k in range(nz)}
+        doubtful = [{**d, "slice": geometry.file_slice_index(reo, to_canonical[d["slice"]])}
+                    for d in doubtful if d.get("slice") in to_canonical]  # the image's own slices only
+        own = _flags.doubtful_flags(doubtful, {geometry.file_slice_index(reo, k): k for k in range(nz)}, nz)
         per_slice = [own[k] + per_slice[k] for k in range(nz)]
 
     any_mask = gm | cord if cord is not None else gm

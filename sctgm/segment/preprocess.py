@@ -81,8 +81,8 @@ def prepare(image: LoadedImage, prep: Preprocessing) -> PreparedVolume:
     if max(extent_mm) > MAX_IN_PLANE_FOV_MM:
         raise InputImageError(
             f"{image.path}: its slices would span {extent_mm[0]:.4g} x {extent_mm[1]:.4g} mm (R-L x A-P), wider than "
-            f"any scanner's bore ({MAX_IN_PLANE_FOV_MM:g} mm): its voxel size (pixdim {tuple(round(z, 4) for z in zooms)} "
-            f"mm) or qform/sform is wrong")
+            f"any scanner's bore ({MAX_IN_PLANE_FOV_MM:g} mm): its voxel size ({' x '.join(f'{z:.4g}' for z in zooms)} mm "
+            f"R-L x A-P x S-I, from pixdim) or qform/sform is wrong")
     data, report = enhance.apply(data, zooms, enhance.Enhancement.from_dict(prep.enhancement))
     grid = fine_grid(data.shape, zooms, prep.spacing_mm)  # type: ignore[arg-type]
     return PreparedVolume(image, data, reo, zooms, grid, placement.window_size(grid, prep.crop_px), prep, report)

@@ -43,3 +43,18 @@ def test_no_doubts_no_flags(make_nifti) -> None:
 def test_a_dropped_slice_without_gm_is_still_shown() -> None:
     flags = F.doubtful_flags([{"slice": 5, "reasons": ["outside_cord"]}], {k: k for k in range(6)}, 6)
     assert flags[5] == ("doubtful:outside_cord",) and all(f == () for f in flags[:5])
+
+
+def test_doubts_follow_the_mask_when_the_image_stores_s_i_the_other_way(make_nifti) -> None:
+    """The sidecar numbers slices along the segmented file's S-I axis, which its GM mask keeps; shown
+    over the same grid stored with S-I reversed, a doubt lands on the same anatomy, under that image's
+    own slice number."""
+    img, gm = _phantom()
+    ip_las, ip_lai = make_nifti(img, axcodes="LAS"), make_nifti(img[:, :, ::-1], axcodes="LAI")
+    gp = make_nifti(gm, axcodes="LAS")  # sct-gm's mask of the LAS file: canonical slice k is its slice k
+    doubtful = [{"slice": 1, "reasons": ["networks_disagree"], "action": "second_network"}]
+    same, _ = build_entry(ip_las, gp, doubtful=doubtful)
+    other, _ = build_entry(ip_lai, gp, doubtful=doubtful)
+    flagged = [{i for i, f in zip(e["slices"]["index"], e["slices"]["flags"]) if f} for e in (same, other)]
+    assert flagged == [{1}, {4}]  # canonical slice 1 is the LAI file's slice 6 - 1 - 1
+    assert same["doubtful_slices"] == doubtful and other["doubtful_slices"] == [{**doubtful[0], "slice": 4}]
