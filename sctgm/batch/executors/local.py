@@ -160,6 +160,11 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
             pool = _new_pool(settings, n_workers)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
+        # the images in flight finish (the workers ignore Ctrl-C) and are written: report them, so that
+        # what the interruption message counts is what is on disk
+        for fut, i in sorted(running.items(), key=lambda item: item[1]):
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                done(i, fut.result())
         raise
     pool.shutdown(wait=True)
     return records  # type: ignore[return-value]
