@@ -106,6 +106,9 @@ class OutputSet(Mapping[str, Path]):
 
     paths: dict[str, Path] = field(default_factory=dict)
     layout: str = "sct"
+    #: The names of the NIfTI outputs this run does not write (and, in BIDS, their sidecars): an
+    #: earlier run's files there described another GM mask and go when this set is written.
+    others: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -150,11 +153,9 @@ def sct_outputs(input_path: str | os.PathLike[str], output: str | os.PathLike[st
     base = stem[: -len(GM_SUFFIX)] if stem.endswith(GM_SUFFIX) else stem
     paths = {"gm": gm, "gm_sidecar": Path(stem + ".json")}
     kinds = set(kinds)
-    if "wm" in kinds:
-        paths["wm"] = Path(base + WM_SUFFIX + ext)
-    if "prob" in kinds:
-        paths["prob"] = Path(stem + PROB_SUFFIX + ext)
-    return OutputSet(paths, "sct")
+    named = {"wm": Path(base + WM_SUFFIX + ext), "prob": Path(stem + PROB_SUFFIX + ext)}
+    paths.update({k: p for k, p in named.items() if k in kinds})
+    return OutputSet(paths, "sct", {k: p for k, p in named.items() if k not in kinds})
 
 
 def is_sctgm_output(path: str | os.PathLike[str]) -> bool:
@@ -176,9 +177,10 @@ def bids_outputs(image: BidsSource, derivatives: str | os.PathLike[str], *,
     """BIDS layout: the GM mask (``gm``) and its sidecar (``gm_sidecar``); the WM mask (``wm``) and the
     GM probability map (``prob``) when in ``kinds``, each with its sidecar."""
     out: dict[str, Path] = {}
+    others: dict[str, Path] = {}
     kinds = set(kinds) | {"gm"}
     for key, label, suffix in (("gm", "GM", "seg"), ("wm", "WM", "seg"), ("prob", "GM", "probseg")):
-        if key in kinds:
-            out[key] = bids_derivative_path(image, derivatives, label, suffix)
-            out[f"{key}_sidecar"] = bids_derivative_path(image, derivatives, label, suffix, ".json")
-    return OutputSet(out, "bids")
+        into = out if key in kinds else others
+        into[key] = bids_derivative_path(image, derivatives, label, suffix)
+        into[f"{key}_sidecar"] = bids_derivative_path(image, derivatives, label, suffix, ".json")
+    return OutputSet(out, "bids", others)

@@ -57,7 +57,7 @@ from ..exceptions import InputImageError, InvalidOptionError, OutputError
 from ..filesystem import file_sha256, read_small_json, same_file
 from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, read_nifti, remove_leftover_parts
 from ..labels import SLICES_KEY
-from ..naming import LAYOUTS, OutputSet, is_manual_label_path
+from ..naming import LAYOUTS, NIFTI_KEYS, OutputSet, is_manual_label_path
 from ..nifti_header import nibabel_messages
 from ..recipe import DEFAULT_TO_NATIVE
 from .noise import noise_keys
@@ -226,6 +226,40 @@ def _intact_outputs(outputs: OutputSet, kinds: Sequence[str]) -> dict[str, tuple
     return out
 
 
+def _stale_outputs(outputs: OutputSet) -> list[str]:
+    """The keys of the sct-gm outputs an earlier run left under the names this set does not write
+    (``outputs.others``: a WM mask or soft map of a run with ``--wm`` / ``--prob``). They describe the
+    GM mask this set replaces. A file sct-gm did not write, or one edited since
+    (:func:`written_by_sctgm`), is not among them."""
+    stale: list[str] = []
+    for k in NIFTI_KEYS:
+        path = outputs.others.get(k)
+        if path is None or not (path.exists() or path.is_symlink()):
+            continue
+        own = {f"{k}_sidecar": outputs.others[f"{k}_sidecar"]} if f"{k}_sidecar" in outputs.others else {}
+        if written_by_sctgm(OutputSet({**outputs.paths, k: path, **own}, outputs.layout), k):
+            stale.append(k)
+    return stale
+
+
+def _remove_stale(outputs: OutputSet, stale: Sequence[str]) -> None:
+    """Remove the earlier run's outputs (:func:`_stale_outputs`) and, in BIDS, their sidecars; what
+    cannot be removed is said in a warning."""
+    for k in stale:
+        for path in (outputs.others[k], outputs.others.get(f"{k}_sidecar")):
+            if path is None or not (path.exists() or path.is_symlink()):
+                continue
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("%s: an earlier run's output that describes the previous GM mask could not be "
+                            "removed (%s)", path, exc.strerror or exc)
+                continue
+            if path == outputs.others[k]:
+                log.warning("%s: removed, an earlier run's output that described the previous GM mask "
+                            "(this run writes no %s)", path, "WM mask" if k == "wm" else "probability map")
+
+
 def _readable_nifti(path: Path) -> bool:
     """True when ``path`` reads whole as a NIfTI image (header, and every voxel: gzip CRC included)."""
     try:
@@ -298,6 +332,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
     hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}
     previous = _intact_outputs(outputs, kinds)
+    stale = _stale_outputs(outputs)
     if sources is None:
         sources = [str(p) for p in inputs]
     with StagedFiles() as staged:
@@ -322,6 +357,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
             entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.identity))
         # Sidecars first: a run killed between two renames leaves outputs that an sct-gm sidecar
         # describes (so the next run may replace them) with another recorded sha256 (so a resume redoes them).
+        _remove_stale(outputs, stale)  # before the renames: a kill between leaves the old GM set, whole
         staged.commit(outputs[k] for k in outputs.sidecars)
     written = SegmentFileResult(input=image.path, gm=outputs["gm"], sidecar=outputs["gm_sidecar"],
                                 segmentation=result)

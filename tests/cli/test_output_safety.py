@@ -446,3 +446,47 @@ def test_a_run_killed_between_two_mask_renames_resumes_to_the_uninterrupted_byte
     wm.write_bytes(old_wm)  # the WM rename never happened
     assert _segment(*args, "-thr", "0.1").exit_code == 0
     assert {p: (tmp_path / p).read_bytes() for p in done} == done
+
+
+def test_an_earlier_runs_wm_mask_and_soft_map_go_when_a_run_writes_none(tiny_model, image, make_nifti):
+    """A WM mask and soft map of a run with --wm --prob describe that run's GM mask: a later run that
+    writes no such output removes them (they would sit beside another GM mask, and the next run with
+    --wm would refuse them as edited); a file the user edited, or put there, stays."""
+    cord = make_nifti((cord_phantom_volume(seed=1) > 120).astype(np.uint8), name="in/cord.nii.gz")
+    model = tiny_model()
+    full = ("-i", str(image), "-s", str(cord), "--wm", "--prob", "-m", model)
+    assert _segment(*full).exit_code == 0
+    wm, prob = image.with_name("t2s_wmseg.nii.gz"), image.with_name("t2s_gmseg_prob.nii.gz")
+    assert wm.is_file() and prob.is_file()
+    res = CliRunner().invoke(main, ["segment", "-i", str(image), "-m", model, "-thr", "0.6", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert not wm.exists() and not prob.exists()
+    said = [line for line in _lines(res.stderr) if "removed, an earlier run's output" in line]
+    assert len(said) == 2 and str(wm) in said[0] and str(prob) in said[1], res.stderr
+    assert _segment(*full).exit_code == 0  # no --overwrite needed: nothing of sct-gm's is left to refuse
+    side = json.loads(image.with_name("t2s_gmseg.json").read_text())
+    assert set(side["Sha256"]["Outputs"]) == {"gm", "wm", "prob"}
+    data = np.asanyarray(nib.load(str(wm)).dataobj).copy()
+    data[0, 0, 0] = 1 - data[0, 0, 0]  # a reviewer's edit: still a readable mask, other bytes
+    nib.save(nib.Nifti1Image(data, nib.load(str(wm)).affine), str(wm))
+    edited = wm.read_bytes()
+    assert _segment("-i", str(image), "-m", model).exit_code == 0
+    assert wm.read_bytes() == edited and not prob.exists()
+
+
+def test_an_earlier_runs_bids_soft_map_goes_with_its_sidecar(tiny_model, make_nifti, tmp_path):
+    ds = tmp_path / "ds"
+    (ds / "sub-01" / "anat").mkdir(parents=True)
+    (ds / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
+    make_nifti(cord_phantom_volume(seed=1), name="ds/sub-01/anat/sub-01_T2star.nii.gz")
+    model = tiny_model()
+    assert _segment("--bids", str(ds), "--prob", "-m", model).exit_code == 0
+    anat = ds / "derivatives" / "sct-gm" / "sub-01" / "anat"
+    prob = anat / "sub-01_T2star_label-GM_probseg.nii.gz"
+    assert prob.is_file() and prob.with_name("sub-01_T2star_label-GM_probseg.json").is_file()
+    assert _segment("--bids", str(ds), "--prob", "-m", model).exit_code == 0  # skipped: nothing removed
+    assert prob.is_file()
+    res = _segment("--bids", str(ds), "-m", model, "-thr", "0.6")  # other settings: segmented again
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in anat.iterdir()) == ["sub-01_T2star_label-GM_seg.json",
+                                                      "sub-01_T2star_label-GM_seg.nii.gz"]
