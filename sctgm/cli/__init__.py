@@ -39,8 +39,11 @@ class _LazyGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # `sct-gm` or `sct-gm metrics` alone: the help, as is
-            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            if exc.ctx is None or exc.ctx.parent is None:  # `sct-gm` alone: the help, as is
+                click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+            else:  # a command alone (Click's no_args_is_help): one line, as every other error
+                click.echo(f"sct-gm: error: no arguments given (see sct-gm {exc.ctx.info_name} --help)", err=True)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:  # one line, like every other error (Click prints usage + hint + error)
             command = next((a for a in args if a in COMMANDS), None)  # the first command name given
@@ -113,6 +116,11 @@ class _LazyGroup(click.Group):
         if parameter in _FETCH_OPTIONS and model:
             return f" (or run `sct-gm fetch-model {model} {_FETCH_OPTIONS[parameter]}`)"
         return ""
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``: a count with its noun agreeing."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def one_line(text: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from . import resolve_verbosity, setup_logging, verbosity_option
+from . import plural, resolve_verbosity, setup_logging, verbosity_option
 
 _HELP = """Compare a segmentation with a reference (-r), or measure GM/WM areas.
 
@@ -80,9 +80,9 @@ def _render(table: Any, console: Any) -> None:
             summary = rows[-1]
             t = Table(title=f"{result.seg_path} vs {result.ref_path}", box=box.SIMPLE_HEAD, pad_edge=False,
                       caption=f"distances in mm; 3D Dice {_fmt(summary['dice_3d'])}; mean over "
-                              f"{summary['n_slices']} slices with a reference "
+                              f"{plural(summary['n_slices'], 'slice')} with a reference "
                               f"({summary['n_slices_missed']} missed, "
-                              f"{summary['n_slices_false_positive']} false-positive slices)")
+                              f"{plural(summary['n_slices_false_positive'], 'false-positive slice')})")
             cols = (("slice", "slice"), ("position_mm", "pos mm"), *_COMPARE_SHOWN)
         else:
             t = Table(title=str(result.seg_path), box=box.SIMPLE_HEAD, pad_edge=False)
@@ -99,8 +99,8 @@ def _render(table: Any, console: Any) -> None:
         console.print(t)
 
 
-@click.command(help=_HELP, no_args_is_help=True)
-@click.option("-i", "--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False),
+@click.command(help=_HELP)
+@click.option("-i", "--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
               help="Segmentation / GM mask (NIfTI). Repeat for several files.")
 @click.option("-r", "--reference", "references", multiple=True, type=click.Path(dir_okay=False),
               help="Reference (manual) GM mask: compare mode.")
@@ -125,6 +125,8 @@ def metrics(ctx: click.Context, inputs: tuple[str, ...], references: tuple[str, 
 
     from ..metrics import compute_metrics
 
+    if not inputs:  # as segment and qc say it: one line, not the whole help
+        raise click.UsageError("give the mask(s) to measure (-i GMSEG ...), or to compare (-i SEG -r REF)")
     verbose, silent = resolve_verbosity(ctx, verbosity)  # -q hides the table only; -v 0 the warnings too
     setup_logging(verbose, silent)
 

@@ -45,9 +45,14 @@ def qc(ctx: click.Context, image: Path | None, gmseg: Path | None, qc_dir: Path 
     verbose, silent = resolve_verbosity(ctx, verbosity)  # -q: no message; -v 0: no warning either
     setup_logging(verbose, silent)
     if serve is not None:
-        if image or gmseg or qc_dir:
-            raise click.UsageError("--serve takes the QC folder alone (no -i/-s/-o)")
+        entry_only = [flag for flag, v in (("-i", image), ("-s", gmseg), ("-o", qc_dir), ("-c", cord), ("-w", wmseg),
+                                           ("-qc-subject", subject), ("-qc-dataset", dataset), ("--model", model))
+                      if v is not None]
+        if entry_only:
+            raise click.UsageError(f"--serve takes the QC folder alone (entry options given: {', '.join(entry_only)})")
         return _serve(serve, port, quiet or silent)
+    if ctx.get_parameter_source("port") not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("serve options only apply with --serve QC_DIR (given: --port)")
     for value, flag in ((image, "-i/--image"), (gmseg, "-s/--gmseg"), (qc_dir, "-o/--qc-dir")):
         if value is None:
             raise click.UsageError(f"Missing option '{flag}' (or give --serve QC_DIR).")

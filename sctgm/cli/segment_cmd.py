@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
+import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import resolve_verbosity, setup_logging, verbosity_option
+from . import plural, resolve_verbosity, setup_logging, verbosity_option
 from .options import greedy_command
 
 
@@ -61,9 +66,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
               help="Slices per network call [default: 1 on a CPU, 32 on a GPU].")
 @click.option("-qc", "--qc", "qc_dir", type=click.Path(path_type=Path), default=None,
               help="Add the result(s) to the HTML quality-control report in this folder (see sct-gm qc).")
-@click.option("-qc-subject", "--qc-subject", default=None, help="Subject name shown in the QC report (one input).")
+@click.option("-qc-subject", "--qc-subject", default=None,
+              help="With -qc: subject name shown in the QC report (one input).")
 @click.option("-qc-dataset", "--qc-dataset", default=None,
-              help="Dataset name shown in the QC report beside each subject (as SCT's -qc-dataset).")
+              help="With -qc: dataset name shown in the QC report beside each subject (as SCT's -qc-dataset).")
 @click.option("--bids", "bids_root", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Segment a BIDS dataset: its raw sub-*/[ses-*/]anat images, into DATASET/derivatives/sct-gm.")
 @click.option("--derivatives", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -76,10 +82,11 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
 @click.option("--cord-labels/--no-cord-labels", default=True, show_default=True,
               help="BIDS: use the cord mask in derivatives/labels (<name>_label-SC_seg) when there is one.")
 @click.option("-j", "--jobs", "n_jobs", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="Batch: worker processes on this machine (each loads the model once).")
+              help="Batch: worker processes on this machine (each loads the model once); one file uses one "
+                   "process, -j or not.")
 @click.option("--scheduler", default=None, metavar="ADDRESS|FILE",
               help="Batch: run on a Dask cluster, by scheduler address (tcp://host:port) or scheduler JSON file "
-                   "(needs pip install 'sctgm[dask]').")
+                   "(needs pip install 'sctgm[dask]'); one file too is then a batch (of one).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for the network per image [default: the cores, shared among -j workers; 1 per "
                    "image for --engine torch in a batch].")
@@ -89,10 +96,10 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
                                                 "correction); batch: also segment again where valid outputs exist "
                                                 "(one file is always segmented again).")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Batch: write the summary table (TSV) here [default: DATASET/derivatives/sct-gm/summary.tsv "
-                   "with --bids, none otherwise].")
+              help="Write the summary table (TSV, a row per image, merged into sct-gm's table already there) "
+                   "here [default: DATASET/derivatives/sct-gm/summary.tsv with --bids, none otherwise].")
 @click.option("--metrics", "metrics_csv", is_flag=False, flag_value="", default=None, metavar="[CSV]",
-              help="Batch: per-slice GM morphometry of every image in one CSV [BIDS default: "
+              help="Per-slice GM morphometry of every image in one CSV (merged likewise) [BIDS default: "
                    "derivatives/sct-gm/morphometry.csv].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @verbosity_option
@@ -108,7 +115,9 @@ def segment(ctx: click.Context, **params: Any) -> None:
 
     Several -i (or glob patterns), or --bids, make a batch: the model is loaded once (per worker),
     a failure on one image is recorded and the others go on, valid outputs are kept (resume), a
-    summary is printed, and the exit code is 1 if any image failed. Details: docs/batch.md.
+    summary is printed, and the exit code is 1 if any image failed. One -i naming one file is
+    always segmented again (with -j too; --summary/--metrics get its row), except with --scheduler,
+    which makes it a batch of one on the cluster. Details: docs/batch.md.
 
     \b
     Examples:
@@ -129,10 +138,7 @@ def segment(ctx: click.Context, **params: Any) -> None:
         raise click.UsageError("give the image(s) to segment (-i IMAGE ..., globs allowed) or a dataset (--bids DIR)")
     if args.bids_root is not None and args.inputs:
         raise click.UsageError("-i and --bids exclude each other: --bids finds the images itself")
-    bids_only = [name for name, v in (("--derivatives", args.derivatives), ("--suffix", args.suffixes),
-                                      ("--participant-label", args.participants), ("--session", args.sessions)) if v]
-    if args.bids_root is None and bids_only:
-        raise click.UsageError(f"{', '.join(bids_only)} only apply with --bids DATASET")
+    _check_dependent_options(ctx, args)
     setup_logging(args.verbose, args.quiet)
     if args.qc_dir is not None:
         _say_qc_folder(args)
@@ -183,10 +189,28 @@ class SegmentArgs:
 
     @property
     def is_batch(self) -> bool:
-        """Several images, a dataset, or an option that only a batch has."""
-        return (self.bids_root is not None or len(self.inputs) > 1 or self.n_jobs > 1 or self.scheduler is not None
-                or self.summary_path is not None or self.metrics_csv is not None
+        """Several images, a glob pattern, a dataset, or a Dask cluster (which only a batch reaches).
+        One -i naming one file is one file: -j changes nothing for it, --summary/--metrics get its row."""
+        return (self.bids_root is not None or len(self.inputs) > 1 or self.scheduler is not None
                 or (not self.inputs[0].exists() and glob.has_magic(str(self.inputs[0]))))
+
+
+def _check_dependent_options(ctx: click.Context, args: SegmentArgs) -> None:
+    """An option that needs another is a usage error without it (never silently ignored)."""
+    given = ctx.get_parameter_source("cord_labels") not in (None, click.core.ParameterSource.DEFAULT)
+    bids_only = [name for name, v in (("--derivatives", args.derivatives), ("--suffix", args.suffixes),
+                                      ("--participant-label", args.participants), ("--session", args.sessions),
+                                      ("--cord-labels" if args.cord_labels else "--no-cord-labels", given)) if v]
+    if args.bids_root is None and bids_only:
+        raise click.UsageError(f"BIDS options only apply with --bids DATASET (given: {', '.join(bids_only)})")
+    if args.qc_subject is not None and args.is_batch:
+        raise click.UsageError("-qc-subject names one image; in a batch each QC entry is named after its subject")
+    qc_only = [name for name, v in (("-qc-subject", args.qc_subject), ("-qc-dataset", args.qc_dataset))
+               if v is not None]
+    if args.qc_dir is None and qc_only:
+        raise click.UsageError(f"QC options only apply with -qc FOLDER (given: {', '.join(qc_only)})")
+    if args.metrics_csv == "" and args.bids_root is None:
+        raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
 
 
 def _say_qc_folder(args: SegmentArgs) -> None:
@@ -199,23 +223,99 @@ def _say_qc_folder(args: SegmentArgs) -> None:
 
 
 def _segment_one(args: SegmentArgs, options: Any) -> None:
+    """One file, segmented again on every run; with --summary/--metrics its row goes into those
+    tables (merged as a batch's rows are), written only once the file is."""
     from ..qc import QcEntryWriter
     from ..segment.files import segment_file
     from .progress import counting_bar, download_progress
 
+    _check_tables(args)  # before any work, as a batch does
     entry = QcEntryWriter(args.qc_dir, args.qc_subject, args.qc_dataset) if args.qc_dir is not None else None
+    warnings: list[str] = []
+    t0 = time.perf_counter()
     with download_progress(args.quiet) as fetching, \
-            counting_bar(args.quiet, f"Segmenting {args.inputs[0].name}", "slices") as progress:
+            counting_bar(args.quiet, f"Segmenting {args.inputs[0].name}", "slices") as progress, \
+            _warnings_kept(warnings, args.summary_path is not None):
         result = segment_file(args.inputs[0], args.output, model=args.model,
                               cord_mask=args.cord_masks[0] if args.cord_masks else None, options=options,
                               prob=args.prob, wm=args.wm, device=args.device, engine=args.engine,
-                              precision=args.precision, threads=args.threads, entry=entry, overwrite=args.overwrite, progress=progress,
-                              download_progress=fetching)
+                              precision=args.precision, threads=args.threads, entry=entry, overwrite=args.overwrite,
+                              progress=progress, download_progress=fetching)
+    tables = _write_tables(args, result, time.perf_counter() - t0, warnings)
     if not args.quiet:
         info = result.segmentation.info if result.segmentation else {}
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
-        click.echo(f"sct-gm: wrote {written} ({info.get('gm_voxels', '?')} GM voxels, "
-                   f"{info.get('seconds', '?')} s)", err=True)
+        voxels = info.get("gm_voxels")
+        count = plural(voxels, "GM voxel") if isinstance(voxels, int) else "? GM voxels"
+        click.echo(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}", err=True)
+
+
+def _check_tables(args: SegmentArgs) -> None:
+    from ..batch import is_summary
+    from ..metrics.table import check_table_path, is_metrics_csv
+
+    for path, kind, ours in ((args.summary_path, "tsv", is_summary), (args.metrics_csv, "csv", is_metrics_csv)):
+        if path is not None:  # sct-gm's own table is merged with; another file is refused without --overwrite
+            check_table_path(path, kind, ours=ours, overwrite=args.overwrite)
+
+
+@contextlib.contextmanager
+def _warnings_kept(into: list[str], keep: bool) -> Iterator[None]:
+    """Copy the ``sctgm`` logger's warnings into ``into`` (a summary row's message, as a batch row
+    holds its image's), still shown on the terminal as usual; with -q they are kept, not shown."""
+    if not keep:
+        yield
+        return
+    logger = logging.getLogger("sctgm")
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            into.append(record.getMessage())
+
+    shown = {h: h.level for h in logger.handlers}
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:  # -q: warnings are kept for the row, not shown
+        for h in shown:
+            h.setLevel(max(h.level, logger.getEffectiveLevel()))
+        logger.setLevel(logging.WARNING)
+    keeper = _Keep(logging.WARNING)
+    logger.addHandler(keeper)
+    try:
+        yield
+    finally:
+        logger.removeHandler(keeper)
+        logger.setLevel(level)
+        for h, h_level in shown.items():
+            h.setLevel(h_level)
+
+
+def _write_tables(args: SegmentArgs, result: Any, seconds: float, warnings: list[str]) -> str:
+    """Write the file's row into --summary / --metrics; returns what to add to the 'wrote' line."""
+    if args.summary_path is None and args.metrics_csv is None:
+        return ""
+    from ..batch import write_metrics, write_summary
+    from ..batch.jobs import JobRecord, gm_volume_mm3
+    from ..metrics import morphometry
+
+    name = str(args.inputs[0])
+    found = re.search(r"sub-[A-Za-z0-9]+", args.inputs[0].as_posix())  # as a batch of files names the subject
+    subject = found.group(0) if found else None
+    columns: tuple[str, ...] = ()
+    rows: tuple[dict[str, Any], ...] = ()
+    if args.metrics_csv is not None:
+        areas = morphometry(result.gm, args.cord_masks[0] if args.cord_masks else None)
+        columns = ("subject", "session", "input") + areas.columns
+        rows = tuple({"subject": subject, "session": None, "input": name, **row} for row in areas.rows)
+    outputs = {k: str(p) for k, p in (("gm", result.gm), ("wm", result.wm), ("prob", result.prob)) if p is not None}
+    record = JobRecord(name, subject, None, "ok", "; ".join(dict.fromkeys(warnings)),
+                       round(gm_volume_mm3(result.gm), 3), round(seconds, 2), outputs,
+                       metrics_columns=columns, metrics_rows=rows)
+    said = ""
+    if args.summary_path is not None:
+        said += f"; summary: {write_summary([record], args.summary_path)}"
+    if args.metrics_csv is not None:
+        said += f"; metrics: {write_metrics([record], args.metrics_csv)}"
+    return said
 
 
 def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
@@ -225,15 +325,11 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
     from .batch_view import describe_record, render_summary
     from .progress import counting_bar, download_progress
 
-    if args.qc_subject is not None:
-        raise click.UsageError("-qc-subject names one image; in a batch each QC entry is named after its subject")
     if args.n_jobs > 1 and args.scheduler is not None:
         raise click.UsageError("-j (local worker processes) and --scheduler (a Dask cluster) exclude each other")
     if args.bids_root is not None and (args.output is not None or args.cord_masks):
         raise click.UsageError("with --bids, outputs go to the derivatives folder (--derivatives, not -o) and cord "
                                "masks come from derivatives/labels (not -s)")
-    if args.metrics_csv == "" and args.bids_root is None:
-        raise click.UsageError("--metrics needs the CSV path outside BIDS mode: --metrics FILE.csv")
     settings = BatchSettings(model=args.model, device=args.device, options=options, prob=args.prob, wm=args.wm,
                              overwrite=args.overwrite, engine=args.engine, precision=args.precision,
                              threads=args.threads, qc_dir=args.qc_dir,
@@ -272,8 +368,8 @@ def _resume_message(finished: list[Any], total: int | None, overwrite: bool) -> 
     """What running the interrupted batch's command again does, exactly (the batch's resume rules:
     docs/batch.md, "Resume")."""
     done = sum(r.status == "ok" for r in finished)
-    of = f"{len(finished)} of {total}" if total is not None else f"{len(finished)}"
-    head = (f"{of} images finished ({done} segmented) and unfinished ones left nothing behind")
+    of = f"{len(finished)} of {plural(total, 'image')}" if total is not None else plural(len(finished), "image")
+    head = (f"{of} finished ({done} segmented) and unfinished ones left nothing behind")
     if not overwrite:
         return (f"{head}: run the same command again to resume (valid outputs are skipped, the rest "
                 f"segmented)")
