@@ -94,6 +94,35 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     return _validated(_read_nifti(p, notes), p, what, allow_constant, notes)
 
 
+#: Mask values may stray this far outside [0, 1] (float storage of a soft map).
+MASK_VALUE_TOLERANCE = 1e-3
+
+
+def load_mask_image(path: str | os.PathLike[str], *, what: str = "mask") -> LoadedImage:
+    """:func:`load_image` for a mask or a probability map (an empty one is fine), refusing an image
+    given in its place (:func:`check_mask_values`)."""
+    mask = load_image(path, what=what, allow_constant=True)
+    check_mask_values(mask.data, mask.path, what)
+    return mask
+
+
+def check_mask_values(data: np.ndarray, path: Path, what: str) -> None:
+    """Raise :class:`InputImageError` unless ``data`` holds a mask: values from 0 to 1 (a binary mask
+    or a probability map), or 0 and one positive value (a mask stored as 0/255). An MR image, a label
+    image of several values, a negative value: not a mask, and thresholding one at 0.5 would make
+    nearly every voxel "inside" without a word."""
+    lo, hi = float(data.min()), float(data.max())
+    if lo >= -MASK_VALUE_TOLERANCE and hi <= 1 + MASK_VALUE_TOLERANCE:
+        return
+    if lo >= 0:
+        inside = data[data != 0]
+        if np.all(inside == inside.flat[0]):
+            return
+    raise InputImageError(f"{path}: is not a {what}: its voxels range from {lo:.4g} to {hi:.4g} with more than two "
+                          f"values (a mask holds 0 and 1, or probabilities between them); was an image given "
+                          f"in its place?")
+
+
 def read_grid(path: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:
     """The voxel grid (3D shape, affine) of the image :func:`load_image` gives for ``path``, the same
     header checks and the same repair of one broken qform/sform included, from the header alone: no

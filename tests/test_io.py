@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from sctgm.cli import main
 from sctgm.exceptions import InputImageError
-from sctgm.io import like, load_image, remove_leftover_parts, temporary_beside
+from sctgm.io import like, load_image, load_mask_image, remove_leftover_parts, temporary_beside
 
 #: Byte offsets of NIfTI-1 header fields (nifti1.h).
 DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, SCL_INTER = 40, 70, 72, 76, 108, 112, 116
@@ -309,3 +309,34 @@ def test_leftover_parts_are_matched_by_their_whole_name_not_a_prefix(tmp_path):
     assert all(p.exists() for p in theirs)
     made = temporary_beside(tmp_path / "scan_gmseg.nii.gz")  # what a writer makes is recognised
     assert remove_leftover_parts([tmp_path / "scan_gmseg.nii.gz"]) == [made]
+
+
+@pytest.mark.parametrize("values, accepted", [
+    ((0, 1), True), ((0.0, 0.25, 0.999), True), ((0, 255), True), ((0,), True), ((0, 1.0005), True),
+    ((0, 1, 2), False), ((0, -1), False), ((12.0, 640.5, 1074.0), False)])
+def test_a_mask_holds_zero_and_one_value_or_probabilities(tmp_path, values, accepted):
+    data = np.zeros((8, 8, 3), np.float32)
+    for k, v in enumerate(values):
+        data[k, :, :] = v
+    path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    if accepted:
+        assert load_mask_image(path, what="cord mask").data.shape == (8, 8, 3)
+    else:
+        with pytest.raises(InputImageError, match=r"mask.nii.gz: is not a cord mask: .*was an image given"):
+            load_mask_image(path, what="cord mask")
+
+
+def test_an_image_given_as_a_mask_is_refused_by_every_command(tmp_path, make_nifti, tiny_model):
+    from tests.conftest import cord_phantom_volume
+
+    image = make_nifti(cord_phantom_volume(seed=1), name="t2s.nii.gz")
+    gm = make_nifti((cord_phantom_volume(seed=1) > 150).astype(np.uint8), name="t2s_gm.nii.gz")
+    runs = {"metrics": ["metrics", "-i", str(image)], "compare": ["metrics", "-i", str(gm), "-r", str(image)],
+            "qc": ["qc", "-i", str(image), "-s", str(image), "-o", str(tmp_path / "qc")],
+            "segment": ["segment", "-i", str(image), "-s", str(image), "--wm", "-m", tiny_model(), "--device", "cpu"]}
+    for name, args in runs.items():
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code != 0, (name, res.output)
+        assert str(image) in res.stderr and "is not a" in res.stderr and len(res.stderr.strip().splitlines()) == 1, name
+    assert not (tmp_path / "qc").exists() and not list(tmp_path.glob("t2s_*seg*"))

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import geometry
 from ..geometry import Reorientation, reorientation_for
-from ..io import load_image
+from ..io import load_image, load_mask_image
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,11 @@ class CanonicalMask:
         return geometry.slice_axis(self.reorientation)
 
 
-def load_mask(path: str | os.PathLike[str], *, what: str = "mask") -> CanonicalMask:
-    """Load a 3D mask (an empty one is fine) and reorient it to canonical LAS."""
-    img = load_image(path, what=what, allow_constant=True)
+def load_mask(path: str | os.PathLike[str], *, what: str = "mask", labels: bool = False) -> CanonicalMask:
+    """Load a 3D mask (an empty one is fine; an image given in its place is refused:
+    :func:`sctgm.io.check_mask_values`) and reorient it to canonical LAS. ``labels``: a label image
+    (vertebral levels), whose values are checked by its reader."""
+    img = load_image(path, what=what, allow_constant=True) if labels else load_mask_image(path, what=what)
     reo = reorientation_for(img.affine, img.data.shape)
     mask = CanonicalMask(
         path=img.path,

@@ -185,5 +185,5 @@ def morphometry(seg_path: str | os.PathLike[str], cord_path: str | os.PathLike[s
     All masks must share one voxel grid (any storage orientation)."""
     gm = load_mask(seg_path, what="GM mask")
     cord = load_mask(cord_path, what="cord mask") if cord_path is not None else None
-    levels = load_mask(levels_path, what="vertebral level image") if levels_path is not None else None
+    levels = load_mask(levels_path, what="vertebral level image", labels=True) if levels_path is not None else None
     return morphometry_masks(gm, cord, levels, soft=soft)

@@ -192,7 +192,7 @@ def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike
             results.append(morphometry_masks(
                 load_mask(seg, what="GM mask"),
                 load_mask(cord, what="cord mask") if cord is not None else None,
-                load_mask(lv, what="vertebral level image") if lv is not None else None,
+                load_mask(lv, what="vertebral level image", labels=True) if lv is not None else None,
                 soft=soft))
         table = MetricsTable("measure", results[0].columns, results)  # type: ignore[union-attr]
     if csv_path is not None:

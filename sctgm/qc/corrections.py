@@ -25,7 +25,7 @@ from .. import geometry, labels
 from ..exceptions import GridMismatchError, InputImageError, QcError
 from ..filesystem import folder_lock
 from ..geometry import Reorientation, reorientation_for
-from ..io import LoadedImage, load_image
+from ..io import LoadedImage, load_image, load_mask_image
 from ..naming import GM_SUFFIX, PROB_SUFFIX, split_nifti_name
 from . import render
 
@@ -125,7 +125,7 @@ class EntryVolume:
 def _mask(path: Path, what: str, image: LoadedImage, reo: Reorientation) -> np.ndarray:
     """A mask or map of ``image`` in its canonical layout; the file may store the grid in another
     orientation (a correction is always written in the image's own)."""
-    return geometry.on_canonical_grid(image, reo, load_image(path, what=what, allow_constant=True))
+    return geometry.on_canonical_grid(image, reo, load_mask_image(path, what=what))
 
 
 def open_entry(entry: dict[str, Any]) -> EntryVolume:

@@ -20,7 +20,7 @@ import numpy as np
 from .._version import __version__
 from .. import geometry
 from ..geometry import Reorientation, on_canonical_grid, reorientation_for
-from ..io import LoadedImage, load_image
+from ..io import LoadedImage, load_image, load_mask_image
 from ..naming import split_nifti_name
 from ..segment.noise import estimate_keys, noise_keys
 from . import flags as _flags
@@ -122,7 +122,7 @@ def guess_subject(path: str | os.PathLike[str]) -> str:
 
 def _load_mask(path: str | os.PathLike[str], what: str, image: LoadedImage, reo: Reorientation) -> np.ndarray:
     """A mask of ``image`` in its canonical layout; the file may store the grid in another orientation."""
-    return on_canonical_grid(image, reo, load_image(path, what=what, allow_constant=True))
+    return on_canonical_grid(image, reo, load_mask_image(path, what=what))
 
 
 def build_entry(
@@ -147,7 +147,7 @@ def build_entry(
 
     image = load_image(image_path, what="image")
     reo = reorientation_for(image.affine, image.data.shape)
-    gm_img = load_image(source(gmseg_path), what="GM segmentation", allow_constant=True)
+    gm_img = load_mask_image(source(gmseg_path), what="GM segmentation")
     gm = on_canonical_grid(image, reo, gm_img) >= MASK_THRESHOLD
     cord = (_load_mask(source(cord_path), "cord segmentation", image, reo) >= MASK_THRESHOLD
             if cord_path is not None else None)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..engines import ProgressCallback
 from ..exceptions import InvalidOptionError
-from ..io import load_image
+from ..io import load_image, load_mask_image
 from ..naming import output_kinds, sct_outputs
 from .outputs import EntryWriter, SegmentFileResult, check_outputs, segment_and_write
 from .pipeline import Segmenter, SegmentOptions
@@ -41,7 +41,7 @@ def segment_file(input_path: str | os.PathLike[str], output: str | os.PathLike[s
     if entry is not None:
         entry.check()
     image = load_image(input_path)
-    cord = load_image(cord_mask, what="cord mask", allow_constant=True) if cord_mask is not None else None
+    cord = load_mask_image(cord_mask, what="cord mask") if cord_mask is not None else None
     seg = segmenter or Segmenter.from_name(model, device=device, engine=engine, threads=threads,
                                            download_progress=download_progress, precision=precision)
     return segment_and_write(seg, image, outputs, cord=cord, options=options, entry=entry, overwrite=overwrite,

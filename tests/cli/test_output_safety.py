@@ -309,10 +309,11 @@ def test_batch_tables_never_replace_a_file_sctgm_did_not_write(tiny_model, image
 
 
 @pytest.mark.parametrize("option", ["-o", "--json"])
-def test_metrics_never_replaces_a_file_sctgm_did_not_write(image, tmp_path, option):
+def test_metrics_never_replaces_a_file_sctgm_did_not_write(make_nifti, tmp_path, option):
     table = tmp_path / ("notes.csv" if option == "-o" else "notes.json")
     table.write_text("precious,data\n")
-    args = ["metrics", "-i", str(image), option, str(table), "-q"]
+    gm = make_nifti((cord_phantom_volume(seed=1) > 150).astype(np.uint8), name="t2s_gm.nii.gz")
+    args = ["metrics", "-i", str(gm), option, str(table), "-q"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 3 and table.read_text() == "precious,data\n"
     (line,) = _lines(res.stderr)

@@ -14,7 +14,7 @@ from nibabel import orientations as ornt
 from scipy.spatial.distance import cdist
 from skimage.metrics import hausdorff_distance as skimage_hausdorff
 
-from sctgm.exceptions import GridMismatchError, MetricsError
+from sctgm.exceptions import GridMismatchError, InputImageError, MetricsError
 from sctgm.metrics import (
     compare, compare_slices, compute_metrics, dice_3d, distance_metrics, morphometry, overlap_metrics, skeleton,
     surface, surface_distances_mm,
@@ -288,7 +288,9 @@ def test_soft_area_is_the_sum_of_probabilities(make_nifti):
     hard = morphometry(path).rows
     assert soft[0]["gm_area_mm2"] == pytest.approx(2.5 * 0.25) and hard[0]["gm_area_mm2"] == pytest.approx(3 * 0.25)
     assert soft[0]["soft"] is True
-    with pytest.raises(MetricsError, match=r"expected probabilities in \[0, 1\]"):
+    with pytest.raises(MetricsError, match=r"expected probabilities in \[0, 1\]"):  # a 0/2 mask: not probabilities
+        morphometry(make_nifti((data > 0) * 2.0, zooms_mm=(0.5, 0.5, 5)), soft=True)
+    with pytest.raises(InputImageError, match=r"is not a GM mask"):  # 0-4 in several values: no mask at all
         morphometry(make_nifti(data * 4, zooms_mm=(0.5, 0.5, 5)), soft=True)
 
 

@@ -221,7 +221,7 @@ def test_cli_adds_entry(tmp_path, phantom):
 
 
 def _bad_inputs(tmp_path: Path, make_nifti, good_image: Path, good_gm: Path) -> dict[str, list[str]]:
-    other_grid = make_nifti(shape=(30, 40, 6), name="other_grid.nii.gz")
+    other_grid = make_nifti(np.zeros((30, 40, 6), np.uint8), name="other_grid.nii.gz")
     shifted = nib.load(str(good_gm))
     aff = shifted.affine.copy()
     aff[0, 3] += 10.0
@@ -262,7 +262,7 @@ def test_bad_inputs_leave_qc_folder_unchanged(tmp_path, make_nifti, phantom):
 def test_library_raises_typed_errors(tmp_path, make_nifti, phantom):
     image, gm, _ = phantom
     with pytest.raises(GridMismatchError):
-        add_entry(tmp_path / "qc", image, make_nifti(shape=(30, 40, 6)))
+        add_entry(tmp_path / "qc", image, make_nifti(np.zeros((30, 40, 6), np.uint8)))
     with pytest.raises(InputImageError):
         add_entry(tmp_path / "qc", tmp_path / "missing.nii.gz", gm)
     a_file = tmp_path / "afile"
