@@ -195,7 +195,7 @@ def _validated(img: nib.Nifti1Image, p: Path, what: str, allow_constant: bool, n
     if n_bad and n_bad == data.size:
         raise InputImageError(f"{p}: has no finite voxel (all {n_bad} voxels are NaN or infinite); nothing to use")
     if n_bad:
-        notes.append(f"{p}: {n_bad} voxels are NaN or infinite; they were set to 0")
+        notes.append(f"{p}: {n_bad} voxel{'s are' if n_bad > 1 else ' is'} NaN or infinite; {'they were' if n_bad > 1 else 'it was'} set to 0")
         data = np.where(bad, np.float32(0), data)
     if not allow_constant and data.size and float(data.max()) == float(data.min()):
         raise InputImageError(f"{p}: every voxel has the same value ({float(data.flat[0]):g}); nothing to segment")

@@ -163,7 +163,7 @@ def test_partly_nan_image_is_repaired_and_warned_once_valid(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sctgm"):
         image = load_image(path)
     assert image.data[0, 0, 0] == 0
-    assert _warnings(caplog) == [f"{path}: 1 voxels are NaN or infinite; they were set to 0"]
+    assert _warnings(caplog) == [f"{path}: 1 voxel is NaN or infinite; it was set to 0"]
 
 
 def test_refused_image_logs_no_warning_before_its_error(tmp_path, caplog):
@@ -235,7 +235,8 @@ def test_a_gzip_of_several_members_is_read_whole(tmp_path, caplog):
 
 
 def test_cli_shows_repair_warnings_on_success_and_only_the_error_on_failure(tmp_path):
-    repaired = _patched(tmp_path / "slope.nii", (SCL_SLOPE, "f", float("nan")))
+    mask = (np.random.default_rng(7).random((12, 10, 4)) > 0.5).astype(np.float32)
+    repaired = _patched(tmp_path / "slope.nii", (SCL_SLOPE, "f", float("nan")), data=mask)
     same_grid = _tiny(tmp_path / "ref.nii.gz", np.random.default_rng(6).random((12, 10, 4)) > 0.5, dtype=np.uint8)
     other_grid = _tiny(tmp_path / "other.nii.gz", np.ones((5, 5, 5)), dtype=np.uint8)
     ok = CliRunner().invoke(main, ["metrics", "-i", str(repaired), "-r", str(same_grid), "-q"])

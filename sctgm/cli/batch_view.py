@@ -59,4 +59,6 @@ def render_summary(result: Any, quiet: bool) -> None:
     counts = ", ".join(f"{result.count(s)} {s}" for s in ("ok", "skipped", "failed"))
     where = f"; summary: {result.summary}" if result.summary else ""
     where += f"; metrics: {result.metrics}" if result.metrics else ""
-    click.echo(f"sct-gm: {len(records)} images: {counts}{where}", err=True)
+    from . import plural
+
+    click.echo(f"sct-gm: {plural(len(records), 'image')}: {counts}{where}", err=True)

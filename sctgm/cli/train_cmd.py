@@ -12,7 +12,7 @@ import click
 
 from ..training.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_INIT, DEFAULT_MAX_STEPS, DEFAULT_VAL_FRACTION,
                                  validation_interval)
-from . import resolve_verbosity, setup_logging, verbosity_option
+from . import plural, resolve_verbosity, setup_logging, verbosity_option
 from ..networks import BUILTIN, network_named
 from .options import greedy_command
 
@@ -118,7 +118,7 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
     dice = "no validation" if result.val_dice is None else (
         f"validation Dice {result.val_dice:.3f} at threshold {result.threshold:g} (step {result.best_step}; "
         f"the init: {result.init_val_dice:.3f})")
-    click.echo(f"{result.model_dir}: {result.steps} steps, {dice}; use it with: sct-gm segment -m {result.model_dir}")
+    click.echo(f"{result.model_dir}: {plural(result.steps, 'step')}, {dice}; use it with: sct-gm segment -m {result.model_dir}")
 
 
 def _duration(seconds: float) -> str:
