@@ -32,7 +32,7 @@ from ..filesystem import folder_lock
 from ..io import atomic_path, remove_leftover_parts
 from ..naming import (GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output, sct_outputs,
                       split_nifti_name)
-from . import bids
+from . import bids, guards
 from .jobs import BatchSettings, Job, JobRecord
 
 __all__ = ["BatchResult", "BatchSettings", "Job", "JobRecord", "plan_bids", "plan_files", "run_batch",
@@ -166,14 +166,26 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
               progress: Progress | None = None, download_progress: Any = None) -> BatchResult:
     """Run ``jobs`` (see :func:`sctgm.batch.executors.run_jobs`), then write ``summary`` (TSV) and, with
     ``settings.metrics``, ``metrics_csv`` (per-slice morphometry of every image in one CSV). Output
-    locations are checked and, on a local executor, the model is installed before any job starts."""
-    from .executors import run_jobs
-    from ..metrics.table import check_table_path, is_metrics_csv
-
+    locations are checked and, on a local executor, the model is installed before any job starts
+    (:func:`prepare_batch`); output folders the run made and left empty are removed when it ends."""
     if settings.metrics and metrics_csv is None:
         raise OutputError("per-slice metrics need a CSV path for the whole batch (metrics_csv)",
                           parameter="metrics_csv")
-    for path, kind, ours in ((summary, "tsv", is_summary), (metrics_csv, "csv", is_metrics_csv)):
+    tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
+    prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
+                  download_progress=download_progress)
+    with guards.removing_new_empty_folders(_output_folders(jobs, summary, tables)):
+        return _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)
+
+
+def prepare_batch(settings: BatchSettings, *, scheduler: Any = None, summary: str | os.PathLike[str] | None = None,
+                  metrics_tables: Sequence[str | os.PathLike[str]] = (), download_progress: Any = None) -> None:
+    """What :func:`run_batch` does before any job, writing nothing in the dataset: check the tables'
+    and the QC report's locations and, on a local executor, install the model (a model that cannot be
+    found or installed fails here)."""
+    from ..metrics.table import check_table_path, is_metrics_csv
+
+    for path, kind, ours in ((summary, "tsv", is_summary), *((m, "csv", is_metrics_csv) for m in metrics_tables)):
         if path is not None:  # an existing table of sct-gm is merged with (written again), another file refused
             check_table_path(path, kind, ours=ours, overwrite=settings.overwrite)
     if settings.qc_dir is not None:
@@ -184,6 +196,19 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
         from ..model.install import ensure_model
 
         ensure_model(settings.model, mirror=settings.mirror, cache_dir=settings.cache_dir, progress=download_progress)
+
+
+def _output_folders(jobs: Sequence[Job], summary: str | os.PathLike[str] | None,
+                    tables: Sequence[str | os.PathLike[str]]) -> set[Path]:
+    """The folders a batch writes into (each job's outputs, the tables)."""
+    return {p.parent for j in jobs for p in j.outputs.values()} | {Path(t).parent for t in (summary, *tables) if t}
+
+
+def _run(jobs: Sequence[Job], settings: BatchSettings, n_jobs: int, scheduler: Any,
+         summary: str | os.PathLike[str] | None, metrics_tables: Sequence[Path],
+         progress: Progress | None) -> BatchResult:
+    from .executors import run_jobs
+
     done = [0]
 
     def on_record(_: int, record: JobRecord) -> None:
@@ -197,8 +222,9 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
     result = BatchResult(records)
     if summary is not None:
         result.summary = write_summary(records, summary)
-    if settings.metrics and metrics_csv is not None:
-        result.metrics = write_metrics(records, metrics_csv)
+    for table in metrics_tables if settings.metrics else ():
+        written = write_metrics(records, table)
+        result.metrics = result.metrics or written  # the table asked for (listed first)
     return result
 
 
@@ -210,15 +236,21 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
                  download_progress: Any = None) -> BatchResult:
     """Segment the matching raw images of the BIDS dataset ``root`` into a BIDS derivative dataset
     (default ``<root>/derivatives/sct-gm``, with its ``dataset_description.json``), then write
-    ``summary.tsv`` and, with ``settings.metrics``, ``morphometry.csv`` there (or where given)."""
+    ``summary.tsv`` and, with ``settings.metrics``, ``morphometry.csv`` there (or where given).
+
+    Nothing is written before every check has passed and the model is installed (a local executor)."""
     jobs, deriv = plan_bids(root, settings, derivatives=derivatives, suffixes=suffixes, participants=participants,
                             sessions=sessions, cord_labels=cord_labels)
-    bids.write_dataset_description(root, deriv, overwrite=settings.overwrite)
+    summary = summary if summary is not None else deriv / SUMMARY_NAME
     if settings.metrics and metrics_csv is None:
         metrics_csv = deriv / METRICS_NAME
-    result = run_batch(jobs, settings, n_jobs=n_jobs, scheduler=scheduler,
-                       summary=summary if summary is not None else deriv / SUMMARY_NAME, metrics_csv=metrics_csv,
-                       progress=progress, download_progress=download_progress)
+    tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
+    bids.check_dataset_description(deriv, overwrite=settings.overwrite)
+    prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
+                  download_progress=download_progress)
+    with guards.removing_new_empty_folders({deriv} | _output_folders(jobs, summary, tables)):
+        bids.write_dataset_description(root, deriv, overwrite=settings.overwrite)
+        result = _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)
     result.derivatives = deriv
     return result
 

@@ -271,12 +271,10 @@ def dataset_description(raw_root: str | os.PathLike[str], derivatives: str | os.
     return desc
 
 
-def write_dataset_description(raw_root: str | os.PathLike[str], derivatives: str | os.PathLike[str], *,
-                              overwrite: bool = False) -> Path:
-    """Create the derivative folder and write its ``dataset_description.json``. Refuses (unless
-    ``overwrite``) a folder whose description says another pipeline made it."""
-    deriv = Path(derivatives)
-    path = deriv / "dataset_description.json"
+def check_dataset_description(derivatives: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse (unless ``overwrite``) a derivative folder whose ``dataset_description.json`` says another
+    pipeline made it, or that sct-gm cannot read; writes nothing. Returns the description's path."""
+    path = Path(derivatives) / "dataset_description.json"
     if (path.exists() or path.is_symlink()) and not overwrite:
         existing = read_small_json(path)  # never waited on (a FIFO), bounded
         if not isinstance(existing, dict):  # another tool's file all the same (a BOM, a syntax slip, ...)
@@ -289,6 +287,16 @@ def write_dataset_description(raw_root: str | os.PathLike[str], derivatives: str
             raise OutputError(f"{path}: describes a dataset made by {', '.join(map(str, names)) or 'another tool'}, "
                               f"not {PIPELINE_NAME}; choose another derivatives folder (or overwrite)",
                               parameter="derivatives")
+    return path
+
+
+def write_dataset_description(raw_root: str | os.PathLike[str], derivatives: str | os.PathLike[str], *,
+                              overwrite: bool = False) -> Path:
+    """Create the derivative folder and write its ``dataset_description.json``. Refuses (unless
+    ``overwrite``) a folder whose description says another pipeline made it
+    (:func:`check_dataset_description`)."""
+    deriv = Path(derivatives)
+    path = check_dataset_description(deriv, overwrite=overwrite)
     try:
         deriv.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

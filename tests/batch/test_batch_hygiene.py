@@ -1,0 +1,89 @@
+"""What a BIDS batch writes and leaves: the derivative's morphometry table never describes a mask that
+was replaced; the summary and metrics tables are never written into the raw data; a batch that fails before
+its first image (an unknown model) creates nothing, and the folders a run made and left empty (Ctrl-C,
+a failed image) are removed. Through the CLI, on the tiny model (seconds)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from click.testing import CliRunner
+
+from sctgm.cli import main
+
+
+@pytest.fixture
+def dataset(make_dataset):
+    return make_dataset(2)
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _tree(root):
+    """Every path under ``root`` with the bytes of each file (a folder maps to None)."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _areas(rows, subject):
+    return [float(r["gm_area_mm2"]) for r in rows if r["subject"] == subject and r["scope"] == "slice"]
+
+
+def _measured(deriv, subject):
+    """The slice areas of the mask now on disk, measured afresh (``sct-gm metrics``'s own code)."""
+    from sctgm.metrics import morphometry
+
+    gm = deriv / subject / "anat" / f"{subject}_T2star_label-GM_seg.nii.gz"
+    return pytest.approx([r["gm_area_mm2"] for r in morphometry(gm).rows if r["scope"] == "slice"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------- 3. nothing left behind
+
+def test_an_unknown_model_creates_nothing(dataset):
+    before = _tree(dataset)
+    res = run("segment", "--bids", str(dataset), "-m", "lareg", "--participant-label", "01", "-q")
+    assert res.exit_code == 4 and "unknown model 'lareg'" in res.stderr and res.stderr.count("\n") == 1
+    assert _tree(dataset) == before  # no derivatives/sct-gm, no dataset_description.json
+
+
+def test_an_interruption_removes_the_empty_folders_it_made_and_nothing_else(dataset, tiny_model, monkeypatch):
+    import sctgm.batch.jobs as jobs
+
+    deriv = dataset / "derivatives" / "sct-gm"
+    mine = deriv / "sub-02" / "anat"
+    mine.mkdir(parents=True)  # empty before the run: not the run's to remove
+
+    def interrupt(*a, **k):  # after the job made its output folder, before it wrote a file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "segment_and_write", interrupt)
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q")
+    assert res.exit_code == 130 and "0 images finished" in res.stderr  # interrupted on the first image
+    assert not (deriv / "sub-01").exists()  # made by the run, empty: removed
+    assert mine.is_dir()  # there before: kept, empty as it is
+    assert (deriv / "dataset_description.json").is_file()
+
+
+def test_a_failed_image_leaves_no_empty_folder(dataset, tiny_model, monkeypatch):
+    import sctgm.batch.jobs as jobs
+    from sctgm.exceptions import OutputError
+
+    real = jobs.segment_and_write
+
+    def fail_sub01(segmenter, image, outputs, **k):
+        if "sub-01" in str(outputs["gm"]):
+            raise OutputError("disk full")
+        return real(segmenter, image, outputs, **k)
+
+    monkeypatch.setattr(jobs, "segment_and_write", fail_sub01)
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q")
+    deriv = dataset / "derivatives" / "sct-gm"
+    assert res.exit_code == 1, res.output
+    assert not (deriv / "sub-01").exists() and (deriv / "sub-02" / "anat").is_dir()
