@@ -238,13 +238,16 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     (default ``<root>/derivatives/sct-gm``, with its ``dataset_description.json``), then write
     ``summary.tsv`` and, with ``settings.metrics``, ``morphometry.csv`` there (or where given).
 
-    Nothing is written before every check has passed and the model is installed (a local executor)."""
+    Nothing is written before every check has passed and the model is installed (a local executor), and
+    no table into the raw dataset outside its ``derivatives/``."""
     jobs, deriv = plan_bids(root, settings, derivatives=derivatives, suffixes=suffixes, participants=participants,
                             sessions=sessions, cord_labels=cord_labels)
     summary = summary if summary is not None else deriv / SUMMARY_NAME
     if settings.metrics and metrics_csv is None:
         metrics_csv = deriv / METRICS_NAME
     tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
+    guards.check_outside_raw(root, deriv, [("summary", "summary table", summary),
+                                           *(("metrics_csv", "metrics table", t) for t in tables)])
     bids.check_dataset_description(deriv, overwrite=settings.overwrite)
     prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
                   download_progress=download_progress)

@@ -44,6 +44,39 @@ def _measured(deriv, subject):
     return pytest.approx([r["gm_area_mm2"] for r in morphometry(gm).rows if r["scope"] == "slice"], rel=1e-6)
 
 
+# --------------------------------------------------------------------- 2. nothing into the raw dataset
+
+@pytest.mark.parametrize("where", ["summary-root", "summary-overwrite", "metrics-root", "metrics-subject",
+                                   "metrics-dotdot", "metrics-link"])
+def test_tables_inside_the_raw_dataset_are_refused_before_any_work(dataset, tiny_model, tmp_path, where):
+    link = tmp_path / "link"
+    link.symlink_to(dataset)
+    option, path, extra = {
+        "summary-root": ("--summary", dataset / "notes.tsv", []),
+        "summary-overwrite": ("--summary", dataset / "participants.tsv", ["--overwrite"]),
+        "metrics-root": ("--metrics", dataset / "notes.txt", []),
+        "metrics-subject": ("--metrics", dataset / "sub-01" / "anat" / "areas.csv", []),
+        "metrics-dotdot": ("--metrics", f"{dataset}/derivatives/../areas.csv", []),
+        "metrics-link": ("--metrics", link / "areas.csv", []),
+    }[where]
+    (dataset / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
+    before = _tree(dataset)
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q", option, str(path),
+              *extra)
+    assert res.exit_code == 3, res.output
+    assert res.stderr.count("\n") == 1 and "must not be written into the raw data" in res.stderr
+    assert "Traceback" not in res.output
+    assert _tree(dataset) == before  # nothing written: not the table, not the derivatives
+
+
+def test_tables_under_the_datasets_derivatives_are_allowed(dataset, tiny_model):
+    deriv = dataset / "derivatives"
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q",
+              "--summary", str(deriv / "runs" / "s.tsv"), "--metrics", str(deriv / "areas.csv"))
+    assert res.exit_code == 0, res.output
+    assert (deriv / "runs" / "s.tsv").is_file() and (deriv / "areas.csv").is_file()
+
+
 # ------------------------------------------------------------------------------- 3. nothing left behind
 
 def test_an_unknown_model_creates_nothing(dataset):
