@@ -239,21 +239,27 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     ``summary.tsv`` and, with ``settings.metrics``, ``morphometry.csv`` there (or where given).
 
     Nothing is written before every check has passed and the model is installed (a local executor), and
-    no table into the raw dataset outside its ``derivatives/``."""
+    no table into the raw dataset outside its ``derivatives/``. An sct-gm
+    ``morphometry.csv`` already in the derivative folder is kept current even without
+    ``settings.metrics``: this run's images are measured into it too (one warning when some were
+    segmented again), so it never describes a mask that was replaced."""
     jobs, deriv = plan_bids(root, settings, derivatives=derivatives, suffixes=suffixes, participants=participants,
                             sessions=sessions, cord_labels=cord_labels)
     summary = summary if summary is not None else deriv / SUMMARY_NAME
-    if settings.metrics and metrics_csv is None:
-        metrics_csv = deriv / METRICS_NAME
-    tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
+    requested = Path(metrics_csv) if metrics_csv is not None else None
+    tables = guards.metrics_tables(settings.metrics, requested, deriv, METRICS_NAME)
     guards.check_outside_raw(root, deriv, [("summary", "summary table", summary),
                                            *(("metrics_csv", "metrics table", t) for t in tables)])
     bids.check_dataset_description(deriv, overwrite=settings.overwrite)
+    asked = (requested or deriv / METRICS_NAME) if settings.metrics else None
+    if tables:
+        settings = replace(settings, metrics=True)
     prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
                   download_progress=download_progress)
     with guards.removing_new_empty_folders({deriv} | _output_folders(jobs, summary, tables)):
         bids.write_dataset_description(root, deriv, overwrite=settings.overwrite)
         result = _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)
+    guards.say_measured(tables, asked, result.count("ok"))
     result.derivatives = deriv
     return result
 

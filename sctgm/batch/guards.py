@@ -1,9 +1,11 @@
-"""What a batch must not write, and must not leave behind.
+"""What a BIDS batch must not write, and must not leave behind.
 
 - :func:`check_outside_raw`: the batch's tables are refused inside the raw dataset, except under its
   ``derivatives/`` (or the run's own derivatives folder), as the derivatives folder is.
 - :func:`removing_new_empty_folders`: the output folders a run creates and leaves empty (an
   interruption before an image's outputs were renamed into place, an image that failed) are removed.
+- :func:`metrics_tables`: the derivative's own morphometry table is kept describing the masks that are
+  there: a run that segments images again measures them, with or without ``--metrics``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..exceptions import OutputError
@@ -40,6 +42,32 @@ def check_outside_raw(root: str | os.PathLike[str], derivatives: str | os.PathLi
         if _inside(real, raw) and not any(_inside(real, a) and real != a for a in allowed):
             raise OutputError(f"{path}: the {what} must not be written into the raw data; put it outside the "
                               f"dataset or under {Path(root) / 'derivatives'}", parameter=parameter)
+
+
+def metrics_tables(settings_metrics: bool, requested: Path | None, derivatives: Path, name: str) -> list[Path]:
+    """The morphometry tables a BIDS run writes: the one asked for (``requested``, with metrics on),
+    and the derivative's own ``derivatives/name`` whenever an sct-gm table is there, so that it never
+    keeps the rows of a mask this run replaces."""
+    from ..metrics.table import is_metrics_csv
+
+    own = derivatives / name
+    tables = [requested] if settings_metrics and requested is not None else []
+    if (settings_metrics and requested is None) or (not any(_same(t, own) for t in tables) and is_metrics_csv(own)):
+        tables.append(own)
+    return tables
+
+
+def _same(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def say_measured(tables: Sequence[Path], asked: Path | None, segmented: int) -> None:
+    """One warning when images segmented again were measured into a table that was not asked for."""
+    unasked = [t for t in tables if asked is None or not _same(t, asked)]
+    if unasked and segmented:
+        log.warning("%s: the %d image%s segmented by this run %s measured into it too, so that it describes the "
+                    "masks now in the dataset (sct-gm keeps this table current while it exists)", unasked[0],
+                    segmented, "" if segmented == 1 else "s", "was" if segmented == 1 else "were")
 
 
 def _missing_folders(folders: Iterable[Path]) -> set[Path]:

@@ -44,6 +44,45 @@ def _measured(deriv, subject):
     return pytest.approx([r["gm_area_mm2"] for r in morphometry(gm).rows if r["scope"] == "slice"], rel=1e-6)
 
 
+# ------------------------------------------------------------------- 1. the morphometry table stays current
+
+def test_a_run_without_metrics_that_segments_again_keeps_the_morphometry_table_current(dataset, tiny_model):
+    model = tiny_model()
+    deriv = dataset / "derivatives" / "sct-gm"
+    base = ["segment", "--bids", str(dataset), "-m", model, "--device", "cpu"]
+    assert run(*base, "--metrics", "-q").exit_code == 0
+    before = _rows(deriv / "morphometry.csv")
+    assert _areas(before, "sub-01") == _measured(deriv, "sub-01")
+
+    again = run(*base, "--participant-label", "01", "-thr", "0.2")  # new masks for sub-01, no --metrics
+    assert again.exit_code == 0, again.output
+    now = _measured(deriv, "sub-01")
+    assert now != _areas(before, "sub-01"), "the new threshold must change the mask for this test to mean anything"
+    after = _rows(deriv / "morphometry.csv")
+    assert _areas(after, "sub-01") == now  # the table describes the mask that is there
+    assert [r for r in after if r["subject"] == "sub-02"] == [r for r in before if r["subject"] == "sub-02"]
+    assert "morphometry.csv: the 1 image segmented by this run was measured into it too" in again.stderr
+    assert again.stderr.count("warning:") == 1
+
+
+def test_a_metrics_table_elsewhere_updates_the_derivatives_own_table_too(dataset, tiny_model, tmp_path):
+    model = tiny_model()
+    deriv = dataset / "derivatives" / "sct-gm"
+    base = ["segment", "--bids", str(dataset), "-m", model, "--device", "cpu", "-q"]
+    assert run(*base, "--metrics").exit_code == 0
+    other = tmp_path / "areas.csv"
+    assert run(*base, "--participant-label", "01", "-thr", "0.2", "--metrics", str(other)).exit_code == 0
+    assert _areas(_rows(other), "sub-01") == _areas(_rows(deriv / "morphometry.csv"), "sub-01") \
+        == _measured(deriv, "sub-01")
+
+
+def test_without_a_morphometry_table_a_run_without_metrics_writes_none(dataset, tiny_model):
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    deriv = dataset / "derivatives" / "sct-gm"
+    assert (deriv / "summary.tsv").is_file() and not (deriv / "morphometry.csv").exists()
+
+
 # --------------------------------------------------------------------- 2. nothing into the raw dataset
 
 @pytest.mark.parametrize("where", ["summary-root", "summary-overwrite", "metrics-root", "metrics-subject",
