@@ -37,8 +37,9 @@ import numpy as np
 from ._version import __version__
 from .exceptions import OutputError
 from .filesystem import file_sha256, read_small_json, same_file
-from .io import LoadedImage, like, save_json, save_nifti
+from .io import LoadedImage, like
 from .naming import BIDS_MANUAL_GM_SUFFIX, MANUAL_GM_SUFFIX, NIFTI_SUFFIXES, split_nifti_name
+from .writing import save_json, save_nifti
 
 #: BIDS derivative suffix of a manual GM mask (spine-generic's name), and the name beside the image.
 BIDS_LABEL_SUFFIX = BIDS_MANUAL_GM_SUFFIX

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from sctgm.cli import main
 from sctgm.exceptions import InputImageError
-from sctgm.io import like, load_image, load_mask_image, remove_leftover_parts, temporary_beside
+from sctgm.io import like, load_image, load_mask_image
+from sctgm.writing import remove_leftover_parts, temporary_beside
 
 #: Byte offsets of NIfTI-1 header fields (nifti1.h).
 DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, SCL_INTER = 40, 70, 72, 76, 108, 112, 116

@@ -29,9 +29,9 @@ from typing import Any
 
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
 from ..filesystem import folder_lock
-from ..io import atomic_path, remove_leftover_parts
 from ..naming import (GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output, sct_outputs,
                       split_nifti_name)
+from ..writing import atomic_path, remove_leftover_parts
 from . import bids, guards
 from .jobs import BatchSettings, Job, JobRecord
 

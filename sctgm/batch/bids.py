@@ -27,9 +27,9 @@ from typing import Any
 from .._version import __version__
 from ..exceptions import DatasetError, OutputError
 from ..filesystem import read_small_json
-from ..io import save_json
 from ..labels import existing_manual_mask
 from ..naming import NIFTI_SUFFIXES, split_nifti_name
+from ..writing import save_json
 
 log = logging.getLogger(__name__)
 

@@ -36,12 +36,13 @@ from ..exceptions import OutputError, SctGmError
 from ..geometry import voxel_volume_mm3
 from ..filesystem import file_sha256, read_small_json
 from ..recipe import DEFAULT_TO_NATIVE
-from ..io import load_image, read_grid, read_nifti, remove_leftover_parts
+from ..io import load_image, load_mask_image, read_grid, read_nifti
 from ..nifti_header import nibabel_messages
 from ..naming import NIFTI_KEYS, OutputSet, output_kinds
 from ..segment.outputs import segment_and_write
 from ..segment.pipeline import SegmentOptions
 from ..segment.preprocess import check_axial
+from ..writing import remove_leftover_parts
 
 if TYPE_CHECKING:
     from ..segment.pipeline import Segmenter
@@ -193,7 +194,7 @@ def captured_warnings() -> Iterator[list[str]]:
 def _segment_and_write(segmenter: Segmenter, job: Job, settings: BatchSettings) -> None:
     image = load_image(job.input)
     check_axial(image)  # a batch refuses a sagittal or coronal image (a single-file run only warns)
-    cord = load_image(job.cord, what="cord mask", allow_constant=True) if job.cord is not None else None
+    cord = load_mask_image(job.cord, what="cord mask") if job.cord is not None else None
     for p in job.outputs.values():
         try:
             p.parent.mkdir(parents=True, exist_ok=True)

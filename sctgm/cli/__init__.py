@@ -142,6 +142,7 @@ _PARAMETER_NAMES: dict[str, tuple[str, ...]] = {
     "cord_mask": ("cord_masks", "cord"),
     "cord_masks": ("cord_masks", "cords"),
     "metrics_csv": ("metrics_csv",),
+    "summary": ("summary_path",),
     "output": ("output", "csv_path"),
     "crop_px": ("crop", "crop_px"),
     "derivatives": ("derivatives",),

@@ -72,7 +72,7 @@ def cached_graph(cache_file: Path | None, build: Callable[[], bytes],
         log.warning("%s: damaged or altered; rebuilding the ONNX graph", cache_file)
     data = build()
     if cache_file is not None:
-        from ..io import atomic_path
+        from ..writing import atomic_path
 
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)

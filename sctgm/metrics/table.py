@@ -21,8 +21,8 @@ from typing import Any, Union
 
 from .._version import __version__
 from ..exceptions import MetricsError, OutputError
-from ..io import atomic_path, check_writable, save_json
 from ..naming import split_nifti_name
+from ..writing import atomic_path, check_writable, save_json
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import ComparisonResult, compare_masks
 from .grid import load_mask

@@ -40,7 +40,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..exceptions import OutputError, QcError
-from ..io import StagedFiles, folder_is_writable, remove_leftover_parts
+from ..writing import StagedFiles, folder_is_writable, remove_leftover_parts
 from . import corrections
 
 log = logging.getLogger(__name__)

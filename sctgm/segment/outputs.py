@@ -55,11 +55,12 @@ from .._version import __version__
 from ..engines import ProgressCallback
 from ..exceptions import InputImageError, InvalidOptionError, OutputError
 from ..filesystem import file_sha256, read_small_json, same_file
-from ..io import LoadedImage, StagedFiles, check_writable, json_text, like, read_nifti, remove_leftover_parts
+from ..io import LoadedImage, like, read_nifti
 from ..labels import SLICES_KEY
 from ..naming import LAYOUTS, NIFTI_KEYS, OutputSet, is_manual_label_path
 from ..nifti_header import nibabel_messages
 from ..recipe import DEFAULT_TO_NATIVE
+from ..writing import StagedFiles, check_writable, json_text, remove_leftover_parts
 from .noise import noise_keys
 from .pipeline import Segmentation, SegmentOptions
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from .._version import __version__
 from ..exceptions import InvalidOptionError, OutputError, SctGmError
-from ..io import save_json
 from ..engines.hardware import require_torch
+from ..writing import save_json
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
                        DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, validation_interval, warmup_steps)

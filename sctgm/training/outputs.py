@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..filesystem import modes_from_umask
-from ..io import atomic_path
 from ..model.registry import WEIGHTS_FILE
 from ..recipe import Preprocessing, Recipe
+from ..writing import atomic_path
 from .data import LabelledVolume, sha256_of
 
 MODEL_JSON = "model.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sctgm.io import save_nifti
+from sctgm.writing import save_nifti
 
 from ..conftest import cord_phantom_volume
 

@@ -49,7 +49,7 @@ def test_verbosity_2_shows_the_traceback_and_1_does_not(tmp_path):
 
 
 def _t2starw_dataset(root: Path) -> Path:
-    from sctgm.io import save_nifti
+    from sctgm.writing import save_nifti
     import nibabel as nib
 
     (root / "sub-01" / "anat").mkdir(parents=True)

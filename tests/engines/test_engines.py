@@ -91,7 +91,7 @@ def test_an_altered_graph_that_still_loads_is_not_used(tiny_model, tmp_path, cap
 
 
 def test_a_damaged_graph_in_a_read_only_cache_is_rebuilt_in_memory(tiny_model, tmp_path, caplog, monkeypatch):
-    import sctgm.io
+    import sctgm.writing
     from sctgm.exceptions import OutputError
 
     model = ensure_model(tiny_model())
@@ -102,7 +102,7 @@ def test_a_damaged_graph_in_a_read_only_cache_is_rebuilt_in_memory(tiny_model, t
     def read_only(path):  # what atomic_path says of a folder it cannot write (chmod does not stop root)
         raise OutputError(f"{path}: cannot write here (Read-only file system)")
 
-    monkeypatch.setattr(sctgm.io, "atomic_path", read_only)
+    monkeypatch.setattr(sctgm.writing, "atomic_path", read_only)
     net = inference.load_network(model, "cpu", engine="onnxruntime", cache_dir=tmp_path)
     assert "damaged or altered" in caplog.text
     assert net.runner.run(np.zeros((1, 1, 32, 32), np.float32)).shape == (1, 1, 32, 32)

@@ -397,7 +397,7 @@ def test_masks_stored_in_another_orientation_give_the_same_entry_and_editor_view
     assert nib.aff2axcodes(nib.load(str(other["gm"])).affine) == tuple(mask_codes)
     built = [build_entry(image, m["gm"], cord_path=m["cord"], wmseg_path=m["wm"], subject="s") for m in (same, other)]
     (e1, f1), (e2, f2) = built
-    drop = {"gmseg", "cord", "wmseg", "id", "timestamp"}
+    drop = {"gmseg", "cord", "wmseg", "id", "timestamp", "date"}
     assert {k: v for k, v in e1.items() if k not in drop} == {k: v for k, v in e2.items() if k not in drop}
     area = dict(zip(e1["slices"]["index"], e1["slices"]["gm_mm2"]))
     assert f1 == f2 and area[2] == 0 and area[3] > 0
