@@ -89,8 +89,12 @@ def load_image(path: str | os.PathLike[str], *, what: str = "image", allow_const
     return _validated(_read_nifti(p, notes), p, what, allow_constant, notes)
 
 
-#: Mask values may stray this far outside [0, 1] (float storage of a soft map).
-MASK_VALUE_TOLERANCE = 1e-3
+#: A mask resampled with a spline (SCT's sct_apply_transfo default) overshoots [0, 1] by up to ~0.25;
+#: values within this margin of it are a mask's.
+MASK_VALUE_MARGIN = 0.5
+#: A label image (a vertebral-labelled cord mask: 0-30, SCT's PMJ label 50; a 0/255 mask) holds a few
+#: whole numbers; an MR image holds hundreds or thousands (t2s.nii.gz: 2000).
+MASK_MAX_LABELS = 64
 
 
 def load_mask_image(path: str | os.PathLike[str], *, what: str = "mask") -> LoadedImage:
@@ -102,20 +106,20 @@ def load_mask_image(path: str | os.PathLike[str], *, what: str = "mask") -> Load
 
 
 def check_mask_values(data: np.ndarray, path: Path, what: str) -> None:
-    """Raise :class:`InputImageError` unless ``data`` holds a mask: values from 0 to 1 (a binary mask
-    or a probability map), or 0 and one positive value (a mask stored as 0/255). An MR image, a label
-    image of several values, a negative value: not a mask, and thresholding one at 0.5 would make
-    nearly every voxel "inside" without a word."""
+    """Raise :class:`InputImageError` unless ``data`` can be a mask, thresholded at 0.5: values near
+    [0, 1] (a binary mask, a probability map, a spline-resampled mask, :data:`MASK_VALUE_MARGIN`), or
+    at most :data:`MASK_MAX_LABELS` non-negative whole numbers (labels; 0/255). An MR image given in
+    its place would be "inside" nearly everywhere, without a word."""
     lo, hi = float(data.min()), float(data.max())
-    if lo >= -MASK_VALUE_TOLERANCE and hi <= 1 + MASK_VALUE_TOLERANCE:
+    if lo >= -MASK_VALUE_MARGIN and hi <= 1 + MASK_VALUE_MARGIN:
         return
-    if lo >= 0:
-        inside = data[data != 0]
-        if np.all(inside == inside.flat[0]):
+    if lo >= 0 and hi < 2 ** 31 and np.array_equal(data, np.round(data)):
+        values = np.unique(data[data != 0]) if hi > 65535 else np.flatnonzero(np.bincount(data.astype(np.int64).ravel()))
+        if len(values) <= MASK_MAX_LABELS + (0 if hi > 65535 else 1):  # bincount counts the 0 too
             return
-    raise InputImageError(f"{path}: is not a {what}: its voxels range from {lo:.4g} to {hi:.4g} with more than two "
-                          f"values (a mask holds 0 and 1, or probabilities between them); was an image given "
-                          f"in its place?")
+    raise InputImageError(f"{path}: is not a {what}: its voxels range from {lo:.4g} to {hi:.4g} with more than "
+                          f"{MASK_MAX_LABELS} values (a mask holds 0 and 1, probabilities, or a few whole-number "
+                          f"labels); was an image given in its place?")
 
 
 def read_grid(path: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:

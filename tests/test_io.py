@@ -315,9 +315,11 @@ def test_leftover_parts_are_matched_by_their_whole_name_not_a_prefix(tmp_path):
 
 @pytest.mark.parametrize("values, accepted", [
     ((0, 1), True), ((0.0, 0.25, 0.999), True), ((0, 255), True), ((0,), True), ((0, 1.0005), True),
-    ((0, 1, 2), False), ((0, -1), False), ((12.0, 640.5, 1074.0), False)])
+    ((-0.21, 0, 1, 1.24), True),  # a binary mask resampled with a spline (SCT's default) overshoots
+    ((0, 1, 2, 30, 50), True),  # a vertebral-labelled cord mask: whole-number labels
+    ((0, -1), False), ((12.0, 640.5, 1074.0), False), (tuple(range(100, 300, 2)), False)])
 def test_a_mask_holds_zero_and_one_value_or_probabilities(tmp_path, values, accepted):
-    data = np.zeros((8, 8, 3), np.float32)
+    data = np.zeros((max(8, len(values)), 8, 3), np.float32)
     for k, v in enumerate(values):
         data[k, :, :] = v
     path = tmp_path / "mask.nii.gz"

@@ -227,24 +227,37 @@ def _intact_outputs(outputs: OutputSet, kinds: Sequence[str]) -> dict[str, tuple
     return out
 
 
-def _stale_outputs(outputs: OutputSet) -> list[str]:
+def _stale_outputs(outputs: OutputSet, inputs: Sequence[Path]) -> list[str]:
     """The keys of the sct-gm outputs an earlier run left under the names this set does not write
-    (``outputs.others``: a WM mask or soft map of a run with ``--wm`` / ``--prob``). They describe the
-    GM mask this set replaces. A file sct-gm did not write, or one edited since
-    (:func:`written_by_sctgm`), is not among them."""
+    (``outputs.others``: a WM mask or soft map of a run with ``--wm`` / ``--prob``): they describe the
+    GM mask this set replaces. Stricter than :func:`written_by_sctgm`, since nobody asked to replace
+    them: the sct-gm sidecar describing the file must record its sha256 for that output, and the
+    file must have those bytes; nothing unreadable, dangling, recorded by an older sct-gm without
+    hashes, or an input of this command. In BIDS, an sct-gm sidecar whose file is gone (a run killed
+    between the two removals) is stale too."""
     stale: list[str] = []
     for k in NIFTI_KEYS:
         path = outputs.others.get(k)
-        if path is None or not (path.exists() or path.is_symlink()):
+        if path is None:
             continue
-        own = {f"{k}_sidecar": outputs.others[f"{k}_sidecar"]} if f"{k}_sidecar" in outputs.others else {}
-        if written_by_sctgm(OutputSet({**outputs.paths, k: path, **own}, outputs.layout), k):
-            stale.append(k)
+        own = outputs.others.get(f"{k}_sidecar")
+        data = read_sidecar(own if own is not None else outputs[outputs.sidecar_of(k)])
+        if data is None or is_correction(data) or any(same_file(path, src) for src in inputs):
+            continue
+        if not (path.exists() or path.is_symlink()):
+            if own is not None and own.is_file() and not any(same_file(own, src) for src in inputs):
+                stale.append(k)  # its file already removed
+            continue
+        try:
+            if path.is_file() and file_sha256(path) in (_recorded_hashes(data, k) or set()):
+                stale.append(k)
+        except OSError:
+            continue  # unreadable: not known to be sct-gm's
     return stale
 
 
 def _remove_stale(outputs: OutputSet, stale: Sequence[str]) -> None:
-    """Remove the earlier run's outputs (:func:`_stale_outputs`) and, in BIDS, their sidecars; what
+    """Remove the earlier run's outputs (:func:`_stale_outputs`), then in BIDS their sidecars; what
     cannot be removed is said in a warning."""
     for k in stale:
         for path in (outputs.others[k], outputs.others.get(f"{k}_sidecar")):
@@ -255,7 +268,7 @@ def _remove_stale(outputs: OutputSet, stale: Sequence[str]) -> None:
             except OSError as exc:
                 log.warning("%s: an earlier run's output that describes the previous GM mask could not be "
                             "removed (%s)", path, exc.strerror or exc)
-                continue
+                break  # its sidecar stays with it
             if path == outputs.others[k]:
                 log.warning("%s: removed, an earlier run's output that described the previous GM mask "
                             "(this run writes no %s)", path, "WM mask" if k == "wm" else "probability map")
@@ -333,7 +346,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
     hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}
     previous = _intact_outputs(outputs, kinds)
-    stale = _stale_outputs(outputs)
+    stale = _stale_outputs(outputs, inputs)
     if sources is None:
         sources = [str(p) for p in inputs]
     with StagedFiles() as staged:
@@ -356,9 +369,11 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
             temporary[key] = staged.stage(outputs[key], lambda tmp, text=json_text(meta): tmp.write_text(text))
         if entry is not None:
             entry.write(StagedOutputs(image, cord_path, outputs, temporary, result, segmenter.identity))
+        # An earlier run's outputs this set does not write go before the renames: a kill between
+        # leaves the old GM mask and sidecar without them, never them beside the new GM mask.
+        _remove_stale(outputs, stale)
         # Sidecars first: a run killed between two renames leaves outputs that an sct-gm sidecar
         # describes (so the next run may replace them) with another recorded sha256 (so a resume redoes them).
-        _remove_stale(outputs, stale)  # before the renames: a kill between leaves the old GM set, whole
         staged.commit(outputs[k] for k in outputs.sidecars)
     written = SegmentFileResult(input=image.path, gm=outputs["gm"], sidecar=outputs["gm_sidecar"],
                                 segmentation=result)

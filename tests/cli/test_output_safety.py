@@ -491,3 +491,38 @@ def test_an_earlier_runs_bids_soft_map_goes_with_its_sidecar(tiny_model, make_ni
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in anat.iterdir()) == ["sub-01_T2star_label-GM_seg.json",
                                                       "sub-01_T2star_label-GM_seg.nii.gz"]
+
+
+def test_only_files_whose_recorded_bytes_match_are_removed_as_an_earlier_runs(tiny_model, image, make_nifti):
+    """Found in review: the removal reused the replacement rule, under which a dangling link, an
+    unreadable file or a sidecar without hashes counts as sct-gm's; nobody asked to remove those. Nor
+    an input of the command, whatever its name."""
+    model = tiny_model()
+    assert _segment("-i", str(image), "-m", model).exit_code == 0  # GM only: the sidecar records no WM
+    wm = image.with_name("t2s_wmseg.nii.gz")
+    for make in (lambda: wm.symlink_to(image.with_name("absent.nii.gz")),  # an unfetched annex file
+                 lambda: wm.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")):  # a pointer
+        make()
+        assert _segment("-i", str(image), "-m", model).exit_code == 0
+        assert wm.is_symlink() or wm.is_file()
+        wm.unlink()
+    cord = make_nifti((cord_phantom_volume(seed=1) > 120).astype(np.uint8), name="in/cord.nii.gz")
+    out = image.parent / "out" / "a.nii.gz"
+    assert _segment("-i", str(image), "-s", str(cord), "-o", str(out), "--wm", "-m", model).exit_code == 0
+    its_wm = out.with_name("a_wmseg.nii.gz")
+    assert _segment("-i", str(image), "-s", str(its_wm), "-o", str(out), "-m", model).exit_code == 0
+    assert its_wm.is_file()  # the -s input stays, though it is the earlier run's WM mask
+
+
+def test_a_bids_sidecar_left_alone_by_a_killed_removal_goes_too(tiny_model, make_nifti, tmp_path):
+    ds = tmp_path / "ds"
+    (ds / "sub-01" / "anat").mkdir(parents=True)
+    (ds / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
+    make_nifti(cord_phantom_volume(seed=1), name="ds/sub-01/anat/sub-01_T2star.nii.gz")
+    model = tiny_model()
+    assert _segment("--bids", str(ds), "--prob", "-m", model).exit_code == 0
+    anat = ds / "derivatives" / "sct-gm" / "sub-01" / "anat"
+    (anat / "sub-01_T2star_label-GM_probseg.nii.gz").unlink()  # a kill between the two removals
+    assert _segment("--bids", str(ds), "-m", model, "-thr", "0.6").exit_code == 0
+    assert sorted(p.name for p in anat.iterdir()) == ["sub-01_T2star_label-GM_seg.json",
+                                                      "sub-01_T2star_label-GM_seg.nii.gz"]

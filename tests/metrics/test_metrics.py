@@ -290,8 +290,10 @@ def test_soft_area_is_the_sum_of_probabilities(make_nifti):
     assert soft[0]["soft"] is True
     with pytest.raises(MetricsError, match=r"expected probabilities in \[0, 1\]"):  # a 0/2 mask: not probabilities
         morphometry(make_nifti((data > 0) * 2.0, zooms_mm=(0.5, 0.5, 5)), soft=True)
-    with pytest.raises(InputImageError, match=r"is not a GM mask"):  # 0-4 in several values: no mask at all
+    with pytest.raises(MetricsError, match=r"expected probabilities in \[0, 1\]"):  # labels 0-4
         morphometry(make_nifti(data * 4, zooms_mm=(0.5, 0.5, 5)), soft=True)
+    with pytest.raises(InputImageError, match=r"is not a GM mask"):  # an image: no mask at all
+        morphometry(make_nifti(data * 4 + 0.3 + np.arange(72).reshape(6, 6, 2), zooms_mm=(0.5, 0.5, 5)), soft=True)
 
 
 def test_cord_mask_gives_wm_area_and_ratio_and_warns_about_gm_outside(make_nifti, caplog):
