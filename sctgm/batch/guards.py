@@ -48,13 +48,21 @@ def metrics_tables(settings_metrics: bool, requested: Path | None, derivatives: 
     """The morphometry tables a BIDS run writes: the one asked for (``requested``, with metrics on),
     and the derivative's own ``derivatives/name`` whenever an sct-gm table is there, so that it never
     keeps the rows of a mask this run replaces."""
-    from ..metrics.table import is_metrics_csv
-
     own = derivatives / name
     tables = [requested] if settings_metrics and requested is not None else []
-    if (settings_metrics and requested is None) or (not any(_same(t, own) for t in tables) and is_metrics_csv(own)):
+    if (settings_metrics and requested is None) or (not any(_same(t, own) for t in tables) and _batch_table(own)):
         tables.append(own)
     return tables
+
+
+def _batch_table(path: Path) -> bool:
+    """True for a morphometry table a batch wrote (sct-gm's metrics header with the batch's
+    ``subject``/``session``/``input`` columns first); a table of ``sct-gm metrics`` saved under that
+    name (compare mode, per level) holds no row a batch could keep, and is left alone."""
+    from ..metrics.table import is_metrics_csv, table_header
+
+    header = table_header(path, ",") if is_metrics_csv(path) else None
+    return header is not None and tuple(header[:3]) == ("subject", "session", "input")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -241,7 +241,12 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
                               prob=args.prob, wm=args.wm, device=args.device, engine=args.engine,
                               precision=args.precision, threads=args.threads, entry=entry, overwrite=args.overwrite,
                               progress=progress, download_progress=fetching)
-    tables = _write_tables(args, result, time.perf_counter() - t0, warnings)
+    try:
+        tables = _write_tables(args, result, time.perf_counter() - t0, warnings)
+    except KeyboardInterrupt:  # the outputs are in place: say so, not that nothing was written
+        click.echo(f"sct-gm: interrupted after {result.gm} was written; --summary / --metrics may not list it yet: "
+                   f"run the same command again", err=True)
+        raise SystemExit(130) from None
     if not args.quiet:
         info = result.segmentation.info if result.segmentation else {}
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)

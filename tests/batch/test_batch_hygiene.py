@@ -83,6 +83,21 @@ def test_without_a_morphometry_table_a_run_without_metrics_writes_none(dataset, 
     assert (deriv / "summary.tsv").is_file() and not (deriv / "morphometry.csv").exists()
 
 
+def test_a_table_of_sct_gm_metrics_saved_under_the_name_is_left_alone(dataset, tiny_model):
+    """Found in review: a compare-mode table of `sct-gm metrics` saved as the derivative's
+    morphometry.csv was rewritten by a plain run with only the batch's rows (all of its own lost)."""
+    model = tiny_model()
+    deriv = dataset / "derivatives" / "sct-gm"
+    assert run("segment", "--bids", str(dataset), "-m", model, "--device", "cpu", "-q").exit_code == 0
+    gm = deriv / "sub-01" / "anat" / "sub-01_T2star_label-GM_seg.nii.gz"
+    own = deriv / "morphometry.csv"
+    assert run("metrics", "-i", str(gm), "-r", str(gm), "-o", str(own), "-q").exit_code == 0
+    kept = own.read_bytes()
+    res = run("segment", "--bids", str(dataset), "-m", model, "--device", "cpu", "-thr", "0.2", "-q")
+    assert res.exit_code == 0, res.output
+    assert own.read_bytes() == kept
+
+
 # --------------------------------------------------------------------- 2. nothing into the raw dataset
 
 @pytest.mark.parametrize("where", ["summary-root", "summary-overwrite", "metrics-root", "metrics-subject",

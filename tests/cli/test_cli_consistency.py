@@ -201,3 +201,20 @@ def test_counts_agree_with_their_nouns():
     assert _resume_message([one], 1, False).startswith("1 of 1 image finished (1 segmented)")
     assert _resume_message([one], 3, False).startswith("1 of 3 images finished")
     assert _resume_message([], None, False).startswith("0 images finished")
+
+
+def test_ctrl_c_while_one_files_tables_are_written_says_the_outputs_are_there(tiny_model, image, tmp_path,
+                                                                           monkeypatch):
+    """Found in review: Ctrl-C after the mask was written, while its row went into --summary, said
+    "no output was written for the unfinished file"."""
+    import sctgm.batch
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sctgm.batch, "write_summary", interrupted)
+    res = _run("segment", "-i", str(image), "-m", tiny_model(), "--summary", str(tmp_path / "s.tsv"))
+    assert res.exit_code == 130, res.output
+    gm = image.with_name("sub-07_t2s_gmseg.nii.gz")
+    assert gm.is_file() and _lines(res.stderr)[-1] == (f"sct-gm: interrupted after {gm} was written; --summary / "
+                                                       f"--metrics may not list it yet: run the same command again")
