@@ -172,6 +172,8 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
         raise OutputError("per-slice metrics need a CSV path for the whole batch (metrics_csv)",
                           parameter="metrics_csv")
     tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
+    guards.check_tables_apart(jobs, [("summary", "summary table", summary),
+                                     *(("metrics_csv", "metrics table", t) for t in tables)])
     prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
                   download_progress=download_progress)
     with guards.removing_new_empty_folders(_output_folders(jobs, summary, tables)):
@@ -248,8 +250,9 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     summary = summary if summary is not None else deriv / SUMMARY_NAME
     requested = Path(metrics_csv) if metrics_csv is not None else None
     tables = guards.metrics_tables(settings.metrics, requested, deriv, METRICS_NAME)
-    guards.check_outside_raw(root, deriv, [("summary", "summary table", summary),
-                                           *(("metrics_csv", "metrics table", t) for t in tables)])
+    named = [("summary", "summary table", summary), *(("metrics_csv", "metrics table", t) for t in tables)]
+    guards.check_outside_raw(root, deriv, named)
+    guards.check_tables_apart(jobs, named)
     bids.check_dataset_description(deriv, overwrite=settings.overwrite)
     asked = (requested or deriv / METRICS_NAME) if settings.metrics else None
     if tables:

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..exceptions import OutputError
 
@@ -102,3 +103,18 @@ def removing_new_empty_folders(folders: Iterable[Path]) -> Iterator[None]:
             with contextlib.suppress(OSError):  # not made, not empty, or not a folder: left as it is
                 if f.is_dir() and not f.is_symlink():
                     os.rmdir(f)
+
+
+def check_tables_apart(jobs: Sequence[Any], tables: Iterable[tuple[str, str, Path | None]]) -> None:
+    """Refuse, before any work, a table location that is an image's input, cord mask or output (a
+    sidecar included, or an output of another run's options): a table written there would replace
+    it. ``tables``: (parameter, what, path or None) triples."""
+    taken: dict[str, Path] = {}
+    for job in jobs:
+        for path in (job.input, job.cord, *job.outputs.values(), *job.outputs.others.values()):
+            if path is not None:
+                taken[os.path.abspath(path)] = Path(path)
+    for parameter, what, path in tables:
+        if path is not None and os.path.abspath(path) in taken:
+            raise OutputError(f"{path}: the {what} would replace an image's input or output; give it another name",
+                              parameter=parameter)

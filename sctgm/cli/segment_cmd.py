@@ -262,6 +262,15 @@ def _check_tables(args: SegmentArgs) -> None:
     for path, kind, ours in ((args.summary_path, "tsv", is_summary), (args.metrics_csv, "csv", is_metrics_csv)):
         if path is not None:  # sct-gm's own table is merged with; another file is refused without --overwrite
             check_table_path(path, kind, ours=ours, overwrite=args.overwrite)
+    from types import SimpleNamespace
+
+    from ..batch.guards import check_tables_apart
+    from ..naming import output_kinds, sct_outputs
+
+    outputs = sct_outputs(args.inputs[0], args.output, kinds=output_kinds(prob=args.prob, wm=args.wm))
+    job = SimpleNamespace(input=args.inputs[0], cord=args.cord_masks[0] if args.cord_masks else None, outputs=outputs)
+    check_tables_apart([job], [("summary", "summary table", args.summary_path),
+                               ("metrics_csv", "metrics table", args.metrics_csv)])
 
 
 @contextlib.contextmanager

@@ -174,3 +174,10 @@ def test_a_failed_image_leaves_no_empty_folder(dataset, tiny_model, monkeypatch)
     deriv = dataset / "derivatives" / "sct-gm"
     assert res.exit_code == 1, res.output
     assert not (deriv / "sub-01").exists() and (deriv / "sub-02" / "anat").is_dir()
+
+
+def test_a_table_named_like_an_images_output_is_refused_before_any_work(dataset, tiny_model):
+    sidecar = dataset / "derivatives" / "sct-gm" / "sub-01" / "anat" / "sub-01_T2star_label-GM_seg.json"
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "--metrics", str(sidecar))
+    assert res.exit_code == 3 and "would replace an image's input or output" in res.stderr, res.output
+    assert not (dataset / "derivatives").exists()

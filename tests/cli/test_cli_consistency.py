@@ -218,3 +218,16 @@ def test_ctrl_c_while_one_files_tables_are_written_says_the_outputs_are_there(ti
     gm = image.with_name("sub-07_t2s_gmseg.nii.gz")
     assert gm.is_file() and _lines(res.stderr)[-1] == (f"sct-gm: interrupted after {gm} was written; --summary / "
                                                        f"--metrics may not list it yet: run the same command again")
+
+
+def test_a_table_named_like_an_input_or_output_of_the_run_is_refused(tiny_model, image):
+    """Found in review: --summary naming the run's own sidecar replaced it with the TSV (a mask without
+    its sidecar, refused as not sct-gm's on the next run)."""
+    model = tiny_model()
+    for option, table in (("--summary", image.with_name("sub-07_t2s_gmseg.json")),
+                          ("--metrics", image.with_name("sub-07_t2s_gmseg.json"))):  # NIfTI names: refused as such
+        res = _run("segment", "-i", str(image), "-m", model, option, str(table))
+        assert res.exit_code == 3, res.output
+        (line,) = _lines(res.stderr)
+        assert str(table) in line and "would replace an image's input or output" in line
+    assert sorted(p.name for p in image.parent.iterdir()) == [image.name]  # nothing written
