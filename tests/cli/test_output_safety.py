@@ -475,13 +475,19 @@ def test_an_earlier_runs_wm_mask_and_soft_map_go_when_a_run_writes_none(tiny_mod
     assert wm.read_bytes() == edited and not prob.exists()
 
 
-def test_an_earlier_runs_bids_soft_map_goes_with_its_sidecar(tiny_model, make_nifti, tmp_path):
+def _one_subject_with_a_soft_map(tiny_model, make_nifti, tmp_path):
+    """A one-subject BIDS dataset segmented with --prob; returns it and the model."""
     ds = tmp_path / "ds"
     (ds / "sub-01" / "anat").mkdir(parents=True)
     (ds / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
     make_nifti(cord_phantom_volume(seed=1), name="ds/sub-01/anat/sub-01_T2star.nii.gz")
     model = tiny_model()
     assert _segment("--bids", str(ds), "--prob", "-m", model).exit_code == 0
+    return ds, model
+
+
+def test_an_earlier_runs_bids_soft_map_goes_with_its_sidecar(tiny_model, make_nifti, tmp_path):
+    ds, model = _one_subject_with_a_soft_map(tiny_model, make_nifti, tmp_path)
     anat = ds / "derivatives" / "sct-gm" / "sub-01" / "anat"
     prob = anat / "sub-01_T2star_label-GM_probseg.nii.gz"
     assert prob.is_file() and prob.with_name("sub-01_T2star_label-GM_probseg.json").is_file()
@@ -515,12 +521,7 @@ def test_only_files_whose_recorded_bytes_match_are_removed_as_an_earlier_runs(ti
 
 
 def test_a_bids_sidecar_left_alone_by_a_killed_removal_goes_too(tiny_model, make_nifti, tmp_path):
-    ds = tmp_path / "ds"
-    (ds / "sub-01" / "anat").mkdir(parents=True)
-    (ds / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
-    make_nifti(cord_phantom_volume(seed=1), name="ds/sub-01/anat/sub-01_T2star.nii.gz")
-    model = tiny_model()
-    assert _segment("--bids", str(ds), "--prob", "-m", model).exit_code == 0
+    ds, model = _one_subject_with_a_soft_map(tiny_model, make_nifti, tmp_path)
     anat = ds / "derivatives" / "sct-gm" / "sub-01" / "anat"
     (anat / "sub-01_T2star_label-GM_probseg.nii.gz").unlink()  # a kill between the two removals
     assert _segment("--bids", str(ds), "-m", model, "-thr", "0.6").exit_code == 0
