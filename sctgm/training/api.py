@@ -23,6 +23,7 @@ from typing import Any
 from .._version import __version__
 from ..exceptions import InvalidOptionError, OutputError, SctGmError
 from ..engines.hardware import require_torch
+from ..naming import split_nifti_name
 from ..writing import save_json
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
@@ -63,6 +64,8 @@ class TrainOutcome:
 
 
 def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
+    if split_nifti_name(out.name)[1]:  # `-o model.nii.gz`: a mask's name, surely not the folder meant
+        raise OutputError(f"{out}: is a NIfTI name; the trained model is a folder (e.g. -o models/my_gm)")
     if (out.exists() or out.is_symlink()) and not overwrite:
         hint = "overwrite it to replace it" if resume else "overwrite it or choose another output folder"
         raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}",

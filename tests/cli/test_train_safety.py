@@ -197,3 +197,10 @@ def test_seeded_kill_campaign_resumes_to_the_bytes_of_an_uninterrupted_run(pair,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "data", "full"]  # no .partial, no temp file
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]  # every child is gone
     shutil.rmtree(out)
+
+
+def test_a_nifti_name_is_no_model_folder(pair, tmp_path):
+    img, gm = pair
+    res = _run("-i", str(img), "-r", str(gm), "-o", str(tmp_path / "m2.nii.gz"), "--max-steps", "1", *TINY)
+    _one_line(res, 3, "m2.nii.gz: is a NIfTI name", "folder")
+    assert not list(tmp_path.glob("*m2*"))
