@@ -173,7 +173,7 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
                           parameter="metrics_csv")
     tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
     guards.check_tables_apart(jobs, [("summary", "summary table", summary),
-                                     *(("metrics_csv", "metrics table", t) for t in tables)])
+                                     *(("metrics_csv", "metrics table", t) for t in tables)], settings.qc_dir)
     prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
                   download_progress=download_progress)
     with guards.removing_new_empty_folders(_output_folders(jobs, summary, tables)):
@@ -252,7 +252,7 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     tables = guards.metrics_tables(settings.metrics, requested, deriv, METRICS_NAME)
     named = [("summary", "summary table", summary), *(("metrics_csv", "metrics table", t) for t in tables)]
     guards.check_outside_raw(root, deriv, named)
-    guards.check_tables_apart(jobs, named)
+    guards.check_tables_apart(jobs, named, settings.qc_dir)
     bids.check_dataset_description(deriv, overwrite=settings.overwrite)
     asked = (requested or deriv / METRICS_NAME) if settings.metrics else None
     if tables:

@@ -105,16 +105,34 @@ def removing_new_empty_folders(folders: Iterable[Path]) -> Iterator[None]:
                     os.rmdir(f)
 
 
-def check_tables_apart(jobs: Sequence[Any], tables: Iterable[tuple[str, str, Path | None]]) -> None:
+def check_tables_apart(jobs: Sequence[Any], tables: Iterable[tuple[str, str, Path | None]],
+                       qc_dir: Path | None = None) -> None:
     """Refuse, before any work, a table location that is an image's input, cord mask or output (a
-    sidecar included, or an output of another run's options): a table written there would replace
-    it. ``tables``: (parameter, what, path or None) triples."""
-    taken: dict[str, Path] = {}
+    sidecar included, or an output of another run's options), is one of the QC report's files, or is
+    another table's: a table written there would replace it. Paths are compared where their folders
+    resolve (links and ``..`` included; a table is renamed onto its own name, not followed).
+    ``tables``: (parameter, what, path or None) triples."""
+    taken: dict[str, str] = {}
     for job in jobs:
         for path in (job.input, job.cord, *job.outputs.values(), *job.outputs.others.values()):
             if path is not None:
-                taken[os.path.abspath(path)] = Path(path)
+                taken[_where(path)] = "an image's input or output"
+    report: list[str] = []
+    if qc_dir is not None:
+        from ..qc.report import ASSETS_DIR, ENTRIES_DIR, INDEX_HTML, INDEX_JS, REPORT_JSON, report_folder
+
+        folder = _where(report_folder(qc_dir))
+        report = [os.path.join(folder, name) for name in (INDEX_HTML, INDEX_JS, REPORT_JSON, ASSETS_DIR, ENTRIES_DIR)]
     for parameter, what, path in tables:
-        if path is not None and os.path.abspath(path) in taken:
-            raise OutputError(f"{path}: the {what} would replace an image's input or output; give it another name",
-                              parameter=parameter)
+        if path is None:
+            continue
+        here = _where(path)
+        clash = taken.get(here) or ("a file of the QC report" if any(_inside(here, r) for r in report) else None)
+        if clash:
+            raise OutputError(f"{path}: the {what} would replace {clash}; give it another name", parameter=parameter)
+        taken[here] = f"the {what} given before"
+
+
+def _where(path: str | os.PathLike[str]) -> str:
+    p = Path(path).absolute()
+    return os.path.join(os.path.realpath(p.parent), p.name)

@@ -270,7 +270,7 @@ def _check_tables(args: SegmentArgs) -> None:
     outputs = sct_outputs(args.inputs[0], args.output, kinds=output_kinds(prob=args.prob, wm=args.wm))
     job = SimpleNamespace(input=args.inputs[0], cord=args.cord_masks[0] if args.cord_masks else None, outputs=outputs)
     check_tables_apart([job], [("summary", "summary table", args.summary_path),
-                               ("metrics_csv", "metrics table", args.metrics_csv)])
+                               ("metrics_csv", "metrics table", args.metrics_csv)], args.qc_dir)
 
 
 @contextlib.contextmanager

@@ -231,3 +231,25 @@ def test_a_table_named_like_an_input_or_output_of_the_run_is_refused(tiny_model,
         (line,) = _lines(res.stderr)
         assert str(table) in line and "would replace an image's input or output" in line
     assert sorted(p.name for p in image.parent.iterdir()) == [image.name]  # nothing written
+
+
+def test_a_table_through_a_link_onto_an_output_the_other_table_or_the_qc_folder_is_refused(tiny_model, image,
+                                                                                             tmp_path):
+    """Found in review: paths were compared without resolving links; two tables on one path, or a
+    table in the QC folder, were not compared at all (the summary lost, the report's files replaced)."""
+    model = tiny_model()
+    link = tmp_path / "link"
+    link.symlink_to(image.parent)
+    cases = {"through a link": ("--summary", str(link / "sub-07_t2s_gmseg.json")),
+             "one path for both": ("--summary", str(tmp_path / "t.csv"), "--metrics", str(tmp_path / "t.csv")),
+             "in the QC folder": ("-qc", str(tmp_path / "qc"), "--summary", str(tmp_path / "qc" / "report.json"))}
+    for name, extra in cases.items():
+        res = _run("segment", "-i", str(image), "-m", model, *extra)
+        assert res.exit_code == 3, (name, res.output)
+        (line,) = _lines(res.stderr)
+        assert "would replace" in line, (name, line)
+    assert sorted(p.name for p in image.parent.iterdir()) == [image.name]
+    assert not (tmp_path / "t.csv").exists() and not (tmp_path / "qc").exists()
+    beside = tmp_path / "qc" / "summary.tsv"  # a table beside the report's files is fine
+    res = _run("segment", "-i", str(image), "-m", model, "-qc", str(tmp_path / "qc"), "--summary", str(beside))
+    assert res.exit_code == 0 and beside.is_file() and (tmp_path / "qc" / "report.json").is_file(), res.output
