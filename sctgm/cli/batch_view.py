@@ -62,3 +62,19 @@ def render_summary(result: Any, quiet: bool) -> None:
     from . import plural
 
     click.echo(f"sct-gm: {plural(len(records), 'image')}: {counts}{where}", err=True)
+
+
+def resume_message(finished: list[Any], total: int | None, overwrite: bool) -> str:
+    """What running the interrupted batch's command again does, exactly (the batch's resume rules:
+    docs/batch.md, "Resume")."""
+    from . import plural
+
+    done = sum(r.status == "ok" for r in finished)
+    of = f"{len(finished)} of {plural(total, 'image')}" if total is not None else plural(len(finished), "image")
+    head = (f"{of} finished ({done} segmented) and unfinished ones left nothing behind")
+    if not overwrite:
+        return (f"{head}: run the same command again to resume (valid outputs are skipped, the rest "
+                f"segmented)")
+    return (f"{head}: the same command (with --overwrite) segments every image again; without --overwrite it "
+            f"resumes: the {done} segmented now are kept, and of the others only those whose outputs are "
+            f"missing, invalid or made with other settings or another model are segmented again")

@@ -252,7 +252,17 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
         voxels = info.get("gm_voxels")
         count = plural(voxels, "GM voxel") if isinstance(voxels, int) else "? GM voxels"
-        click.echo(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}", err=True)
+        click.echo(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}{_qc_where(args)}",
+                   err=True)
+
+
+def _qc_where(args: SegmentArgs) -> str:
+    """'; QC report: file://.../index.html' when -qc was given (what `sct-gm qc` prints as Open:)."""
+    if args.qc_dir is None:
+        return ""
+    from ..qc.report import INDEX_HTML, report_folder
+
+    return f"; QC report: {(report_folder(args.qc_dir) / INDEX_HTML).resolve().as_uri()}"
 
 
 def _check_tables(args: SegmentArgs) -> None:
@@ -336,7 +346,7 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
     from ..batch import segment_bids, segment_files
     from ..batch.bids import DEFAULT_SUFFIXES
     from ..batch.jobs import BatchSettings
-    from .batch_view import describe_record, render_summary
+    from .batch_view import describe_record, render_summary, resume_message
     from .progress import counting_bar, download_progress
 
     if args.n_jobs > 1 and args.scheduler is not None:
@@ -370,23 +380,11 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
                 result = segment_files(args.inputs, settings, output=args.output, cord_masks=args.cord_masks,
                                        progress=progress, download_progress=fetching, **common)
     except KeyboardInterrupt:
-        click.echo(f"sct-gm: interrupted; {_resume_message(finished, planned[0] if planned else None, args.overwrite)}",
+        click.echo(f"sct-gm: interrupted; {resume_message(finished, planned[0] if planned else None, args.overwrite)}",
                    err=True)
         ctx.exit(130)
     render_summary(result, args.quiet)
+    if args.qc_dir is not None and not args.quiet:
+        click.echo(f"sct-gm: {_qc_where(args)[2:]}", err=True)
     if result.failed:
         ctx.exit(1)
-
-
-def _resume_message(finished: list[Any], total: int | None, overwrite: bool) -> str:
-    """What running the interrupted batch's command again does, exactly (the batch's resume rules:
-    docs/batch.md, "Resume")."""
-    done = sum(r.status == "ok" for r in finished)
-    of = f"{len(finished)} of {plural(total, 'image')}" if total is not None else plural(len(finished), "image")
-    head = (f"{of} finished ({done} segmented) and unfinished ones left nothing behind")
-    if not overwrite:
-        return (f"{head}: run the same command again to resume (valid outputs are skipped, the rest "
-                f"segmented)")
-    return (f"{head}: the same command (with --overwrite) segments every image again; without --overwrite it "
-            f"resumes: the {done} segmented now are kept, and of the others only those whose outputs are "
-            f"missing, invalid or made with other settings or another model are segmented again")

@@ -181,3 +181,10 @@ def test_a_table_named_like_an_images_output_is_refused_before_any_work(dataset,
     res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "--metrics", str(sidecar))
     assert res.exit_code == 3 and "would replace an image's input or output" in res.stderr, res.output
     assert not (dataset / "derivatives").exists()
+
+
+def test_a_batch_says_where_the_qc_report_is(dataset, tiny_model, tmp_path):
+    qc = tmp_path / "qc"
+    res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-qc", str(qc))
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[-1] == f"sct-gm: QC report: {(qc / 'index.html').resolve().as_uri()}"

@@ -194,13 +194,13 @@ def test_a_subcommand_that_shows_its_help_when_bare_says_one_line_instead(monkey
 def test_counts_agree_with_their_nouns():
     from sctgm.batch.jobs import JobRecord
     from sctgm.cli import plural
-    from sctgm.cli.segment_cmd import _resume_message
+    from sctgm.cli.batch_view import resume_message
 
     assert (plural(1, "image"), plural(0, "image"), plural(2, "slice")) == ("1 image", "0 images", "2 slices")
     one = JobRecord("a.nii.gz", None, None, "ok")
-    assert _resume_message([one], 1, False).startswith("1 of 1 image finished (1 segmented)")
-    assert _resume_message([one], 3, False).startswith("1 of 3 images finished")
-    assert _resume_message([], None, False).startswith("0 images finished")
+    assert resume_message([one], 1, False).startswith("1 of 1 image finished (1 segmented)")
+    assert resume_message([one], 3, False).startswith("1 of 3 images finished")
+    assert resume_message([], None, False).startswith("0 images finished")
 
 
 def test_ctrl_c_while_one_files_tables_are_written_says_the_outputs_are_there(tiny_model, image, tmp_path,
@@ -253,3 +253,12 @@ def test_a_table_through_a_link_onto_an_output_the_other_table_or_the_qc_folder_
     beside = tmp_path / "qc" / "summary.tsv"  # a table beside the report's files is fine
     res = _run("segment", "-i", str(image), "-m", model, "-qc", str(tmp_path / "qc"), "--summary", str(beside))
     assert res.exit_code == 0 and beside.is_file() and (tmp_path / "qc" / "report.json").is_file(), res.output
+
+
+def test_segment_says_where_the_qc_report_is(tiny_model, image, tmp_path):
+    """Found in the user audit: `segment -qc` never said where the report went (`sct-gm qc` does)."""
+    qc = tmp_path / "qc"
+    res = _run("segment", "-i", str(image), "-m", tiny_model(), "-qc", str(qc))
+    assert res.exit_code == 0, res.output
+    assert _lines(res.stderr)[-1].endswith(f"; QC report: {(qc / 'index.html').resolve().as_uri()}")
+    assert (qc / "index.html").is_file()
