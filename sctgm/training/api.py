@@ -65,7 +65,8 @@ class TrainOutcome:
 
 def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
     if split_nifti_name(out.name)[1]:  # `-o model.nii.gz`: a mask's name, surely not the folder meant
-        raise OutputError(f"{out}: is a NIfTI name; the trained model is a folder (e.g. -o models/my_gm)")
+        raise OutputError(f"{out}: is a NIfTI name; the trained model is a folder (e.g. models/my_gm)",
+                          parameter="output")
     if (out.exists() or out.is_symlink()) and not overwrite:
         hint = "overwrite it to replace it" if resume else "overwrite it or choose another output folder"
         raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}",
