@@ -19,6 +19,8 @@ def spread_greedy(args: Sequence[str], greedy: Sequence[str]) -> list[str]:
             out += list(args[i:])
             return out
         if tok.startswith("-") and tok != "-":
+            if current is not None and not taken:  # Click would take the next flag as the value
+                raise click.UsageError(f"{current} needs a value before {tok}")
             current, taken = (tok if tok in greedy else None), 0
             out.append(tok)
             continue

@@ -183,6 +183,21 @@ def test_spread_greedy_turns_value_lists_into_repeated_options():
     assert spread_greedy(["-i", "a", "--", "-x"], ("-i",)) == ["-i", "a", "--", "-x"]
 
 
+def test_a_value_list_flag_followed_by_another_flag_says_it_needs_a_value(tmp_path):
+    """Found in the user audit: `--participant-label -j 2` took `-j` as the label and then said
+    "Got unexpected extra argument (2)"."""
+    from click.testing import CliRunner
+
+    from sctgm.cli import main
+
+    for args, flag in ((["--bids", str(tmp_path), "--participant-label", "-j", "2"], "--participant-label"),
+                       (["-i", "-m", "challenge"], "-i")):
+        res = CliRunner().invoke(main, ["segment", *args])
+        assert res.exit_code == 2, res.output
+        (line,) = [x for x in res.stderr.splitlines() if x.strip()]
+        assert line.startswith(f"sct-gm: error: {flag} needs a value before {args[args.index(flag) + 1]}"), line
+
+
 def test_segment_cli_rejects_conflicting_batch_options(tmp_path):
     from click.testing import CliRunner
 
