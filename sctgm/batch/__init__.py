@@ -172,24 +172,28 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
         raise OutputError("per-slice metrics need a CSV path for the whole batch (metrics_csv)",
                           parameter="metrics_csv")
     tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
-    guards.check_tables_apart(jobs, [("summary", "summary table", summary),
-                                     *(("metrics_csv", "metrics table", t) for t in tables)], settings.qc_dir)
-    prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
-                  download_progress=download_progress)
+    check_tables(jobs, summary, tables, overwrite=settings.overwrite, qc_dir=settings.qc_dir)
+    prepare_batch(settings, scheduler=scheduler, download_progress=download_progress)
     with guards.removing_new_empty_folders(_output_folders(jobs, summary, tables)):
         return _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)
 
 
-def prepare_batch(settings: BatchSettings, *, scheduler: Any = None, summary: str | os.PathLike[str] | None = None,
-                  metrics_tables: Sequence[str | os.PathLike[str]] = (), download_progress: Any = None) -> None:
-    """What :func:`run_batch` does before any job, writing nothing in the dataset: check the tables'
-    and the QC report's locations and, on a local executor, install the model (a model that cannot be
-    found or installed fails here)."""
+def check_tables(jobs: Sequence[Any], summary: str | os.PathLike[str] | None,
+                 metrics_tables: Sequence[str | os.PathLike[str]], *, overwrite: bool, qc_dir: Path | None) -> None:
+    """Refuse, before any work, a table location on a job's file, another table or the QC report's
+    (:func:`guards.check_tables_apart`), unwritable, or holding a file not sct-gm's (unless ``overwrite``)."""
     from ..metrics.table import check_table_path, is_metrics_csv
 
+    guards.check_tables_apart(jobs, [("summary", "summary table", summary),
+                                     *(("metrics_csv", "metrics table", t) for t in metrics_tables)], qc_dir)
     for path, kind, ours in ((summary, "tsv", is_summary), *((m, "csv", is_metrics_csv) for m in metrics_tables)):
-        if path is not None:  # an existing table of sct-gm is merged with (written again), another file refused
-            check_table_path(path, kind, ours=ours, overwrite=settings.overwrite)
+        if path is not None:
+            check_table_path(path, kind, ours=ours, overwrite=overwrite)
+
+
+def prepare_batch(settings: BatchSettings, *, scheduler: Any = None, download_progress: Any = None) -> None:
+    """What :func:`run_batch` does before any job after :func:`check_tables`, writing nothing: check the
+    QC folder and, on a local executor, install the model (one that cannot be found fails here)."""
     if settings.qc_dir is not None:
         from ..qc.report import check_qc_dir
 
@@ -250,15 +254,14 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     summary = summary if summary is not None else deriv / SUMMARY_NAME
     requested = Path(metrics_csv) if metrics_csv is not None else None
     tables = guards.metrics_tables(settings.metrics, requested, deriv, METRICS_NAME)
-    named = [("summary", "summary table", summary), *(("metrics_csv", "metrics table", t) for t in tables)]
-    guards.check_outside_raw(root, deriv, named)
-    guards.check_tables_apart(jobs, named, settings.qc_dir)
+    guards.check_outside_raw(root, deriv, [("summary", "summary table", summary),
+                                           *(("metrics_csv", "metrics table", t) for t in tables)])
+    check_tables(jobs, summary, tables, overwrite=settings.overwrite, qc_dir=settings.qc_dir)
     bids.check_dataset_description(deriv, overwrite=settings.overwrite)
     asked = (requested or deriv / METRICS_NAME) if settings.metrics else None
     if tables:
         settings = replace(settings, metrics=True)
-    prepare_batch(settings, scheduler=scheduler, summary=summary, metrics_tables=tables,
-                  download_progress=download_progress)
+    prepare_batch(settings, scheduler=scheduler, download_progress=download_progress)
     with guards.removing_new_empty_folders({deriv} | _output_folders(jobs, summary, tables)):
         bids.write_dataset_description(root, deriv, overwrite=settings.overwrite)
         result = _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)

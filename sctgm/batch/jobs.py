@@ -169,16 +169,17 @@ def _without_input(job: Job, message: str) -> str:
 
 
 @contextlib.contextmanager
-def captured_warnings() -> Iterator[list[str]]:
+def captured_warnings(mark: bool = True) -> Iterator[list[str]]:
     """Collect the ``sctgm`` logger's warnings while a job runs (they go into its record's message).
-    Collected records are marked ``sctgm_captured`` so that a console handler can leave them out."""
+    Collected records are marked ``sctgm_captured`` (unless not ``mark``) so that a console handler
+    can leave them out."""
     logger = logging.getLogger("sctgm")
     messages: list[str] = []
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage())
-            record.sctgm_captured = True
+            record.sctgm_captured = mark
 
     handler, level = _Collect(logging.WARNING), logger.level
     if logger.getEffectiveLevel() > logging.WARNING:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,17 +223,18 @@ def _say_qc_folder(args: SegmentArgs) -> None:
 def _segment_one(args: SegmentArgs, options: Any) -> None:
     """One file, segmented again on every run; with --summary/--metrics its row goes into those
     tables (merged as a batch's rows are), written only once the file is."""
+    from ..batch.jobs import captured_warnings
     from ..qc import QcEntryWriter
     from ..segment.files import segment_file
     from .progress import counting_bar, download_progress
 
     _check_tables(args)  # before any work, as a batch does
     entry = QcEntryWriter(args.qc_dir, args.qc_subject, args.qc_dataset) if args.qc_dir is not None else None
-    warnings: list[str] = []
     t0 = time.perf_counter()
+    # a summary row holds the image's warnings, as a batch row does; shown on the terminal unless -q
+    kept = captured_warnings(mark=args.quiet) if args.summary_path is not None else contextlib.nullcontext([])
     with download_progress(args.quiet) as fetching, \
-            counting_bar(args.quiet, f"Segmenting {args.inputs[0].name}", "slices") as progress, \
-            _warnings_kept(warnings, args.summary_path is not None):
+            counting_bar(args.quiet, f"Segmenting {args.inputs[0].name}", "slices") as progress, kept as warnings:
         result = segment_file(args.inputs[0], args.output, model=args.model,
                               cord_mask=args.cord_masks[0] if args.cord_masks else None, options=options,
                               prob=args.prob, wm=args.wm, device=args.device, engine=args.engine,
@@ -252,65 +251,30 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
         voxels = info.get("gm_voxels")
         count = plural(voxels, "GM voxel") if isinstance(voxels, int) else "? GM voxels"
-        click.echo(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}{_qc_where(args)}",
-                   err=True)
+        click.echo(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}"
+                   f"{'; ' + _qc_where(args) if args.qc_dir is not None else ''}", err=True)
 
 
 def _qc_where(args: SegmentArgs) -> str:
-    """'; QC report: file://.../index.html' when -qc was given (what `sct-gm qc` prints as Open:)."""
+    """'QC report: file://.../index.html' when -qc was given (what `sct-gm qc` prints as Open:)."""
     if args.qc_dir is None:
         return ""
     from ..qc.report import INDEX_HTML, report_folder
 
-    return f"; QC report: {(report_folder(args.qc_dir) / INDEX_HTML).resolve().as_uri()}"
+    return f"QC report: {(report_folder(args.qc_dir) / INDEX_HTML).resolve().as_uri()}"
 
 
 def _check_tables(args: SegmentArgs) -> None:
-    from ..batch import is_summary
-    from ..metrics.table import check_table_path, is_metrics_csv
-
-    for path, kind, ours in ((args.summary_path, "tsv", is_summary), (args.metrics_csv, "csv", is_metrics_csv)):
-        if path is not None:  # sct-gm's own table is merged with; another file is refused without --overwrite
-            check_table_path(path, kind, ours=ours, overwrite=args.overwrite)
+    """The batch's checks of --summary / --metrics, for the one file's outputs."""
     from types import SimpleNamespace
 
-    from ..batch.guards import check_tables_apart
+    from ..batch import check_tables
     from ..naming import output_kinds, sct_outputs
 
     outputs = sct_outputs(args.inputs[0], args.output, kinds=output_kinds(prob=args.prob, wm=args.wm))
     job = SimpleNamespace(input=args.inputs[0], cord=args.cord_masks[0] if args.cord_masks else None, outputs=outputs)
-    check_tables_apart([job], [("summary", "summary table", args.summary_path),
-                               ("metrics_csv", "metrics table", args.metrics_csv)], args.qc_dir)
-
-
-@contextlib.contextmanager
-def _warnings_kept(into: list[str], keep: bool) -> Iterator[None]:
-    """Copy the ``sctgm`` logger's warnings into ``into`` (a summary row's message, as a batch row
-    holds its image's), still shown on the terminal as usual; with -q they are kept, not shown."""
-    if not keep:
-        yield
-        return
-    logger = logging.getLogger("sctgm")
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            into.append(record.getMessage())
-
-    shown = {h: h.level for h in logger.handlers}
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.WARNING:  # -q: warnings are kept for the row, not shown
-        for h in shown:
-            h.setLevel(max(h.level, logger.getEffectiveLevel()))
-        logger.setLevel(logging.WARNING)
-    keeper = _Keep(logging.WARNING)
-    logger.addHandler(keeper)
-    try:
-        yield
-    finally:
-        logger.removeHandler(keeper)
-        logger.setLevel(level)
-        for h, h_level in shown.items():
-            h.setLevel(h_level)
+    check_tables([job], args.summary_path, [args.metrics_csv] if args.metrics_csv is not None else [],
+                 overwrite=args.overwrite, qc_dir=args.qc_dir)
 
 
 def _write_tables(args: SegmentArgs, result: Any, seconds: float, warnings: list[str]) -> str:
@@ -385,6 +349,6 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
         ctx.exit(130)
     render_summary(result, args.quiet)
     if args.qc_dir is not None and not args.quiet:
-        click.echo(f"sct-gm: {_qc_where(args)[2:]}", err=True)
+        click.echo(f"sct-gm: {_qc_where(args)}", err=True)
     if result.failed:
         ctx.exit(1)

@@ -265,8 +265,9 @@ def test_interrupted_batch_resumes_to_the_same_dataset(dataset, reference, sig, 
     if not extra:  # sequential: the images after the one being segmented were not started
         assert 1 <= len(done) < 3, "the signal must arrive part-way through the batch"
     if sig == signal.SIGINT:  # the message counts what is on disk (with -j 2: the images in flight too)
-        counted = re.search(r"images finished \((\d+) segmented\)", err)
-        assert counted and int(counted.group(1)) == len(done), (err, done)
+        counted = re.search(r"images? finished \((\d+) segmented\)", err)
+        # sequential: a signal landing between an image's last rename and its record leaves it uncounted
+        assert counted and int(counted.group(1)) in ((len(done),) if extra else (len(done) - 1, len(done))), (err, done)
     for r in done:  # whatever looks complete is complete
         assert (deriv / r.replace(".json", ".nii.gz")).read_bytes() == reference.files[r.replace(".json", ".nii.gz")]
 
