@@ -38,8 +38,7 @@ def check_outside_raw(root: str | os.PathLike[str], derivatives: str | os.PathLi
     for parameter, what, path in tables:
         if path is None:
             continue
-        p = Path(path).absolute()
-        real = os.path.join(os.path.realpath(p.parent), p.name)
+        real = _where(path)
         if _inside(real, raw) and not any(_inside(real, a) and real != a for a in allowed):
             raise OutputError(f"{path}: the {what} must not be written into the raw data; put it outside the "
                               f"dataset or under {Path(root) / 'derivatives'}", parameter=parameter)
@@ -134,5 +133,6 @@ def check_tables_apart(jobs: Sequence[Any], tables: Iterable[tuple[str, str, Pat
 
 
 def _where(path: str | os.PathLike[str]) -> str:
+    """Where a file written at ``path`` lands: its folder resolved (links, ``..``), its own name kept."""
     p = Path(path).absolute()
     return os.path.join(os.path.realpath(p.parent), p.name)
