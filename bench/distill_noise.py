@@ -38,14 +38,13 @@ import numpy as np
 import sctgm
 import sctgm.io
 from cases import ALL_LABELLED, DATA, MODELS_DIR, dice, outlier_slices, require_shared
+from default_candidates import to_native as candidate_to_native
 from robustness import degraded
 from robustness_default import DRAW_SEED_STEP, GOAL_LOSS_2PC, seed_of
 from sctgm.segment import ensemble, placement
 from sctgm.enhancement import Enhancement
 from sctgm.segment.enhance import apply as enhance
 from sctgm.segment.degrade import add_rician_noise
-from sctgm.segment.grid import to_native
-from sctgm.segment.postprocess import fill_holes, keep_largest_components
 from sctgm.segment.preprocess import Standardisation, sample
 
 GMC = DATA / "gm_challenge_2018"
@@ -124,7 +123,9 @@ def train(args: argparse.Namespace) -> None:
                      "the student would not be fed what the network is fed")
         draws = [fed(seg.prepare(as_image(img, add_rician_noise(data, rng.uniform(0.005, 0.04), rng)), noisy_options),
                      windows) for _ in range(args.draws)]
-        clean.append(x), targets.append(t.clamp(-CLAMP, CLAMP)), noisy.append(np.stack(draws, 1))
+        clean.append(x)
+        targets.append(t.clamp(-CLAMP, CLAMP))
+        noisy.append(np.stack(draws, 1))
         print(f"{path.name}: {len(windows)} windows, teacher checked (max gap {gap:.1e})", flush=True)
     X, T, N = np.concatenate(clean), torch.cat(targets), np.concatenate(noisy)
     thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
@@ -208,12 +209,8 @@ def score(args: argparse.Namespace) -> None:
 
 
 def native(prob: np.ndarray, windows, vol) -> np.ndarray:
-    """The default's way back to the image's grid (footprint area) and per-slice clean-up."""
-    mask = np.zeros(vol.data.shape, dtype=bool)
-    for k, w in enumerate(windows):
-        box, v = to_native((prob[k] > THRESHOLD).astype(np.float32), vol.grid, w, "area")
-        mask[box[0], box[1], k] = v >= 0.5
-    return fill_holes(keep_largest_components(mask))
+    """The default's way back to the image's grid (footprint area), as bench/default_candidates.py does."""
+    return candidate_to_native(prob, windows, vol, THRESHOLD, rule="area")
 
 
 def main() -> None:
