@@ -5,6 +5,16 @@ window, and is then scored as the default's partner. No manual mask is used in t
     python bench/distill_noise.py train --out /tmp/distill --steps 200           # CPU: ~6 s a step
     python bench/distill_noise.py score --student /tmp/distill/s200.pt --cases t2s,mt1 --draws 6
     python bench/distill_noise.py train --teacher large ...; ... score --teacher large --student ...
+    python bench/distill_noise.py train --teacher large --batch 16 --crop 96 --lr 3e-4 --bce-weight 0.3
+    python bench/distill_noise.py stability --teacher large --student /tmp/distill/s150.pt --cases gmc-9584
+
+`--crop N` trains on N x N crops of the windows (the centre, moved by up to 16 pixels), the teacher
+run on the same clean crop, so both see the same border: about 4x the windows per second of CPU.
+
+`stability` says how much a network's mask moves under noise, without a manual mask: the windows are
+placed on the clean image and kept, and each 2 % draw's mask (at the published threshold) is compared
+with the clean one, pixel by pixel: flipped pixels and lost GM pixels per clean GM pixel, and the
+mean squared logit change (clamped at +-12); the teacher first, then the student.
 
 `score` runs the default (rule v4, footprint area, guard; `--denoise auto`) on each labelled case clean
 and with `--draws` draws of 2 % Rician noise (bench/robustness_default.py's seeds), once with the
@@ -56,6 +66,7 @@ WEIGHTS = {"large-robust": Path(sctgm.__file__).parent / "model/shipped/large-ro
            "large": MODELS_DIR / "large_model.hdf5"}
 THRESHOLD = 0.999
 CLAMP = 12.0
+CROP_JITTER = 16  # pixels (0.25 mm): a crop's centre moves this far from the window's, which is the cord's
 NO_STAGE = sctgm.SegmentOptions(denoise="off")
 
 
@@ -134,21 +145,30 @@ def train(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = rng.integers(0, len(X), args.batch)
-        batch = []
+        batch, clean_crops = [], []
         for i in idx:
             u = rng.random()
-            if u < 0.2:  # clean: the student must keep the teacher's answer there
-                batch.append(X[i])
-            elif u < 0.35:  # white noise on the 0.25 mm grid, added to the standardised window (0.02-0.2 units)
-                batch.append(X[i] + rng.uniform(0.02, 0.2) * rng.standard_normal(X[i].shape).astype(np.float32))
+            if u < args.clean_share:  # clean: the student must keep the teacher's answer there
+                x = X[i]
+            elif u < args.clean_share + 0.15:  # white noise on the 0.25 mm grid, added to the standardised window
+                x = X[i] + rng.uniform(0.02, 0.2) * rng.standard_normal(X[i].shape).astype(np.float32)
             else:  # Rician noise of 0.5-4 % of p99 added to the native image
-                batch.append(N[i, rng.integers(0, args.draws)])
-        s = student.logits(torch.from_numpy(np.stack(batch)[:, None]).to(args.device))[:, 0]
-        t = T[idx]
+                x = N[i, rng.integers(0, args.draws)]
+            if args.crop:
+                at = (X.shape[-1] - args.crop) // 2 + rng.integers(-CROP_JITTER, CROP_JITTER + 1, 2)
+                box = (slice(at[0], at[0] + args.crop), slice(at[1], at[1] + args.crop))
+                x = x[box]
+                clean_crops.append(X[i][box])
+            batch.append(x)
+        s = student.logits(torch.from_numpy(np.ascontiguousarray(np.stack(batch))[:, None]).to(args.device))[:, 0]
+        if args.crop:  # the teacher on the same clean crop: the same zero border as the student sees
+            t = logits(teacher, np.ascontiguousarray(np.stack(clean_crops)), args.device).clamp(-CLAMP, CLAMP)
+        else:
+            t = T[idx]
         mse = ((s.clamp(-CLAMP, CLAMP) - t) ** 2).mean()
         near = ((t - thr).abs() < 4) | ((s.detach() - thr).abs() < 4)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(s - thr, (t > thr).float(), reduction="none")
-        loss = mse + (bce * near).sum() / near.sum().clamp(min=1)
+        loss = mse + args.bce_weight * (bce * near).sum() / near.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -208,6 +228,38 @@ def score(args: argparse.Namespace) -> None:
     print("worst 2 % loss: " + ", ".join(f"{k} {v:+.4f}" for k, v in worst.items()) + f" (goal <= {GOAL_LOSS_2PC})")
 
 
+def stability(args: argparse.Namespace) -> None:
+    import torch
+    from sctgm.training.models import model_from_weights
+
+    seg = segmenter("large")
+    nets = {args.teacher: model_from_weights(WEIGHTS[args.teacher])[0].eval()}
+    if args.student:
+        nets["student"] = model_from_weights(WEIGHTS[args.teacher])[0].eval()
+        nets["student"].load_state_dict(torch.load(args.student, map_location="cpu"))
+    thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
+    for case in args.cases.split(","):
+        img_path, _, _ = ALL_LABELLED[case]
+        img, data = load(img_path)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        windows, clean_vol, _ = windows_of(seg, as_image(img, data))  # placed on the clean image, then kept
+        noisy_vols = [seg.prepare(as_image(img, degraded(data, zooms, "noise 2%", seed_of(case, "noise 2%")
+                                                         + DRAW_SEED_STEP * k)), NO_STAGE)
+                      for k in range(args.draws)]
+        for name, net in nets.items():
+            clean = logits(net, fed(clean_vol, windows), "cpu").clamp(-CLAMP, CLAMP).numpy()
+            gm = clean > thr
+            flips, lost, mse = [], [], []
+            for vol in noisy_vols:
+                noisy = logits(net, fed(vol, windows), "cpu").clamp(-CLAMP, CLAMP).numpy()
+                flips.append(np.sum(gm ^ (noisy > thr)) / gm.sum())
+                lost.append(np.sum(gm & (noisy <= thr)) / gm.sum())
+                mse.append(float(np.mean((noisy - clean) ** 2)))
+            print(f"{case:14s} {name:12s} GM pixels {int(gm.sum()):6d}  flipped/GM {np.mean(flips):.3f}  "
+                  f"lost/GM {np.mean(lost):.3f}  logit mse {np.mean(mse):.3f}  (mean of {args.draws} draws)",
+                  flush=True)
+
+
 def native(prob: np.ndarray, windows, vol) -> np.ndarray:
     """The default's way back to the image's grid (footprint area), as bench/default_candidates.py does."""
     return candidate_to_native(prob, windows, vol, THRESHOLD, rule="area")
@@ -215,13 +267,16 @@ def native(prob: np.ndarray, windows, vol) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("train", "score"))
+    ap.add_argument("mode", choices=("train", "score", "stability"))
     ap.add_argument("--teacher", choices=tuple(WEIGHTS), default="large-robust")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sctgm-distill"))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--draws", type=int, default=6, help="noisy copies per training image / 2 %% draws scored")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--crop", type=int, default=0, help="train on N x N crops of the windows (0: whole windows)")
+    ap.add_argument("--clean-share", type=float, default=0.2, help="share of clean windows in a batch")
+    ap.add_argument("--bce-weight", type=float, default=1.0, help="weight of the cross-entropy at the threshold")
     ap.add_argument("--every", type=int, default=50, help="checkpoint every N steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="train: cuda when available, else cpu (score: cpu)")
@@ -234,7 +289,7 @@ def main() -> None:
     if args.device is None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    (train if args.mode == "train" else score)(args)
+    {"train": train, "score": score, "stability": stability}[args.mode](args)
 
 
 if __name__ == "__main__":
