@@ -72,6 +72,7 @@ TRAIN_IMAGES = (GMC / "sub-9584/anat/sub-9584_run-2_T2starw.nii.gz",
 WEIGHTS = {"large-robust": Path(sctgm.__file__).parent / "model/shipped/large-robust/model.safetensors",
            "large": MODELS_DIR / "large_model.hdf5"}
 THRESHOLD = 0.999
+THRESHOLD_LOGIT = float(np.log(THRESHOLD / (1 - THRESHOLD)))
 CLAMP = 12.0
 CROP_JITTER = 16  # pixels (0.25 mm): a crop's centre moves this far from the window's, which is the cord's
 NO_STAGE = sctgm.SegmentOptions(denoise="off")
@@ -114,10 +115,31 @@ def logits(module, x: np.ndarray, device: str):
                           for i in range(0, len(x), 4)])[:, 0]
 
 
+def draw_seed(case: str, k: int) -> int:
+    """The seed of the k-th 2 % noise draw of a case: bench/robustness_default.py's."""
+    return seed_of(case, "noise 2%") + DRAW_SEED_STEP * k
+
+
+def load_student(args: argparse.Namespace):
+    """The checkpoint ``--student`` in its teacher's network, or None."""
+    import torch
+    from sctgm.training.models import model_from_weights
+
+    if not args.student:
+        return None
+    student = model_from_weights(WEIGHTS[args.teacher])[0].eval()
+    student.load_state_dict(torch.load(args.student, map_location="cpu"))
+    return student
+
+
 def train(args: argparse.Namespace) -> None:
     import torch
     from sctgm.training.models import model_from_weights
 
+    earlier = sorted(args.out.glob("s*.pt")) if args.out.is_dir() else []
+    if earlier:
+        sys.exit(f"{args.out}: holds checkpoints of an earlier run ({earlier[0].name}, ...); give another --out")
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     # TF32 convolutions (cuDNN's default) would put ~1e-3 of error into the targets and the check below
     torch.backends.cudnn.allow_tf32 = False
@@ -151,9 +173,7 @@ def train(args: argparse.Namespace) -> None:
                  f"{X.shape[-1]} pixels (a crop moves by up to {CROP_JITTER} pixels)")
     print(f"batches: {args.clean_share:.0%} clean, 15 % white noise, {0.85 - args.clean_share:.0%} Rician copies",
           flush=True)
-    thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = rng.integers(0, len(X), args.batch)
@@ -178,8 +198,9 @@ def train(args: argparse.Namespace) -> None:
         else:
             t = T[idx]
         mse = ((s.clamp(-CLAMP, CLAMP) - t) ** 2).mean()
-        near = ((t - thr).abs() < 4) | ((s.detach() - thr).abs() < 4)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(s - thr, (t > thr).float(), reduction="none")
+        near = ((t - THRESHOLD_LOGIT).abs() < 4) | ((s.detach() - THRESHOLD_LOGIT).abs() < 4)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(s - THRESHOLD_LOGIT, (t > THRESHOLD_LOGIT).float(),
+                                                                   reduction="none")
         loss = mse + args.bce_weight * (bce * near).sum() / near.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()
@@ -197,10 +218,7 @@ def score(args: argparse.Namespace) -> None:
 
     seg = segmenter("large")
     robust = model_from_weights(WEIGHTS["large-robust"])[0].eval()
-    student = None
-    if args.student:
-        student = model_from_weights(WEIGHTS[args.teacher])[0].eval()
-        student.load_state_dict(torch.load(args.student, map_location="cpu"))
+    student = load_student(args)
     worst = {k: 0.0 for k in ("shipped", "student")[:1 + (student is not None)]}
     for case in args.cases.split(","):
         img_path, man_path, _ = ALL_LABELLED[case]
@@ -209,7 +227,7 @@ def score(args: argparse.Namespace) -> None:
         # enhancement and Dice are computed on the array as stored: every labelled case is canonical (LAS)
         assert nib.aff2axcodes(img.affine) == ("L", "A", "S"), case
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        seeds = [None] + [seed_of(case, "noise 2%") + DRAW_SEED_STEP * k for k in range(args.draws)]
+        seeds = [None] + [draw_seed(case, k) for k in range(args.draws)]
         res: dict[str, list[float]] = {k: [] for k in worst}
         alone: dict[str, list[float]] = {k: [] for k in worst}
         for seed in seeds:
@@ -241,34 +259,30 @@ def score(args: argparse.Namespace) -> None:
 
 
 def stability(args: argparse.Namespace) -> None:
-    import torch
     from sctgm.training.models import model_from_weights
 
     seg = segmenter("large")
     nets = {args.teacher: model_from_weights(WEIGHTS[args.teacher])[0].eval()}
     if args.student:
-        nets["student"] = model_from_weights(WEIGHTS[args.teacher])[0].eval()
-        nets["student"].load_state_dict(torch.load(args.student, map_location="cpu"))
-    thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
+        nets["student"] = load_student(args)
     for case in args.cases.split(","):
         img_path, _, _ = ALL_LABELLED[case]
         img, data = load(img_path)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         windows, clean_vol, _ = windows_of(seg, as_image(img, data))  # placed on the clean image, then kept
-        noisy_vols = [seg.prepare(as_image(img, degraded(data, zooms, "noise 2%", seed_of(case, "noise 2%")
-                                                         + DRAW_SEED_STEP * k)), NO_STAGE)
+        noisy_vols = [seg.prepare(as_image(img, degraded(data, zooms, "noise 2%", draw_seed(case, k))), NO_STAGE)
                       for k in range(args.draws)]
         for name, net in nets.items():
             clean = logits(net, fed(clean_vol, windows), "cpu").clamp(-CLAMP, CLAMP).numpy()
-            gm = clean > thr
+            gm = clean > THRESHOLD_LOGIT
             if not gm.any():
                 print(f"{case:14s} {name:12s} no GM pixel on the clean windows: nothing to compare", flush=True)
                 continue
             flips, lost, mse = [], [], []
             for vol in noisy_vols:
                 noisy = logits(net, fed(vol, windows), "cpu").clamp(-CLAMP, CLAMP).numpy()
-                flips.append(np.sum(gm ^ (noisy > thr)) / gm.sum())
-                lost.append(np.sum(gm & (noisy <= thr)) / gm.sum())
+                flips.append(np.sum(gm ^ (noisy > THRESHOLD_LOGIT)) / gm.sum())
+                lost.append(np.sum(gm & (noisy <= THRESHOLD_LOGIT)) / gm.sum())
                 mse.append(float(np.mean((noisy - clean) ** 2)))
             print(f"{case:14s} {name:12s} GM pixels {int(gm.sum()):6d}  flipped/GM {np.mean(flips):.3f}  "
                   f"lost/GM {np.mean(lost):.3f}  logit mse {np.mean(mse):.3f}  (mean of {args.draws} draws)",
