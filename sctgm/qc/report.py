@@ -9,7 +9,7 @@ Layout of a QC folder::
       report.json           report id (keys the browser's saved ratings) and creation date
       entries/<id>/         entry.json, image.png, overlay.png
       .sctgm-qc.lock        file lock held while an entry is added
-      entries/.<id>.part/   an entry being written (with .writer: host and pid), renamed when complete
+      entries/.<id>.<writer>.part/   an entry being written or removed; <writer> names its process
 
 Data reaches the page through ``index.js`` (a script setting a global) rather than ``fetch()``,
 which Chromium refuses on ``file://`` pages. Writers take the lock, move a fully written entry
@@ -18,12 +18,16 @@ folder into place with one rename, then rewrite ``index.js`` atomically from eve
 
 An entry is keyed by its image and GM mask (absolute paths): adding one for the same pair replaces
 the old one (a resumed batch, or the same ``sct-gm qc`` command run twice, never lists an image
-twice). A writer killed mid-write (SIGKILL, power loss) leaves an ``entries/.<id>.part`` folder: the
-next writer removes it once its writer is gone (:func:`remove_stale_parts`).
+twice). A writer killed mid-write (SIGKILL, power loss) leaves an ``entries/.<id>.<writer>.part``
+folder: the next writer removes it once its writer is gone (:func:`remove_stale_parts`). The writer
+(host and process) is in the folder's name, given by the one mkdir or rename that creates it, so a kill
+at any point leaves a part whose writer can be checked; a record inside it could be missing (a kill
+between the mkdir and writing the record, or part-way through removing the folder).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,11 +58,14 @@ LOCK_NAME = ".sctgm-qc.lock"
 ENTRY_JSON = "entry.json"
 #: Seconds a writer waits for the folder lock before giving up.
 LOCK_TIMEOUT_S = 300.0
-#: In an entry being written: "<host> <pid>" of its writer (removed before the entry is published).
+#: In a part folder written by an earlier sct-gm: "<host> <pid>" of its writer (now in the folder's name,
+#: :func:`part_name`); still read, so that such a folder is removed once its writer is gone.
 WRITER_FILE = ".writer"
 #: A part folder without a writer this host can check (none recorded, or another host's) counts as
 #: abandoned after this long; no writer holds the lock (LOCK_TIMEOUT_S) nearly as long.
 STALE_PART_S = 3600.0
+#: The writer in a part folder's name: 8 hex digits of its host name's hash, then its process id.
+_PART_WRITER = re.compile(r"\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)\.part$")
 
 #: Package asset file -> path inside the QC folder.
 _ASSETS = {"index.html": INDEX_HTML, "qc.js": f"{ASSETS_DIR}/qc.js", "qc.css": f"{ASSETS_DIR}/qc.css",
@@ -155,18 +162,16 @@ def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: di
                 final = entries / entry["id"]
             remove_stale_parts(entries)
             replaced = same_key_entries(entries, entry)
-            staging = entries / f".{entry['id']}.part"
+            staging = entries / part_name(entry["id"])
             published = False
             try:
                 with StagedFiles() as page:
                     staging.mkdir()
-                    _claim(staging)
                     for name, data in files.items():
                         (staging / name).write_bytes(data)
                     (staging / ENTRY_JSON).write_text(json.dumps(entry, indent=1, ensure_ascii=True) + "\n")
                     _stage_page(root, page, [entry] + [e for e in read_entries(root)
                                                        if entries / str(e.get("id")) not in replaced])
-                    (staging / WRITER_FILE).unlink()
                     os.replace(staging, final)
                     published = True
                     page.commit()
@@ -176,8 +181,7 @@ def write_entry(qc_dir: str | os.PathLike[str], entry: dict[str, Any], files: di
                     shutil.rmtree(final, ignore_errors=True)
                 raise
             for old in replaced:  # after the new entry is in place: a crash here leaves a part, never a gap
-                _claim(old)
-                gone = old.with_name(f".{old.name}.part")
+                gone = old.with_name(part_name(old.name))
                 os.replace(old, gone)
                 shutil.rmtree(gone, ignore_errors=True)
     except Timeout:
@@ -212,10 +216,22 @@ def same_key_entries(entries: Path, entry: dict[str, Any]) -> list[Path]:
     return out
 
 
+def part_name(entry_id: str) -> str:
+    """The name of entry ``entry_id``'s folder while this process writes or removes it: hidden (readers
+    skip it), with this process as its writer (:func:`remove_stale_parts`)."""
+    return f".{entry_id}.{_host_token()}-{os.getpid()}.part"
+
+
+def _host_token() -> str:
+    """This host in a part folder's name: 8 hex digits of its name's hash (a name may hold dots)."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
 def remove_stale_parts(entries: Path, max_age_s: float = STALE_PART_S) -> list[Path]:
-    """Remove the ``.<id>.part`` folders in ``entries`` whose writer is gone (call with the folder lock
-    held): its recorded process no longer runs on this host, or, when that cannot be checked, the folder
-    is older than ``max_age_s``. Returns the folders removed."""
+    """Remove the ``.<id>.<writer>.part`` folders in ``entries`` whose writer is gone (call with the
+    folder lock held): the process its name (or, from older versions, its ``.writer`` record) names no
+    longer runs on this host, or, when that cannot be checked, the folder is older than ``max_age_s``.
+    Returns the folders removed."""
     removed = []
     for part in sorted(entries.glob(".*.part")):
         if part.is_dir() and _writer_gone(part, max_age_s):
@@ -226,18 +242,18 @@ def remove_stale_parts(entries: Path, max_age_s: float = STALE_PART_S) -> list[P
     return removed
 
 
-def _claim(folder: Path) -> None:
-    """Record this process as the writer of ``folder`` (see :func:`remove_stale_parts`)."""
-    (folder / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-
-
 def _writer_gone(part: Path, max_age_s: float) -> bool:
-    try:
-        host, pid = (part / WRITER_FILE).read_text().split()
-        if host == socket.gethostname() and os.name == "posix":  # (Windows' os.kill has no "probe" signal)
-            return not _process_alive(int(pid))
-    except (OSError, ValueError):
-        pass  # no (readable) writer record: judged by age
+    named = _PART_WRITER.search(part.name)
+    if named and os.name == "posix":  # (Windows' os.kill has no "probe" signal)
+        if named["host"] == _host_token():
+            return not _process_alive(int(named["pid"]))
+    elif not named:
+        try:  # an older version's part folder: the writer recorded inside it
+            host, pid = (part / WRITER_FILE).read_text().split()
+            if host == socket.gethostname() and os.name == "posix":
+                return not _process_alive(int(pid))
+        except (OSError, ValueError):
+            pass  # no (readable) writer record: judged by age
     try:
         return time.time() - part.stat().st_mtime > max_age_s
     except OSError:

@@ -316,43 +316,69 @@ def test_help_is_fast_and_lists_options():
 # ---------------------------------------------------------------- killed writers, reruns
 
 _KILLED_WRITER = """
-import os, signal, sys
+import os, shutil, signal, sys
 from pathlib import Path
 from sctgm.qc import report
-first = Path.write_bytes
-def write_then_die(self, data):
-    first(self, data)
+qc, point = sys.argv[1], sys.argv[2]
+def die():
     os.kill(os.getpid(), signal.SIGKILL)  # killed mid-entry, as by the OOM killer or a scheduler
-Path.write_bytes = write_then_die
-report.write_entry(sys.argv[1], {"id": "killed", "timestamp": 0, "image_name": "x"}, {"image.png": b"png"})
+if point == "mkdir":  # the part folder made, nothing in it yet
+    first_mkdir = Path.mkdir
+    def mkdir_then_die(self, *a, **k):
+        first_mkdir(self, *a, **k)
+        if self.name.endswith(".part"):
+            die()
+    Path.mkdir = mkdir_then_die
+elif point == "write":  # one file written
+    first_write = Path.write_bytes
+    def write_then_die(self, data):
+        first_write(self, data)
+        die()
+    Path.write_bytes = write_then_die
+elif point == "remove":  # the entry it replaces renamed to a part, its files removed, not yet the folder
+    report.write_entry(qc, {"id": "first", "timestamp": 0, "image": "a", "gmseg": "b"}, {"image.png": b"png"})
+    def rmtree_files_then_die(path, *a, **k):
+        for f in Path(path).iterdir():
+            f.unlink()
+        die()
+    shutil.rmtree = rmtree_files_then_die
+report.write_entry(qc, {"id": "killed", "timestamp": 0, "image": "a", "gmseg": "b"}, {"image.png": b"png"})
 """
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the pid probe are POSIX")
-def test_a_killed_writers_part_folder_is_removed_by_the_next_writer(tmp_path, phantom):
+@pytest.mark.parametrize("point", ["mkdir", "write", "remove"])
+def test_a_writer_killed_at_any_point_leaves_a_part_the_next_writer_removes(tmp_path, phantom, point):
+    """However early or late a writer dies, its part folder names its writer (no record inside it to
+    lose: a kill right after the mkdir, or part-way through removing a replaced entry), and the next
+    writer removes it."""
     from sctgm.qc import report
 
     qc = tmp_path / "qc"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(qc)], env=env, capture_output=True, timeout=120)
-    assert res.returncode == -9
-    part = qc / "entries" / ".killed.part"
-    assert (part / "image.png").is_file() and (part / report.WRITER_FILE).is_file()
+    res = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(qc), point], env=env, capture_output=True,
+                         timeout=120)
+    assert res.returncode == -9, res.stderr.decode()
+    parts = [p for p in (qc / "entries").iterdir() if p.name.endswith(".part")]
+    assert len(parts) == 1, parts
+    assert parts[0].name.startswith(".first." if point == "remove" else ".killed.")
     # a part folder whose writer still runs is left alone, so is a recent one without a writer record
-    alive = qc / "entries" / ".alive.part"
+    alive = qc / "entries" / report.part_name("alive")
     alive.mkdir()
-    (alive / report.WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    legacy_alive = qc / "entries" / ".legacy-alive.part"  # an earlier version's: the writer recorded inside
+    legacy_alive.mkdir()
+    (legacy_alive / report.WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     recent = qc / "entries" / ".recent.part"
     recent.mkdir()
-    old = qc / "entries" / ".old.part"  # an older version's part (no writer record), hours old
+    old = qc / "entries" / ".old.part"  # no writer record, hours old
     old.mkdir()
     os.utime(old, (time.time() - 2 * report.STALE_PART_S,) * 2)
 
     image, gm, _ = phantom
     add_entry(qc, image, gm)
-    assert not part.exists() and not old.exists()
-    assert alive.is_dir() and recent.is_dir()
-    assert len(load_index(qc)["entries"]) == 1
+    assert not parts[0].exists() and not old.exists()
+    assert alive.is_dir() and legacy_alive.is_dir() and recent.is_dir()
+    assert len(load_index(qc)["entries"]) == (2 if point == "remove" else 1)  # "killed" published, "first" gone
 
 
 def test_the_same_image_and_mask_replace_their_entry(tmp_path, phantom):
