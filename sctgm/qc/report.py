@@ -261,6 +261,9 @@ def _writer_gone(part: Path, max_age_s: float) -> bool:
 
 
 def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and, where /proc tells, is not a zombie (a batch worker
+    whose parent was killed first stays a zombie until init reaps it, which in a container may be
+    never: the fault campaign saw one still there when the resumed batch wrote its entries)."""
     if pid == os.getpid():
         return True
     try:
@@ -268,10 +271,15 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
+        pass  # exists, owned by someone else
     except OSError:
         return True  # cannot tell: keep the folder
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]  # the state follows "(command name)"
+    except OSError:
+        return True  # no /proc (macOS): an existing process counts as running
+    return state not in ([b"Z"], [b"X"])
 
 
 def read_entries(qc_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

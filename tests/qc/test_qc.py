@@ -381,6 +381,29 @@ def test_a_writer_killed_at_any_point_leaves_a_part_the_next_writer_removes(tmp_
     assert len(load_index(qc)["entries"]) == (2 if point == "remove" else 1)  # "killed" published, "first" gone
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="zombies are told apart through /proc")
+def test_a_part_whose_writer_is_a_zombie_is_removed(tmp_path):
+    """A killed batch worker can stay a zombie (a process that exists but runs no more) when no init
+    reaps it: its part folder is removed all the same."""
+    from sctgm.qc import report
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not reaped until wait()
+    try:
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        entries = tmp_path / "entries"
+        part = entries / report.part_name("x").replace(f"-{os.getpid()}.", f"-{zombie.pid}.")
+        alive = entries / report.part_name("y")
+        part.mkdir(parents=True)
+        alive.mkdir()
+        assert report.remove_stale_parts(entries) == [part]
+        assert not part.exists() and alive.is_dir()
+    finally:
+        zombie.wait()
+
+
 def test_the_same_image_and_mask_replace_their_entry(tmp_path, phantom):
     image, gm, cord = phantom
     qc = tmp_path / "qc"
