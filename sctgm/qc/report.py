@@ -21,8 +21,9 @@ the old one (a resumed batch, or the same ``sct-gm qc`` command run twice, never
 twice). A writer killed mid-write (SIGKILL, power loss) leaves an ``entries/.<id>.<writer>.part``
 folder: the next writer removes it once its writer is gone (:func:`remove_stale_parts`). The writer
 (host and process) is in the folder's name, given by the one mkdir or rename that creates it, so a kill
-at any point leaves a part whose writer can be checked; a record inside it could be missing (a kill
-between the mkdir and writing the record, or part-way through removing the folder).
+at any point leaves a part whose writer can be checked (on this host, POSIX; otherwise after an
+hour); a record inside it could be missing (a kill between the mkdir and writing the record, or
+part-way through removing the folder).
 """
 
 from __future__ import annotations
@@ -222,50 +223,76 @@ def part_name(entry_id: str) -> str:
     return f".{entry_id}.{_host_token()}-{os.getpid()}.part"
 
 
-def _host_token() -> str:
-    """This host in a part folder's name: 8 hex digits of its name's hash (a name may hold dots)."""
-    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+def _host_token(host: str | None = None) -> str:
+    """A host (this one by default) in a part folder's name: 8 hex digits of its name's hash (a name
+    may hold dots)."""
+    name = socket.gethostname() if host is None else host
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def remove_stale_parts(entries: Path, max_age_s: float = STALE_PART_S) -> list[Path]:
-    """Remove the ``.<id>.<writer>.part`` folders in ``entries`` whose writer is gone (call with the
-    folder lock held): the process its name (or, from older versions, its ``.writer`` record) names no
-    longer runs on this host, or, when that cannot be checked, the folder is older than ``max_age_s``.
-    Returns the folders removed."""
+    """Remove the ``.<id>.<writer>.part`` folders in ``entries`` whose writer is gone (:func:`_writer_gone`).
+    Call with the folder lock held: every writer holds it while its part exists, so a part seen then
+    is a dead writer's unless the lock failed (a file system without locks). Each is renamed to this
+    process's part name before its files go, so a kill part-way leaves a part the next writer removes
+    at once (not one judged by age again). Returns the folders removed (their names when found)."""
     removed = []
     for part in sorted(entries.glob(".*.part")):
-        if part.is_dir() and _writer_gone(part, max_age_s):
-            shutil.rmtree(part, ignore_errors=True)
-            if not part.exists():
-                log.debug("%s: removed, left by a QC writer that was killed", part)
-                removed.append(part)
+        if not part.is_dir() or not _writer_gone(part, max_age_s):
+            continue
+        mine = part.with_name(part_name(_part_id(part.name)))
+        try:
+            if mine != part:
+                os.replace(part, mine)
+        except OSError:
+            continue
+        shutil.rmtree(mine, ignore_errors=True)
+        if not mine.exists():
+            log.debug("%s: removed, left by a QC writer that was killed", part)
+            removed.append(part)
     return removed
 
 
+def _part_id(name: str) -> str:
+    """The entry id in a part folder's name (``.<id>.<writer>.part``, or an older ``.<id>.part``)."""
+    named = _PART_WRITER.search(name)
+    return name[1:named.start()] if named else name[1:-len(".part")]
+
+
 def _writer_gone(part: Path, max_age_s: float) -> bool:
-    named = _PART_WRITER.search(part.name)
-    if named and os.name == "posix":  # (Windows' os.kill has no "probe" signal)
-        if named["host"] == _host_token():
-            return not _process_alive(int(named["pid"]))
-    elif not named:
-        try:  # an older version's part folder: the writer recorded inside it
-            host, pid = (part / WRITER_FILE).read_text().split()
-            if host == socket.gethostname() and os.name == "posix":
-                return not _process_alive(int(pid))
-        except (OSError, ValueError):
-            pass  # no (readable) writer record: judged by age
+    """Whether the writer of the part folder ``part`` is gone: the folder is older than ``max_age_s``
+    (whoever its writer: a pid reused by a live process after a reboot), or its writer, from its name
+    or an older version's ``.writer`` record, is a process of this host that no longer runs (a zombie
+    counts as gone; so does this process, which holds the lock and has no part yet). Another host's
+    part, or any part on Windows (no probe signal), is judged by age alone."""
     try:
-        return time.time() - part.stat().st_mtime > max_age_s
+        if time.time() - part.stat().st_mtime > max_age_s:
+            return True
     except OSError:
         return False
+    host, pid = _writer_of(part)
+    if host != _host_token() or pid is None or os.name != "posix":
+        return False
+    return pid == os.getpid() or not _process_alive(pid)
+
+
+def _writer_of(part: Path) -> tuple[str | None, int | None]:
+    """(host token, pid) of a part folder's writer: from its name, or the ``.writer`` record an older
+    version wrote inside it; (None, None) when neither says."""
+    named = _PART_WRITER.search(part.name)
+    if named:
+        return named["host"], int(named["pid"])
+    try:
+        host, pid = (part / WRITER_FILE).read_text().split()
+        return _host_token(host), int(pid)
+    except (OSError, ValueError):
+        return None, None
 
 
 def _process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs: it exists and, where /proc tells, is not a zombie (a batch worker
     whose parent was killed first stays a zombie until init reaps it, which in a container may be
     never: the fault campaign saw one still there when the resumed batch wrote its entries)."""
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
@@ -277,8 +304,10 @@ def _process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rpartition(b")")[2].split()[:1]  # the state follows "(command name)"
+    except FileNotFoundError:
+        return not os.path.exists("/proc/self/stat")  # reaped since the probe; or no /proc (macOS): running
     except OSError:
-        return True  # no /proc (macOS): an existing process counts as running
+        return True
     return state not in ([b"Z"], [b"X"])
 
 

@@ -346,9 +346,58 @@ report.write_entry(qc, {"id": "killed", "timestamp": 0, "image": "a", "gmseg": "
 """
 
 
+@pytest.fixture
+def live_pid():
+    """The pid of a process of this host that runs (a writer still at work), not this one."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _part(entries: Path, entry_id: str, pid: int, host: str | None = None) -> Path:
+    """A part folder named as the writer ``pid`` of ``host`` (this one by default) names it."""
+    from sctgm.qc import report
+
+    part = entries / f".{entry_id}.{report._host_token(host)}-{pid}.part"
+    part.mkdir(parents=True)
+    return part
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the pid probe is POSIX")
+def test_which_part_folders_the_next_writer_removes(tmp_path, live_pid, monkeypatch):
+    from sctgm.qc import report
+
+    entries, hours_ago = tmp_path / "entries", time.time() - 2 * report.STALE_PART_S
+    kept = [_part(entries, "running", live_pid), _part(entries, "far", 1, host="elsewhere"),
+            entries / ".bare.part"]  # recent: its writer runs, another host's, an older version's with no record
+    kept[2].mkdir()
+    removed = [_part(entries, "own", os.getpid()),  # this process holds the lock and has no part yet
+               _part(entries, "stuck", live_pid),  # hours old: its pid reused by a live process (a reboot)
+               _part(entries, "far-old", 1, host="elsewhere")]
+    for p in removed[1:]:
+        os.utime(p, (hours_ago, hours_ago))
+    assert sorted(report.remove_stale_parts(entries)) == sorted(removed)
+    assert all(p.is_dir() for p in kept) and not any(p.exists() for p in removed)
+
+    # a removal killed before its files went leaves a part named for the remover, removed at once next time
+    legacy = entries / ".legacy.part"
+    legacy.mkdir()
+    (legacy / "image.png").write_bytes(b"png")
+    (legacy / report.WRITER_FILE).write_text("elsewhere 1\n")  # another host's: judged by age
+    os.utime(legacy, (hours_ago, hours_ago))
+    monkeypatch.setattr(report.shutil, "rmtree", lambda *a, **k: None)
+    assert report.remove_stale_parts(entries) == []
+    assert not legacy.exists() and (entries / report.part_name("legacy") / "image.png").is_file()
+    monkeypatch.undo()
+    assert report.remove_stale_parts(entries) == [entries / report.part_name("legacy")]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the pid probe are POSIX")
 @pytest.mark.parametrize("point", ["mkdir", "write", "remove"])
-def test_a_writer_killed_at_any_point_leaves_a_part_the_next_writer_removes(tmp_path, phantom, point):
+def test_a_writer_killed_at_any_point_leaves_a_part_the_next_writer_removes(tmp_path, phantom, point, live_pid):
     """However early or late a writer dies, its part folder names its writer (no record inside it to
     lose: a kill right after the mkdir, or part-way through removing a replaced entry), and the next
     writer removes it."""
@@ -363,11 +412,10 @@ def test_a_writer_killed_at_any_point_leaves_a_part_the_next_writer_removes(tmp_
     assert len(parts) == 1, parts
     assert parts[0].name.startswith(".first." if point == "remove" else ".killed.")
     # a part folder whose writer still runs is left alone, so is a recent one without a writer record
-    alive = qc / "entries" / report.part_name("alive")
-    alive.mkdir()
+    alive = _part(qc / "entries", "alive", live_pid)
     legacy_alive = qc / "entries" / ".legacy-alive.part"  # an earlier version's: the writer recorded inside
     legacy_alive.mkdir()
-    (legacy_alive / report.WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    (legacy_alive / report.WRITER_FILE).write_text(f"{socket.gethostname()} {live_pid}\n")
     recent = qc / "entries" / ".recent.part"
     recent.mkdir()
     old = qc / "entries" / ".old.part"  # no writer record, hours old
@@ -382,7 +430,7 @@ def test_a_writer_killed_at_any_point_leaves_a_part_the_next_writer_removes(tmp_
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="zombies are told apart through /proc")
-def test_a_part_whose_writer_is_a_zombie_is_removed(tmp_path):
+def test_a_part_whose_writer_is_a_zombie_is_removed(tmp_path, live_pid):
     """A killed batch worker can stay a zombie (a process that exists but runs no more) when no init
     reaps it: its part folder is removed all the same."""
     from sctgm.qc import report
@@ -394,10 +442,7 @@ def test_a_part_whose_writer_is_a_zombie_is_removed(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         entries = tmp_path / "entries"
-        part = entries / report.part_name("x").replace(f"-{os.getpid()}.", f"-{zombie.pid}.")
-        alive = entries / report.part_name("y")
-        part.mkdir(parents=True)
-        alive.mkdir()
+        part, alive = _part(entries, "x", zombie.pid), _part(entries, "y", live_pid)
         assert report.remove_stale_parts(entries) == [part]
         assert not part.exists() and alive.is_dir()
     finally:
