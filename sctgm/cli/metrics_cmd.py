@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from typing import Any
@@ -110,7 +111,8 @@ def _render(table: Any, console: Any) -> None:
               help="Vertebral level labels (e.g. SCT's *_seg_labeled.nii.gz): per-level mean and SD.")
 @click.option("--soft", is_flag=True,
               help="Measure: area = sum of probabilities instead of binarising at 0.5.")
-@click.option("-o", "--output", "csv_path", type=click.Path(dir_okay=False), help="Write the table as CSV.")
+@click.option("-o", "--output", "csv_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the table as CSV ('-' for standard output, instead of the terminal table).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the table as JSON ('-' for standard output, instead of the terminal table).")
 @click.option("--overwrite", is_flag=True,
@@ -130,12 +132,17 @@ def metrics(ctx: click.Context, inputs: tuple[str, ...], references: tuple[str, 
     verbose, silent = resolve_verbosity(ctx, verbosity)  # -q hides the table only; -v 0 the warnings too
     setup_logging(verbose, silent)
 
-    to_stdout = json_path == "-"
+    if csv_path == "-" and json_path == "-":
+        raise click.UsageError("-o - and --json - both ask for standard output; send one of them to a file")
     table = compute_metrics(list(inputs), references=list(references), cords=list(cords), levels=list(levels),
-                            soft=soft, csv_path=csv_path, json_path=None if to_stdout else json_path,
-                            overwrite=overwrite)
-    if to_stdout:
+                            soft=soft, csv_path=None if csv_path == "-" else csv_path,
+                            json_path=None if json_path == "-" else json_path, overwrite=overwrite)
+    if json_path == "-":
         click.echo(json.dumps(table.to_json(), indent=2))
+    elif csv_path == "-":
+        text = io.StringIO()
+        table.write_csv_to(text)
+        click.echo(text.getvalue(), nl=False)
     elif not (quiet or silent):
         console = Console()
         if not console.is_terminal:  # a file or a pipe: no width to respect, never truncate numbers

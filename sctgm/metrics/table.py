@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TextIO, Union
 
 from .._version import __version__
 from ..exceptions import MetricsError, OutputError
@@ -43,6 +43,11 @@ class MetricsTable:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return [row for result in self.results for row in result.rows]
+
+    def write_csv_to(self, stream: TextIO) -> None:
+        """Write the table as CSV to an open text stream (``sct-gm metrics -o -``: standard output), with
+        Unix line ends (the files have CSV's CRLF; a pipe into cut or awk would keep the CR)."""
+        write_csv_rows(stream, self.columns, self.rows, line_end="\n")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as None)."""
@@ -144,13 +149,19 @@ def write_rows_csv(columns: Sequence[str], rows: Iterable[dict[str, Any]], path:
     p = check_table_path(path, "csv")
     try:
         with atomic_path(p) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_cell(row.get(c)) for c in columns])
+            write_csv_rows(fh, columns, rows)
     except OSError as exc:
         raise OutputError(f"{p}: cannot be written ({exc.strerror or exc})") from None
     return p
+
+
+def write_csv_rows(stream: TextIO, columns: Sequence[str], rows: Iterable[dict[str, Any]],
+                   line_end: str = "\r\n") -> None:
+    """Write the header and ``rows`` to ``stream`` as CSV with this module's cell conventions."""
+    writer = csv.writer(stream, lineterminator=line_end)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
 
 
 def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike] = (),

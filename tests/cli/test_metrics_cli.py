@@ -67,6 +67,20 @@ def test_json_to_stdout_uses_null_for_undefined(masks):
     assert doc["mode"] == "compare" and doc["rows"][2]["dice"] is None and doc["rows"][-1]["scope"] == "volume"
 
 
+def test_csv_to_stdout_is_the_csv_file_with_unix_line_ends(masks, tmp_path):
+    """`-o -` prints the CSV the file would hold (a pipe into cut or awk; no table, no CR), and
+    cannot share standard output with `--json -`."""
+    out = tmp_path / "m.csv"
+    assert run("-i", str(masks["seg"]), "-r", str(masks["ref"]), "-o", str(out), "-q").exit_code == 0
+    res = run("-i", str(masks["seg"]), "-r", str(masks["ref"]), "-o", "-")
+    assert res.exit_code == 0, res.output
+    assert res.output == out.read_bytes().decode().replace("\r\n", "\n") and "\r" not in res.output
+    assert res.output.splitlines()[0].startswith("file,") and len(res.output.splitlines()) == 5
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+    both = run("-i", str(masks["seg"]), "-r", str(masks["ref"]), "-o", "-", "--json", "-")
+    assert both.exit_code == 2 and "standard output" in both.output
+
+
 def test_json_file(masks, tmp_path):
     res = run("-i", str(masks["seg"]), "--json", str(tmp_path / "a.json"), "-q")
     assert res.exit_code == 0
