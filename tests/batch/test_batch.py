@@ -237,6 +237,14 @@ def test_rerun_skips_valid_outputs_and_redoes_damaged_ones(dataset, reference):
     assert files.pop("again.tsv") and files == reference.files
 
 
+def _complete(deriv: Path, reference) -> list[str]:
+    """The GM sidecars (names as in ``reference.files``) of the images whose outputs are all in ``deriv``:
+    sidecars are renamed into place first, so a sidecar alone is an image still being written."""
+    sidecars = [r for r in reference.files if r.endswith("_label-GM_seg.json")]
+    outputs = {r: [f for f in reference.files if f.startswith(r[:-len("label-GM_seg.json")])] for r in sidecars}
+    return [r for r in sidecars if all((deriv / f).exists() for f in outputs[r])]
+
+
 @pytest.mark.parametrize("sig, extra", [(signal.SIGINT, []), (signal.SIGKILL, []), (signal.SIGINT, ["-j", "2"])],
                          ids=["SIGINT", "SIGKILL", "SIGINT-j2"])
 def test_interrupted_batch_resumes_to_the_same_dataset(dataset, reference, sig, extra):
@@ -248,7 +256,7 @@ def test_interrupted_batch_resumes_to_the_same_dataset(dataset, reference, sig, 
     proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
-    while not list(deriv.rglob("*_label-GM_seg.json")):  # the first image is complete
+    while not _complete(deriv, reference):  # the first image is complete
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the batch wrote nothing in 180 s"
         time.sleep(0.02)
@@ -261,7 +269,7 @@ def test_interrupted_batch_resumes_to_the_same_dataset(dataset, reference, sig, 
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (deriv / "summary.tsv").exists()  # the batch did not get to its end
-    done = [r for r in reference.files if r.endswith("_label-GM_seg.json") and (deriv / r).exists()]
+    done = _complete(deriv, reference)
     if not extra:  # sequential: the images after the one being segmented were not started
         assert 1 <= len(done) < 3, "the signal must arrive part-way through the batch"
     if sig == signal.SIGINT:  # the message counts what is on disk (with -j 2: the images in flight too)

@@ -204,3 +204,29 @@ def test_a_resumed_batch_is_not_stopped_by_what_lies_under_a_sidecars_name(tiny_
     assert odd_record.status == "ok"  # redone: its sources are not this job's
     # its outputs are no longer described by a sidecar sct-gm wrote: refused in one line, nothing replaced
     assert fifo_record.status == "failed" and "sct-gm did not write it" in fifo_record.message and fifo.is_fifo()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a signal sent to this process")
+def test_ctrl_c_in_the_pools_bookkeeping_waits_for_the_record(tiny_model, images):
+    """A Ctrl-C that lands while the pool records a finished image (or submits the next) is raised once
+    that is done: the image on disk is the image counted, never one of them without the other."""
+    from sctgm.batch import plan_files
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a suite started with SIGINT ignored
+    try:
+        settings = BatchSettings(model=tiny_model(), device="cpu")
+        jobs = plan_files([str(p) for p in images], settings)
+        seen: list[str] = []
+
+        def on_record(i, record):
+            seen.append(f"{i} begun")
+            if len(seen) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first finished image is recorded
+            seen.append(f"{i} {record.status}")
+
+        with pytest.raises(KeyboardInterrupt):
+            _local.run_processes(jobs, settings, 2, on_record=on_record)
+        assert seen[:2] in (["0 begun", "0 ok"], ["1 begun", "1 ok"])  # the record ran to its end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
