@@ -129,14 +129,15 @@ class StagedFiles:
         """Rename every staged file onto its target: those in ``order`` first, then the others."""
         mode = 0o666 & ~umask()
         for target in [*map(Path, order), *self.temporary]:
-            tmp = self.temporary.pop(target, None)
+            tmp = self.temporary.get(target)
             if tmp is None:
                 continue
             try:
                 os.chmod(tmp, mode)
                 os.replace(tmp, target)
-            except OSError as exc:
+            except OSError as exc:  # the temporary file stays listed: discard() removes it
                 raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+            del self.temporary[target]  # only once renamed (a Ctrl-C before: discard() finds no file)
 
     def discard(self) -> None:
         """Remove every temporary file not yet renamed."""

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from sctgm.cli import main
-from sctgm.exceptions import InputImageError
+from sctgm.exceptions import InputImageError, OutputError
 from sctgm.io import like, load_image, load_mask_image
-from sctgm.writing import remove_leftover_parts, temporary_beside
+from sctgm.writing import StagedFiles, remove_leftover_parts, temporary_beside
 
 #: Byte offsets of NIfTI-1 header fields (nifti1.h).
 DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, SCL_INTER = 40, 70, 72, 76, 108, 112, 116
@@ -344,3 +344,16 @@ def test_an_image_given_as_a_mask_is_refused_by_every_command(tmp_path, make_nif
         assert res.exit_code != 0, (name, res.output)
         assert str(image) in res.stderr and "is not a" in res.stderr and len(res.stderr.strip().splitlines()) == 1, name
     assert not (tmp_path / "qc").exists() and not list(tmp_path.glob("t2s_*seg*"))
+
+
+def test_a_rename_that_fails_leaves_no_temporary_file(tmp_path):
+    """A staged file whose rename fails (its target became a folder) is removed with the set, like the
+    ones not yet renamed; the ones renamed before stay."""
+    first, blocked, last = tmp_path / "a.json", tmp_path / "b.nii.gz", tmp_path / "c.json"
+    with pytest.raises(OutputError, match="b.nii.gz: cannot be written"), StagedFiles() as staged:
+        for p in (first, blocked, last):
+            staged.stage(p, lambda tmp, p=p: tmp.write_text(p.name))
+        (blocked / "x").mkdir(parents=True)  # os.replace cannot put a file onto a non-empty folder
+        staged.commit([first, blocked, last])
+    assert first.read_text() == "a.json" and blocked.is_dir() and not last.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.nii.gz"]
