@@ -49,7 +49,7 @@ def make_driver(profile_dir: str | os.PathLike[str], download_dir: str | os.Path
     return driver
 
 
-def wait_ready(driver: Any, timeout_s: float = 10.0) -> None:
+def wait_ready(driver: Any, timeout_s: float = 30.0) -> None:
     """Wait until the report says it is ready and every image has loaded."""
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -145,13 +145,10 @@ def test_a_server_that_compresses_on_the_fly_is_accepted(hostile, tmp_path: Path
 def test_a_server_that_trickles_is_cut_at_the_deadline(hostile, expected: Expected, tmp_path: Path) -> None:
     """One byte every 50 ms never trips the read timeout (5 s): the transfer's deadline cuts it, once,
     not retried (F2). The production deadline is the same rule with minutes instead of 0.5 s."""
-    import time
-
     policy = DownloadPolicy(attempts=3, backoff_s=0.0, read_timeout_s=5.0, min_deadline_s=0.5)
-    start = time.monotonic()
     with pytest.raises(DownloadError, match=r"transfer cut after 0.5 s \(slower than 10000 bytes/s\)"):
         fetch_file(hostile.url + "trickle/" + NAME, tmp_path / NAME, expected, policy=policy)
-    assert time.monotonic() - start < 2.5 and len(hostile.accept_encoding) == 1
+    assert len(hostile.accept_encoding) == 1  # one request: not retried (no wall-clock bound: a loaded CI)
     assert not (tmp_path / NAME).exists()
 
 
