@@ -6,6 +6,8 @@ import json
 import os
 import signal
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -142,6 +144,49 @@ def _dying_run_in_worker(job, settings, threads):
     return _real_run_in_worker(job, settings, threads)
 
 
+def _idle_death_run_in_worker(job, settings, threads):
+    """Segments, then (for inputs named idle*) dies half a second later, idle, its pid in a file."""
+    record = _real_run_in_worker(job, settings, threads)
+    if job.input.name.startswith("idle"):
+        import threading
+
+        job.input.with_name("worker.pid").write_text(str(os.getpid()))
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    return record
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the dead worker is watched through /proc")
+def test_a_worker_that_dies_idle_is_replaced(tiny_model, images, make_nifti, monkeypatch):
+    """A worker killed between two images (out of memory while it held its model) leaves a pool that
+    takes no more jobs: the next image goes to a fresh pool instead of the batch crashing."""
+    import time
+
+    idle = make_nifti(cord_phantom_volume(seed=5), name="in/idle.nii.gz")
+    monkeypatch.setattr(_local, "_run_in_worker", _idle_death_run_in_worker)
+    pid_file = idle.with_name("worker.pid")
+
+    def on_record(i, record):
+        if i == 0:  # hold the parent until its only worker is dead: the next submit meets a broken pool
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    stat = Path(f"/proc/{pid_file.read_text()}/stat").read_text()
+                except OSError:
+                    break
+                if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)  # the pool's manager thread marks it broken
+
+    settings = BatchSettings(model=tiny_model(), device="cpu")
+    from sctgm.batch import plan_files
+
+    jobs = plan_files([str(idle), str(images[0]), str(images[1])], settings)
+    records = _local.run_processes(jobs, settings, 1, on_record=on_record)
+    assert [r.status for r in records] == ["ok", "ok", "ok"]
+    assert pid_file.is_file()
+
+
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 def test_a_killed_worker_is_replaced_and_only_its_image_fails(tiny_model, images, make_nifti, monkeypatch):
     crash = make_nifti(cord_phantom_volume(seed=3), name="in/crash.nii.gz")
@@ -227,6 +272,29 @@ def test_ctrl_c_in_the_pools_bookkeeping_waits_for_the_record(tiny_model, images
         with pytest.raises(KeyboardInterrupt):
             _local.run_processes(jobs, settings, 2, on_record=on_record)
         assert seen[:2] in (["0 begun", "0 ok"], ["1 begun", "1 ok"])  # the record ran to its end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a signal sent to this process")
+def test_a_held_ctrl_c_stops_the_block_at_its_end_and_a_second_one_at_once():
+    import time
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        reached = []
+        with pytest.raises(KeyboardInterrupt):
+            with _local.sigint_deferred() as held:
+                os.kill(os.getpid(), signal.SIGINT)
+                deadline = time.monotonic() + 10
+                while not held and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                reached.append(len(held))  # held, not raised: the block goes on
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+                reached.append("after the second")
+        assert reached == [1]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)

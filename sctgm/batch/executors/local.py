@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
@@ -119,47 +119,30 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
     try:
         while True:
             # at most one job per worker in flight: on Ctrl-C only the images being segmented finish
-            with sigint_deferred():  # a job submitted is in `running` (Ctrl-C then counts it once written)
-                if alone:
-                    if not running:
-                        i = alone.popleft()
+            broken = False
+            with sigint_deferred() as held:  # a job submitted is in `running` (Ctrl-C then counts it once written)
+                source = alone if alone else queue
+                try:
+                    while source and len(running) < (1 if source is alone else n_workers) and not held:
+                        i = source.popleft()
                         running[pool.submit(_run_in_worker, jobs[i], settings, threads)] = i
-                else:
-                    while queue and len(running) < n_workers:
-                        i = queue.popleft()
-                        running[pool.submit(_run_in_worker, jobs[i], settings, threads)] = i
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            if not any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
-                with sigint_deferred():  # a result taken from `running` is a result recorded
-                    for fut in finished:
-                        done(running.pop(fut), fut.result())
-                continue
+                except BrokenProcessPool:  # a worker died between two jobs: this pool takes no more
+                    source.appendleft(i)
+                    broken = True
+            if not broken:
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = any(isinstance(f.exception(), BrokenProcessPool) for f in finished)
+                if not broken:
+                    with sigint_deferred():  # a result taken from `running` is a result recorded
+                        for fut in finished:
+                            done(running.pop(fut), fut.result())
+                    continue
             # a worker died: the pool is broken; keep what completed, retry the rest on a fresh pool
             pool.shutdown(wait=True, cancel_futures=True)
-            suspects = []
-            for fut, i in sorted(running.items(), key=lambda item: item[1]):
-                if fut.cancelled():
-                    queue.appendleft(i)  # never started
-                elif isinstance(fut.exception(), BrokenProcessPool):
-                    suspects.append(i)
-                else:
-                    done(i, fut.result())
-            running.clear()
-            for i in suspects:
-                # only a death with no other job in flight is surely this job's: a bystander of another
-                # job's crash (perhaps never even started) is retried without counting against it
-                if len(suspects) == 1:
-                    deaths[i] += 1
-                if deaths[i] >= MAX_WORKER_DEATHS:
-                    log.debug("%s: its worker died %d times; recorded as failed", jobs[i].name, deaths[i])
-                    done(i, failed_record(jobs[i], WorkerDiedError(
-                        f"the worker process segmenting it died {MAX_WORKER_DEATHS} times while it ran alone "
-                        "(killed, out of memory, or a crash in native code); the other images went on")))
-                else:
-                    log.debug("%s: a worker died while it ran; retried on a fresh worker", jobs[i].name)
-                    alone.append(i)
+            with sigint_deferred():
+                _sort_out(running, jobs, queue, alone, deaths, done)
             pool = _new_pool(settings, n_workers)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -173,23 +156,58 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
     return records  # type: ignore[return-value]
 
 
+def _sort_out(running: dict[Future[JobRecord], int], jobs: Sequence[Job], queue: deque[int], alone: deque[int],
+              deaths: Counter[int], done: Callable[[int, JobRecord], None]) -> None:
+    """After a worker died (the pool is shut down): record the jobs in flight that completed, put back
+    the ones never started, and retry the others one at a time (see :func:`run_processes`)."""
+    suspects = []
+    for fut, i in sorted(running.items(), key=lambda item: item[1]):
+        if fut.cancelled():
+            queue.appendleft(i)  # never started
+        elif isinstance(fut.exception(), BrokenProcessPool):
+            suspects.append(i)
+        else:
+            done(i, fut.result())
+    running.clear()
+    for i in suspects:
+        # only a death with no other job in flight is surely this job's: a bystander of another
+        # job's crash (perhaps never even started) is retried without counting against it
+        if len(suspects) == 1:
+            deaths[i] += 1
+        if deaths[i] >= MAX_WORKER_DEATHS:
+            log.debug("%s: its worker died %d times; recorded as failed", jobs[i].name, deaths[i])
+            done(i, failed_record(jobs[i], WorkerDiedError(
+                f"the worker process segmenting it died {MAX_WORKER_DEATHS} times while it ran alone "
+                "(killed, out of memory, or a crash in native code); the other images went on")))
+        else:
+            log.debug("%s: a worker died while it ran; retried on a fresh worker", jobs[i].name)
+            alone.append(i)
+
+
 @contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
+def sigint_deferred() -> Iterator[list[int]]:
     """Hold a Ctrl-C that arrives in the block until its end, then raise KeyboardInterrupt there: the
     pool's bookkeeping (a job submitted and stored, a result taken and recorded) is never cut in two,
     which left an image written by a worker but not counted by the interruption message (the SIGINT
     -j 2 batch test, rarely). Only where Python's default Ctrl-C handler is in place, in the main
-    thread (where signal handlers run); elsewhere the block runs as it is."""
+    thread (where signal handlers run); elsewhere the block runs as it is. A second Ctrl-C in the
+    block is raised at once."""
+    caught: list[int] = []  # yielded: the block may stop early once a Ctrl-C is held
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
+        yield caught
         return
-    caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+
+    def hold(signum: int, frame: object) -> None:
+        if caught:  # a second Ctrl-C: the block itself hangs (a blocked progress display); stop now
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
-        yield
+        yield caught
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
         if caught:
             raise KeyboardInterrupt
 
