@@ -53,6 +53,11 @@ BIDS_MANUAL_GM_SUFFIX = "_label-GM_seg"
 _OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX}"
                            r"|_label-GM_seg|_label-WM_seg|_label-GM_probseg)$")
 
+#: Significant digits of a float in a table sct-gm writes (metrics CSV, batch summary): the voxel sizes
+#: behind every area and distance are float32 in the NIfTI header (about 7 digits), so more digits
+#: print their rounding (17.99999995 for 18 mm2).
+FLOAT_DIGITS = 7
+
 #: Control characters (a newline or tab in a file name) written as escapes (``\n``, ``\x1b``), so that
 #: a name shown in a message or a table cell stays on one line and in one cell.
 _ESCAPES = {c: (repr(chr(c))[1:-1] if chr(c) in "\n\r\t" else f"\\x{c:02x}") for c in (*range(32), 127)}

@@ -29,8 +29,8 @@ from typing import Any
 
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
 from ..filesystem import folder_lock
-from ..naming import (GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output, sct_outputs,
-                      split_nifti_name)
+from ..naming import (FLOAT_DIGITS, GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output,
+                      sct_outputs, split_nifti_name)
 from ..writing import atomic_path, remove_leftover_parts
 from . import bids, guards
 from .jobs import BatchSettings, Job, JobRecord
@@ -294,7 +294,7 @@ def _tsv_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
-        return format(value, ".7g")  # float32 voxel sizes: 7 significant digits (no 17.99999995)
+        return format(value, f".{FLOAT_DIGITS}g")  # float32 voxel sizes: no 17.99999995
     # no tab or newline inside a cell, escaped rather than collapsed ("my  scan" and "my scan" stay two
     # rows), backslashes doubled so that an escape reads back as what it was (a name holding "\t")
     return escape_controls(str(value).replace("\\", "\\\\")) or "n/a"

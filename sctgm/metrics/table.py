@@ -21,7 +21,7 @@ from typing import Any, TextIO, Union
 
 from .._version import __version__
 from ..exceptions import MetricsError, OutputError
-from ..naming import split_nifti_name
+from ..naming import FLOAT_DIGITS, split_nifti_name
 from ..writing import atomic_path, check_writable, save_json
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import ComparisonResult, compare_masks
@@ -121,11 +121,6 @@ def check_table_path(path: PathLike, kind: str, *, ours: Callable[[Path], bool] 
         raise OutputError(f"{p}: exists and is not a {kind} table sct-gm wrote (not its header); move it away, or "
                           f"allow replacing it", parameter="overwrite")
     return p
-
-
-#: Significant digits of a float cell: the voxel sizes behind every area and distance are float32 in the
-#: NIfTI header (about 7 digits), so more digits print their rounding (17.99999995 for 18 mm2).
-FLOAT_DIGITS = 7
 
 
 def _cell(v: Any) -> str:

@@ -13,6 +13,9 @@ from typing import Any
 
 CHROMIUM = os.environ.get("SCTGM_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SCTGM_CHROMEDRIVER", "/usr/bin/chromedriver")
+#: Seconds to wait for a page to load or be ready: generous, as a loaded 2-core machine may need it
+#: (each wait ends as soon as its condition holds).
+WAIT_S = 30.0
 
 
 def browser_missing() -> str | None:
@@ -45,11 +48,11 @@ def make_driver(profile_dir: str | os.PathLike[str], download_dir: str | os.Path
         opts.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
                                                "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(WAIT_S)
     return driver
 
 
-def wait_ready(driver: Any, timeout_s: float = 30.0) -> None:
+def wait_ready(driver: Any, timeout_s: float = WAIT_S) -> None:
     """Wait until the report says it is ready and every image has loaded."""
     from selenium.webdriver.support.ui import WebDriverWait
 

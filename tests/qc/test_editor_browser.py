@@ -31,7 +31,7 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def wait(driver, js: str, timeout_s: float = 30.0):
+def wait(driver, js: str, timeout_s: float = shot.WAIT_S):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout_s).until(lambda d: d.execute_script(js))

@@ -159,7 +159,7 @@ def test_rating_persists_and_exports(browser, report):
                          ("export-json", "qc_ratings.json")):
         browser.find_element("id", button).click()
         target = browser.downloads / name
-        deadline = time.time() + 30  # a loaded 2-core CI: generous, it ends as soon as the file is there
+        deadline = time.time() + shot.WAIT_S
         while not target.exists() and time.time() < deadline:
             time.sleep(0.1)
         assert target.exists(), f"{name} was not downloaded"
@@ -183,7 +183,7 @@ def test_rating_persists_and_exports(browser, report):
     assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[1]) == "unrated"
     browser.execute_script("document.getElementById('import-file').hidden = false;")
     browser.find_element("id", "import-file").send_keys(str(browser.downloads / "qc_ratings.json"))
-    deadline = time.time() + 30
+    deadline = time.time() + shot.WAIT_S
     while "Imported" not in browser.find_element("id", "status").text and time.time() < deadline:
         time.sleep(0.05)
     assert browser.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", ids[1]) == "fail"
