@@ -324,6 +324,16 @@ def test_dask_scheduler_file_and_errors(cluster, tmp_path, monkeypatch):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         res = _segment("-i", *inputs, "-m", "challenge", "--scheduler", "tcp://127.0.0.1:9")
     assert res.exit_code == 5 and "cannot reach the Dask scheduler tcp://127.0.0.1:9" in res.stderr
+    # a listener that is no scheduler (a dashboard's port): it accepts and never answers; distributed
+    # alone would wait forever
+    import socket
+
+    from sctgm.batch.executors import dask as dask_executor
+
+    monkeypatch.setattr(dask_executor, "HANDSHAKE_MARGIN_S", 1.0)
+    with socket.create_server(("127.0.0.1", 0)) as mute, dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        res = _segment("-i", *inputs, "-m", "challenge", "--scheduler", f"tcp://127.0.0.1:{mute.getsockname()[1]}")
+    assert res.exit_code == 5 and "gave no Dask handshake in 2 s" in res.stderr and res.stderr.count("\n") == 1
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
     res = _segment("-i", *inputs, "-m", "challenge", "--scheduler", cluster.scheduler_address)
     assert res.exit_code == 5 and "pip install 'sctgm[dask]'" in res.stderr

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,11 @@ from .common import OnRecord
 
 if TYPE_CHECKING:
     from distributed import Client
+
+
+#: Seconds given to a Dask client beyond Dask's own connect timeout before sct-gm gives up on it
+#: (:func:`connect`: a listener that never answers the handshake).
+HANDSHAKE_MARGIN_S = 10.0
 
 
 def _distributed() -> Any:
@@ -46,12 +51,43 @@ def connect(scheduler: str | os.PathLike[str]) -> Client:
         if "://" not in target and (target.endswith(".json") or os.sep in target or Path(target).exists()):
             _wait_for_file(Path(target))
             _check_scheduler_file(Path(target))
-            return client_class(scheduler_file=target)
-        return client_class(target)
+            return _within_deadline(lambda: client_class(scheduler_file=target), target)
+        return _within_deadline(lambda: client_class(target), target)
     except ExecutorError:
         raise
     except (OSError, TimeoutError, ValueError) as exc:
         raise ExecutorError(f"cannot reach the Dask scheduler {target} ({type(exc).__name__}: {exc})") from None
+
+
+def _within_deadline(make_client: Callable[[], Client], target: str) -> Client:
+    """``make_client()``, given up after Dask's connect timeout and a margin: a listener that is not a
+    Dask scheduler (a dashboard's or a web server's port) accepts the connection and never answers the
+    handshake, and distributed 2026.8 then waits forever, whatever its ``timeout`` (measured: over
+    5 min). The client is made in a daemon thread, left behind when it hangs."""
+    import threading
+
+    import dask
+    from dask.utils import parse_timedelta
+
+    wait_s = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect")) + HANDSHAKE_MARGIN_S
+    box: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            box["client"] = make_client()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=make, name="sctgm-dask-connect", daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    if "error" in box:
+        raise box["error"]
+    if "client" not in box:
+        raise ExecutorError(f"cannot reach the Dask scheduler {target}: it accepted the connection but gave no "
+                            f"Dask handshake in {wait_s:.0f} s (is it a scheduler's address? a dashboard's, "
+                            f"8787 by default, is not)")
+    return box["client"]
 
 
 def _check_scheduler_file(path: Path) -> None:
