@@ -21,6 +21,7 @@ from typing import Any, TextIO, Union
 
 from .._version import __version__
 from ..exceptions import MetricsError, OutputError
+from ..filesystem import same_file
 from ..naming import FLOAT_DIGITS, split_nifti_name
 from ..writing import atomic_path, check_writable, save_json
 from .compare import COLUMNS as COMPARE_COLUMNS
@@ -177,6 +178,9 @@ def compute_metrics(inputs: Sequence[PathLike], *, references: Sequence[PathLike
     if references and soft:
         raise MetricsError("soft masks apply to measuring areas; a comparison binarises both masks at 0.5, "
                            "so compare without soft", parameter="soft")
+    if csv_path is not None and json_path is not None and same_file(csv_path, json_path):
+        raise OutputError(f"{json_path}: given for both the CSV and the JSON table; the second would replace the "
+                          f"first: give two names")
     for out, kind, ours in ((csv_path, "csv", is_metrics_csv), (json_path, "json", is_metrics_json)):
         if out is not None:
             check_table_path(out, kind, ours=ours, overwrite=overwrite)

@@ -81,6 +81,14 @@ def test_csv_to_stdout_is_the_csv_file_with_unix_line_ends(masks, tmp_path):
     assert both.exit_code == 2 and "standard output" in both.output
 
 
+def test_one_file_for_both_tables_is_refused(masks, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.csv"
+    res = run("-i", str(masks["seg"]), "-r", str(masks["ref"]), "-o", str(out), "--json", "./out.csv", "-q")
+    assert res.exit_code == 3 and "given for both the CSV and the JSON table" in res.output
+    assert res.output.count("\n") == 1 and not out.exists()
+
+
 def test_json_file(masks, tmp_path):
     res = run("-i", str(masks["seg"]), "--json", str(tmp_path / "a.json"), "-q")
     assert res.exit_code == 0
