@@ -174,16 +174,18 @@ def run_batch(jobs: Sequence[Job], settings: BatchSettings, *, n_jobs: int = 1, 
     tables = [Path(metrics_csv)] if settings.metrics and metrics_csv is not None else []
     check_tables(jobs, summary, tables, overwrite=settings.overwrite, qc_dir=settings.qc_dir)
     prepare_batch(settings, scheduler=scheduler, download_progress=download_progress)
-    with guards.removing_new_empty_folders(_output_folders(jobs, summary, tables)):
+    with guards.removing_new_empty_folders(guards.output_folders(jobs, summary, tables)):
         return _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)
 
 
 def check_tables(jobs: Sequence[Any], summary: str | os.PathLike[str] | None,
                  metrics_tables: Sequence[str | os.PathLike[str]], *, overwrite: bool, qc_dir: Path | None) -> None:
-    """Refuse, before any work, a table location on a job's file, another table or the QC report's
-    (:func:`guards.check_tables_apart`), unwritable, or holding a file not sct-gm's (unless ``overwrite``)."""
+    """Refuse, before any work, two jobs writing one file (:func:`guards.check_distinct_outputs`), and a
+    table location on a job's file, another table or the QC report's (:func:`guards.check_tables_apart`),
+    unwritable, or holding a file not sct-gm's (unless ``overwrite``)."""
     from ..metrics.table import check_table_path, is_metrics_csv
 
+    guards.check_distinct_outputs(jobs)
     guards.check_tables_apart(jobs, [("summary", "summary table", summary),
                                      *(("metrics_csv", "metrics table", t) for t in metrics_tables)], qc_dir)
     for path, kind, ours in ((summary, "tsv", is_summary), *((m, "csv", is_metrics_csv) for m in metrics_tables)):
@@ -202,12 +204,6 @@ def prepare_batch(settings: BatchSettings, *, scheduler: Any = None, download_pr
         from ..model.install import ensure_model
 
         ensure_model(settings.model, mirror=settings.mirror, cache_dir=settings.cache_dir, progress=download_progress)
-
-
-def _output_folders(jobs: Sequence[Job], summary: str | os.PathLike[str] | None,
-                    tables: Sequence[str | os.PathLike[str]]) -> set[Path]:
-    """The folders a batch writes into (each job's outputs, the tables)."""
-    return {p.parent for j in jobs for p in j.outputs.values()} | {Path(t).parent for t in (summary, *tables) if t}
 
 
 def _run(jobs: Sequence[Job], settings: BatchSettings, n_jobs: int, scheduler: Any,
@@ -262,7 +258,7 @@ def segment_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     if tables:
         settings = replace(settings, metrics=True)
     prepare_batch(settings, scheduler=scheduler, download_progress=download_progress)
-    with guards.removing_new_empty_folders({deriv} | _output_folders(jobs, summary, tables)):
+    with guards.removing_new_empty_folders({deriv} | guards.output_folders(jobs, summary, tables)):
         bids.write_dataset_description(root, deriv, overwrite=settings.overwrite)
         result = _run(jobs, settings, n_jobs, scheduler, summary, tables, progress)
     guards.say_measured(tables, asked, result.count("ok"))

@@ -4,6 +4,8 @@
   ``derivatives/`` (or the run's own derivatives folder), as the derivatives folder is.
 - :func:`removing_new_empty_folders`: the output folders a run creates and leaves empty (an
   interruption before an image's outputs were renamed into place, an image that failed) are removed.
+- :func:`check_distinct_outputs`: no two images of a batch write the same file (``x.nii`` and
+  ``x.nii.gz`` share the sidecar ``x_gmseg.json``).
 - :func:`metrics_tables`: the derivative's own morphometry table is kept describing the masks that are
   there: a run that segments images again measures them, with or without ``--metrics``.
 """
@@ -17,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import OutputError
+from ..exceptions import DatasetError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,25 @@ def removing_new_empty_folders(folders: Iterable[Path]) -> Iterator[None]:
             with contextlib.suppress(OSError):  # not made, not empty, or not a folder: left as it is
                 if f.is_dir() and not f.is_symlink():
                     os.rmdir(f)
+
+
+def check_distinct_outputs(jobs: Sequence[Any]) -> None:
+    """Refuse, before any work, two images that would write one file (compared as
+    :func:`check_tables_apart` compares): the second would replace the first's, leaving a mask without
+    its sidecar."""
+    writers: dict[str, Path] = {}
+    for job in jobs:
+        for path in job.outputs.values():
+            other = writers.setdefault(_where(path), job.input)
+            if other != job.input:
+                raise DatasetError(f"{other} and {job.input}: both would write {path} (one name, two extensions or "
+                                   f"folders); segment one of them, or rename it", parameter="inputs")
+
+
+def output_folders(jobs: Sequence[Any], summary: str | os.PathLike[str] | None,
+                   tables: Sequence[str | os.PathLike[str]]) -> set[Path]:
+    """The folders a batch writes into (each job's outputs, the tables)."""
+    return {p.parent for j in jobs for p in j.outputs.values()} | {Path(t).parent for t in (summary, *tables) if t}
 
 
 def check_tables_apart(jobs: Sequence[Any], tables: Iterable[tuple[str, str, Path | None]],

@@ -2,7 +2,7 @@
 on outputs written earlier (``sct-gm segment --qc`` passes the same facts straight from the run).
 
 A sidecar is a file like any other, and anyone can write one that records a mask's hash. So: only a
-regular file of bounded size is read (:func:`sctgm.segment.outputs.read_sidecar`); it is used only
+regular file of bounded size is read (:func:`sctgm.segment.ownership.read_sidecar`); it is used only
 when it records this mask's hash (a mask edited since was not the one doubted), its noise only when
 it records this image's hash too; and every value is rebuilt from the shape sct-gm writes, anything
 else left out (never an error: the entry is then what it is for a mask made elsewhere).
@@ -19,7 +19,7 @@ from ..filesystem import file_sha256
 from ..naming import split_nifti_name
 from ..segment.guard import REASON_TEXT
 from ..segment.noise import noise_keys
-from ..segment.outputs import is_correction, read_sidecar
+from ..segment.ownership import is_correction, read_sidecar
 
 #: Longest name (model, network, action) taken from a sidecar.
 MAX_NAME_CHARS = 200

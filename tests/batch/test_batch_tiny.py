@@ -298,3 +298,30 @@ def test_a_held_ctrl_c_stops_the_block_at_its_end_and_a_second_one_at_once():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_one_name_with_two_extensions_never_shares_a_sidecar(tiny_model, make_nifti, tmp_path):
+    """x.nii and x.nii.gz name their outputs alike (x_gmseg.nii, x_gmseg.nii.gz) and share x_gmseg.json:
+    a batch of both is refused before anything is written; a run of one after the other refuses to
+    take the first one's sidecar (unless allowed), which would leave its mask without one."""
+    from sctgm.exceptions import DatasetError, OutputError
+
+    (tmp_path / "in").mkdir()
+    gz = make_nifti(cord_phantom_volume(seed=1), name="in/x.nii.gz")
+    plain = gz.with_name("x.nii")
+    nib.save(nib.load(gz), plain)
+    name = tiny_model()
+    settings = BatchSettings(model=name, device="cpu")
+    with pytest.raises(DatasetError, match="both would write .*x_gmseg.json"):
+        segment_files([str(gz), str(plain)], settings)
+    assert sorted(p.name for p in gz.parent.iterdir()) == ["x.nii", "x.nii.gz"]
+
+    segment_file(gz, model=name, device="cpu")
+    sidecar = json.loads(gz.with_name("x_gmseg.json").read_text())
+    with pytest.raises(OutputError, match=r"x_gmseg.json: is the sidecar of .*x_gmseg.nii.gz"):
+        segment_file(plain, model=name, device="cpu")
+    assert json.loads(gz.with_name("x_gmseg.json").read_text()) == sidecar
+    assert not plain.with_name("x_gmseg.nii").exists()
+    assert [r.status for r in segment_files([str(gz)], settings).records] == ["skipped"]  # still x.nii.gz's
+    segment_file(plain, model=name, device="cpu", overwrite=True)  # allowed: the sidecar is now x.nii's
+    assert json.loads(gz.with_name("x_gmseg.json").read_text())["Sources"] == [str(plain)]
