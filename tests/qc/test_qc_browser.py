@@ -302,3 +302,124 @@ def test_the_index_shows_every_column_without_horizontal_scroll(report, browser,
         assert all(right <= box["right"] + 0.5 for _, right in box["cols"]), box
     finally:
         browser.set_window_size(1500, 1000)
+
+
+@pytest.fixture(scope="module")
+def same_names(tmp_path_factory):
+    """A QC folder with three entries whose images share one file name, in data/A, data/B and data/BA:
+    (qc folder, {folder: image path as the report records it})."""
+    import nibabel as nib
+
+    root = tmp_path_factory.mktemp("samenames")
+    img, _, gm = cord_phantom(shape=(40, 40, 5))
+    images = {}
+    for folder in ("A", "B", "BA"):
+        d = root / "data" / folder
+        d.mkdir(parents=True)
+        for name, a in (("t2s.nii.gz", img), ("t2s_gmseg.nii.gz", gm)):
+            nib.save(nib.Nifti1Image(np.asarray(a), np.diag([0.5, 0.5, 5.0, 1.0])), str(d / name))
+        add_entry(root / "qc", d / "t2s.nii.gz", d / "t2s_gmseg.nii.gz", model="demo")
+        images[folder] = str((d / "t2s.nii.gz").resolve())
+    return root / "qc", images
+
+
+def _import(driver, qc, images, content, filename):
+    """Imports content into a report with no rating: (count returned, status line, {folder: rating})."""
+    open_report(driver, qc)
+    driver.execute_script("localStorage.clear(); location.reload();")
+    shot.wait_ready(driver)
+    n = driver.execute_script("return window.sctgmQc.importText(arguments[0], arguments[1]);", content, filename)
+    status = driver.find_element("id", "status").text
+    ids = driver.execute_script("return window.sctgmQc.state.rows.map(e => [e.image, e.id]);")
+    by_image = dict(ids)
+    rated = {folder: driver.execute_script("return window.sctgmQc.ratingOf(arguments[0]);", by_image[image])
+             for folder, image in images.items()}
+    driver.execute_script("localStorage.clear();")
+    return n, status, rated
+
+
+def test_import_matches_a_listed_path_by_whole_trailing_components(browser, same_names):
+    """qc_fail.yml lists A/t2s.nii.gz: only data/A's entry is rated, not data/B's nor data/BA's (whose
+    image ends with the same characters but not the same components)."""
+    qc, images = same_names
+    n, status, rated = _import(browser, qc, images, "FILES_GMSEG:\n- A/t2s.nii.gz\n", "qc_fail.yml")
+    assert (n, rated) == (1, {"A": "fail", "B": "unrated", "BA": "unrated"}), status
+    assert status == "Imported 1 rating(s) from qc_fail.yml"
+    n, _, rated = _import(browser, qc, images, "FILES_GMSEG:\n- 'data/BA/t2s.nii.gz'\n- ./B/t2s.nii.gz\n",
+                          "qc_artifact.yml")
+    assert (n, rated) == (2, {"A": "unrated", "B": "artifact", "BA": "artifact"})
+
+
+def test_import_rates_none_of_the_entries_a_listed_path_matches_equally(browser, same_names):
+    """A bare file name shared by several entries names none of them, and the status line says so;
+    the other listed paths are still imported, and one that names no entry is reported too."""
+    qc, images = same_names
+    content = "FILES_GMSEG:\n- t2s.nii.gz\n- B/t2s.nii.gz\n- C/other.nii.gz\n"
+    n, status, rated = _import(browser, qc, images, content, "qc_fail.yml")
+    assert (n, rated) == (1, {"A": "unrated", "B": "fail", "BA": "unrated"}), status
+    assert "1 path matched several entries; not imported: t2s.nii.gz" in status
+    assert "1 path matched no entry: C/other.nii.gz" in status
+    # The same in a CSV or JSON whose ids are not this report's (matched by their image column).
+    csv = "id,image,rating\r\nother-1,t2s.nii.gz,pass\r\nother-2,A/t2s.nii.gz,artifact\r\n"
+    n, status, rated = _import(browser, qc, images, csv, "qc_ratings.csv")
+    assert (n, rated) == (1, {"A": "artifact", "B": "unrated", "BA": "unrated"}), status
+    assert "1 path matched several entries; not imported: t2s.nii.gz" in status
+    js = json.dumps({"ratings": [{"id": "x", "image": "t2s.nii.gz", "rating": "fail"},
+                                 {"id": "y", "image": "data/B/t2s.nii.gz", "rating": "pass"}]})
+    n, status, rated = _import(browser, qc, images, js, "qc_ratings.json")
+    assert (n, rated) == (1, {"A": "unrated", "B": "pass", "BA": "unrated"}), status
+
+
+def test_import_of_exact_paths_and_own_exports_still_works(browser, same_names):
+    """Exact absolute paths (as the page's qc_fail.yml writes them) and the JSON/CSV exports by id."""
+    qc, images = same_names
+    content = f"FILES_GMSEG:\n- {json.dumps(images['B'])}\n- {images['BA']}\n"
+    n, _, rated = _import(browser, qc, images, content, "qc_fail.yml")
+    assert (n, rated) == (2, {"A": "unrated", "B": "fail", "BA": "fail"})
+
+    open_report(browser, qc)
+    browser.execute_script("localStorage.clear(); location.reload();")
+    shot.wait_ready(browser)
+    by_image = dict(browser.execute_script("return window.sctgmQc.state.rows.map(e => [e.image, e.id]);"))
+    for folder, r in (("A", "fail"), ("B", "artifact"), ("BA", "pass")):
+        browser.execute_script("localStorage.setItem(window.sctgmQc.storeKey, JSON.stringify("
+                               "Object.assign(JSON.parse(localStorage.getItem(window.sctgmQc.storeKey) || '{}'),"
+                               " {[arguments[0]]: arguments[1]})));", by_image[images[folder]], r)
+    browser.refresh()
+    shot.wait_ready(browser)
+    exports = {k: browser.execute_script("return window.sctgmQc.exportText(arguments[0]);", k)
+               for k in ("json", "csv", "fail", "artifact")}
+    want = {"A": "fail", "B": "artifact", "BA": "pass"}
+    for kind, filename in (("json", "qc_ratings.json"), ("csv", "qc_ratings.csv")):
+        n, status, rated = _import(browser, qc, images, exports[kind], filename)
+        assert (n, rated) == (3, want), (kind, status)
+    n, _, rated = _import(browser, qc, images, exports["fail"], "qc_fail.yml")
+    assert (n, rated) == (1, {"A": "fail", "B": "unrated", "BA": "unrated"})
+    n, _, rated = _import(browser, qc, images, exports["artifact"], "qc_artifact.yml")
+    assert (n, rated) == (1, {"A": "unrated", "B": "artifact", "BA": "unrated"})
+
+
+def test_match_image_is_a_pure_function_of_the_listed_path_and_the_images(browser, report):
+    """window.sctgmQc.matchImage(path, images) -> {how, indices}: exact first, then the most whole trailing
+    components in common (either separator); several image files tied -> "ambiguous" (their indices),
+    not even the file name -> "none"."""
+    open_report(browser, report)
+
+    def match(path, imgs):
+        return browser.execute_script("return window.sctgmQc.matchImage(arguments[0], arguments[1]);", path, imgs)
+
+    imgs = ["/x/data/A/t2s.nii.gz", "/x/data/B/t2s.nii.gz", "/x/data/BA/t2s.nii.gz", "/x/data/A/t2s.nii.gz"]
+    assert match("/x/data/A/t2s.nii.gz", imgs) == {"how": "exact", "indices": [0, 3]}  # one image, two masks
+    assert match("A/t2s.nii.gz", imgs) == {"how": "suffix", "indices": [0, 3]}
+    assert match("data\\BA\\t2s.nii.gz", imgs) == {"how": "suffix", "indices": [2]}
+    assert match("../data/B//t2s.nii.gz", imgs) == {"how": "suffix", "indices": [1]}
+    assert match("t2s.nii.gz", imgs) == {"how": "ambiguous", "indices": [0, 1, 2, 3]}
+    assert match("data/t2s.nii.gz", imgs) == {"how": "ambiguous", "indices": [0, 1, 2, 3]}  # only the name
+    assert match("/home/me/study/data/A/t2s.nii.gz", imgs) == {"how": "suffix", "indices": [0, 3]}  # another root
+    assert match("C/t2s.nii.gz", imgs[:1]) == {"how": "suffix", "indices": [0]}  # a unique name, as before
+    assert match("2s.nii.gz", imgs) == {"how": "none", "indices": []}
+    assert match("", imgs) == {"how": "none", "indices": []}
+    assert match("t2s.nii.gz", ["/x/data/A/t2s.nii.gz", "/y/t2s_other.nii.gz"]) == {"how": "suffix", "indices": [0]}
+    # An entry whose whole path is the listed path's components wins over longer ones ending with them.
+    assert match("C:\\x\\A\\t2s.nii.gz", ["C:/x/A/t2s.nii.gz", "/y/C:/x/A/t2s.nii.gz"]) == {"how": "suffix",
+                                                                                       "indices": [0]}

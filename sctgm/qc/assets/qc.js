@@ -412,24 +412,61 @@
     });
     return items;
   }
-  function basename(p) { return text(p).split(/[\\/]/).pop(); }
-  function findByImage(path) {
-    var exact = ENTRIES.filter(function (e) { return e.image === path; });
-    if (exact.length) { return exact; }
-    return ENTRIES.filter(function (e) { return basename(e.image) === basename(path); });
+  // A listed path (a qc_fail.yml item, or the image of a JSON/CSV row whose id is not this report's)
+  // names the entries whose image is that very path; else those whose image path shares the most
+  // trailing components with it, whole components ("A/t2s.nii.gz" names ".../data/A/t2s.nii.gz" before
+  // ".../data/BA/t2s.nii.gz"; a list written on another machine, under another root, still matches),
+  // an image made of exactly those components first. Several image files tied: "ambiguous", none
+  // named (a guess would rate the wrong scan). Entries of one image (several masks) are all named.
+  function pathParts(p) {
+    var parts = text(p).split(/[\\/]+/).filter(function (c) { return c !== "" && c !== "."; });
+    while (parts[0] === "..") { parts.shift(); }
+    return parts;
+  }
+  function matchImage(path, images) {  // pure: -> {how: "exact"|"suffix"|"ambiguous"|"none", indices}
+    var hits = [], best = 0;
+    images.forEach(function (im, i) { if (im === path) { hits.push(i); } });
+    if (hits.length) { return { how: "exact", indices: hits }; }
+    var want = pathParts(path);
+    images.forEach(function (im, i) {
+      var have = pathParts(im), k = 0;
+      while (k < want.length && k < have.length && have[have.length - 1 - k] === want[want.length - 1 - k]) { k += 1; }
+      if (k === 0 || k < best) { return; }
+      if (k > best) { best = k; hits = []; }
+      hits.push(i);
+    });
+    if (!hits.length) { return { how: "none", indices: [] }; }
+    var whole = hits.filter(function (i) { return pathParts(images[i]).length === want.length && best === want.length; });
+    if (whole.length) { hits = whole; }
+    var distinct = hits.filter(function (i, k) {
+      return hits.findIndex(function (j) { return images[j] === images[i]; }) === k;
+    });
+    return { how: distinct.length > 1 ? "ambiguous" : "suffix", indices: hits };
+  }
+  function listed(paths) {
+    var shown = paths.slice(0, 5).join(", ");
+    return paths.length > 5 ? shown + ", \u2026 (" + (paths.length - 5) + " more)" : shown;
   }
   function importText(content, filename) {
-    var name = text(filename).toLowerCase(), pairs = [];
+    var name = text(filename).toLowerCase(), pairs = [], several = [], unmatched = [];
+    var images = ENTRIES.map(function (e) { return e.image; });
+    function byImage(path, rating) {
+      if (text(path) === "") { return; }
+      var m = matchImage(path, images);
+      if (m.how === "ambiguous") { several.push(text(path)); }
+      else if (m.how === "none") { unmatched.push(text(path)); }
+      else { m.indices.forEach(function (i) { pairs.push([ENTRIES[i].id, rating]); }); }
+    }
     if (/\.ya?ml$/.test(name)) {
       var r = name.indexOf("artifact") >= 0 ? "artifact" : "fail";
-      yamlItems(content).forEach(function (p) { findByImage(p).forEach(function (e) { pairs.push([e.id, r]); }); });
+      yamlItems(content).forEach(function (p) { byImage(p, r); });
     } else if (/\.csv$/.test(name)) {
       var rows = parseCsv(content), head = rows.shift() || [];
       var iid = head.indexOf("id"), irt = head.indexOf("rating"), iim = head.indexOf("image");
       rows.forEach(function (row) {
         var id = row[iid], rt = row[irt];
         if (BY_ID[id]) { pairs.push([id, rt]); }
-        else if (iim >= 0) { findByImage(row[iim]).forEach(function (e) { pairs.push([e.id, rt]); }); }
+        else if (iim >= 0) { byImage(row[iim], rt); }
       });
     } else {
       var obj = JSON.parse(content);
@@ -438,18 +475,28 @@
       list.forEach(function (it) {
         if (!it || typeof it !== "object") { return; }
         if (BY_ID[it.id]) { pairs.push([it.id, it.rating]); }
-        else if (it.image) { findByImage(it.image).forEach(function (e) { pairs.push([e.id, it.rating]); }); }
+        else if (it.image) { byImage(it.image, it.rating); }
       });
     }
-    var n = 0;
+    var done = Object.create(null);
     pairs.forEach(function (p) {
       if (CYCLE.indexOf(p[1]) < 0) { return; }
       if (p[1] === "unrated") { delete ratings[p[0]]; } else { ratings[p[0]] = p[1]; }
-      n += 1;
+      done[p[0]] = true;
     });
+    var n = Object.keys(done).length;
     saveRatings();
     refresh();
-    setStatus("Imported " + n + " rating(s) from " + text(filename));
+    var msg = "Imported " + n + " rating(s) from " + text(filename);
+    if (several.length) {
+      msg += "; " + several.length + (several.length === 1 ? " path" : " paths") +
+        " matched several entries; not imported: " + listed(several);
+    }
+    if (unmatched.length) {
+      msg += "; " + unmatched.length + (unmatched.length === 1 ? " path" : " paths") +
+        " matched no entry: " + listed(unmatched);
+    }
+    setStatus(msg);
     return n;
   }
 
@@ -488,7 +535,8 @@
   }
 
   // For tests and scripting: no data leaves the page.
-  window.sctgmQc = { exportText: exportText, importText: importText, select: select, ratingOf: ratingOf,
+  window.sctgmQc = { exportText: exportText, importText: importText, matchImage: matchImage,
+                     select: select, ratingOf: ratingOf,
                      state: state, storeKey: STORE_KEY, el: el };  // el: the editor builds its DOM with it
   init();
 }());
