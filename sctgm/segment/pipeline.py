@@ -296,7 +296,7 @@ class Segmenter:
             found = self._search(vol, options)
             passes += 1
             if found is None:
-                log.warning("no gray matter was found anywhere in the image")
+                log.debug("no gray matter was found anywhere in the image, even by the search")
                 return windows, prob, passes
             centres = np.tile(found, (vol.n_slices, 1))
         else:

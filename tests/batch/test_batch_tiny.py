@@ -325,3 +325,23 @@ def test_one_name_with_two_extensions_never_shares_a_sidecar(tiny_model, make_ni
     assert [r.status for r in segment_files([str(gz)], settings).records] == ["skipped"]  # still x.nii.gz's
     segment_file(plain, model=name, device="cpu", overwrite=True)  # allowed: the sidecar is now x.nii's
     assert json.loads(gz.with_name("x_gmseg.json").read_text())["Sources"] == [str(plain)]
+
+
+def test_an_empty_mask_is_said_with_its_file_in_the_record(tiny_model, images, monkeypatch):
+    """Whatever the reason (a field of view without the cord, noise, a cord mask caught by a glob), an
+    empty GM mask is a warning naming the file, so the batch summary shows it beside the 0 volume."""
+    import dataclasses
+
+    from sctgm.segment.pipeline import Segmenter
+
+    first = Segmenter.segment_image
+
+    def nothing_found(self, image, **kwargs):
+        result = first(self, image, **kwargs)
+        return dataclasses.replace(result, gm=np.zeros_like(result.gm)) if "01" in image.path.name else result
+
+    monkeypatch.setattr(Segmenter, "segment_image", nothing_found)
+    records = segment_files([str(p) for p in images], BatchSettings(model=tiny_model(), device="cpu")).records
+    assert [r.gm_volume_mm3 for r in records][0] == 0.0
+    assert "no gray matter was found, the GM mask is empty" in records[0].message
+    assert "no gray matter" not in records[1].message
