@@ -108,6 +108,9 @@ class EntryVolume:
         """Why the editor shows this entry read-only (a manual GM mask made elsewhere), or None."""
         if not self.foreign:
             return None
+        if not self.target.mask.exists():
+            return (f"{self.target.sidecar.name}, where the correction's record would go, was not written by "
+                    "sct-gm's editor; it is shown read-only and never overwritten")
         return (f"{self.target.mask.name} is a manual GM mask not written by sct-gm's editor (training reads every "
                 "slice of it); it is shown read-only and never overwritten")
 
@@ -145,7 +148,9 @@ def open_entry(entry: dict[str, Any]) -> EntryVolume:
         except GridMismatchError as exc:
             raise QcError(f"{target.mask}: the saved correction is not on the image's grid ({exc}); move it away") from None
         current = (done >= MASK_THRESHOLD).astype(np.uint8)
-        foreign = not labels.written_by_editor(target.mask)
+    # as labels.write_correction judges it: a mask or a sidecar there that the editor did not write
+    foreign = (target.mask.exists() or target.sidecar.exists()) and not labels.written_by_editor(target.mask)
+    if target.mask.exists():
         saved = [] if foreign else list(labels.labelled_slices_of(target.mask) or ())
     prob = None
     prob_path = prob_path_for(entry["gmseg"])

@@ -15,6 +15,7 @@ import requests
 
 from sctgm.exceptions import InvalidOptionError, QcError
 from sctgm.filesystem import file_sha256
+from sctgm.naming import split_nifti_name
 from sctgm.qc import corrections
 from sctgm.qc.render import to_display
 from sctgm.qc.serve import start_server
@@ -377,6 +378,20 @@ def test_outside_bids_the_correction_goes_beside_the_image(tmp_path):
 
     jobs = plan_files([str(tmp_path / "scans" / "*.nii.gz")], BatchSettings(model="tiny", device="cpu"))
     assert [j.input.name for j in jobs] == ["t2s.nii.gz"]  # a batch never takes the correction for an image
+
+
+def test_a_foreign_sidecar_where_the_record_would_go_opens_read_only(site):
+    """A sidecar that sct-gm's editor did not write, where the correction's record would go (no mask
+    yet): the save would be refused, so the slice view says read-only before any work is drawn."""
+    run, paths, tmp_path = site
+    eid = paths["sub-02"]["entry"].name
+    mine = split_nifti_name(paths["sub-02"]["label"])[0] + ".json"
+    Path(mine).write_text('{"note": "mine"}\n')
+    before = files_under(tmp_path / "ds")
+    view = slice_of(run, eid, 4)
+    assert not view["editable"] and Path(mine).name in view["read_only_reason"]
+    r = post(run, eid, 4, mask_of(view).tobytes())
+    assert r.status_code == 400 and files_under(tmp_path / "ds") == before
 
 
 @pytest.mark.parametrize("name", ["sub-02_T2star_gmseg-manual.nii.gz", "sub-02_T2star_gmseg-manual.nii",
