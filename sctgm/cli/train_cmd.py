@@ -34,7 +34,7 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
 @click.option("--participant-label", "participants", multiple=True, help="BIDS: only these participants.")
 @click.option("--gmchallenge", type=click.Path(path_type=Path), default=None,
               help="Folder in the GM challenge's layout (siteN-scNN-image + -mask-r1..r4; majority vote).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", type=click.Path(), required=True,  # a str: `-o ""` stays empty, refused as such
               help="MODEL_DIR to create (model.safetensors, model.json, logs, curves, validation metrics).")
 @click.option("--init", default=DEFAULT_INIT, show_default=True,
               help="Start from: large, challenge, a registered name, a model folder / weight file, or none.")
@@ -64,7 +64,7 @@ _GREEDY = ("-i", "--input", "-r", "--ref", "--suffix", "--participant-label", "-
 @verbosity_option
 @click.pass_context
 def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], bids_root: Optional[Path],
-          suffixes: tuple[str, ...], participants: tuple[str, ...], gmchallenge: Optional[Path], output: Path,
+          suffixes: tuple[str, ...], participants: tuple[str, ...], gmchallenge: Optional[Path], output: str,
           init: str, arch: Optional[str], filters: Optional[int], val_subjects: tuple[str, ...], val_fraction: float,
           max_steps: Optional[int], epochs: Optional[float], lr: Optional[float], batch_size: int, augment: str, seed: int,
           device: str, threads: Optional[int], resume: bool, overwrite: bool, quiet: bool,
@@ -85,6 +85,7 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
     setup_logging(verbose, quiet=quiet)
     if max_steps and epochs:
         raise click.UsageError("give --max-steps or --epochs, not both")
+    _check_dependent_options(ctx, bids_root, suffixes, participants, val_subjects)
 
     def describe(p: object) -> str:
         v, loss = getattr(p, "val_dice", None), getattr(p, "loss", None)
@@ -119,6 +120,16 @@ def train(ctx: click.Context, inputs: tuple[Path, ...], refs: tuple[Path, ...], 
         f"validation Dice {result.val_dice:.3f} at threshold {result.threshold:g} (step {result.best_step}; "
         f"the init: {result.init_val_dice:.3f})")
     click.echo(f"{result.model_dir}: {plural(result.steps, 'step')}, {dice}; use it with: sct-gm segment -m {result.model_dir}")
+
+
+def _check_dependent_options(ctx: click.Context, bids_root: Optional[Path], suffixes: tuple[str, ...],
+                             participants: tuple[str, ...], val_subjects: tuple[str, ...]) -> None:
+    """An option that would be ignored is a usage error (never silently dropped), as in `segment`."""
+    bids_only = [flag for flag, given in (("--suffix", suffixes), ("--participant-label", participants)) if given]
+    if bids_root is None and bids_only:
+        raise click.UsageError(f"BIDS options only apply with --bids DATASET (given: {', '.join(bids_only)})")
+    if val_subjects and ctx.get_parameter_source("val_fraction") not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--val names the validation subjects and --val-fraction draws them: give one, not both")
 
 
 def _duration(seconds: float) -> str:

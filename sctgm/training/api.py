@@ -5,7 +5,9 @@ The run works in a temporary folder beside MODEL_DIR (``.<name>.partial``), wher
 replaced atomically every few steps; the outputs are written there and the folder is renamed to
 MODEL_DIR at the very end, so MODEL_DIR is either absent or complete. Ctrl-C leaves the partial
 folder with its last good checkpoint: the same command with ``resume=True`` (``--resume``)
-continues it and, on a CPU with the same seed, ends with the weights of an uninterrupted run.
+continues it and, on a CPU with the same seed, ends with the weights of an uninterrupted run. One run
+at a time per MODEL_DIR: the run holds a lock (``.<name>.lock`` beside it, :mod:`.run_lock`) from its
+first look at the output to the final rename; another run on the same output is refused at once.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from typing import Any
 from .._version import __version__
 from ..exceptions import InvalidOptionError, OutputError, SctGmError
 from ..engines.hardware import require_torch
-from ..naming import split_nifti_name
 from ..writing import save_json
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
                        DEFAULT_LR_SCRATCH, DEFAULT_MAX_STEPS, validation_interval, warmup_steps)
 from .options import TrainOptions, TrainSources
+from .run_lock import claimed
 from . import outputs, sources
 
 RUN_FILE = outputs.RUN_FILE
@@ -63,48 +65,6 @@ class TrainOutcome:
     split: str
 
 
-def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
-    if split_nifti_name(out.name)[1]:  # `-o model.nii.gz`: a mask's name, surely not the folder meant
-        raise OutputError(f"{out}: is a NIfTI name; the trained model is a folder (e.g. models/my_gm)",
-                          parameter="output")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        hint = "overwrite it to replace it" if resume else "overwrite it or choose another output folder"
-        raise OutputError(f"{out}: already exists ({'the run is finished' if resume else 'a model folder'}); {hint}",
-                          parameter="overwrite")
-    if out.exists() or out.is_symlink():
-        _check_own(out, "a model folder")  # --overwrite replaces only what sct-gm train made
-    if resume and not partial.is_dir():
-        raise OutputError(f"{out}: nothing to resume (no interrupted run in {partial})")
-    if not resume and (partial.exists() or partial.is_symlink()):
-        if not overwrite:
-            raise OutputError(f"{out}: an interrupted run left {partial}; resume it or overwrite it to start "
-                              f"again", parameter="resume")
-        _check_own(partial, "an interrupted run")
-        shutil.rmtree(partial)
-    for up in (out.parent, *out.parent.parents):
-        if up.exists() and not up.is_dir():
-            raise OutputError(f"{up}: is a file, not a folder; the model folder cannot be written under it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.TemporaryFile(dir=out.parent)
-        probe.close()
-    except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot write the model folder there ({exc.strerror or exc})") from None
-
-
-def _check_own(folder: Path, what: str) -> None:
-    """Refuse to remove ``folder`` unless sct-gm train made it: a real folder (not a link) that is empty
-    or holds a model.json, run.json or checkpoint, and nothing but the files a run writes."""
-    found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else None
-    foreign = None if found is None else [n for n in found if n not in outputs.RUN_FILES
-                                          and not outputs.is_run_temp(n)]
-    if found is None or foreign or (found and not {outputs.MODEL_JSON, RUN_FILE, outputs.CHECKPOINT} & set(found)):
-        why = ("it is not a folder" if found is None else f"it holds {', '.join(map(repr, foreign[:3]))}"
-               if foreign else "it holds no model.json, run.json or checkpoint")
-        raise OutputError(f"{folder}: not {what} written by sct-gm train ({why}); refusing to replace it, "
-                          f"choose another output folder", parameter="output")
-
-
 #: Signature keys (config keys below "config") -> the library argument that sets them.
 _SIGNATURE_PARAMETERS = {"data": "images", "init": "init", "arch": "arch", "filters": "filters", "split": "val",
                          "device": "device", "threads": "threads", "max_steps": "max_steps",
@@ -112,24 +72,50 @@ _SIGNATURE_PARAMETERS = {"data": "images", "init": "init", "arch": "arch", "filt
                          "patience": "patience"}
 
 
-def _check_resume(partial: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+#: The order in which a resume's differences are named: a cause before what follows from it (another init
+#: has other filters; another validation split puts other slices in the data's records).
+_RESUME_ORDER = ("init", "arch", "filters", "data", "split", "device", "threads", "config")
+
+
+def _without_split(data: Any) -> Any:
+    """The data record without each image's training and validation slices (which the split decides)."""
+    if not isinstance(data, list):
+        return data
+    return [{k: v for k, v in d.items() if k not in ("train_slices", "val_slices")} if isinstance(d, dict) else d
+            for d in data]
+
+
+def _check_resume(partial: Path, before: dict[str, Any], now: dict[str, Any], *,
+                  split_parameter: str = "val_fraction") -> None:
     """Refuse to resume a run whose checkpoint was made with other data or options, naming the first
-    argument that differs."""
-    if before == json.loads(json.dumps(now)):
+    argument that differs (``split_parameter``: the argument that set this run's validation split)."""
+    now = json.loads(json.dumps(now))
+    if before == now:
         return
-    diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-    if diffs == ["config"]:
+
+    def differs(key: str) -> bool:
+        if key == "data":
+            return _without_split(before.get(key)) != _without_split(now.get(key))
+        return before.get(key) != now.get(key)
+
+    diffs = [k for k in _RESUME_ORDER if differs(k)] or [k for k in sorted(set(before) | set(now))
+                                                         if before.get(k) != now.get(k)]
+    values = (before, now)
+    if diffs[:1] == ["config"]:
         old, new = before.get("config") or {}, now["config"]
         diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         values = (old, new)
-    else:
-        values = (before, now)
     key = next((k for k in diffs if k in _SIGNATURE_PARAMETERS), diffs[0] if diffs else "?")
-    parameter = _SIGNATURE_PARAMETERS.get(key)
-    if key in ("data", "init", "split", "augment") or not diffs:
+    parameter = split_parameter if key == "split" else _SIGNATURE_PARAMETERS.get(key)
+    old, new = values[0].get(key), values[1].get(key)
+    if key == "init" and isinstance(old, dict) and isinstance(new, dict) and old.get("name") != new.get("name"):
+        what = f"init {old.get('name')!r}, this run has {new.get('name')!r}"
+    elif key == "split":
+        what = f"the validation split {old!r}, this run has {new!r}"
+    elif key in ("data", "init", "augment") or not diffs:
         what = f"other {'training data' if key == 'data' else key}"
     else:
-        what = f"{key} {values[0].get(key)!r}, this run has {values[1].get(key)!r}"
+        what = f"{key} {old!r}, this run has {new!r}"
     raise TrainingDataError(f"{partial}: the interrupted run had {what}; resuming needs the same data and options "
                             f"(or overwrite it to start again)", parameter=parameter or "resume")
 
@@ -220,6 +206,18 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
     sct-gm train wrote; ``progress`` receives :class:`~sctgm.training.loop.TrainProgress` after every
     step. Raises :class:`~sctgm.exceptions.MissingExtraError` without torch (``sctgm[torch]``)."""
     require_torch("sct-gm train (sctgm.train)", parameter=None)
+    if Path(output).expanduser().name in ("", ".."):  # '', '.', '..': the current folder or its parent
+        raise OutputError(f"output {os.fspath(output)!r}: not a folder name; the trained model is a new folder (e.g. "
+                          f"models/my_gm)", parameter="output")
+    out = Path(output).expanduser().absolute()
+    partial = out.parent / f".{out.name}.partial"
+    with claimed(out, partial, resume=resume, overwrite=overwrite):  # one run per MODEL_DIR, to the rename
+        return _train(data, out, partial, options, resume=resume, progress=progress, command_line=command_line)
+
+
+def _train(data: TrainSources, out: Path, partial: Path, o: TrainOptions, *, resume: bool,
+           progress: Callable[[Any], None] | None, command_line: str | None) -> TrainOutcome:
+    """:func:`train` once MODEL_DIR ``out`` is checked and its lock held."""
     import torch
 
     from ..engines.hardware import available_cores
@@ -227,13 +225,9 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
     from .loop import TrainConfig, train_loop
     from .models import resolve_device
 
-    o = options
     init, arch, filters, val, val_fraction, max_steps, epochs, lr, batch_size, seed, device, threads, bn, patience, \
         augment = (o.init, o.arch, o.filters, o.val, o.val_fraction, o.max_steps, o.epochs, o.lr, o.batch_size,
                    o.seed, o.device, o.threads, o.bn, o.patience, o.augment)
-    out = Path(output).expanduser().absolute()
-    partial = out.parent / f".{out.name}.partial"
-    _check_output(out, partial, resume=resume, overwrite=overwrite)
     if not 0.0 <= val_fraction < 1.0:
         raise TrainingDataError(f"validation fraction {val_fraction}: expected a share in [0, 1)",
                                 parameter="val_fraction")
@@ -280,7 +274,8 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
     checkpoint_path = partial / outputs.CHECKPOINT
     continuing = resume and checkpoint_path.is_file()
     if continuing:
-        _check_resume(partial, json.loads(load_checkpoint(checkpoint_path).get("signature") or "{}"), signature)
+        _check_resume(partial, json.loads(load_checkpoint(checkpoint_path).get("signature") or "{}"), signature,
+                      split_parameter="val" if val else "val_fraction")
     else:  # a new run, or a run killed before its first checkpoint: start from step 0
         partial.mkdir(exist_ok=resume)
 

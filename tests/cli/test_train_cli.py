@@ -159,3 +159,50 @@ def test_augment_recipe_is_recorded_and_unknown_ones_are_refused(pair, tmp_path)
     res = _run("-i", str(img), "-r", str(gm), "-o", str(tmp_path / "x"), "--augment", "heavy", *TINY)
     assert res.exit_code == 2 and "--augment" in res.output and "heavy" in res.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--suffix", "T2w"], "BIDS options only apply with --bids DATASET (given: --suffix)"),
+    (["--participant-label", "01"], "BIDS options only apply with --bids DATASET (given: --participant-label)"),
+    (["--val", "sub-01", "--val-fraction", "0.3"], "--val names the validation subjects and --val-fraction draws them"),
+])
+def test_an_option_that_would_be_ignored_is_a_usage_error(pair, tmp_path, extra, needle):
+    img, gm = pair
+    res = _run("-i", str(img), "-r", str(gm), "-o", str(tmp_path / "m"), *extra, *TINY)
+    assert res.exit_code == 2
+    _fails(res, needle, out=tmp_path / "m")
+
+
+def test_an_output_that_is_a_file_or_no_name_is_said_so(pair, tmp_path, monkeypatch):
+    img, gm = pair
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    line = _run("-i", str(img), "-r", str(gm), "-o", str(afile), *TINY).output
+    assert "notes.txt: is a file, not a model folder" in line and "already exists" not in line, line
+    assert afile.read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "."):
+        res = _run("-i", str(img), "-r", str(gm), "-o", empty, *TINY)
+        assert res.exit_code == 3 and f"output {empty!r}: not a folder name" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
+
+
+def test_a_resume_with_another_split_or_init_names_that_option(pair, tmp_path, monkeypatch):
+    import sctgm.training.loop as loop
+
+    img, gm = pair
+    data = ["-i", str(img), "-r", str(gm), "--max-steps", "6", "--threads", "1", "--device", "cpu", "-q"]
+    scratch = ["--init", "none", "--arch", "unet", "--filters", "8"]
+    base = _run(*data, *scratch[:-1], "4", "--max-steps", "1", "--val-fraction", "0", "-o", str(tmp_path / "base"))
+    assert base.exit_code == 0, base.output
+    save = interrupt_training_at(monkeypatch, 3)
+    assert _run(*data, *scratch, "--val-fraction", "0.25", "-o", str(tmp_path / "m")).exit_code == 130
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    res = _run(*data, *scratch, "--val-fraction", "0.5", "-o", str(tmp_path / "m"), "--resume")
+    line = res.output.strip()
+    assert res.exit_code == 2 and "the interrupted run had the validation split 'last 25% of the labelled" in line
+    assert "this run has 'last 50% of the labelled" in line and line.endswith("(option --val-fraction)"), line
+    res = _run(*data, "--init", str(tmp_path / "base"), "--val-fraction", "0.25", "-o", str(tmp_path / "m"), "--resume")
+    line = res.output.strip()
+    assert res.exit_code == 2 and "the interrupted run had init 'none', this run has 'base'" in line, line
+    assert line.endswith("(option --init)"), line
