@@ -129,18 +129,24 @@ def _installed(folder: Path, name: str, entry: dict[str, Any]) -> InstalledModel
 # ------------------------------------------------------------------------------------- downloading
 
 def _installed_copies(name: str, entry: dict[str, Any], models: Path) -> list[dict[str, Any]]:
-    """Install folders of other models in this cache that hold every file of ``entry`` at its
-    registered size (the same published weights under another name: ``large`` for the default
-    ``large-ensemble``), as ``files`` sources: an offline cache that has ``large`` installs the
-    default from it. The transfer verifies each file's sha256 as for any source."""
-    wanted = {f["name"]: f["size"] for f in entry["files"]}
+    """Install folders of other models in this cache whose manifests record every file of ``entry``
+    with its registered size and sha256 (the same published weights under another name: ``large`` for
+    the default ``large-ensemble``), as ``files`` sources: an offline cache that has ``large`` installs
+    the default from it. The transfer verifies each file's sha256 as for any source. (The size alone
+    took a fine-tuned model's weights for its init's, and warned of a failed source at each install.)"""
+    wanted = {f["name"]: (f["size"], f["sha256"]) for f in entry["files"]}
     found = []
     own = models / name / str(entry["version"])
     for folder in sorted(models.glob("*/*/")):
         if folder == own or folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
             continue  # never its own folder (--force downloads again), nor an install under way; an
             # earlier version of the same model is a copy like any other
-        if all((folder / n).is_file() and (folder / n).stat().st_size == size for n, size in wanted.items()):
+        try:
+            recorded = _manifest_files(folder, folder.parent.name)
+        except ModelIntegrityError:
+            continue
+        if all((recorded.get(n) or {}).get("size") == size and (recorded.get(n) or {}).get("sha256") == sha
+               and (folder / n).is_file() for n, (size, sha) in wanted.items()):
             found.append({"kind": "files", "url": str(folder), "origin": "cache"})
     return found
 

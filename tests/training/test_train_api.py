@@ -98,6 +98,32 @@ def test_registry_and_fetch_model_accept_model_json(trained, monkeypatch, tmp_pa
     assert again.sha256 == installed.sha256
 
 
+def test_a_model_with_weights_of_the_same_size_is_not_sought_in_anothers_install(trained, tmp_path, caplog):
+    """A fine-tuned model's weights have its init's name and size: the cache's install of the other
+    model is not tried as a source (it was, and warned of a sha256 mismatch at every install)."""
+    import hashlib
+    import logging
+    import shutil
+
+    from sctgm.model.install import install_model_file
+
+    result, _, _ = trained
+    install_model_file(result.model_dir, cache_dir=tmp_path / "cache")
+    other = shutil.copytree(result.model_dir, tmp_path / "other")
+    weights = bytearray((other / "model.safetensors").read_bytes())
+    weights[-1] ^= 1  # the last float's lowest bit: the same size, other bytes
+    (other / "model.safetensors").write_bytes(bytes(weights))
+    doc = json.loads((other / "model.json").read_text())
+    entry = doc["models"].pop("model")
+    entry["files"][0]["sha256"] = hashlib.sha256(bytes(weights)).hexdigest()
+    doc["models"]["other"] = entry
+    (other / "model.json").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        installed = install_model_file(other, cache_dir=tmp_path / "cache")
+    assert installed.weights_path.read_bytes() == bytes(weights)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
+
+
 def test_an_altered_model_folder_is_refused(trained, tmp_path):
     import shutil
 
