@@ -25,6 +25,7 @@ from typing import Any
 from .._version import __version__
 from ..exceptions import InvalidOptionError, OutputError, SctGmError
 from ..engines.hardware import require_torch
+from ..model.registry import packaged_names
 from ..writing import save_json
 from .data import TRAIN_MARGIN_PX, LabelledImage, TrainingDataError, read_labelled, sha256_of, slice_set
 from .defaults import (CHECKPOINT_EVERY_VALIDATIONS, DEFAULT_ARCH, DEFAULT_BN_FINETUNE, DEFAULT_LR,
@@ -210,6 +211,9 @@ def train(data: TrainSources, output: str | os.PathLike[str], options: TrainOpti
         raise OutputError(f"output {os.fspath(output)!r}: not a folder name; the trained model is a new folder (e.g. "
                           f"models/my_gm)", parameter="output")
     out = Path(output).expanduser().absolute()
+    if out.name in packaged_names():  # the model takes its folder's name: sidecars and QC would say "large"
+        raise OutputError(f"{out}: '{out.name}' is a model sct-gm ships; the trained model takes its folder's name, "
+                          f"so choose another (e.g. {out.name}-mysite)", parameter="output")
     partial = out.parent / f".{out.name}.partial"
     with claimed(out, partial, resume=resume, overwrite=overwrite):  # one run per MODEL_DIR, to the rename
         return _train(data, out, partial, options, resume=resume, progress=progress, command_line=command_line)

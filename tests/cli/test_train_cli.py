@@ -187,6 +187,14 @@ def test_an_output_that_is_a_file_or_no_name_is_said_so(pair, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
 
 
+def test_an_output_named_like_a_shipped_model_is_refused(pair, tmp_path):
+    """The trained model takes its folder's name: `-o x/large` would make sidecars and QC say "large"."""
+    img, gm = pair
+    res = _run("-i", str(img), "-r", str(gm), "-o", str(tmp_path / "large"), *TINY)
+    assert res.exit_code == 3
+    _fails(res, "'large' is a model sct-gm ships", out=tmp_path / "large")
+
+
 def test_a_resume_with_another_split_or_init_names_that_option(pair, tmp_path, monkeypatch):
     import sctgm.training.loop as loop
 
