@@ -188,9 +188,10 @@ def check_tables(jobs: Sequence[Any], summary: str | os.PathLike[str] | None,
     guards.check_distinct_outputs(jobs)
     guards.check_tables_apart(jobs, [("summary", "summary table", summary),
                                      *(("metrics_csv", "metrics table", t) for t in metrics_tables)], qc_dir)
-    for path, kind, ours in ((summary, "tsv", is_summary), *((m, "csv", is_metrics_csv) for m in metrics_tables)):
+    for path, kind, ours, example in ((summary, "tsv", is_summary, "summary"),
+                                      *((m, "csv", is_metrics_csv, "morphometry") for m in metrics_tables)):
         if path is not None:
-            check_table_path(path, kind, ours=ours, overwrite=overwrite)
+            check_table_path(path, kind, ours=ours, overwrite=overwrite, example=example)
 
 
 def prepare_batch(settings: BatchSettings, *, scheduler: Any = None, download_progress: Any = None) -> None:

@@ -111,9 +111,9 @@ def _render(table: Any, console: Any) -> None:
               help="Vertebral level labels (e.g. SCT's *_seg_labeled.nii.gz): per-level mean and SD.")
 @click.option("--soft", is_flag=True,
               help="Measure: area = sum of probabilities instead of binarising at 0.5.")
-@click.option("-o", "--output", "csv_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-o", "--output", "csv_path", type=click.Path(allow_dash=True),
               help="Write the table as CSV ('-' for standard output, instead of the terminal table).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("--json", "json_path", type=click.Path(allow_dash=True),
               help="Write the table as JSON ('-' for standard output, instead of the terminal table).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing -o/--json file that is not a metrics table of sct-gm.")

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from . import plural, resolve_verbosity, setup_logging, verbosity_option
+from . import one_line, plural, resolve_verbosity, setup_logging, verbosity_option
 from .options import greedy_command
 
 
@@ -93,7 +93,7 @@ _GREEDY = ("-i", "--input", "-s", "--cord-mask", "--suffix", "--participant-labe
                                                 "sct-gm's table: refused without it; never an input or a reviewer's "
                                                 "correction); batch: also segment again where valid outputs exist "
                                                 "(one file is always segmented again).")
-@click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
               help="Write the summary table (TSV, a row per image, merged into sct-gm's table already there) "
                    "here [default: DATASET/derivatives/sct-gm/summary.tsv with --bids, none otherwise].")
 @click.option("--metrics", "metrics_csv", is_flag=False, flag_value="", default=None, metavar="[CSV]",
@@ -251,8 +251,8 @@ def _segment_one(args: SegmentArgs, options: Any) -> None:
         written = ", ".join(str(p) for p in (result.gm, result.wm, result.prob) if p is not None)
         voxels = info.get("gm_voxels")
         count = plural(voxels, "GM voxel") if isinstance(voxels, int) else "? GM voxels"
-        click.echo(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}"
-                   f"{'; ' + _qc_where(args) if args.qc_dir is not None else ''}", err=True)
+        click.echo(one_line(f"sct-gm: wrote {written} ({count}, {info.get('seconds', '?')} s){tables}"
+                            f"{'; ' + _qc_where(args) if args.qc_dir is not None else ''}"), err=True)
 
 
 def _qc_where(args: SegmentArgs) -> str:

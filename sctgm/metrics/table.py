@@ -110,14 +110,15 @@ def is_metrics_csv(path: Path) -> bool:
 
 
 def check_table_path(path: PathLike, kind: str, *, ours: Callable[[Path], bool] | None = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, example: str = "metrics") -> Path:
     """Fail early when ``path`` cannot receive a .csv/.json output (missing folder, a folder, a NIfTI
     name) and, when ``ours`` is given, when it exists, ``ours(path)`` says sct-gm did not write it and
-    ``overwrite`` is False (sct-gm never replaces a file it did not write)."""
+    ``overwrite`` is False (sct-gm never replaces a file it did not write). ``example``: the name the
+    message suggests (``<example>.<kind>``)."""
     p = Path(path)
     if split_nifti_name(p)[1]:
-        raise OutputError(f"{p}: is a NIfTI name; the {kind} output needs a name such as metrics.{kind}")
-    check_writable(p, hint=f"give a file name such as metrics.{kind}")
+        raise OutputError(f"{p}: is a NIfTI name; the {kind} output needs a name such as {example}.{kind}")
+    check_writable(p, hint=f"give a file name such as {example}.{kind}")
     if ours is not None and not overwrite and (p.exists() or p.is_symlink()) and not ours(p):
         raise OutputError(f"{p}: exists and is not a {kind} table sct-gm wrote (not its header); move it away, or "
                           f"allow replacing it", parameter="overwrite")

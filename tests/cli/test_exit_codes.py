@@ -49,6 +49,11 @@ def _cases(tmp: Path, img: Path, model: str) -> list[tuple[str, int, list[str]]]
                                                   "-o", str(tmp / "m"), "--init", "none"]),
         ("output under a file", 3, [*seg, "-o", str(tmp / "afile" / "gm.nii.gz")]),
         ("metrics CSV under a file", 3, ["metrics", "-i", str(img), "-o", str(tmp / "afile" / "m.csv")]),
+        # a folder where a table goes is an output error for every table option alike
+        *((f"{opt} a folder", 3, [*cmd, opt, str(tmp)]) for cmd, opt in (
+            (seg, "--summary"), (seg, "--metrics"), (["metrics", "-i", str(img)], "-o"),
+            (["metrics", "-i", str(img)], "--json"))),
+        ("train: a shipped model's name", 3, ["train", "-i", str(img), "-r", str(img), "-o", str(tmp / "large")]),
         ("unknown model", 4, ["segment", "-i", str(img), "-m", "no-such-model"]),
         ("fetch an unknown model", 4, ["fetch-model", "no-such-model"]),
         ("unreadable Dask scheduler file", 5, [*seg, "--scheduler", str(tmp / "afile")]),

@@ -527,3 +527,13 @@ def test_a_bids_sidecar_left_alone_by_a_killed_removal_goes_too(tiny_model, make
     assert _segment("--bids", str(ds), "-m", model, "-thr", "0.6").exit_code == 0
     assert sorted(p.name for p in anat.iterdir()) == ["sub-01_T2star_label-GM_seg.json",
                                                       "sub-01_T2star_label-GM_seg.nii.gz"]
+
+
+def test_the_success_line_is_one_line_whatever_the_file_name(tiny_model, make_nifti, tmp_path):
+    """A newline in a file name is escaped in the `wrote ...` line, as in error lines: one line, one run."""
+    (tmp_path / "in").mkdir()
+    odd = make_nifti(cord_phantom_volume(seed=1), name="in/a\nb.nii.gz")
+    res = CliRunner().invoke(main, ["segment", "-i", str(odd), "-m", tiny_model(), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    wrote = [line for line in res.stderr.splitlines() if line.startswith("sct-gm: wrote ")]
+    assert len(wrote) == 1 and "a\\nb_gmseg.nii.gz" in wrote[0], res.stderr
