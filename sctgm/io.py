@@ -118,6 +118,9 @@ def check_mask_values(data: np.ndarray, path: Path, what: str) -> None:
         if (np.array_equal(inside, np.round(inside)) and len(np.unique(inside[:1_000_000])) <= MASK_MAX_LABELS
                 and len(np.unique(inside)) <= MASK_MAX_LABELS):
             return
+    if lo < -MASK_VALUE_MARGIN:
+        raise InputImageError(f"{path}: is not a {what}: it holds negative values (down to {lo:.4g}; a mask holds 0 "
+                              f"and 1, probabilities, or a few whole-number labels); was an image given in its place?")
     raise InputImageError(f"{path}: is not a {what}: its voxels range from {lo:.4g} to {hi:.4g} with more than "
                           f"{MASK_MAX_LABELS} values (a mask holds 0 and 1, probabilities, or a few whole-number "
                           f"labels); was an image given in its place?")

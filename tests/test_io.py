@@ -327,8 +327,10 @@ def test_a_mask_holds_zero_and_one_value_or_probabilities(tmp_path, values, acce
     if accepted:
         assert load_mask_image(path, what="cord mask").data.shape == (8, 8, 3)
     else:
-        with pytest.raises(InputImageError, match=r"mask.nii.gz: is not a cord mask: .*was an image given"):
+        with pytest.raises(InputImageError, match=r"mask.nii.gz: is not a cord mask: .*was an image given") as err:
             load_mask_image(path, what="cord mask")
+        # what is wrong, said as it is: negative values, or too many values (never "more than 64" for 0/-1)
+        assert ("negative values" in str(err.value)) == (min(values) < 0), str(err.value)
 
 
 def test_an_image_given_as_a_mask_is_refused_by_every_command(tmp_path, make_nifti, tiny_model):

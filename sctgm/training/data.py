@@ -220,7 +220,8 @@ def labelled_volume(image: LoadedImage, mask: LoadedImage, prep: Preprocessing, 
         raise TrainingDataError(f"{mask.path}: not on the grid of {image.path} ({exc})") from None
     slices = labelled_slices(gm) if file_slices is None else reviewed_slices(vol, file_slices, mask.path)
     if not slices:
-        raise TrainingDataError(f"{mask.path}: no labelled slice (no slice holds GM)")
+        why = "no slice holds GM" if file_slices is None else "its sidecar lists no reviewed slice (LabelledSlices)"
+        raise TrainingDataError(f"{mask.path}: no labelled slice ({why})")
     centres = gm_centres(gm, vol) if centres_fine is None else np.asarray(centres_fine, dtype=np.float64)
     windows = windows_at(vol, centres)
     big = (min(vol.window_px[0] + 2 * margin_px, vol.grid.fine_shape[0]),

@@ -65,3 +65,18 @@ def test_challenge_masks_are_merged_by_majority_vote_ties_as_gm(make_nifti):
     bad[0, 0] = 3
     with pytest.raises(TrainingDataError, match="challenge"):
         challenge_vote([make_nifti(bad, shape=bad.shape)])
+
+
+def test_a_sidecar_listing_no_reviewed_slice_is_said_so(tmp_path):
+    """A reviewer's mask whose sidecar lists no slice: the message names the sidecar's empty list, not
+    "no slice holds GM" (its slices do hold GM)."""
+    import dataclasses
+
+    from sctgm.model.registry import Preprocessing
+
+    img_path, gm_path = write_phantom_nifti(tmp_path, np.random.default_rng(2), shape=(48, 48, 5), labelled=[1, 2])
+    image, mask = load_image(img_path), load_image(gm_path, allow_constant=True)
+    with pytest.raises(TrainingDataError, match="its sidecar lists no reviewed slice"):
+        labelled_volume(image, mask, Preprocessing(), file_slices=[])
+    with pytest.raises(TrainingDataError, match=r"no labelled slice \(no slice holds GM\)"):
+        labelled_volume(image, dataclasses.replace(mask, data=np.zeros_like(mask.data)), Preprocessing())
