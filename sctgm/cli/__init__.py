@@ -11,15 +11,50 @@ the group and on every command.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from .._version import __version__
+
+#: Exit code after SIGTERM (128 + 15, what a shell reports for a process SIGTERM ended): a scheduler's
+#: cancel (SLURM's scancel, `timeout`, a CI job cancelled) ends a command as Ctrl-C does.
+TERMINATED_EXIT_CODE = 143
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[list[int]]:
+    """While a command runs from the shell, SIGTERM goes to the Ctrl-C handler in effect (Python's, or a
+    batch's while it holds Ctrl-C during its bookkeeping): the images being written finish or are
+    removed, the interruption message says how to resume, and no worker's resources leak. Yields the
+    signals received (SIGTERM's exit code is then :data:`TERMINATED_EXIT_CODE`, not Ctrl-C's 130)."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # Ctrl-C ignored (a background job of a shell without job control): SIGTERM still ends it
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 #: command name -> "module:attribute" (imported only when that command runs or its help is shown).
 COMMANDS: dict[str, str] = {
@@ -37,6 +72,16 @@ class _LazyGroup(click.Group):
         args = normalise_verbosity(list(sys.argv[1:] if args is None else args))
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        with sigterm_as_ctrl_c() as terminated:
+            try:
+                self._standalone(args, prog_name, complete_var, **extra)
+            except SystemExit as exc:
+                if terminated and exc.code == 130:  # ended by SIGTERM: what a shell reports for it
+                    sys.exit(TERMINATED_EXIT_CODE)
+                raise
+
+    def _standalone(self, args: list[str], prog_name: str | None, complete_var: str | None, **extra: Any) -> None:
+        """The command run from the shell: every ending an exit code and at most one line."""
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:

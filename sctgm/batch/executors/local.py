@@ -54,7 +54,8 @@ _worker_models: dict[BatchSettings, WorkerSegmenter] = {}
 
 
 def _init_worker(settings: BatchSettings, parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and SIGTERM (a scheduler's
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cancel reaches the whole group) as Ctrl-C: images finish
     logging.getLogger("sctgm").addHandler(logging.NullHandler())
     _die_with_parent(parent_pid)
 
