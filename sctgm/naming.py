@@ -53,6 +53,20 @@ BIDS_MANUAL_GM_SUFFIX = "_label-GM_seg"
 _OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX}"
                            r"|_label-GM_seg|_label-WM_seg|_label-GM_probseg)$")
 
+def bids_entities(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """The BIDS subject and session (``sub-01``, ``ses-02``) of a file named as BIDS names them, in a
+    dataset or not: from the file name's entities, else from the nearest folders so named
+    (``sub-01/ses-02/anat/t2s.nii.gz``); None for one there is none of. The batch's summary and the QC
+    report's subject both read them here."""
+    p = Path(path)
+    found: list[str | None] = []
+    for key in ("sub", "ses"):
+        m = re.search(rf"(?:^|_)({key}-[A-Za-z0-9]+)(?=[_.]|$)", p.name)
+        folder = next((part for part in reversed(p.parent.parts) if re.fullmatch(rf"{key}-[A-Za-z0-9]+", part)), None)
+        found.append(m.group(1) if m else folder)
+    return found[0], found[1]
+
+
 #: Significant digits of a float in a table sct-gm writes (metrics CSV, batch summary): the voxel sizes
 #: behind every area and distance are float32 in the NIfTI header (about 7 digits), so more digits
 #: print their rounding (17.99999995 for 18 mm2).

@@ -26,3 +26,18 @@ def test_sct_names_sit_beside_the_input_and_follow_the_gm_output():
 def test_sctgm_outputs_are_recognised_by_name(name, is_output):
     assert naming.is_sctgm_output(Path("x") / name) is is_output
     assert naming.split_nifti_name(name)[1] in (".nii.gz", ".nii")
+
+
+@pytest.mark.parametrize("path, subject, session", [
+    ("data/sub-01/ses-02/anat/t2s.nii.gz", "sub-01", "ses-02"),  # folders only
+    ("data/sub-01/ses-02/anat/sub-01_ses-03_T2starw.nii.gz", "sub-01", "ses-03"),  # the name first
+    ("sub-study/x/sub-03_T2star.nii.gz", "sub-03", None),  # not the first "sub-" of the path
+    ("sub-study/scan.nii.gz", "sub-study", None),  # a folder so named is all there is
+    ("mysub-01data/scan.nii.gz", None, None),  # a folder must be named sub-<label>, whole
+    ("a/x_sub-02_ses-1.nii", "sub-02", "ses-1"),
+    ("t2s.nii.gz", None, None),
+])
+def test_bids_entities_of_a_file_outside_a_dataset(path, subject, session):
+    from sctgm.naming import bids_entities
+
+    assert bids_entities(path) == (subject, session)

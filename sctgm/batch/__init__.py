@@ -21,7 +21,6 @@ import glob
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any
 
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
 from ..filesystem import folder_lock
-from ..naming import (FLOAT_DIGITS, GM_SUFFIX, WM_SUFFIX, bids_outputs, escape_controls, is_sctgm_output,
-                      sct_outputs, split_nifti_name)
+from ..naming import (FLOAT_DIGITS, GM_SUFFIX, WM_SUFFIX, bids_entities, bids_outputs, escape_controls,
+                      is_sctgm_output, sct_outputs, split_nifti_name)
 from ..writing import atomic_path, remove_leftover_parts
 from . import bids, guards
 from .jobs import BatchSettings, Job, JobRecord
@@ -123,9 +122,9 @@ def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings
     jobs = []
     for i, path in enumerate(paths):
         out = sct_outputs(path, output, kinds=settings.kinds)
-        m = re.search(r"sub-[A-Za-z0-9]+", path.as_posix())
-        jobs.append(Job(input=path, outputs=out, label=str(path),
-                        cord=Path(cord_masks[i]) if cord_masks else None, subject=m.group(0) if m else None))
+        subject, session = bids_entities(path)
+        jobs.append(Job(input=path, outputs=out, label=str(path), cord=Path(cord_masks[i]) if cord_masks else None,
+                        subject=subject, session=session))
     return jobs
 
 

@@ -7,7 +7,6 @@ the finished entry to :mod:`sctgm.qc.report`, so bad inputs leave the folder unc
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from .._version import __version__
 from .. import geometry
 from ..geometry import Reorientation, on_canonical_grid, reorientation_for
 from ..io import LoadedImage, load_image, load_mask_image
-from ..naming import split_nifti_name
+from ..naming import bids_entities, split_nifti_name
 from ..segment.noise import estimate_keys, noise_keys
 from . import flags as _flags
 from . import render, report
@@ -112,12 +111,12 @@ def _own_slices(noise: dict[str, Any], nz: int) -> dict[str, Any]:
 
 
 def guess_subject(path: str | os.PathLike[str]) -> str:
-    """The BIDS subject (``sub-XX``) found in ``path``, else the file name without extension."""
-    for part in reversed(Path(path).parts):
-        m = re.search(r"sub-[A-Za-z0-9]+", part)
-        if m:
-            return m.group(0)
-    return split_nifti_name(Path(path).name)[0]
+    """The BIDS subject and session of ``path`` (``sub-01_ses-02``, ``sub-01``: :func:`sctgm.naming.bids_entities`,
+    as the batch's summary reads them), else the file name without extension."""
+    subject, session = bids_entities(path)
+    if subject is None:
+        return split_nifti_name(Path(path).name)[0]
+    return f"{subject}_{session}" if session else subject
 
 
 def _load_mask(path: str | os.PathLike[str], what: str, image: LoadedImage, reo: Reorientation) -> np.ndarray:

@@ -345,3 +345,16 @@ def test_an_empty_mask_is_said_with_its_file_in_the_record(tiny_model, images, m
     assert [r.gm_volume_mm3 for r in records][0] == 0.0
     assert "no gray matter was found, the GM mask is empty" in records[0].message
     assert "no gray matter" not in records[1].message
+
+
+def test_files_outside_a_dataset_give_their_subject_and_session(make_nifti, tmp_path):
+    """`-i 'data/*/*/anat/*.nii.gz'`: the summary's subject and session, and the QC report's subject,
+    come from the BIDS-named folders and file name nearest the file, one rule for both."""
+    from sctgm.batch import plan_files
+    from sctgm.qc.entry import guess_subject
+
+    (tmp_path / "sub-study/sub-01/ses-02/anat").mkdir(parents=True)
+    path = make_nifti(cord_phantom_volume(seed=1), name="sub-study/sub-01/ses-02/anat/t2s.nii.gz")
+    [job] = plan_files([str(path)], BatchSettings(model="tiny", device="cpu"))
+    assert (job.subject, job.session) == ("sub-01", "ses-02")
+    assert guess_subject(path) == "sub-01_ses-02"
