@@ -21,6 +21,7 @@ later process compiles in a fraction of the time.
 from __future__ import annotations
 
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Collection
 from pathlib import Path
@@ -68,10 +69,14 @@ class OpenVinoNetwork:
                                  f"({(str(exc).splitlines() or ['?'])[0]})") from None
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
+        # one request, used by one call at a time: a Segmenter shared by threads (a notebook's pool) got
+        # "Infer Request is busy", or another call's output, without this (ONNX Runtime and torch are safe)
+        self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return np.array(self.request.infer({0: x})[self.output], dtype=np.float32)
+        with self._lock:
+            return np.array(self.request.infer({0: x})[self.output], dtype=np.float32)  # a copy
 
     def fp32_nodes_honoured(self) -> bool:
         """Whether every layer compiled from the nodes named in :attr:`fp32_nodes` runs in fp32 (the

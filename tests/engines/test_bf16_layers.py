@@ -155,3 +155,22 @@ def test_the_sidecar_records_the_fp32_layers_and_a_resume_redoes_outputs_made_wi
     fp32 = BatchSettings(model="tiny", device="cpu")
     assert [r.status for r in segment_files([str(image)], fp32).records] == ["ok"]
     assert "precision_fp32_layers" not in json.loads(sidecar.read_text())["GeneratedBy"][0]["Parameters"]
+
+
+@needs_openvino
+def test_one_network_called_from_threads_gives_each_call_its_own_output():
+    """A Segmenter shared by threads: each call of the OpenVINO network gets the output of its own
+    batch (one infer request, one call at a time), never "busy" nor another call's output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sctgm.engines.openvino import OpenVinoNetwork
+
+    graph, _ = _logits_graph()
+    net = OpenVinoNetwork(graph, precision="fp32", threads=1)
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(1, 1, size, size)).astype(np.float32) for size in (48, 64, 80, 96) * 6]
+    alone = [net.run(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(net.run, batches))
+    for a, t in zip(alone, together):
+        np.testing.assert_array_equal(a, t)
