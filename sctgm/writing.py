@@ -44,6 +44,9 @@ def check_writable(path: str | os.PathLike[str], *, hint: str = "give a file nam
         raise OutputError(f"{p}: the output folder {existing} is not writable")
     if p.is_dir():
         raise OutputError(f"{p}: is a folder; {hint}")
+    if p.exists() and not p.is_file():  # whatever --overwrite says: a rename would replace /dev/null
+        raise OutputError(f"{p}: is not a regular file (a FIFO, a device or a socket); sct-gm never writes "
+                          f"there: give a file name")
     return p
 
 

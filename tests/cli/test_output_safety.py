@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shutil
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -378,7 +379,7 @@ def test_a_fifo_where_an_output_goes_is_refused_not_opened(tiny_model, make_nift
     os.mkfifo(gm)
     res = subprocess.run([sys.executable, "-m", "sctgm", "segment", "-i", str(a), "-m", model, "-q"],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 3 and "a_gmseg.nii.gz: exists and sct-gm did not write it" in res.stderr
+    assert res.returncode == 3 and "a_gmseg.nii.gz: is not a regular file" in res.stderr
 
 
 def test_an_input_removed_while_it_is_segmented_is_one_line(tiny_model, make_nifti, tmp_path, monkeypatch):
@@ -537,3 +538,18 @@ def test_the_success_line_is_one_line_whatever_the_file_name(tiny_model, make_ni
     assert res.exit_code == 0, res.output
     wrote = [line for line in res.stderr.splitlines() if line.startswith("sct-gm: wrote ")]
     assert len(wrote) == 1 and "a\\nb_gmseg.nii.gz" in wrote[0], res.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_where_an_output_goes_is_refused_even_with_overwrite(tiny_model, image, tmp_path):
+    """--overwrite replaces files sct-gm did not write, never a FIFO or a device (as root, a summary
+    given as /dev/null and then --overwrite would have replaced /dev/null with a table)."""
+    fifo = tmp_path / "pipe.tsv"
+    os.mkfifo(fifo)
+    res = _segment("-i", str(image), "-m", tiny_model(), "--summary", str(fifo), "--overwrite")
+    assert res.exit_code == 3 and "is not a regular file" in res.output
+    out_fifo = tmp_path / "gm.nii.gz"
+    os.mkfifo(out_fifo)
+    res = _segment("-i", str(image), "-m", tiny_model(), "-o", str(out_fifo), "--overwrite")
+    assert res.exit_code == 3 and "is not a regular file" in res.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(out_fifo).st_mode)

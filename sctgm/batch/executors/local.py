@@ -54,8 +54,10 @@ _worker_models: dict[BatchSettings, WorkerSegmenter] = {}
 
 
 def _init_worker(settings: BatchSettings, parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and SIGTERM (a scheduler's
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cancel reaches the whole group) as Ctrl-C: images finish
+    # the parent handles Ctrl-C. Not SIGTERM: a broken pool ends its other workers with it, and one that
+    # ignored it finished its image first (or hung, its result pipe closed); a scheduler's cancel that
+    # reaches the whole group ends the workers, whose images are redone on resume (atomic writes)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("sctgm").addHandler(logging.NullHandler())
     _die_with_parent(parent_pid)
 
