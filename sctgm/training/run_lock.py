@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,8 @@ except ImportError:  # not POSIX: filelock's lock instead (_filelock)
 LOCK_SUFFIX = ".lock"
 
 _CONTENDED = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
-_NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
+# ENOTSUP: macOS's (EOPNOTSUPP is another number there); EBADF: NFS's flock on a read-only descriptor
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF})
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,8 @@ def run_lock(out: Path) -> Iterator[Path]:
 
 def _acquire(path: Path, out: Path) -> int:
     """The descriptor of ``path``, locked (the file at ``path`` now, not one removed meanwhile)."""
-    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: a FIFO put there is not waited on (it is refused below)
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     while True:
         try:
             fd = os.open(path, flags | os.O_RDWR | os.O_CREAT, 0o666)  # no O_TRUNC: the content is the holder's
@@ -89,7 +92,21 @@ def _acquire(path: Path, out: Path) -> int:
             try:                            # access; no file and a read-only folder: the folder's error
                 fd = os.open(path, flags | os.O_RDONLY)
             except OSError:
+                if path.exists():
+                    raise OutputError(f"{out}: its lock file {path} cannot be opened ({denied.strerror}); if no "
+                                      f"sct-gm train run is writing this model, remove it", parameter="output") from None
                 raise denied from None
+        except OSError as exc:  # a link or a folder at the lock's name
+            if exc.errno in (errno.ELOOP, errno.EISDIR):
+                raise OutputError(f"{out}: {path}, where its lock goes, is a link or a folder; move it away",
+                                  parameter="output") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputError(f"{out}: {path}, where its lock goes, is not a regular file; move it away",
+                              parameter="output")
+        with contextlib.suppress(OSError):  # readable by all (a kill -9 under umask 077 must not block others)
+            os.fchmod(fd, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -158,9 +175,10 @@ def _check_name(out: Path) -> None:
             raise OutputError(f"{up}: is a file, not a folder; the model folder cannot be written under it")
 
 
-def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool, remove: bool = True) -> None:
     """What is at MODEL_DIR and its partial folder allows this run (checked with the run's lock held, so that
-    no other run is writing them)."""
+    no other run is writing them); with ``overwrite``, an interrupted run's partial folder is removed
+    (only when ``remove``: never without the lock)."""
     present = out.exists() or out.is_symlink()
     if out.exists() and not out.is_dir():  # a file (or a link to one): no model folder, even with overwrite
         raise OutputError(f"{out}: is a file, not a model folder; choose another output folder", parameter="output")
@@ -177,7 +195,8 @@ def _check_output(out: Path, partial: Path, *, resume: bool, overwrite: bool) ->
             raise OutputError(f"{out}: an interrupted run left {partial}; resume it or overwrite it to start "
                               f"again", parameter="resume")
         check_own(partial, "an interrupted run")
-        shutil.rmtree(partial)
+        if remove:
+            shutil.rmtree(partial)
 
 
 @contextlib.contextmanager
@@ -187,7 +206,7 @@ def claimed(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> Itera
     :class:`~sctgm.exceptions.OutputError` (:class:`RunInProgressError` while another run holds the lock)."""
     _check_name(out)
     if not out.parent.is_dir():  # nothing there yet: only `nothing to resume` can be said before making it
-        _check_output(out, partial, resume=resume, overwrite=overwrite)
+        _check_output(out, partial, resume=resume, overwrite=overwrite, remove=False)
     with contextlib.ExitStack() as held:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +214,7 @@ def claimed(out: Path, partial: Path, *, resume: bool, overwrite: bool) -> Itera
             probe = tempfile.TemporaryFile(dir=out.parent)
             probe.close()
         except OSError as exc:  # an unwritable folder: what is there is said first, as without a lock
-            _check_output(out, partial, resume=resume, overwrite=overwrite)
+            _check_output(out, partial, resume=resume, overwrite=overwrite, remove=False)
             raise OutputError(f"{out.parent}: cannot write the model folder there ({exc.strerror or exc})") from None
         _check_output(out, partial, resume=resume, overwrite=overwrite)
         yield

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -71,10 +73,12 @@ def test_a_second_run_on_a_live_runs_output_is_refused_and_a_killed_run_blocks_n
     out, partial, lock = tmp_path / "m", tmp_path / ".m.partial", tmp_path / ".m.lock"
     args = ["-i", str(img), "-r", str(gm), "--max-steps", "6", "--val-fraction", "0", "-q", *TINY, "-o", str(out)]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    errors = tempfile.TemporaryFile(mode="w+")  # read only on failure; a pipe nobody reads could fill and hang
     first = subprocess.Popen([sys.executable, "-c", _PAUSED, "train", *args], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
-        assert first.stdout.readline() == "paused at step 3\n", first.communicate(timeout=60)
+        ready, _, _ = select.select([first.stdout], [], [], 300)
+        assert ready and first.stdout.readline() == "paused at step 3\n", errors.seek(0) or errors.read()
         assert (partial / "checkpoint.pt").is_file() and lock.is_file()
         before = _snapshot(tmp_path)
         for flags in ([], ["--resume"], ["--overwrite", "--seed", "1"]):

@@ -65,3 +65,28 @@ def test_a_file_system_without_locks_trains_unguarded_with_a_warning(tmp_path, m
     with caplog.at_level("WARNING", logger="sctgm"), rl.run_lock(tmp_path / "m") as path:
         assert path.is_file()
     assert "cannot be locked (No locks available)" in caplog.text and not path.exists()
+
+
+def test_the_lock_file_is_readable_by_all_whatever_the_umask(tmp_path):
+    """A run killed under umask 077 leaves its lock file: another user's run must still open it (and take
+    the lock the kernel released) instead of failing on a 0600 file."""
+    old = os.umask(0o077)
+    try:
+        with rl.run_lock(tmp_path / "m") as path:
+            assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_what_is_no_regular_file_at_the_locks_name_is_refused_never_waited_on(tmp_path):
+    out = tmp_path / "m"
+    os.mkfifo(rl.lock_path(out))
+    with pytest.raises(OutputError, match=r"\.m\.lock, where its lock goes, is not a regular file"):
+        with rl.run_lock(out):
+            pass
+    os.unlink(rl.lock_path(out))
+    rl.lock_path(out).mkdir()
+    with pytest.raises(OutputError, match=r"\.m\.lock, where its lock goes, is a link or a folder"):
+        with rl.run_lock(out):
+            pass
