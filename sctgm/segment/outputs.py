@@ -181,9 +181,6 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     result = segmenter.segment_image(image, cord=cord, options=options, want_prob="prob" in outputs,
                                      progress=progress)
     _check_unchanged(inputs, source_sha)
-    if not result.gm.any():  # said in the batch's summary too (a job's warnings are its message)
-        log.warning("%s: no gray matter was found, the GM mask is empty (is it an axial T2*-w image of the "
-                    "spinal cord?)", image.path)
     arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
     hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}

@@ -126,7 +126,7 @@ def stale_outputs(outputs: OutputSet, inputs: Sequence[Path]) -> list[str]:
 
 
 def remove_stale(outputs: OutputSet, stale: Sequence[str]) -> None:
-    """Remove the earlier run's outputs (:func:`_stale_outputs`), then in BIDS their sidecars; what
+    """Remove the earlier run's outputs (:func:`stale_outputs`), then in BIDS their sidecars; what
     cannot be removed is said in a warning."""
     for k in stale:
         for path in (outputs.others[k], outputs.others.get(f"{k}_sidecar")):
@@ -177,18 +177,21 @@ def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite
         if is_manual_label_path(outputs[key]):
             raise OutputError(f"{outputs[key]}: is a manual label name, which training reads as a reviewer's mask; "
                               f"give another output name, or allow it", parameter="overwrite")
-    for key in outputs.sidecars:
-        other = _described_sibling(outputs, key)
-        if other is not None:
-            raise OutputError(f"{outputs[key]}: is the sidecar of {other} (the same name with another extension, "
-                              f"another input's outputs); replacing it would leave that mask without it: give "
-                              f"another output name, or allow it", parameter="overwrite")
     for key, path in outputs.items():
         if (path.exists() or path.is_symlink()) and not written_by_sctgm(outputs, key):
-            why = ("its bytes differ from what the sct-gm sidecar records: edited or replaced since"
-                   if read_sidecar(outputs[outputs.sidecar_of(key)]) is not None else "no sct-gm sidecar describes it")
+            sidecar = outputs[outputs.sidecar_of(key)]
+            sibling = _described_sibling(outputs, outputs.sidecar_of(key)) if key in outputs.kinds else None
+            why = (f"the sct-gm sidecar {sidecar.name} describes {sibling.name}, not it" if sibling is not None
+                   else "its bytes differ from what the sct-gm sidecar records: edited or replaced since"
+                   if read_sidecar(sidecar) is not None else "no sct-gm sidecar describes it")
             raise OutputError(f"{path}: exists and sct-gm did not write it ({why}); move it away, or allow "
                               f"replacing it", parameter="overwrite")
+    for key in outputs.sidecars:  # the files are sct-gm's, or absent: is the sidecar this set's to replace?
+        other = _described_sibling(outputs, key)
+        if other is not None:
+            raise OutputError(f"{outputs[key]}: is the sidecar of {other} (the same name with another extension: "
+                              f"another run's outputs); replacing it would leave that mask without it: give "
+                              f"another output name, or allow it", parameter="overwrite")
 
 
 def _described_sibling(outputs: OutputSet, sidecar_key: str) -> Path | None:
@@ -201,7 +204,8 @@ def _described_sibling(outputs: OutputSet, sidecar_key: str) -> Path | None:
     if not known:
         return None
     stem, ext = split_nifti_name(outputs[key])
-    sibling = Path(stem + (".nii" if ext == ".nii.gz" else ".nii.gz"))
+    other_ext = ext[:-3] if ext.lower() == ".nii.gz" else ext + (".GZ" if ext.isupper() else ".gz")
+    sibling = Path(stem + other_ext)
     try:
         ours = outputs[key].is_file() and file_sha256(outputs[key]) in known
         return sibling if not ours and sibling.is_file() and file_sha256(sibling) in known else None

@@ -248,6 +248,9 @@ class Segmenter:
         if doubts is not None and agreement is not None:
             info["networks"] = [name for name, _ in self.network_records]
             info.update(_confidence_in_file_order(doubts, agreement, reo, info["networks"], whole))
+        if not info["gm_voxels"]:  # whatever the cause (no cord in view, noise): a batch's summary shows it
+            log.warning("%s: no gray matter was found, the GM mask is empty (is it an axial T2*-w image of the "
+                        "spinal cord?)", image.path)
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 
     # -- network passes -----------------------------------------------------------------------
@@ -296,7 +299,7 @@ class Segmenter:
             found = self._search(vol, options)
             passes += 1
             if found is None:
-                log.debug("no gray matter was found anywhere in the image, even by the search")
+                log.debug("no gray matter was found anywhere in the image, even by the search")  # said below
                 return windows, prob, passes
             centres = np.tile(found, (vol.n_slices, 1))
         else:

@@ -327,24 +327,23 @@ def test_one_name_with_two_extensions_never_shares_a_sidecar(tiny_model, make_ni
     assert json.loads(gz.with_name("x_gmseg.json").read_text())["Sources"] == [str(plain)]
 
 
-def test_an_empty_mask_is_said_with_its_file_in_the_record(tiny_model, images, monkeypatch):
+def test_an_empty_mask_is_said_with_its_file_in_the_record(tiny_model, images, monkeypatch, caplog):
     """Whatever the reason (a field of view without the cord, noise, a cord mask caught by a glob), an
-    empty GM mask is a warning naming the file, so the batch summary shows it beside the 0 volume."""
-    import dataclasses
+    empty GM mask is a warning naming the file, so the batch summary shows it beside the 0 volume; the
+    in-memory API says it too."""
+    import logging
 
+    from sctgm.io import load_image
     from sctgm.segment.pipeline import Segmenter
 
-    first = Segmenter.segment_image
-
-    def nothing_found(self, image, **kwargs):
-        result = first(self, image, **kwargs)
-        return dataclasses.replace(result, gm=np.zeros_like(result.gm)) if "01" in image.path.name else result
-
-    monkeypatch.setattr(Segmenter, "segment_image", nothing_found)
-    records = segment_files([str(p) for p in images], BatchSettings(model=tiny_model(), device="cpu")).records
-    assert [r.gm_volume_mm3 for r in records][0] == 0.0
+    monkeypatch.setattr(Segmenter, "_predict", lambda self, raw, *a, **k: np.zeros(raw.shape, np.float32))
+    name = tiny_model()
+    records = segment_files([str(images[0])], BatchSettings(model=name, device="cpu")).records
+    assert records[0].status == "ok" and records[0].gm_volume_mm3 == 0.0
     assert "no gray matter was found, the GM mask is empty" in records[0].message
-    assert "no gray matter" not in records[1].message
+    with caplog.at_level(logging.WARNING, logger="sctgm"):
+        Segmenter.from_name(name, device="cpu").segment_image(load_image(images[1]))
+    assert f"{images[1]}: no gray matter was found" in caplog.text
 
 
 def test_files_outside_a_dataset_give_their_subject_and_session(make_nifti, tmp_path):

@@ -216,7 +216,8 @@ def test_a_manual_mask_is_not_taken_for_the_output_of_its_uncompressed_twin(tiny
     assert _segment("-i", str(a_gz), "-m", tiny_model()).exit_code == 3  # no sidecar yet: refused
     assert _segment("-i", str(a_nii), "-m", tiny_model()).exit_code == 0  # writes a_gmseg.nii + a_gmseg.json
     res = _segment("-i", str(a_gz), "-m", tiny_model())
-    assert res.exit_code == 3 and "a_gmseg.json: is the sidecar of" in res.output and "a_gmseg.nii " in res.output
+    assert res.exit_code == 3 and "a_gmseg.nii.gz: exists and sct-gm did not write it" in res.output
+    assert "the sct-gm sidecar a_gmseg.json describes a_gmseg.nii, not it" in res.output
     assert manual.read_bytes() == before
 
 
