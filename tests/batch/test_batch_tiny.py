@@ -248,7 +248,7 @@ def test_a_resumed_batch_is_not_stopped_by_what_lies_under_a_sidecars_name(tiny_
     fifo_record, odd_record = done[0].records
     assert odd_record.status == "ok"  # redone: its sources are not this job's
     # its outputs are no longer described by a sidecar sct-gm wrote: refused in one line, nothing replaced
-    assert fifo_record.status == "failed" and "sct-gm did not write it" in fifo_record.message and fifo.is_fifo()
+    assert fifo_record.status == "failed" and "is not a regular file" in fifo_record.message and fifo.is_fifo()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a signal sent to this process")
