@@ -61,10 +61,12 @@ def segment_image(image: Any, *, model: str | None = None, device: str = "auto",
     import nibabel as nib
 
     from .io import image_from_nifti, load_image
-    from .segment.pipeline import Segmenter
+    from .segment.pipeline import Segmenter, say_if_empty
 
     if isinstance(image, (str, Path)):
         image = load_image(image)
     elif isinstance(image, nib.spatialimages.SpatialImage):
         image = image_from_nifti(image)
-    return Segmenter.from_name(model, device=device).segment_image(image, **kwargs)
+    result = Segmenter.from_name(model, device=device).segment_image(image, **kwargs)
+    say_if_empty(result, image.path)
+    return result

@@ -62,7 +62,7 @@ from ..writing import StagedFiles, json_text, remove_leftover_parts
 from .noise import noise_keys
 from .ownership import (check_outputs, intact_outputs, is_correction, read_sidecar, remove_stale, stale_outputs,
                         written_by_sctgm)
-from .pipeline import Segmentation, SegmentOptions
+from .pipeline import Segmentation, SegmentOptions, say_if_empty
 
 if TYPE_CHECKING:
     from ..model.registry import InstalledModel
@@ -181,6 +181,7 @@ def segment_and_write(segmenter: Segmenter, image: LoadedImage, outputs: OutputS
     result = segmenter.segment_image(image, cord=cord, options=options, want_prob="prob" in outputs,
                                      progress=progress)
     _check_unchanged(inputs, source_sha)
+    say_if_empty(result, image.path)
     arrays = {"gm": result.gm, "wm": result.wm, "prob": result.gm_prob}
     kinds = [k for k in outputs.kinds if arrays[k] is not None]
     hashes: dict[str, Any] = {"Sources": source_sha, "Outputs": {}}

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,15 @@ class Segmentation:
     gm_prob: np.ndarray | None  # float32 in [0, 1] (only when asked)
     wm: np.ndarray | None  # uint8 0/1, cord minus GM (only with a cord mask)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def say_if_empty(result: Segmentation, path: Path) -> None:
+    """Warn when the GM mask is empty, whatever the cause (no cord in view, noise, another contrast):
+    the write path and the in-memory API call it (a batch's summary shows it beside the 0 volume), not
+    the segmentation itself, which training's validation also runs."""
+    if not result.gm.any():
+        log.warning("%s: no gray matter was found, the GM mask is empty (is it an axial T2*-w image of the "
+                    "spinal cord?)", path)
 
 
 class Segmenter:
@@ -248,9 +258,6 @@ class Segmenter:
         if doubts is not None and agreement is not None:
             info["networks"] = [name for name, _ in self.network_records]
             info.update(_confidence_in_file_order(doubts, agreement, reo, info["networks"], whole))
-        if not info["gm_voxels"]:  # whatever the cause (no cord in view, noise): a batch's summary shows it
-            log.warning("%s: no gray matter was found, the GM mask is empty (is it an axial T2*-w image of the "
-                        "spinal cord?)", image.path)
         return Segmentation(gm=gm, gm_prob=None if prob_c is None else reo.undo(prob_c, copy=False), wm=wm, info=info)
 
     # -- network passes -----------------------------------------------------------------------

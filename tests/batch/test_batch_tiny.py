@@ -333,7 +333,7 @@ def test_an_empty_mask_is_said_with_its_file_in_the_record(tiny_model, images, m
     in-memory API says it too."""
     import logging
 
-    from sctgm.io import load_image
+    import sctgm
     from sctgm.segment.pipeline import Segmenter
 
     monkeypatch.setattr(Segmenter, "_predict", lambda self, raw, *a, **k: np.zeros(raw.shape, np.float32))
@@ -342,7 +342,7 @@ def test_an_empty_mask_is_said_with_its_file_in_the_record(tiny_model, images, m
     assert records[0].status == "ok" and records[0].gm_volume_mm3 == 0.0
     assert "no gray matter was found, the GM mask is empty" in records[0].message
     with caplog.at_level(logging.WARNING, logger="sctgm"):
-        Segmenter.from_name(name, device="cpu").segment_image(load_image(images[1]))
+        sctgm.segment_image(images[1], model=name, device="cpu")
     assert f"{images[1]}: no gray matter was found" in caplog.text
 
 
