@@ -12,6 +12,7 @@ ONNX Runtime path.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,10 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
     if engine not in ENGINES:
         raise InvalidOptionError(f"engine {engine!r}: unknown; expected one of {', '.join(ENGINES)}", parameter="engine")
+    # torch parses mps, xla, meta, cpu:0 ... too: none runs here (a bug's exit code 70, or another engine)
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+        raise InvalidOptionError(f"device {device!r}: not a device name; expected auto, cpu, cuda or cuda:N",
+                                 parameter="device")
     if engine == "torch":
         require_torch("engine 'torch'")
     if device == "auto":

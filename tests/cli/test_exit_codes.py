@@ -41,6 +41,7 @@ def _cases(tmp: Path, img: Path, model: str) -> list[tuple[str, int, list[str]]]
         ("misspelt SCT option", 2, ["segment", "-i", str(img), "-qc-datset", "x"]),
         ("threshold out of range", 2, [*seg, "-thr", "1.5"]),
         ("--device gpu", 2, [*seg, "--device", "gpu"]),
+        *((f"--device {d}", 2, [*seg, "--device", d]) for d in ("mps", "meta", "cpu:0", "cuda:1x")),  # torch parses some
         ("--wm without -s", 2, [*seg, "--wm"]),
         ("BIDS filter matching nothing", 2, ["segment", "--bids", str(bids), "--derivatives", str(tmp / "d"),
                                              "-m", model]),
