@@ -138,12 +138,7 @@ def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     images = bids.find_images(root, suffixes=suffixes, participants=participants, sessions=sessions)
     base = images[0].root
     deriv = Path(derivatives).absolute() if derivatives is not None else base / "derivatives" / bids.PIPELINE_NAME
-    # where the files will really go ("ds/x/..", a link into a subject folder): the text alone says nothing
-    real_deriv, real_base = Path(os.path.realpath(deriv)), Path(os.path.realpath(base))
-    if real_deriv == real_base or (real_base in real_deriv.parents
-                                   and real_deriv.relative_to(real_base).parts[0].startswith("sub-")):
-        raise OutputError(f"{deriv}: derivatives must not be written into the raw data; use a folder such as "
-                          f"{base / 'derivatives' / bids.PIPELINE_NAME}")
+    guards.check_derivatives_folder(base, deriv, base / "derivatives" / bids.PIPELINE_NAME)
     labels = base / "derivatives" / "labels"
     jobs = []
     for im in images:

@@ -1,5 +1,7 @@
 """What a BIDS batch must not write, and must not leave behind.
 
+- :func:`check_derivatives_folder`: the derivative dataset is a folder of its own: not the raw data,
+  nor the dataset's ``derivatives/`` itself, nor the manual labels' ``derivatives/labels``.
 - :func:`check_outside_raw`: the batch's tables are refused inside the raw dataset, except under its
   ``derivatives/`` (or the run's own derivatives folder), as the derivatives folder is.
 - :func:`removing_new_empty_folders`: the output folders a run creates and leaves empty (an
@@ -26,6 +28,21 @@ log = logging.getLogger(__name__)
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_derivatives_folder(root: Path, derivatives: Path, example: Path) -> None:
+    """Refuse, before any work, a derivatives folder that is the raw data (the dataset or a subject's
+    folder), the dataset's ``derivatives/`` itself, or the manual labels' (``derivatives/labels``, which
+    training reads as truth). Compared where the folders really are (``ds/x/..``, links)."""
+    real, raw = Path(os.path.realpath(derivatives)), Path(os.path.realpath(root))
+    inside = real.relative_to(raw).parts if raw in real.parents else ()
+    if real == raw or (inside and inside[0].startswith("sub-")):
+        raise OutputError(f"{derivatives}: derivatives must not be written into the raw data; use a folder such "
+                          f"as {example}")
+    if inside == ("derivatives",) or inside[:2] == ("derivatives", "labels"):
+        what = "the dataset's derivatives folder itself" if len(inside) == 1 else "where the manual labels live"
+        raise OutputError(f"{derivatives}: is {what}; sct-gm's derivatives go in a folder of their own, such as "
+                          f"{example}")
 
 
 def check_outside_raw(root: str | os.PathLike[str], derivatives: str | os.PathLike[str],

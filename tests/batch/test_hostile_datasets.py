@@ -71,6 +71,20 @@ def test_derivatives_that_resolve_into_a_subject_folder_are_refused(dataset, tin
         assert sorted(p.name for p in dataset.rglob("*")) == before
 
 
+def test_derivatives_into_the_derivatives_folder_itself_or_the_labels_are_refused(dataset, tiny_model):
+    """`--derivatives ds/derivatives` (the container) or `ds/derivatives/labels` (the manual labels,
+    which training reads as truth): refused before anything is written, as the raw data is."""
+    (dataset / "derivatives" / "labels").mkdir(parents=True, exist_ok=True)
+    for deriv, what in ((dataset / "derivatives", "the dataset's derivatives folder itself"),
+                        (dataset / "derivatives" / "labels", "where the manual labels live"),
+                        (dataset / "derivatives" / "labels" / "sct-gm", "where the manual labels live")):
+        before = sorted(str(p) for p in dataset.rglob("*"))
+        res = run("segment", "--bids", str(dataset), "-m", tiny_model(), "--device", "cpu", "-q",
+                  "--derivatives", str(deriv))
+        assert res.exit_code == 3 and f"is {what}" in res.output, (deriv, res.output)
+        assert sorted(str(p) for p in dataset.rglob("*")) == before
+
+
 def test_a_glob_over_a_processed_dataset_leaves_sct_gms_bids_outputs_out(dataset, tiny_model):
     from sctgm.naming import is_sctgm_output
 
