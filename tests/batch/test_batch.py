@@ -366,3 +366,30 @@ def test_file_batch_writes_beside_each_input_and_resumes(tmp_path, shared_data, 
     res = _segment("-i", str(tmp_path / "t2s.nii.gz"), str(tmp_path / "mt1.nii.gz"), "-o", str(tmp_path / "x.nii.gz"))
     assert res.exit_code == 3 and "one output file name given for 2 inputs" in res.stderr
     assert "(option -o/--output)" in res.stderr
+
+
+def test_a_client_that_answers_after_the_deadline_is_closed(monkeypatch):
+    """A scheduler answering only after sct-gm gave up: the client made then is closed, not left
+    connected as the process's default client."""
+    import threading
+
+    import dask
+
+    from sctgm.batch.executors import dask as dask_executor
+    from sctgm.exceptions import ExecutorError
+
+    answered, closed = threading.Event(), threading.Event()
+
+    class LateClient:
+        def close(self) -> None:
+            closed.set()
+
+    def make():
+        answered.wait(60)  # answers once the caller has given up
+        return LateClient()
+
+    monkeypatch.setattr(dask_executor, "HANDSHAKE_MARGIN_S", 0.0)
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.2s"}), pytest.raises(ExecutorError):
+        dask_executor._within_deadline(make, "tcp://late:8786")
+    answered.set()
+    assert closed.wait(60)

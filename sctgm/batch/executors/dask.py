@@ -44,7 +44,8 @@ def _distributed() -> Any:
 def connect(scheduler: str | os.PathLike[str]) -> Client:
     """A client for ``tcp://host:port`` (or any Dask address) or a scheduler JSON file (waited for: a
     scheduler started beside the client may not have written it yet). Gives up after Dask's connect
-    timeout (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
+    timeout (``distributed.comm.timeouts.connect``, 30 s unless configured), plus
+    :data:`HANDSHAKE_MARGIN_S` for a listener that never answers the handshake."""
     client_class = _distributed().Client
     target = os.fspath(scheduler)
     try:
@@ -71,16 +72,26 @@ def _within_deadline(make_client: Callable[[], Client], target: str) -> Client:
 
     wait_s = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect")) + HANDSHAKE_MARGIN_S
     box: dict[str, Any] = {}
+    lock = threading.Lock()
 
     def make() -> None:
         try:
-            box["client"] = make_client()
+            client = make_client()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
+            return
+        with lock:
+            if box.get("abandoned"):  # it answered after the caller gave up: nobody will close it
+                client.close()
+            else:
+                box["client"] = client
 
     thread = threading.Thread(target=make, name="sctgm-dask-connect", daemon=True)
     thread.start()
     thread.join(wait_s)
+    with lock:
+        if "client" not in box and "error" not in box:
+            box["abandoned"] = True
     if "error" in box:
         raise box["error"]
     if "client" not in box:
