@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,16 +285,17 @@ def _write_tables(args: SegmentArgs, result: Any, seconds: float, warnings: list
     from ..metrics import morphometry
 
     name = str(args.inputs[0])
-    found = re.search(r"sub-[A-Za-z0-9]+", args.inputs[0].as_posix())  # as a batch of files names the subject
-    subject = found.group(0) if found else None
+    from ..naming import bids_entities
+
+    subject, session = bids_entities(args.inputs[0])  # as a batch of files names them
     columns: tuple[str, ...] = ()
     rows: tuple[dict[str, Any], ...] = ()
     if args.metrics_csv is not None:
         areas = morphometry(result.gm, args.cord_masks[0] if args.cord_masks else None)
         columns = ("subject", "session", "input") + areas.columns
-        rows = tuple({"subject": subject, "session": None, "input": name, **row} for row in areas.rows)
+        rows = tuple({"subject": subject, "session": session, "input": name, **row} for row in areas.rows)
     outputs = {k: str(p) for k, p in (("gm", result.gm), ("wm", result.wm), ("prob", result.prob)) if p is not None}
-    record = JobRecord(name, subject, None, "ok", "; ".join(dict.fromkeys(warnings)),
+    record = JobRecord(name, subject, session, "ok", "; ".join(dict.fromkeys(warnings)),
                        round(gm_volume_mm3(result.gm), 3), round(seconds, 2), outputs,
                        metrics_columns=columns, metrics_rows=rows)
     said = ""
@@ -349,6 +349,13 @@ def _segment_batch(ctx: click.Context, args: SegmentArgs, options: Any) -> None:
         ctx.exit(130)
     render_summary(result, args.quiet)
     if args.qc_dir is not None and not args.quiet:
-        click.echo(f"sct-gm: {_qc_where(args)}", err=True)
+        from ..qc.report import INDEX_HTML, report_folder
+
+        added, kept = result.count("ok"), result.count("skipped")  # a skipped image adds no entry
+        where = _qc_where(args) if added or (report_folder(args.qc_dir) / INDEX_HTML).is_file() else ""
+        none = ("no QC entry added: the outputs were already there (--overwrite redoes them, with their "
+                "entries)") if kept and not added else ""
+        if where or none:
+            click.echo(f"sct-gm: {'; '.join(filter(None, [none, where]))}", err=True)
     if result.failed:
         ctx.exit(1)

@@ -554,3 +554,16 @@ def test_a_fifo_where_an_output_goes_is_refused_even_with_overwrite(tiny_model, 
     res = _segment("-i", str(image), "-m", tiny_model(), "-o", str(out_fifo), "--overwrite")
     assert res.exit_code == 3 and "is not a regular file" in res.output
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(out_fifo).st_mode)
+
+
+def test_a_batch_says_where_its_qc_report_is_or_that_it_added_none(tiny_model, make_nifti, tmp_path):
+    """The QC link is printed where a report is; a resumed batch whose images were all skipped adds no
+    entry, and says so instead of linking a page that does not exist."""
+    (tmp_path / "in").mkdir()
+    images = [str(make_nifti(cord_phantom_volume(seed=s), name=f"in/sub-0{s}_T2star.nii.gz")) for s in (1, 2)]
+    base = ["segment", "-i", *images, "-m", tiny_model(), "--device", "cpu"]
+    first = CliRunner().invoke(main, [*base, "-qc", str(tmp_path / "qc")])
+    assert first.exit_code == 0 and f"QC report: {(tmp_path / 'qc' / 'index.html').as_uri()}" in first.stderr
+    again = CliRunner().invoke(main, [*base, "-qc", str(tmp_path / "qc2")])
+    assert again.exit_code == 0 and "no QC entry added: the outputs were already there" in again.stderr
+    assert "QC report:" not in again.stderr and not (tmp_path / "qc2" / "index.html").exists()
