@@ -66,12 +66,18 @@ class BatchResult:
 
 # ------------------------------------------------------------------------------------ planning
 
+def listed(value: Any) -> list[Any]:
+    """``value`` as a list: one path or name given where several may be (a notebook's
+    ``segment_files("scan.nii.gz", ...)``, ``participants="03"``) is one item, not its characters."""
+    return [value] if isinstance(value, (str, bytes, os.PathLike)) else list(value)
+
+
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Paths as given, glob patterns expanded (sorted; ``**`` recurses), duplicates dropped, and
     sct-gm's own outputs left out (a shell's ``*.nii.gz`` also matches the masks of a previous run).
     A pattern that matches nothing raises :class:`DatasetError`."""
     out: list[Path] = []
-    for pattern in patterns:
+    for pattern in listed(patterns):
         text = os.fspath(pattern)
         if Path(text).exists() or not glob.has_magic(text):
             out.append(Path(text))
@@ -114,6 +120,7 @@ def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings
     if output is not None and len(paths) != 1:
         raise OutputError(f"one output file name given for {len(paths)} inputs; give none and the outputs "
                           f"go beside each input (<input>{GM_SUFFIX}.nii.gz)", parameter="output")
+    cord_masks = listed(cord_masks)
     if cord_masks and len(cord_masks) != len(paths):
         raise DatasetError(f"{len(cord_masks)} cord masks for {len(paths)} inputs; give one per input, "
                            f"in the same order", parameter="cord_masks")
@@ -135,7 +142,8 @@ def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     """Jobs for the matching raw images of a BIDS dataset, and the derivatives folder (default
     ``<root>/derivatives/sct-gm``). With ``cord_labels``, a manual cord mask found in
     ``<root>/derivatives/labels`` guides the crop and, with ``settings.wm``, gives the WM mask."""
-    images = bids.find_images(root, suffixes=suffixes, participants=participants, sessions=sessions)
+    images = bids.find_images(root, suffixes=listed(suffixes), participants=listed(participants),
+                              sessions=listed(sessions))
     base = images[0].root
     deriv = Path(derivatives).absolute() if derivatives is not None else base / "derivatives" / bids.PIPELINE_NAME
     guards.check_derivatives_folder(base, deriv, base / "derivatives" / bids.PIPELINE_NAME)

@@ -123,12 +123,16 @@ def parse_name(name: str) -> tuple[tuple[tuple[str, str], ...], str, str] | None
 
 
 def _labels(values: Iterable[str], prefix: str) -> list[str]:
-    """Labels as given on a command line ('01', 'sub-01', '01,02') without their prefix."""
+    """Labels as given on a command line ('01', 'sub-01', '01,02') without their prefix. An empty one
+    (a script's empty ``$SUBJ``) is refused: left out, it would select every participant or session."""
     out: list[str] = []
     for v in values:
-        for part in re.split(r"[,\s]+", str(v).strip()):
-            if part:
-                out.append(part[len(prefix):] if part.startswith(prefix) else part)
+        parts = [p for p in re.split(r"[,\s]+", str(v).strip()) if p]
+        if not parts or prefix in parts:
+            what, option = ("participant", "participants") if prefix == "sub-" else ("session", "sessions")
+            raise DatasetError(f"an empty {what} label ({v!r}) would select every {what}; give the labels, or no "
+                               f"option for all", parameter=option)
+        out += [part[len(prefix):] if part.startswith(prefix) else part for part in parts]
     return list(dict.fromkeys(out))
 
 

@@ -357,3 +357,13 @@ def test_files_outside_a_dataset_give_their_subject_and_session(make_nifti, tmp_
     [job] = plan_files([str(path)], BatchSettings(model="tiny", device="cpu"))
     assert (job.subject, job.session) == ("sub-01", "ses-02")
     assert guess_subject(path) == "sub-01_ses-02"
+
+
+def test_one_path_or_name_where_several_may_be_is_one_item(images):
+    """A notebook's segment_files("scan.nii.gz", ...) or participants="03": one item, never iterated
+    character by character (12 failed records named 's', 'r', ...)."""
+    from sctgm.batch import listed, plan_files
+
+    [job] = plan_files(str(images[0]), BatchSettings(model="tiny", device="cpu"))
+    assert job.input == images[0]
+    assert listed("03") == ["03"] and listed(images[0]) == [images[0]] and listed(("a", "b")) == ["a", "b"]

@@ -93,6 +93,12 @@ def test_find_images_errors_name_the_problem(tiny_dataset, tmp_path):
         bids.find_images(tiny_dataset, suffixes=["T1w"])
     with pytest.raises(DatasetError, match="has no sub-<label> folder"):
         bids.find_images(tmp_path)
+    for empty in ("", " ", ",", "sub-"):  # a script's empty $SUBJ: never "every participant"
+        with pytest.raises(DatasetError, match="an empty participant label .* would select every participant") as err:
+            bids.find_images(tiny_dataset, participants=["01", empty])
+        assert err.value.parameter == "participants"
+    with pytest.raises(DatasetError, match="an empty session label"):
+        bids.find_images(tiny_dataset, sessions=[""])
     with pytest.raises(DatasetError, match="no such folder"):
         bids.find_images(tmp_path / "absent")
 
