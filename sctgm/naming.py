@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .exceptions import OutputError
 
@@ -53,18 +53,30 @@ BIDS_MANUAL_GM_SUFFIX = "_label-GM_seg"
 _OUTPUT_STEMS = re.compile(rf"({GM_SUFFIX}|{WM_SUFFIX}|{GM_SUFFIX}{PROB_SUFFIX}|{MANUAL_GM_SUFFIX}"
                            r"|_label-GM_seg|_label-WM_seg|_label-GM_probseg)$")
 
+def listed(value: Any) -> list[Any]:
+    """``value`` as a list: one path or name given where several may be (a notebook's
+    ``segment_files("scan.nii.gz", ...)``, ``participants="03"``) is one item, not its characters;
+    None is none."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, bytes, os.PathLike)) else list(value)
+
+
 def bids_entities(path: str | os.PathLike[str]) -> tuple[str | None, str | None]:
     """The BIDS subject and session (``sub-01``, ``ses-02``) of a file named as BIDS names them, in a
     dataset or not: from the file name's entities, else from the nearest folders so named
-    (``sub-01/ses-02/anat/t2s.nii.gz``); None for one there is none of. The batch's summary and the QC
-    report's subject both read them here."""
+    (``sub-01/ses-02/anat/t2s.nii.gz``); a session folder counts only below its subject's folder, so
+    ``sub-01/ses-02/anat/sub-03_T2w.nii.gz`` has no session and ``p1/ses-01/t2s.nii.gz`` none either.
+    None for one there is none of. The batch's summary and the QC report's subject both read them here."""
     p = Path(path)
-    found: list[str | None] = []
-    for key in ("sub", "ses"):
-        m = re.search(rf"(?:^|_)({key}-[A-Za-z0-9]+)(?=[_.]|$)", p.name)
-        folder = next((part for part in reversed(p.parent.parts) if re.fullmatch(rf"{key}-[A-Za-z0-9]+", part)), None)
-        found.append(m.group(1) if m else folder)
-    return found[0], found[1]
+    named = [re.search(rf"(?:^|_)({key}-[A-Za-z0-9]+)(?=[_.]|$)", p.name) for key in ("sub", "ses")]
+    folders = list(p.parent.parts)
+    at = {key: max((k for k, part in enumerate(folders) if re.fullmatch(rf"{key}-[A-Za-z0-9]+", part)), default=-1)
+          for key in ("sub", "ses")}
+    subject = named[0].group(1) if named[0] else (folders[at["sub"]] if at["sub"] >= 0 else None)
+    below_subject = at["sub"] >= 0 and at["ses"] > at["sub"] and folders[at["sub"]] == subject
+    session = named[1].group(1) if named[1] else (folders[at["ses"]] if below_subject else None)
+    return subject, session
 
 
 #: Significant digits of a float in a table sct-gm writes (metrics CSV, batch summary): the voxel sizes

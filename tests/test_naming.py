@@ -36,6 +36,9 @@ def test_sctgm_outputs_are_recognised_by_name(name, is_output):
     ("mysub-01data/scan.nii.gz", None, None),  # a folder must be named sub-<label>, whole
     ("a/x_sub-02_ses-1.nii", "sub-02", "ses-1"),
     ("t2s.nii.gz", None, None),
+    ("sub-01/ses-02/anat/sub-03_T2w.nii.gz", "sub-03", None),  # another subject's session folder: not its
+    ("p1/ses-01/t2s.nii.gz", None, None),  # a session folder with no subject above it
+    ("sub-01/anat/sub-01_ses-01_acq-x_T2star.nii.gz", "sub-01", "ses-01"),
 ])
 def test_bids_entities_of_a_file_outside_a_dataset(path, subject, session):
     from sctgm.naming import bids_entities

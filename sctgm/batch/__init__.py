@@ -29,7 +29,7 @@ from typing import Any
 from ..exceptions import DatasetError, InvalidOptionError, OutputError
 from ..filesystem import folder_lock
 from ..naming import (FLOAT_DIGITS, GM_SUFFIX, WM_SUFFIX, bids_entities, bids_outputs, escape_controls,
-                      is_sctgm_output, sct_outputs, split_nifti_name)
+                      is_sctgm_output, listed, sct_outputs, split_nifti_name)
 from ..writing import atomic_path, remove_leftover_parts
 from . import bids, guards
 from .jobs import BatchSettings, Job, JobRecord
@@ -65,12 +65,6 @@ class BatchResult:
 
 
 # ------------------------------------------------------------------------------------ planning
-
-def listed(value: Any) -> list[Any]:
-    """``value`` as a list: one path or name given where several may be (a notebook's
-    ``segment_files("scan.nii.gz", ...)``, ``participants="03"``) is one item, not its characters."""
-    return [value] if isinstance(value, (str, bytes, os.PathLike)) else list(value)
-
 
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Paths as given, glob patterns expanded (sorted; ``**`` recurses), duplicates dropped, and
@@ -142,8 +136,7 @@ def plan_bids(root: str | os.PathLike[str], settings: BatchSettings, *,
     """Jobs for the matching raw images of a BIDS dataset, and the derivatives folder (default
     ``<root>/derivatives/sct-gm``). With ``cord_labels``, a manual cord mask found in
     ``<root>/derivatives/labels`` guides the crop and, with ``settings.wm``, gives the WM mask."""
-    images = bids.find_images(root, suffixes=listed(suffixes), participants=listed(participants),
-                              sessions=listed(sessions))
+    images = bids.find_images(root, suffixes=suffixes, participants=participants, sessions=sessions)
     base = images[0].root
     deriv = Path(derivatives).absolute() if derivatives is not None else base / "derivatives" / bids.PIPELINE_NAME
     guards.check_derivatives_folder(base, deriv, base / "derivatives" / bids.PIPELINE_NAME)

@@ -28,7 +28,7 @@ from .._version import __version__
 from ..exceptions import DatasetError, OutputError
 from ..filesystem import read_small_json
 from ..labels import existing_manual_mask
-from ..naming import NIFTI_SUFFIXES, split_nifti_name
+from ..naming import NIFTI_SUFFIXES, listed, split_nifti_name
 from ..writing import save_json
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ def find_images(root: str | os.PathLike[str], *, suffixes: Sequence[str] = DEFAU
     participant or session that it does not have, or when nothing matches (the message lists the
     suffixes that are there).
     """
+    suffixes, participants, sessions = listed(suffixes), listed(participants), listed(sessions)  # "03": one
     base = Path(root).absolute()
     if not base.is_dir():
         raise DatasetError(f"{base}: no such folder; expected the root of a BIDS dataset")

@@ -42,6 +42,8 @@ def sigterm_as_ctrl_c() -> Iterator[list[int]]:
         return
 
     def forward(signum: int, frame: Any) -> None:
+        if got:  # `timeout` signals the command, then its group: one SIGTERM, one interruption
+            return
         got.append(signum)
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
@@ -76,7 +78,8 @@ class _LazyGroup(click.Group):
             try:
                 self._standalone(args, prog_name, complete_var, **extra)
             except SystemExit as exc:
-                if terminated and exc.code == 130:  # ended by SIGTERM: what a shell reports for it
+                # ended by SIGTERM: what a shell reports for it (`qc --serve` ends its Ctrl-C with success)
+                if terminated and exc.code in (130, 0, None):
                     sys.exit(TERMINATED_EXIT_CODE)
                 raise
 

@@ -12,7 +12,6 @@ ONNX Runtime path.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ import numpy as np
 from ..exceptions import InvalidOptionError, ModelError
 from ..model.registry import InstalledModel
 from ..networks import network_for
-from .hardware import (cpu_has_bf16, cuda_may_exist, onnxruntime_available, openvino_available, require_torch,
-                       torch_available)
+from .hardware import (check_device, cpu_has_bf16, cuda_may_exist, onnxruntime_available, openvino_available,
+                       require_torch, torch_available)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,7 @@ def choose_engine(engine: str = "auto", device: str = "auto") -> tuple[str, str]
     ('onnxruntime', 'cpu') on a machine without a GPU and ('torch', 'cuda') with one."""
     if engine not in ENGINES:
         raise InvalidOptionError(f"engine {engine!r}: unknown; expected one of {', '.join(ENGINES)}", parameter="engine")
-    # torch parses mps, xla, meta, cpu:0 ... too: none runs here (a bug's exit code 70, or another engine)
-    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
-        raise InvalidOptionError(f"device {device!r}: not a device name; expected auto, cpu, cuda or cuda:N",
-                                 parameter="device")
+    check_device(device)
     if engine == "torch":
         require_torch("engine 'torch'")
     if device == "auto":

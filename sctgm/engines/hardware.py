@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+from ..exceptions import InvalidOptionError
+
+
+def check_device(device: str) -> str:
+    """``device`` when it names a device sct-gm runs on (auto, cpu, cuda, cuda:N), else
+    :class:`InvalidOptionError`: torch also parses mps, xla, meta, cpu:0 ..., none of which runs here
+    (an internal error's exit code, or another engine chosen without a word)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+        raise InvalidOptionError(f"device {device!r}: not a device name; expected auto, cpu, cuda or cuda:N",
+                                 parameter="device")
+    return device
 
 
 def available_cores() -> int:

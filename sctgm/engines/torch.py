@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from ..exceptions import InvalidOptionError
+from .hardware import check_device
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cpu'; 'cuda' or 'cuda:N' (error if unavailable)."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -180,7 +180,8 @@ def check_outputs(outputs: OutputSet, inputs: Sequence[str | Path], *, overwrite
     for key, path in outputs.items():
         if (path.exists() or path.is_symlink()) and not written_by_sctgm(outputs, key):
             sidecar = outputs[outputs.sidecar_of(key)]
-            sibling = _described_sibling(outputs, outputs.sidecar_of(key)) if key in outputs.kinds else None
+            own = outputs.sidecar_of(key) == f"{key}_sidecar"  # SCT's WM mask shares the GM mask's sidecar
+            sibling = _described_sibling(outputs, outputs.sidecar_of(key)) if own else None
             why = (f"the sct-gm sidecar {sidecar.name} describes {sibling.name}, not it" if sibling is not None
                    else "its bytes differ from what the sct-gm sidecar records: edited or replaced since"
                    if read_sidecar(sidecar) is not None else "no sct-gm sidecar describes it")

@@ -362,8 +362,40 @@ def test_files_outside_a_dataset_give_their_subject_and_session(make_nifti, tmp_
 def test_one_path_or_name_where_several_may_be_is_one_item(images):
     """A notebook's segment_files("scan.nii.gz", ...) or participants="03": one item, never iterated
     character by character (12 failed records named 's', 'r', ...)."""
-    from sctgm.batch import listed, plan_files
+    from sctgm.batch import plan_files
+    from sctgm.naming import listed
 
     [job] = plan_files(str(images[0]), BatchSettings(model="tiny", device="cpu"))
     assert job.input == images[0]
     assert listed("03") == ["03"] and listed(images[0]) == [images[0]] and listed(("a", "b")) == ["a", "b"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a signal sent to this process")
+def test_a_sigterm_is_held_too_even_where_ctrl_c_is_ignored():
+    """A batch started with `&` from a job script ignores Ctrl-C; the CLI's SIGTERM (a scheduler's
+    cancel) is held through the bookkeeping all the same, twice sent or not, and ends it at its end."""
+    import time
+
+    seen = []
+
+    def cli_handler(signum, frame):  # as sctgm.cli's: record, then end as Ctrl-C would
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, cli_handler)
+    try:
+        reached = []
+        with pytest.raises(KeyboardInterrupt):
+            with _local.sigint_deferred() as held:
+                for _ in range(2):  # `timeout` signals the command, then its group
+                    os.kill(os.getpid(), signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while not held and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                time.sleep(0.2)
+                reached.append("the block's end")
+        assert reached == ["the block's end"] and seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is cli_handler
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])

@@ -99,6 +99,9 @@ def test_find_images_errors_name_the_problem(tiny_dataset, tmp_path):
         assert err.value.parameter == "participants"
     with pytest.raises(DatasetError, match="an empty session label"):
         bids.find_images(tiny_dataset, sessions=[""])
+    # one label or suffix as a string is one item (a notebook's participants="02"), not its characters
+    assert bids.find_images(tiny_dataset, participants="02", suffixes="T2star") == \
+        bids.find_images(tiny_dataset, participants=["02"], suffixes=["T2star"])
     with pytest.raises(DatasetError, match="no such folder"):
         bids.find_images(tmp_path / "absent")
 

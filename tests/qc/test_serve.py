@@ -280,7 +280,9 @@ def test_a_killed_save_leaves_the_previous_files_whole(site):
     assert np.asarray(nib.load(str(label)).dataobj)[0, 31 - 0, 1] == 1  # still readable, still the old save
 
 
-def test_cli_serves_until_interrupted(tmp_path):
+@pytest.mark.parametrize("stop, code", [("SIGINT", 0), ("SIGTERM", 143)])
+def test_cli_serves_until_interrupted(tmp_path, stop, code):
+    """Ctrl-C stops the server as its normal end (exit 0); SIGTERM (a scheduler's cancel) with 143."""
     import os
     import signal
     import subprocess
@@ -300,13 +302,13 @@ def test_cli_serves_until_interrupted(tmp_path):
         assert requests.get(url, timeout=10).status_code == 200
         assert requests.get(url.rsplit("/", 2)[0] + "/index.html", timeout=10).status_code == 403
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         try:
             out, err = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()  # never leave a server behind
             out, err = proc.communicate()
-    assert proc.returncode == 0 and "Stopped." in out, err
+    assert proc.returncode == code and "Stopped." in out, err
 
 
 def test_a_batch_rerun_keeps_the_corrections_and_its_entries_list_them(site, tiny_model):

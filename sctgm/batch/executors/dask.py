@@ -88,10 +88,12 @@ def _within_deadline(make_client: Callable[[], Client], target: str) -> Client:
 
     thread = threading.Thread(target=make, name="sctgm-dask-connect", daemon=True)
     thread.start()
-    thread.join(wait_s)
-    with lock:
-        if "client" not in box and "error" not in box:
-            box["abandoned"] = True
+    try:
+        thread.join(wait_s)
+    finally:  # given up, or interrupted (Ctrl-C): a client made later is closed by its thread
+        with lock:
+            if "client" not in box and "error" not in box:
+                box["abandoned"] = True
     if "error" in box:
         raise box["error"]
     if "client" not in box:

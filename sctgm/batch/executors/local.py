@@ -25,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 from ...exceptions import WorkerDiedError
+from ...writing import remove_leftover_parts
 from ..jobs import BatchSettings, Job, JobRecord, failed_record
 from .common import OnRecord, WorkerSegmenter, job_threads, load_segmenter
 
@@ -154,6 +155,8 @@ def run_processes(jobs: Sequence[Job], settings: BatchSettings, n_workers: int,
         for fut, i in sorted(running.items(), key=lambda item: item[1]):
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 done(i, fut.result())
+            else:  # its worker ended mid-image (a SIGTERM to the whole group): its temporary files go
+                remove_leftover_parts(jobs[i].outputs.values())
         raise
     pool.shutdown(wait=True)
     return records  # type: ignore[return-value]
@@ -189,29 +192,41 @@ def _sort_out(running: dict[Future[JobRecord], int], jobs: Sequence[Job], queue:
 
 @contextlib.contextmanager
 def sigint_deferred() -> Iterator[list[int]]:
-    """Hold a Ctrl-C that arrives in the block until its end, then raise KeyboardInterrupt there: the
-    pool's bookkeeping (a job submitted and stored, a result taken and recorded) is never cut in two,
-    which left an image written by a worker but not counted by the interruption message (the SIGINT
-    -j 2 batch test, rarely). Only where Python's default Ctrl-C handler is in place, in the main
-    thread (where signal handlers run); elsewhere the block runs as it is. A second Ctrl-C in the
-    block is raised at once."""
-    caught: list[int] = []  # yielded: the block may stop early once a Ctrl-C is held
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    """Hold a Ctrl-C (or the CLI's SIGTERM, which ends a command as Ctrl-C does) that arrives in the
+    block until its end, then end there as that signal would: the pool's bookkeeping (a job submitted
+    and stored, a result taken and recorded) is never cut in two, which left an image written by a
+    worker but not counted by the interruption message (the SIGINT -j 2 batch test, rarely). Ctrl-C is
+    held only where Python's default handler is in place, SIGTERM where a Python handler is (the CLI's),
+    both only in the main thread (where signal handlers run); elsewhere the block runs as it is. A
+    second Ctrl-C in the block is raised at once; a second SIGTERM (``timeout`` sends two) is not."""
+    caught: list[int] = []  # yielded: the block may stop early once a signal is held
+    main = threading.current_thread() is threading.main_thread()
+    hold_int = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    on_term = signal.getsignal(signal.SIGTERM) if main else None
+    hold_term = callable(on_term)
+    if not (hold_int or hold_term):
         yield caught
         return
 
     def hold(signum: int, frame: object) -> None:
-        if caught:  # a second Ctrl-C: the block itself hangs (a blocked progress display); stop now
+        if caught and signum == signal.SIGINT:  # a second Ctrl-C: the block itself hangs (a blocked display)
             raise KeyboardInterrupt
-        caught.append(signum)
+        if not caught:
+            caught.append(signum)
 
-    previous = signal.signal(signal.SIGINT, hold)
+    on_int = signal.signal(signal.SIGINT, hold) if hold_int else None
+    if hold_term:
+        signal.signal(signal.SIGTERM, hold)
     try:
         yield caught
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if hold_int:
+            signal.signal(signal.SIGINT, on_int)
+        if hold_term:
+            signal.signal(signal.SIGTERM, on_term)
         if caught:
+            if caught[0] == signal.SIGTERM and callable(on_term):
+                on_term(signal.SIGTERM, None)  # the CLI's: it records the SIGTERM (exit code 143), then ends
             raise KeyboardInterrupt
 
 
