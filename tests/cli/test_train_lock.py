@@ -17,30 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from sctgm.cli import main
 from sctgm.training.phantom import write_phantom_nifti
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["--init", "none", "--arch", "unet", "--filters", "4", "--threads", "1", "--device", "cpu"]
+from .test_train_safety import REPO, TINY, _one_line, _run  # the same tiny runs, refused the same way
 
 
 @pytest.fixture
 def pair(tmp_path):
     return write_phantom_nifti(tmp_path / "data", np.random.default_rng(0), name="sub-01_T2star", shape=(32, 32, 4))
-
-
-def _run(*args: str):
-    return CliRunner().invoke(main, ["train", *args])
-
-
-def _one_line(res, code: int, *needles: str) -> str:
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == code and len(lines) == 1 and lines[0].startswith("sct-gm: error: "), res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
