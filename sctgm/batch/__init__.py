@@ -123,7 +123,7 @@ def plan_files(inputs: Sequence[str | os.PathLike[str]], settings: BatchSettings
     jobs = []
     for i, path in enumerate(paths):
         out = sct_outputs(path, output, kinds=settings.kinds)
-        subject, session = bids_entities(path)
+        subject, session = bids_entities(path.absolute())  # as QC reads it: links as named
         jobs.append(Job(input=path, outputs=out, label=str(path), cord=Path(cord_masks[i]) if cord_masks else None,
                         subject=subject, session=session))
     return jobs

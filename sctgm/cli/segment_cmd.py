@@ -287,7 +287,7 @@ def _write_tables(args: SegmentArgs, result: Any, seconds: float, warnings: list
     name = str(args.inputs[0])
     from ..naming import bids_entities
 
-    subject, session = bids_entities(args.inputs[0])  # as a batch of files names them
+    subject, session = bids_entities(args.inputs[0].absolute())  # as a batch of files names them
     columns: tuple[str, ...] = ()
     rows: tuple[dict[str, Any], ...] = ()
     if args.metrics_csv is not None:

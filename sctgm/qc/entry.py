@@ -202,7 +202,7 @@ def build_entry(
         "id": report.new_entry_id(split_nifti_name(image_abs.name)[0]),
         "timestamp": now,
         "date": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
-        "subject": subject if subject is not None else guess_subject(image_abs),
+        "subject": subject if subject is not None else guess_subject(Path(image_path).absolute()),
         "dataset": dataset,
         "image_name": image_abs.name,
         "image": str(image_abs),

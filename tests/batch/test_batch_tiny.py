@@ -399,3 +399,19 @@ def test_a_sigterm_is_held_too_even_where_ctrl_c_is_ignored():
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_the_summary_and_qc_read_one_subject_through_links_and_relative_paths(make_nifti, tmp_path, monkeypatch):
+    """A relative path run inside sub-01/anat, or a link (DataLad's annexed files) into another tree:
+    the summary and the QC report name the subject alike, from the path as the user names it."""
+    from sctgm.batch import plan_files
+    from sctgm.qc.entry import guess_subject
+
+    (tmp_path / "store").mkdir()
+    real = make_nifti(cord_phantom_volume(seed=1), name="store/blob.nii.gz")
+    (tmp_path / "sub-01" / "anat").mkdir(parents=True)
+    link = tmp_path / "sub-01" / "anat" / "t2s.nii.gz"
+    link.symlink_to(real)
+    monkeypatch.chdir(link.parent)
+    [job] = plan_files(["t2s.nii.gz"], BatchSettings(model="tiny", device="cpu"))
+    assert job.subject == "sub-01" == guess_subject(Path("t2s.nii.gz").absolute())
