@@ -283,10 +283,9 @@ def _write_tables(args: SegmentArgs, result: Any, seconds: float, warnings: list
     from ..batch import write_metrics, write_summary
     from ..batch.jobs import JobRecord, gm_volume_mm3
     from ..metrics import morphometry
-
-    name = str(args.inputs[0])
     from ..naming import bids_entities
 
+    name = str(args.inputs[0])
     subject, session = bids_entities(args.inputs[0].absolute())  # as a batch of files names them
     columns: tuple[str, ...] = ()
     rows: tuple[dict[str, Any], ...] = ()

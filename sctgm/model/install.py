@@ -145,7 +145,7 @@ def _installed_copies(name: str, entry: dict[str, Any], models: Path) -> list[di
             recorded = _manifest_files(folder, folder.parent.name)
         except ModelIntegrityError:
             continue
-        if all((recorded.get(n) or {}).get("size") == size and (recorded.get(n) or {}).get("sha256") == sha
+        if all((recorded.get(n) or {}).get("size") == size and recorded[n].get("sha256") == sha
                and (folder / n).is_file() for n, (size, sha) in wanted.items()):
             found.append({"kind": "files", "url": str(folder), "origin": "cache"})
     return found
