@@ -126,6 +126,14 @@ def _acquire(path: Path, out: Path) -> int:
         if current is not None and os.path.samestat(current, os.fstat(fd)):
             break
         os.close(fd)
+    try:  # a file there that no run wrote (not empty, no holder record) is not sct-gm's to rewrite
+        foreign = os.pread(fd, 4096, 0).strip() != b"" and _holder(fd) is None
+    except OSError:
+        foreign = False
+    if foreign:
+        os.close(fd)
+        raise OutputError(f"{out}: {path}, where its lock goes, holds a file sct-gm did not write; move it away",
+                          parameter="output")
     try:
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
         os.ftruncate(fd, 0)

@@ -90,3 +90,19 @@ def test_what_is_no_regular_file_at_the_locks_name_is_refused_never_waited_on(tm
     with pytest.raises(OutputError, match=r"\.m\.lock, where its lock goes, is a link or a folder"):
         with rl.run_lock(out):
             pass
+
+
+def test_a_file_at_the_locks_name_that_no_run_wrote_is_left_as_it_is(tmp_path):
+    """sct-gm never rewrites a file it did not write: a user's `.m.lock` is refused, byte for byte kept;
+    an empty one, or a killed run's record, is taken over."""
+    out, lock = tmp_path / "m", rl.lock_path(tmp_path / "m")
+    lock.write_text("my notes\n")
+    with pytest.raises(OutputError, match=r"\.m\.lock, where its lock goes, holds a file sct-gm did not write"):
+        with rl.run_lock(out):
+            pass
+    assert lock.read_text() == "my notes\n"
+    for left in ("", json.dumps({"pid": 1, "host": "elsewhere"}) + "\n"):
+        lock.write_text(left)
+        with rl.run_lock(out) as path:
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert not lock.exists()
